@@ -1,0 +1,58 @@
+"""Caffe's weight fillers. Values are drawn in float64 on the CPU from the given generator, so a net
+initialised on the CPU and one initialised on a GPU get the same numbers for the same seed."""
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .proto import caffe_pb2
+
+_VN = caffe_pb2.FillerParameter
+
+
+def _fans(shape: Sequence[int]) -> tuple[float, float]:
+    # Caffe: fan_in = count / shape[0]; fan_out = count / shape[1] (count / 1 for a 1-D blob).
+    numel = math.prod(shape)
+    fan_in = numel / shape[0] if shape else 1
+    fan_out = numel / shape[1] if len(shape) > 1 else numel
+    return fan_in, fan_out
+
+
+def _variance_n(param, shape) -> float:
+    fan_in, fan_out = _fans(shape)
+    if param.variance_norm == _VN.FAN_OUT:
+        return fan_out
+    if param.variance_norm == _VN.AVERAGE:
+        return (fan_in + fan_out) / 2.0
+    return fan_in
+
+
+def fill(param: "caffe_pb2.FillerParameter", shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    """A float64 CPU tensor of `shape` filled as Caffe's filler `param.type` (default "constant")."""
+    shape = tuple(int(s) for s in shape)
+    kind = param.type  # default "constant" (caffe.proto)
+    if param.sparse >= 0 and kind != "gaussian":
+        raise ValueError(f"filler field 'sparse' is only meaningful for gaussian, not {kind!r}")
+    out = torch.empty(shape, dtype=torch.float64)
+    if kind == "constant":
+        return out.fill_(param.value)
+    if kind == "uniform":
+        return out.uniform_(param.min, param.max, generator=generator)
+    if kind == "gaussian":
+        if param.sparse >= 0:
+            raise ValueError("gaussian filler with 'sparse' is not supported by caffe_torch")
+        return out.normal_(param.mean, param.std, generator=generator)
+    if kind == "xavier":
+        a = math.sqrt(3.0 / _variance_n(param, shape))
+        return out.uniform_(-a, a, generator=generator)
+    if kind == "msra":
+        return out.normal_(0.0, math.sqrt(2.0 / _variance_n(param, shape)), generator=generator)
+    if kind == "positive_unitball":
+        # uniform(0, 1), then each of the shape[0] rows is scaled to sum to 1
+        out.uniform_(0.0, 1.0, generator=generator)
+        rows = out.reshape(shape[0], -1)
+        rows /= rows.sum(dim=1, keepdim=True)
+        return out
+    raise ValueError(
+        f"unknown filler type {kind!r}; known: constant, gaussian, uniform, xavier, msra, positive_unitball")

@@ -1,0 +1,146 @@
+"""The layer protocol and the registry of layer types.
+
+A layer is a `torch.nn.Module` that the net builds from its `LayerParameter`:
+
+    @register("ReLU")
+    class ReLU(Layer):
+        def __init__(self, param, bottom_shapes, ctx):     # read fields, declare learnable blobs
+            super().__init__(param, bottom_shapes, ctx)
+            self.negative_slope = param.relu_param.negative_slope   # Caffe default 0 (in the .proto)
+        def forward(self, x):                               # torch tensors in, tensor(s) out
+            return F.leaky_relu(x, self.negative_slope)
+
+- `bottom_shapes` are the shapes of the bottom blobs when the net is built (tuples of ints); `top_shapes`
+  returns the top shapes for given bottom shapes (default: every top has the first bottom's shape). The net
+  calls it to size blobs at construction and on `net.reshape()`, so it must not compute anything heavy.
+- Learnable blobs ("params" in pycaffe) are declared with `self.add_blob(shape, filler)`, in Caffe's order,
+  and read in `forward` as `self.blobs[i]` (never cached: the net may replace a blob by a shared one).
+- `forward` receives the bottoms as tensors and returns one tensor or a tuple, one per top. Gradients come
+  from autograd; a layer whose Caffe backward is not the derivative of its forward uses a
+  `torch.autograd.Function`.
+- Layers with state that must survive a snapshot (e.g. an iteration counter) override `get_state` /
+  `set_state`.
+"""
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import LayerError
+
+_REGISTRY: dict[str, type["Layer"]] = {}
+
+
+def register(type_name: str) -> Callable[[type["Layer"]], type["Layer"]]:
+    """Class decorator: make `cls` the implementation of prototxt layer type `type_name`."""
+
+    def deco(cls: type["Layer"]) -> type["Layer"]:
+        if type_name in _REGISTRY:
+            raise ValueError(f"layer type {type_name!r} registered twice ({_REGISTRY[type_name]} and {cls})")
+        cls.type_name = type_name
+        _REGISTRY[type_name] = cls
+        return cls
+
+    return deco
+
+
+def layer_class(type_name: str) -> type["Layer"]:
+    """The class registered for `type_name`; KeyError listing the known types otherwise."""
+    try:
+        return _REGISTRY[type_name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise KeyError(f"unknown layer type {type_name!r}; known types: {known}") from None
+
+
+def known_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+class BuildContext:
+    """What a layer may use while it is built: dtype, device, phase, the filler generator, error location."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device, phase: int, generator: torch.Generator,
+                 where: str = ""):
+        self.dtype = dtype
+        self.device = device
+        self.phase = phase            # caffe_pb2.TRAIN or caffe_pb2.TEST
+        self.generator = generator    # CPU generator; fillers draw on the CPU so CPU and GPU nets match
+        self.where = where            # "file:line" of the layer, for error messages
+
+
+class Layer(nn.Module):
+    type_name: str = "?"
+    # Caffe gives loss_weight 1 to the first top of layers whose type ends in "Loss".
+    is_loss: bool = False
+    # A source layer (Input) has no forward of its own: the net fills its tops.
+    is_source: bool = False
+    # (min, max) number of bottoms and tops; None = no limit.
+    num_bottoms: tuple[int, int | None] = (1, 1)
+    num_tops: tuple[int, int | None] = (1, 1)
+
+    def __init__(self, param, bottom_shapes: Sequence[tuple[int, ...]], ctx: BuildContext):
+        super().__init__()
+        self.name = param.name
+        self.param = param
+        self.phase = ctx.phase
+        self._ctx_dtype = ctx.dtype
+        self._ctx_device = ctx.device
+        self._where = ctx.where
+        self._generator = ctx.generator
+        self.blobs = nn.ParameterList()
+        self._check_counts(len(param.bottom), len(param.top))
+
+    # ---- helpers for subclasses
+    def error(self, message: str) -> LayerError:
+        return LayerError(self.name, self.type_name, message, self._where)
+
+    def _check_counts(self, n_bottom: int, n_top: int) -> None:
+        for what, n, (lo, hi) in (("bottom", n_bottom, self.num_bottoms), ("top", n_top, self.num_tops)):
+            if n < lo or (hi is not None and n > hi):
+                want = f"{lo}" if lo == hi else f"{lo} to {hi if hi is not None else 'any'}"
+                raise self.error(f"takes {want} {what} blob(s), got {n}")
+
+    def add_blob(self, shape: Sequence[int], filler=None, learnable: bool = True) -> nn.Parameter:
+        """Declare the next learnable blob, filled by `filler` (a FillerParameter; None = zeros)."""
+        from ..fillers import fill
+
+        shape = tuple(int(s) for s in shape)
+        data = torch.zeros(shape, dtype=torch.float64)
+        if filler is not None:
+            try:
+                data = fill(filler, shape, self._generator)
+            except ValueError as exc:
+                raise self.error(str(exc)) from None
+        p = nn.Parameter(data.to(dtype=self._ctx_dtype, device=self._ctx_device), requires_grad=learnable)
+        self.blobs.append(p)
+        return p
+
+    # ---- protocol
+    def top_shapes(self, bottom_shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        return [tuple(bottom_shapes[0])] * len(self.param.top)
+
+    def get_state(self) -> int | None:
+        """An integer counter to save in a snapshot, or None if the layer has no such state."""
+        return None
+
+    def set_state(self, value: int) -> None:
+        raise self.error("has no state to restore")
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"
+
+
+def canonical_axis(axis: int, ndim: int, layer: Layer) -> int:
+    """Caffe's CanonicalAxisIndex: negative axes count from the end; out of range is an error."""
+    if not -ndim <= axis < ndim:
+        raise layer.error(f"axis {axis} out of range for a {ndim}-D blob")
+    return axis % ndim
+
+
+def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
+    n = 1
+    for d in shape[start:end]:
+        n *= int(d)
+    return n

@@ -1,0 +1,268 @@
+"""Input, InnerProduct, Eltwise, Scale, Bias, BatchNorm, Dropout, Split, Silence."""
+
+import torch
+import torch.nn.functional as F
+
+from ..proto import caffe_pb2
+from .base import Layer, canonical_axis, count, register
+
+
+@register("Input")
+class Input(Layer):
+    """A source: its tops are the net's input blobs, which the net fills (`net.blobs[...]`)."""
+
+    num_bottoms = (0, 0)
+    num_tops = (1, None)
+    is_source = True
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        shapes = [tuple(int(d) for d in s.dim) for s in param.input_param.shape]
+        n_top = len(param.top)
+        if len(shapes) not in (1, n_top):
+            raise self.error(f"input_param needs 1 or {n_top} shape(s) for {n_top} top(s), got {len(shapes)}")
+        self.shapes = shapes * n_top if len(shapes) == 1 else shapes
+
+    def top_shapes(self, bottom_shapes):
+        return list(self.shapes)
+
+    def forward(self):
+        raise RuntimeError("Input layers are filled by the net, not run")
+
+
+@register("InnerProduct")
+class InnerProduct(Layer):
+    """y = x W^T + b over the axes from `axis` on (flattened). With the happynear fork's `normalize: true`
+    each weight row is rescaled in place before use, w_n /= sqrt(||w_n||^2 + 1e-6); the backward is then
+    the plain inner-product backward with the normalised W (no projection through the normalisation)."""
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        ip = param.inner_product_param
+        if not ip.HasField("num_output") or ip.num_output == 0:
+            raise self.error("inner_product_param.num_output must be set")
+        self.num_output = ip.num_output
+        self.axis = canonical_axis(ip.axis, len(bottom_shapes[0]), self)     # default 1
+        self.transpose = ip.transpose                                          # default false
+        self.normalize = ip.normalize                                          # fork; default false
+        k = count(bottom_shapes[0], self.axis)
+        self.add_blob((k, self.num_output) if self.transpose else (self.num_output, k), ip.weight_filler)
+        self.bias_term = ip.bias_term                                          # default true
+        if self.bias_term:
+            self.add_blob((self.num_output,), ip.bias_filler)
+
+    def top_shapes(self, bottom_shapes):
+        return [tuple(bottom_shapes[0][: self.axis]) + (self.num_output,)]
+
+    def forward(self, x):
+        w = self.blobs[0]
+        if self.normalize:
+            with torch.no_grad():
+                dim = 0 if self.transpose else 1       # a "row" is one output's weights
+                w.div_(torch.sqrt((w * w).sum(dim=dim, keepdim=True) + 1e-6))
+        flat = x.reshape(count(x.shape, 0, self.axis), -1)
+        y = flat @ w if self.transpose else flat @ w.t()
+        if self.bias_term:
+            y = y + self.blobs[1]
+        return y.reshape(tuple(x.shape[: self.axis]) + (self.num_output,))
+
+
+_Elt = caffe_pb2.EltwiseParameter
+
+
+@register("Eltwise")
+class Eltwise(Layer):
+    num_bottoms = (2, None)
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        ep = param.eltwise_param
+        self.op = ep.operation                                    # default SUM
+        self.coeff = list(ep.coeff)
+        if self.coeff and self.op != _Elt.SUM:
+            raise self.error("coeff is only for operation SUM")
+        if self.coeff and len(self.coeff) != len(bottom_shapes):
+            raise self.error(f"needs one coeff per bottom ({len(bottom_shapes)}), got {len(self.coeff)}")
+        for s in bottom_shapes[1:]:
+            if tuple(s) != tuple(bottom_shapes[0]):
+                raise self.error(f"all bottoms must have the same shape, got {bottom_shapes}")
+
+    def forward(self, *xs):
+        if self.op == _Elt.SUM:
+            coeff = self.coeff or [1.0] * len(xs)
+            y = xs[0] * coeff[0] if coeff[0] != 1 else xs[0]
+            for c, x in zip(coeff[1:], xs[1:]):
+                y = y + (x * c if c != 1 else x)
+            return y
+        if self.op == _Elt.PROD:
+            y = xs[0]
+            for x in xs[1:]:
+                y = y * x
+            return y
+        # MAX: the gradient goes to the first bottom holding the maximum (Caffe's strict '>' scan)
+        stacked = torch.stack(xs)
+        idx = stacked.argmax(dim=0, keepdim=True)
+        return stacked.gather(0, idx).squeeze(0)
+
+
+def _broadcast_shape(x_ndim: int, axis: int, param_shape) -> tuple[int, ...]:
+    """Shape that lines a (per-channel, ...) blob of `param_shape` up with axes axis.. of an x_ndim tensor."""
+    return (1,) * axis + tuple(param_shape) + (1,) * (x_ndim - axis - len(param_shape))
+
+
+class _AxisBlobLayer(Layer):
+    """Shared by Scale and Bias: a blob over bottom axes [axis, axis + num_axes) (learned, or bottom[1])."""
+
+    num_bottoms = (1, 2)
+
+    def _setup_axes(self, axis, num_axes, bottom_shapes):
+        x_shape = bottom_shapes[0]
+        if len(bottom_shapes) == 2:
+            # the second bottom's own rank decides how many axes it covers (num_axes is ignored)
+            other = tuple(bottom_shapes[1])
+            self.axis = canonical_axis(axis, len(x_shape), self) if other else 0
+            if tuple(x_shape[self.axis:self.axis + len(other)]) != other:
+                raise self.error(f"bottom[1] shape {other} does not match bottom[0] {tuple(x_shape)} "
+                                 f"from axis {self.axis}")
+            return None
+        if num_axes < -1:
+            raise self.error("num_axes must be non-negative, or -1 to extend to the end")
+        self.axis = canonical_axis(axis, len(x_shape), self) if len(x_shape) else 0
+        end = len(x_shape) if num_axes == -1 else self.axis + num_axes
+        if end > len(x_shape):
+            raise self.error(f"axis {self.axis} + num_axes {num_axes} exceeds the bottom's {len(x_shape)} axes")
+        return tuple(x_shape[self.axis:end])
+
+    def _view(self, t, x):
+        return t.reshape(_broadcast_shape(x.dim(), self.axis, t.shape))
+
+
+@register("Scale")
+class Scale(_AxisBlobLayer):
+    """y = x * scale (+ bias). The scale is bottom[1], or a learned blob (filler default constant 1).
+    happynear fork: `min_value`/`max_value` clamp the learned scale in place before it is used."""
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        sp = param.scale_param
+        shape = self._setup_axes(sp.axis, sp.num_axes, bottom_shapes)   # defaults axis 1, num_axes 1
+        self.learned = shape is not None
+        if self.learned:
+            filler = sp.filler if sp.HasField("filler") else caffe_pb2.FillerParameter(type="constant", value=1)
+            self.add_blob(shape, filler)
+        self.bias_term = sp.bias_term                                    # default false
+        if self.bias_term:
+            bias_shape = shape if shape is not None else tuple(bottom_shapes[1])
+            self.add_blob(bias_shape, sp.bias_filler)
+        self.min_value = sp.min_value if sp.HasField("min_value") else None
+        self.max_value = sp.max_value if sp.HasField("max_value") else None
+
+    def forward(self, x, *other):
+        if self.learned:
+            s = self.blobs[0]
+            if self.min_value is not None or self.max_value is not None:
+                with torch.no_grad():
+                    s.clamp_(self.min_value, self.max_value)
+        else:
+            s = other[0]
+        y = x * self._view(s, x)
+        if self.bias_term:
+            y = y + self._view(self.blobs[-1], x)
+        return y
+
+
+@register("Bias")
+class Bias(_AxisBlobLayer):
+    """y = x + bias; the bias is bottom[1] or a learned blob (filler default constant 0)."""
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        bp = param.bias_param
+        shape = self._setup_axes(bp.axis, bp.num_axes, bottom_shapes)
+        self.learned = shape is not None
+        if self.learned:
+            self.add_blob(shape, bp.filler)
+
+    def forward(self, x, *other):
+        b = self.blobs[0] if self.learned else other[0]
+        return x + self._view(b, x)
+
+
+@register("BatchNorm")
+class BatchNorm(Layer):
+    """Caffe's BatchNorm: no affine part; blobs = (mean sum, variance sum, scale factor), never learned.
+    TRAIN (use_global_stats false): normalise with the batch statistics and update
+    sf = maf * sf + 1, mean_sum = maf * mean_sum + mean, var_sum = maf * var_sum + m/(m-1) * var.
+    TEST (use_global_stats true): normalise with mean_sum / sf and var_sum / sf."""
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        bp = param.batch_norm_param
+        self.use_global_stats = bp.use_global_stats if bp.HasField("use_global_stats") \
+            else ctx.phase == caffe_pb2.TEST
+        self.maf = bp.moving_average_fraction                    # default 0.999
+        self.eps = bp.eps                                        # default 1e-5
+        channels = bottom_shapes[0][1] if len(bottom_shapes[0]) > 1 else 1
+        for shape in ((channels,), (channels,), (1,)):
+            self.add_blob(shape, None, learnable=False)
+
+    def forward(self, x):
+        axes = [0] + list(range(2, x.dim()))
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        if self.use_global_stats:
+            sf = self.blobs[2][0]
+            factor = torch.where(sf == 0, torch.zeros_like(sf), 1.0 / sf)
+            mean, var = self.blobs[0] * factor, self.blobs[1] * factor
+        else:
+            mean = x.mean(dim=axes)
+            var = ((x - mean.view(view)) ** 2).mean(dim=axes)
+            m = x.numel() // x.shape[1]
+            with torch.no_grad():
+                self.blobs[2].mul_(self.maf).add_(1)
+                self.blobs[0].mul_(self.maf).add_(mean.detach())
+                self.blobs[1].mul_(self.maf).add_(var.detach() * (m / (m - 1) if m > 1 else 1))
+        return (x - mean.view(view)) / torch.sqrt(var.view(view) + self.eps)
+
+
+@register("Dropout")
+class Dropout(Layer):
+    """TRAIN: keep each unit with probability 1 - p and scale kept units by 1/(1 - p). TEST: identity."""
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        self.ratio = param.dropout_param.dropout_ratio           # default 0.5
+        if not 0 <= self.ratio < 1:
+            raise self.error(f"dropout_ratio must be in [0, 1), got {self.ratio}")
+        # masks come from a generator of the net's device, seeded from caffe's generator: reproducible
+        self._mask_gen = torch.Generator(device=ctx.device)
+        self._mask_gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=ctx.generator)))
+
+    def forward(self, x):
+        if self.phase != caffe_pb2.TRAIN or self.ratio == 0:
+            return x
+        keep = torch.rand(x.shape, generator=self._mask_gen, device=x.device, dtype=x.dtype) >= self.ratio
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.ratio))
+
+
+@register("Split")
+class Split(Layer):
+    """Copies its bottom to every top; their gradients are summed (autograd does that)."""
+
+    num_tops = (1, None)
+
+    def forward(self, x):
+        return tuple(x for _ in self.param.top)
+
+
+@register("Silence")
+class Silence(Layer):
+    """Consumes blobs so they are not net outputs; no tops, no gradient."""
+
+    num_bottoms = (1, None)
+    num_tops = (0, 0)
+
+    def top_shapes(self, bottom_shapes):
+        return []
+
+    def forward(self, *xs):
+        return ()

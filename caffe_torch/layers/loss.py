@@ -1,0 +1,145 @@
+"""SoftmaxWithLoss and Accuracy."""
+
+import math
+
+import torch
+
+from ..proto import caffe_pb2
+from .base import Layer, canonical_axis, count, register
+
+_Norm = caffe_pb2.LossParameter
+_FLT_MIN = 1.1754943508222875e-38
+
+
+def _labels(label: torch.Tensor, expected: int, layer: Layer) -> torch.Tensor:
+    if label.numel() != expected:
+        raise layer.error(f"label count {label.numel()} does not match the {expected} predictions "
+                          "(outer_num x inner_num)")
+    return label.reshape(-1).long()
+
+
+def _normalizer(mode: int, outer: int, inner: int, valid: torch.Tensor) -> torch.Tensor:
+    if mode == _Norm.FULL:
+        n = torch.tensor(float(outer * inner))
+    elif mode == _Norm.VALID:
+        n = valid.to(torch.float64)
+    elif mode == _Norm.BATCH_SIZE:
+        n = torch.tensor(float(outer))
+    else:  # NONE
+        n = torch.tensor(1.0)
+    return torch.clamp(n, min=1.0)          # Caffe: max(1, normalizer)
+
+
+@register("SoftmaxWithLoss")
+class SoftmaxWithLoss(Layer):
+    """loss = -sum over non-ignored positions of log(max(p[label], FLT_MIN)) / normaliser; softmax over
+    `softmax_param.axis` (default 1). Optional second top: the probabilities. The gradient is Caffe's
+    (p - onehot) * loss_weight / normaliser, also where the FLT_MIN clamp is active."""
+
+    is_loss = True
+    num_bottoms = (2, 2)
+    num_tops = (1, 2)
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        sp = param.softmax_param
+        # the happynear fork's extras: refuse values that would change the loss rather than ignore them
+        if (sp.hard_ratio != 1.0 or len(sp.class_weight) or sp.HasField("hard_mining_label")
+                or sp.HasField("cutting_point") or sp.normalize_type != "Softmax" or sp.label_smooth_factor):
+            raise self.error("the happynear fork's softmax_param extras (hard_ratio, class_weight, "
+                             "hard_mining_label, cutting_point, normalize_type, label_smooth_factor) are not "
+                             "supported by caffe_torch")
+        self.axis = canonical_axis(sp.axis, len(bottom_shapes[0]), self)        # default 1
+        lp = param.loss_param
+        self.ignore_label = lp.ignore_label if lp.HasField("ignore_label") else None
+        if lp.HasField("normalization"):
+            self.mode = lp.normalization
+        elif lp.HasField("normalize"):          # deprecated bool: true = VALID, false = BATCH_SIZE
+            self.mode = _Norm.VALID if lp.normalize else _Norm.BATCH_SIZE
+        else:
+            self.mode = _Norm.VALID
+        shape = bottom_shapes[0]
+        _ = count(shape, 0, self.axis) * count(shape, self.axis + 1)
+        if count(bottom_shapes[1]) != _:
+            raise self.error(f"label blob {tuple(bottom_shapes[1])} must have outer_num x inner_num = {_} "
+                             f"entries for predictions of shape {tuple(shape)}")
+
+    def top_shapes(self, bottom_shapes):
+        shapes = [()]
+        if len(self.param.top) > 1:
+            shapes.append(tuple(bottom_shapes[0]))
+        return shapes
+
+    def forward(self, x, label):
+        outer, classes, inner = count(x.shape, 0, self.axis), x.shape[self.axis], count(x.shape, self.axis + 1)
+        logp = torch.log_softmax(x, dim=self.axis).reshape(outer, classes, inner)
+        lab = _labels(label, outer * inner, self).reshape(outer, inner)
+        valid = torch.ones_like(lab, dtype=torch.bool)
+        if self.ignore_label is not None:
+            valid = lab != self.ignore_label
+        safe = torch.where(valid, lab, torch.zeros_like(lab))
+        if ((safe < 0) | (safe >= classes)).any():
+            bad = safe[(safe < 0) | (safe >= classes)][0].item()
+            raise self.error(f"label {bad} out of range [0, {classes})")
+        picked = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
+        # value as Caffe's log(max(p, FLT_MIN)); gradient of log_softmax (= p - onehot) everywhere
+        clamped = picked + (picked.clamp(min=math.log(_FLT_MIN)) - picked).detach()
+        total = -(clamped * valid.to(clamped.dtype)).sum()
+        loss = total / _normalizer(self.mode, outer, inner, valid.sum()).to(total.dtype)
+        if len(self.param.top) > 1:
+            return loss, torch.softmax(x, dim=self.axis)
+        return loss
+
+
+@register("Accuracy")
+class Accuracy(Layer):
+    """Fraction of (non-ignored) samples whose label is among the top_k scores. Ties are ranked as Caffe 1.0
+    ranks (score, class) pairs: among equal scores the HIGHER class index comes first. Optional second top:
+    per-class accuracy."""
+
+    num_bottoms = (2, 2)
+    num_tops = (1, 2)
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        ap = param.accuracy_param
+        self.top_k = ap.top_k                                       # default 1
+        self.axis = canonical_axis(ap.axis, len(bottom_shapes[0]), self)   # default 1
+        self.ignore_label = ap.ignore_label if ap.HasField("ignore_label") else None
+        classes = bottom_shapes[0][self.axis]
+        if self.top_k > classes:
+            raise self.error(f"top_k {self.top_k} exceeds the number of classes {classes}")
+
+    def top_shapes(self, bottom_shapes):
+        shapes = [()]
+        if len(self.param.top) > 1:
+            shapes.append((bottom_shapes[0][self.axis],))
+        return shapes
+
+    def forward(self, x, label):
+        with torch.no_grad():
+            outer, classes, inner = count(x.shape, 0, self.axis), x.shape[self.axis], \
+                count(x.shape, self.axis + 1)
+            scores = x.detach().reshape(outer, classes, inner).transpose(1, 2).reshape(-1, classes)
+            lab = _labels(label, outer * inner, self)
+            valid = torch.ones_like(lab, dtype=torch.bool)
+            if self.ignore_label is not None:
+                valid = lab != self.ignore_label
+            safe = torch.where(valid, lab, torch.zeros_like(lab))
+            if ((safe < 0) | (safe >= classes)).any():
+                raise self.error(f"label out of range [0, {classes})")
+            target = scores.gather(1, safe.unsqueeze(1))
+            idx = torch.arange(classes, device=x.device).unsqueeze(0)
+            ahead = (scores > target) | ((scores == target) & (idx > safe.unsqueeze(1)))
+            correct = (ahead.sum(dim=1) < self.top_k) & valid
+            n_valid = valid.sum()
+            acc = correct.sum().to(x.dtype) / torch.clamp(n_valid, min=1).to(x.dtype)
+            if len(self.param.top) == 1:
+                return acc
+            per_class_n = torch.zeros(classes, dtype=x.dtype, device=x.device).index_add_(
+                0, safe[valid], torch.ones_like(safe[valid], dtype=x.dtype))
+            per_class_c = torch.zeros(classes, dtype=x.dtype, device=x.device).index_add_(
+                0, safe[correct], torch.ones_like(safe[correct], dtype=x.dtype))
+            per_class = torch.where(per_class_n > 0, per_class_c / per_class_n.clamp(min=1),
+                                    torch.zeros_like(per_class_n))
+            return acc, per_class

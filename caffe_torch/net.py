@@ -1,0 +1,450 @@
+"""caffe.Net: a graph of layers built from a NetParameter, run with PyTorch, behind pycaffe's API.
+
+Construction follows Caffe's Net::Init: legacy `input:` fields become an Input layer named "input"; layers are
+filtered by the net state (phase/level/stage against include/exclude rules); each layer is built from its
+parameter, its bottoms resolved against the blobs produced so far (a top equal to its bottom is in place);
+learnable blobs get their ParamSpec (lr_mult, decay_mult, shared name); tops of loss layers get loss weight 1
+unless the prototxt says otherwise.
+
+Forward runs the layers in order on torch tensors. Backward is autograd from the loss tops, seeded with their
+loss weights: gradients flow only where a loss depends on them, a blob read by several layers receives the
+sum of their gradients (Caffe's implicit Split), and parameters with lr_mult 0 get none (as Caffe's
+param_propagate_down).
+"""
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import layers as _layers  # noqa: F401  (registers the layer types)
+from .blob import Blob, _HostSync, param_blob
+from .errors import LayerError, PrototxtError
+from .layers.base import BuildContext, layer_class
+from .mode import MODE
+from .prototxt import Source, read_net
+from .proto import caffe_pb2
+
+TRAIN = caffe_pb2.TRAIN
+TEST = caffe_pb2.TEST
+
+
+def _state_meets_rule(state, rule) -> bool:
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    if any(s not in state.stage for s in rule.stage):
+        return False
+    return not any(s in state.stage for s in rule.not_stage)
+
+
+def filter_layers(param, state, src: Source) -> list[tuple[int, "caffe_pb2.LayerParameter"]]:
+    """(index in the file, layer) for every layer included in `state` (Caffe's FilterNet)."""
+    kept = []
+    for i, lp in enumerate(param.layer):
+        if lp.include and lp.exclude:
+            raise PrototxtError(f"{src.where(i)}: layer '{lp.name}': specify either include or exclude "
+                                "rules, not both")
+        included = not lp.include
+        if any(_state_meets_rule(state, r) for r in lp.exclude):
+            included = False
+        if any(_state_meets_rule(state, r) for r in lp.include):
+            included = True
+        if included:
+            kept.append((i, lp))
+    return kept
+
+
+def upgrade_inputs(param, src: Source) -> None:
+    """Turn legacy `input:` + `input_dim:`/`input_shape` into a leading Input layer named "input"."""
+    if not param.input:
+        return
+    n = len(param.input)
+    if param.input_shape and param.input_dim:
+        raise PrototxtError(f"{src.path}: give either input_shape or input_dim, not both")
+    shapes = []
+    if param.input_shape:
+        if len(param.input_shape) not in (1, n):
+            raise PrototxtError(f"{src.path}: {n} inputs but {len(param.input_shape)} input_shape entries")
+        shapes = [list(param.input_shape[i if len(param.input_shape) > 1 else 0].dim) for i in range(n)]
+    elif param.input_dim:
+        if len(param.input_dim) != 4 * n:
+            raise PrototxtError(f"{src.path}: {n} inputs need {4 * n} input_dim values, "
+                                f"got {len(param.input_dim)}")
+        shapes = [list(param.input_dim[4 * i:4 * i + 4]) for i in range(n)]
+    else:
+        raise PrototxtError(f"{src.path}: legacy input blobs need input_shape or input_dim")
+    layer = caffe_pb2.LayerParameter(name="input", type="Input", top=list(param.input))
+    for dims in shapes:
+        layer.input_param.shape.add().dim.extend(dims)
+    layers = [layer] + list(param.layer)
+    del param.layer[:]
+    param.layer.extend(layers)
+    del param.input[:], param.input_dim[:], param.input_shape[:]
+    src.layer_lines.insert(0, 0)
+
+
+class _LayerView:
+    """What pycaffe's `net.layers[i]` offers: `.type`, `.blobs` (list of Blob), `.reshape()`."""
+
+    def __init__(self, module, blobs: list[Blob]):
+        self.module = module
+        self.type = module.type_name
+        self.blobs = blobs
+
+    def __repr__(self) -> str:
+        return f"<Layer {self.module.name!r} type={self.type}>"
+
+
+class Net:
+    """pycaffe-compatible net. `Net(prototxt, phase)`, `Net(prototxt, weights, phase)`, or keywords
+    `weights=`, `level=`, `stages=`; caffe_torch extensions: `dtype=` (default float32), `device=` (default
+    from set_mode_cpu/gpu and set_device), `net_param=` (an already parsed NetParameter instead of a file)."""
+
+    def __init__(self, network_file=None, *args, phase=None, weights=None, level=0, stages=None,
+                 dtype=torch.float32, device=None, net_param=None):
+        if len(args) == 2:            # Net(prototxt, weights, phase)
+            weights, phase = args
+        elif len(args) == 1:          # Net(prototxt, phase)
+            phase = args[0]
+        elif args:
+            raise TypeError("Net(prototxt, [weights], phase): too many positional arguments")
+        if phase not in (TRAIN, TEST):
+            raise ValueError("Net needs a phase: caffe.TRAIN or caffe.TEST")
+        if net_param is None:
+            if network_file is None:
+                raise TypeError("Net needs a prototxt file (or net_param=)")
+            net_param, src = read_net(network_file)
+        else:
+            net_param = caffe_pb2.NetParameter.FromString(net_param.SerializeToString())
+            src = Source(str(network_file or f"<net {net_param.name}>"),
+                         [0] * (len(net_param.layer) + (1 if net_param.input else 0)))
+        self.phase = phase
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else MODE.device()
+        self.name = net_param.name
+        self._src = src
+        self._sync = _HostSync()
+        state = caffe_pb2.NetState(phase=phase, level=level, stage=list(stages or []))
+        if net_param.HasField("state"):
+            state.MergeFrom(net_param.state)
+            state.phase = phase
+        upgrade_inputs(net_param, src)
+        self._net_param = net_param
+        self._build(net_param, state, src)
+        if weights is not None:
+            self.copy_from(weights)
+
+    # ------------------------------------------------------------------ construction
+    def _build(self, net_param, state, src: Source) -> None:
+        self._layers = nn.ModuleList()
+        self._layer_names: list[str] = []
+        self._layer_params: list = []
+        self.bottom_names: dict[str, list[str]] = OrderedDict()
+        self.top_names: dict[str, list[str]] = OrderedDict()
+        self._propagate_down: list[list[bool]] = []
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._grads: dict[str, torch.Tensor | None] = {}
+        self.blobs: dict[str, Blob] = OrderedDict()
+        self.params: dict[str, list[Blob]] = OrderedDict()
+        self.inputs: list[str] = []
+        self._loss_weights: dict[str, float] = OrderedDict()
+        self._learnable: list[tuple[nn.Parameter, float, float, str]] = []   # (param, lr, decay, name)
+        self._param_owner: dict[str, tuple[nn.Parameter, str]] = {}
+        self.force_backward = net_param.force_backward
+        self.enable_backward = self.phase == TRAIN or self.force_backward
+
+        available: dict[str, None] = OrderedDict()       # blobs not yet consumed, in production order
+        shapes: dict[str, tuple[int, ...]] = {}
+        names_seen: set[str] = set()
+        for file_index, lp in filter_layers(net_param, state, src):
+            where = src.where(file_index)
+            lp.phase = state.phase
+            if not lp.name:
+                raise PrototxtError(f"{where}: a layer has no name")
+            if lp.name in names_seen:
+                raise PrototxtError(f"{where}: duplicate layer name '{lp.name}'")
+            names_seen.add(lp.name)
+            try:
+                cls = layer_class(lp.type)
+            except KeyError as exc:
+                raise PrototxtError(f"{where}: layer '{lp.name}': {exc.args[0]}") from None
+            for b in lp.bottom:
+                if b not in shapes:
+                    raise LayerError(lp.name, lp.type, f"unknown bottom blob '{b}' (not produced by any "
+                                     "earlier layer in this phase)", where)
+            if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
+                raise LayerError(lp.name, lp.type, "propagate_down must be given once per bottom", where)
+            bottom_shapes = [shapes[b] for b in lp.bottom]
+            ctx = BuildContext(self.dtype, self.device, state.phase, MODE.generator, where)
+            try:
+                layer = cls(lp, bottom_shapes, ctx)
+                top_shapes = layer.top_shapes(bottom_shapes)
+            except LayerError:
+                raise
+            except (ValueError, RuntimeError, IndexError) as exc:
+                raise LayerError(lp.name, lp.type, str(exc), where) from None
+            self._layers.append(layer)
+            self._layer_names.append(lp.name)
+            self._layer_params.append(lp)
+            self.bottom_names[lp.name] = list(lp.bottom)
+            self.top_names[lp.name] = list(lp.top)
+            self._propagate_down.append(list(lp.propagate_down) or [True] * len(lp.bottom))
+            for b in lp.bottom:
+                available.pop(b, None)
+            for t, shp in zip(lp.top, top_shapes):
+                shapes[t] = tuple(shp)
+                available[t] = None
+                if t not in self._tensors or tuple(self._tensors[t].shape) != tuple(shp):
+                    self._tensors[t] = torch.zeros(shp, dtype=self.dtype, device=self.device)
+                if t not in self.blobs:
+                    self.blobs[t] = self._activation_blob(t)
+            if lp.type == "Input":
+                self.inputs.extend(lp.top)
+            self._setup_loss_weights(layer, lp, where)
+            self._setup_params(layer, lp, where)
+        self.outputs = sorted(available)       # Caffe keeps the leftovers in a std::set: sorted by name
+
+    def _setup_loss_weights(self, layer, lp, where) -> None:
+        weights = list(lp.loss_weight)
+        if weights and len(weights) != len(lp.top):
+            raise LayerError(lp.name, lp.type, "loss_weight must be unspecified or given once per top", where)
+        if not weights:
+            weights = [1.0 if (layer.is_loss and i == 0) else 0.0 for i in range(len(lp.top))]
+        for top, w in zip(lp.top, weights):
+            if w != 0:
+                self._loss_weights[top] = float(w)
+
+    def _setup_params(self, layer, lp, where) -> None:
+        n = len(layer.blobs)
+        if len(lp.param) > n:
+            raise LayerError(lp.name, lp.type, f"has {n} learnable blob(s) but {len(lp.param)} param specs",
+                             where)
+        for i in range(n):
+            spec = lp.param[i] if i < len(lp.param) else caffe_pb2.ParamSpec()
+            lr, decay = spec.lr_mult, spec.decay_mult          # defaults 1, 1 (caffe.proto)
+            p = layer.blobs[i]
+            if spec.name and spec.name in self._param_owner:
+                owner, owner_layer = self._param_owner[spec.name]
+                if tuple(owner.shape) != tuple(p.shape):
+                    if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE and owner.numel() == p.numel():
+                        pass
+                    else:
+                        raise LayerError(lp.name, lp.type, f"shared param '{spec.name}' has shape "
+                                         f"{tuple(p.shape)} here but {tuple(owner.shape)} in layer "
+                                         f"'{owner_layer}'", where)
+                layer.blobs[i] = owner
+                continue
+            if spec.name:
+                self._param_owner[spec.name] = (p, lp.name)
+            # Caffe: no diff for a param with lr_mult 0 (and BatchNorm's statistics are never learned).
+            p.requires_grad_(lr != 0 and p.requires_grad)
+            self._learnable.append((p, lr, decay, f"{lp.name}[{i}]"))
+        if n:
+            self.params[lp.name] = [param_blob(self._sync, layer, i) for i in range(n)]
+
+    def _activation_blob(self, name: str) -> Blob:
+        def get():
+            return self._tensors[name]
+
+        def set_(t):
+            self._tensors[name] = t
+
+        def get_grad():
+            return self._grads.get(name)
+
+        def set_grad(g):
+            self._grads[name] = g
+
+        return Blob(self._sync, get, set_, get_grad, set_grad)
+
+    # ------------------------------------------------------------------ pycaffe surface
+    @property
+    def layers(self) -> list[_LayerView]:
+        return [_LayerView(m, self.params.get(n, [])) for m, n in zip(self._layers, self._layer_names)]
+
+    @property
+    def layer_dict(self) -> dict[str, _LayerView]:
+        return OrderedDict(zip(self._layer_names, self.layers))
+
+    @property
+    def modules(self) -> nn.ModuleList:
+        """The layers as torch modules (caffe_torch only)."""
+        return self._layers
+
+    def learnable_params(self) -> list[tuple[nn.Parameter, float, float, str]]:
+        """(parameter, lr_mult, decay_mult, 'layer[i]') for each distinct learnable blob (caffe_torch)."""
+        return list(self._learnable)
+
+    def _index(self, layer_name: str, what: str) -> int:
+        try:
+            return self._layer_names.index(layer_name)
+        except ValueError:
+            raise ValueError(f"{what}: no layer named '{layer_name}' in net '{self.name}'") from None
+
+    def forward(self, blobs: Sequence[str] | None = None, start: str | None = None, end: str | None = None,
+                **kwargs) -> dict[str, np.ndarray]:
+        """Run layers `start`..`end` (names; default all) after copying `kwargs` into the input blobs;
+        return {output blob: data} (the outputs, or `end`'s tops, plus `blobs`)."""
+        start_i = self._index(start, "forward(start=)") if start is not None else 0
+        end_i = self._index(end, "forward(end=)") if end is not None else len(self._layers) - 1
+        outputs = list(self.top_names[end] if end is not None else self.outputs) + list(blobs or [])
+        if kwargs:
+            if set(kwargs) != set(self.inputs):
+                raise ValueError(f"input blob arguments {sorted(kwargs)} do not match net inputs {self.inputs}")
+            for name, value in kwargs.items():
+                self._set_input(name, value)
+        self.forward_range(start_i, end_i, retain_blob_diffs=True)
+        return {name: self.blobs[name].data for name in dict.fromkeys(outputs)}
+
+    def _set_input(self, name: str, value) -> None:
+        blob = self.blobs[name]
+        if isinstance(value, torch.Tensor):
+            if tuple(value.shape) != blob.shape:
+                raise ValueError(f"input '{name}' has shape {tuple(value.shape)}, blob has {blob.shape}")
+            blob.tensor = value
+        else:
+            value = np.asarray(value)
+            if value.shape[:1] != blob.shape[:1]:
+                raise ValueError(f"input '{name}' is not batch sized: {value.shape} vs blob {blob.shape}")
+            blob.data[...] = value
+
+    def forward_range(self, start: int, end: int, retain_blob_diffs: bool = False) -> torch.Tensor | None:
+        """Run layers start..end (indices, inclusive); return the weighted loss tensor (or None). caffe_torch
+        only; `retain_blob_diffs` keeps every blob's gradient for `.diff` after backward (costs memory)."""
+        self._sync.flush()
+        self._grads.clear()
+        record = self.enable_backward and torch.is_grad_enabled()
+        self._first_version: dict[str, torch.Tensor] = {}
+        with torch.set_grad_enabled(record):
+            for name in self.inputs:
+                t = self._tensors[name]
+                if record and self.force_backward and t.is_floating_point():
+                    t = t.detach().requires_grad_(True)
+                    self._tensors[name] = t
+                self._first_version[name] = t
+            for i in range(start, end + 1):
+                layer = self._layers[i]
+                if layer.is_source:
+                    continue
+                lname = self._layer_names[i]
+                bottoms = []
+                for b, prop in zip(self.bottom_names[lname], self._propagate_down[i]):
+                    t = self._tensors[b]
+                    bottoms.append(t if prop else t.detach())
+                out = layer(*bottoms)
+                if isinstance(out, torch.Tensor):
+                    out = (out,)
+                for tname, t in zip(self.top_names[lname], out):
+                    if tname not in self.bottom_names[lname]:
+                        self._first_version[tname] = t
+                    self._tensors[tname] = t
+                    if record and retain_blob_diffs and t.requires_grad:
+                        t.retain_grad()
+        loss = None
+        for name, w in self._loss_weights.items():
+            t = self._tensors[name]
+            term = t.sum() * w
+            loss = term if loss is None else loss + term
+        self._loss = loss
+        return loss
+
+    def loss_value(self) -> float:
+        """The weighted loss of the last forward (Caffe's Net::Forward return value)."""
+        return 0.0 if self._loss is None else float(self._loss.detach())
+
+    def backward(self, diffs: Sequence[str] | None = None, start=None, end=None, **kwargs):
+        """Back-propagate the loss (and any `kwargs` diffs given for output blobs); parameter diffs
+        accumulate as in Caffe; returns {input blob: diff}."""
+        if start is not None or end is not None:
+            raise NotImplementedError("caffe_torch: backward(start=, end=) is not supported; "
+                                      "backward always runs through the whole recorded forward")
+        self.backward_loss(extra={k: v for k, v in kwargs.items()}, retain_blob_diffs=True)
+        names = list(self.inputs) + list(diffs or [])
+        return {n: self.blobs[n].diff for n in names}
+
+    def backward_loss(self, extra=None, retain_blob_diffs: bool = False) -> None:
+        """caffe_torch only: autograd from the last forward's loss (and `extra` {blob: diff})."""
+        self._sync.flush()
+        roots, seeds = [], []
+        if self._loss is not None and self._loss.requires_grad:
+            roots.append(self._loss)
+            seeds.append(torch.ones_like(self._loss))
+        for name, diff in (extra or {}).items():
+            t = self._tensors[name]
+            roots.append(t)
+            seeds.append(torch.as_tensor(np.asarray(diff) if not isinstance(diff, torch.Tensor) else diff,
+                                         dtype=t.dtype, device=t.device).reshape(t.shape))
+        roots_seeds = [(r, s) for r, s in zip(roots, seeds) if r.requires_grad]
+        if not roots_seeds:
+            if not self.enable_backward:
+                raise RuntimeError(f"net '{self.name}' was not set up for backward (a TEST net without "
+                                   "force_backward: true); caffe_torch records no graph for it")
+            return
+        torch.autograd.backward([r for r, _ in roots_seeds], [s for _, s in roots_seeds])
+        if retain_blob_diffs:
+            for name, t in self._first_version.items():
+                if t.grad is not None:
+                    self._grads[name] = t.grad
+
+    def reshape(self) -> None:
+        """Propagate the input blobs' shapes through the net (after `blob.reshape`)."""
+        self._sync.flush()
+        shapes = {n: tuple(self._tensors[n].shape) for n in self.inputs}
+        for layer, lname in zip(self._layers, self._layer_names):
+            bottom_shapes = [shapes[b] for b in self.bottom_names[lname]]
+            for t, shp in zip(self.top_names[lname], layer.top_shapes(bottom_shapes)):
+                shapes[t] = tuple(shp)
+                if tuple(self._tensors[t].shape) != tuple(shp):
+                    self._tensors[t] = torch.zeros(shp, dtype=self.dtype, device=self.device)
+                    self._grads.pop(t, None)
+
+    def share_with(self, other: "Net") -> None:
+        """Use `other`'s learnable blobs for every same-named layer (Caffe's ShareTrainedLayersWith)."""
+        mine = dict(zip(self._layer_names, self._layers))
+        for lname, src_layer in zip(other._layer_names, other._layers):
+            dst = mine.get(lname)
+            if dst is None or not len(src_layer.blobs):
+                continue
+            if len(dst.blobs) != len(src_layer.blobs):
+                raise ValueError(f"share_with: layer '{lname}' has {len(dst.blobs)} blobs here and "
+                                 f"{len(src_layer.blobs)} in the source net")
+            for i, p in enumerate(src_layer.blobs):
+                if tuple(dst.blobs[i].shape) != tuple(p.shape):
+                    raise ValueError(f"share_with: layer '{lname}' blob {i} shape {tuple(dst.blobs[i].shape)}"
+                                     f" != {tuple(p.shape)}")
+                dst.blobs[i] = p
+
+    def copy_from(self, path) -> None:
+        """Copy blobs from a .caffemodel into same-named layers (Caffe's CopyTrainedLayersFrom)."""
+        from .weights import copy_weights, read_caffemodel
+
+        self._sync.flush()
+        copy_weights(self, read_caffemodel(path), str(path))
+
+    def save(self, path) -> None:
+        """Write the net's weights as a binary .caffemodel (atomically)."""
+        from .weights import net_to_proto, write_proto_atomic
+
+        self._sync.flush()
+        write_proto_atomic(net_to_proto(self), path)
+
+    # ------------------------------------------------------------------ layer state (snapshots)
+    def layer_states(self) -> dict[str, int]:
+        return {n: s for n, m in zip(self._layer_names, self._layers) if (s := m.get_state()) is not None}
+
+    def set_layer_states(self, states: dict[str, int]) -> None:
+        mine = dict(zip(self._layer_names, self._layers))
+        for name, value in states.items():
+            if name not in mine:
+                raise ValueError(f"snapshot has state for layer '{name}', which net '{self.name}' lacks")
+            mine[name].set_state(int(value))
+
+    def __repr__(self) -> str:
+        return f"<caffe_torch.Net '{self.name}' phase={'TRAIN' if self.phase == TRAIN else 'TEST'} " \
+               f"{len(self._layers)} layers on {self.device}>"

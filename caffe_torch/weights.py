@@ -1,0 +1,145 @@
+"""Binary .caffemodel and .solverstate files: Caffe's wire format, read and written with our caffe_pb2.
+
+Since our caffe.proto numbers every field as Caffe does, protobuf's own (de)serialisation is the Caffe
+format; this module adds the rules around it: legacy V1 `layers` and 4-D legacy blob shapes, copying by layer
+name with Caffe's errors, and atomic writes (temp file + rename) so a crash never leaves a half snapshot.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from google.protobuf.message import DecodeError
+
+from .errors import WeightsError
+from .proto import caffe_pb2
+
+
+def write_proto_atomic(message, path) -> None:
+    """Serialise `message` to `path` via a temporary file in the same directory and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = message.SerializeToString()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read_proto(path, message, what: str):
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such {what} file") from None
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read {what}: {exc}") from None
+    if not data:
+        raise WeightsError(f"{path}: empty {what} file")
+    try:
+        message.ParseFromString(data)
+    except (DecodeError, RuntimeError) as exc:
+        raise WeightsError(f"{path}: not a valid {what} (truncated or corrupt: {exc})") from None
+    return message
+
+
+def read_caffemodel(path) -> "caffe_pb2.NetParameter":
+    return _read_proto(path, caffe_pb2.NetParameter(), ".caffemodel")
+
+
+def read_solverstate(path) -> "caffe_pb2.SolverState":
+    return _read_proto(path, caffe_pb2.SolverState(), ".solverstate")
+
+
+# ---------------------------------------------------------------------- blobs
+
+def blob_shape(blob: "caffe_pb2.BlobProto") -> tuple[int, ...]:
+    """The blob's shape: `shape.dim`, or the legacy (num, channels, height, width)."""
+    if blob.HasField("shape"):
+        return tuple(int(d) for d in blob.shape.dim)
+    return (blob.num, blob.channels, blob.height, blob.width)
+
+
+def blob_to_array(blob: "caffe_pb2.BlobProto", where: str = "") -> np.ndarray:
+    shape = blob_shape(blob)
+    if len(blob.double_data):
+        data = np.asarray(blob.double_data, dtype=np.float64)
+    else:
+        data = np.asarray(blob.data, dtype=np.float32)
+    if data.size != int(np.prod(shape)):
+        raise WeightsError(f"{where}: blob of shape {shape} holds {data.size} values (corrupt file)")
+    return data.reshape(shape)
+
+
+def array_to_blob(array, blob: "caffe_pb2.BlobProto | None" = None) -> "caffe_pb2.BlobProto":
+    blob = blob if blob is not None else caffe_pb2.BlobProto()
+    a = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    blob.shape.dim.extend(int(d) for d in a.shape)
+    blob.data.extend(a.astype(np.float32, copy=False).ravel().tolist())
+    return blob
+
+
+def _legacy_equal(target_shape: tuple[int, ...], blob: "caffe_pb2.BlobProto") -> bool:
+    # Caffe's Blob::ShapeEquals for a legacy proto: the target padded to 4 axes with leading 1s.
+    if len(target_shape) > 4:
+        return False
+    padded = (1,) * (4 - len(target_shape)) + tuple(target_shape)
+    return padded == (blob.num, blob.channels, blob.height, blob.width)
+
+
+# ---------------------------------------------------------------------- nets
+
+def source_layers(net_param) -> list[tuple[str, list]]:
+    """(layer name, blobs) of every layer of a weights file, new-style `layer` or legacy V1 `layers`."""
+    out = [(lp.name, list(lp.blobs)) for lp in net_param.layer]
+    out += [(lp.name, list(lp.blobs)) for lp in net_param.layers]
+    return out
+
+
+def copy_weights(net, net_param, path: str = "") -> None:
+    """Caffe's CopyTrainedLayersFrom: same-named layers get the file's blobs; count or shape mismatch is an
+    error; layers absent from the file keep their fillers; file layers absent from the net are ignored."""
+    mine = dict(zip(net._layer_names, net._layers))
+    for name, blobs in source_layers(net_param):
+        layer = mine.get(name)
+        if layer is None:
+            continue
+        if len(blobs) != len(layer.blobs):
+            raise WeightsError(f"{path}: incompatible number of blobs for layer '{name}': the file has "
+                               f"{len(blobs)}, the net has {len(layer.blobs)}")
+        for i, bp in enumerate(blobs):
+            target = layer.blobs[i]
+            tshape = tuple(target.shape)
+            if bp.HasField("shape"):
+                ok = blob_shape(bp) == tshape
+            else:
+                ok = _legacy_equal(tshape, bp)
+            if not ok:
+                raise WeightsError(f"{path}: cannot copy param {i} weights from layer '{name}'; shape mismatch."
+                                   f" Source param shape is {blob_shape(bp)}; target param shape is {tshape}. "
+                                   "To learn this layer's parameters from scratch rather than copying from a "
+                                   "saved net, rename the layer.")
+            values = blob_to_array(bp, f"{path}: layer '{name}' blob {i}").reshape(tshape)
+            with torch.no_grad():
+                target.copy_(torch.from_numpy(np.ascontiguousarray(values)).to(target.dtype))
+
+
+def net_to_proto(net) -> "caffe_pb2.NetParameter":
+    """The net as Caffe's Net::ToProto writes it: the layer definitions with their blobs."""
+    out = caffe_pb2.NetParameter(name=net.name)
+    for lp, layer in zip(net._layer_params, net._layers):
+        dst = out.layer.add()
+        dst.CopyFrom(lp)
+        del dst.blobs[:]
+        for p in layer.blobs:
+            array_to_blob(p, dst.blobs.add())
+    return out

@@ -1,0 +1,148 @@
+"""The original's module name: re-exports voxdata's public API, and the `synth` command.
+
+    python data_utils.py synth --out DIR [--speakers 40 --utterances 30 --test-speakers 10 --seed 0 ...]
+
+writes a synthetic corpus in VoxCeleb1's layout (DIR/wav/..., DIR/iden_split.txt, DIR/veri_test.txt,
+DIR/vox1_meta.csv); see voxdata/synth.py for what is in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from voxdata import (
+    SAMPLE_RATE,
+    AudioError,
+    CropError,
+    EvalCrops,
+    ListFormatError,
+    Splits,
+    TrainBatches,
+    Trials,
+    UttSet,
+    WavCache,
+    apply_crop,
+    batch_rng,
+    build_cache,
+    crop_length,
+    crop_params,
+    eval_crops,
+    load_labels,
+    make_corpus,
+    num_frames,
+    parse_iden_split,
+    random_crop,
+    read_iden_split,
+    read_meta,
+    read_trials,
+    read_wav,
+    save_labels,
+    spectrogram,
+    spectrogram_torch,
+    train_loader,
+    wav_info,
+    write_wav,
+)
+
+__all__ = [
+    "SAMPLE_RATE",
+    "AudioError",
+    "CropError",
+    "EvalCrops",
+    "ListFormatError",
+    "Splits",
+    "TrainBatches",
+    "Trials",
+    "UttSet",
+    "WavCache",
+    "apply_crop",
+    "batch_rng",
+    "build_cache",
+    "crop_length",
+    "crop_params",
+    "eval_crops",
+    "load_labels",
+    "make_corpus",
+    "num_frames",
+    "parse_iden_split",
+    "random_crop",
+    "read_iden_split",
+    "read_meta",
+    "read_trials",
+    "read_wav",
+    "save_labels",
+    "spectrogram",
+    "spectrogram_torch",
+    "train_loader",
+    "wav_info",
+    "write_wav",
+    "main",
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="data_utils.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser(
+        "synth",
+        help="write a synthetic corpus in VoxCeleb1's layout",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("--out", required=True, help="output folder (the corpus' data root)")
+    s.add_argument("--speakers", type=int, default=40, help="number of speakers (ids from id10001)")
+    s.add_argument("--utterances", type=int, default=30, help="utterances per speaker")
+    s.add_argument(
+        "--test-speakers",
+        type=int,
+        default=10,
+        help="held-out verification speakers (the last ids; Set=test in vox1_meta.csv)",
+    )
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--min-videos", type=int, default=4, help="videos (channels) per speaker, at least 3")
+    s.add_argument("--max-videos", type=int, default=6)
+    s.add_argument("--min-dur", type=float, default=4.0, help="shortest utterance (s)")
+    s.add_argument("--max-dur", type=float, default=10.0, help="longest utterance (s)")
+    s.add_argument("--trials", type=int, default=2000, help="verification trials (half target)")
+    s.add_argument("--workers", type=int, default=0, help="processes (0 = all cores, at most 8)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "synth":
+        t0 = time.time()
+        summary = make_corpus(
+            args.out,
+            speakers=args.speakers,
+            utterances=args.utterances,
+            test_speakers=args.test_speakers,
+            seed=args.seed,
+            min_videos=args.min_videos,
+            max_videos=args.max_videos,
+            min_dur=args.min_dur,
+            max_dur=args.max_dur,
+            trials=args.trials,
+            workers=args.workers or None,
+            progress=not args.quiet,
+        )
+        logging.getLogger("data_utils").info(
+            "wrote %d utterances of %d speakers (%d test speakers, %d trials) to %s in %.1f s",
+            summary["utterances"],
+            summary["speakers"],
+            len(summary["test_speakers"]),
+            summary["trials"],
+            summary["out"],
+            time.time() - t0,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Speaker recognition on top of the pycaffe API: training loop, evaluation, metrics, plots."""

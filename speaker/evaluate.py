@@ -1,0 +1,224 @@
+"""The paper's multi-crop test protocol on any pycaffe-API net (caffe_torch or real pycaffe).
+
+Per utterance (paper.md, "Evaluation protocols"):
+  1. ``crops_provider(path, rng)`` draws the random augmented crops, int16 (n_crops, L) (voxdata's job);
+  2. spectrogram -> (n_crops, 1, frames, 257) float32, run the net up to the pooling layer in chunks of
+     ``batch`` crops and collect the pooled feature (n_crops, 512, 1, 17) ("res4_3p");
+  3. average it over the crops -> (512, 1, 17);
+  4. run the rest of the net (fc5, fc6, ...) once on the average.
+Step 4 is batched over up to ``head_batch`` utterances: the averages are written into the pooled blob and
+the net is run from the first layer that reads it.
+
+Only the pycaffe surface is used: ``net.blobs[name].data`` / ``.reshape``, ``net.reshape()``,
+``net.forward(start=LAYER, end=LAYER)``, ``net._layer_names``, ``net.bottom_names``, ``net.top_names`` and
+``net.inputs``. Inputs are written into ``net.blobs[...].data`` rather than passed as ``forward`` keyword
+arguments, because pycaffe only accepts keyword blobs that are exactly the net's inputs (the pooled blob is
+not one) and ``start``/``end`` are LAYER names, not blob names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from speaker.metrics import topk_accuracy
+
+__all__ = ["crop_averaged_forward", "embed", "head_layer", "identify", "pool_layer"]
+
+CropsProvider = Callable[[str, np.random.Generator], np.ndarray]
+
+
+def _spectrogram(crops):
+    # Imported here so that importing speaker.evaluate does not need voxdata (scoring-only tools).
+    from voxdata.frontend import spectrogram
+
+    return spectrogram(crops)
+
+
+def _names(net) -> list[str]:
+    return [str(n) for n in net._layer_names]
+
+
+def pool_layer(net, pool_blob: str = "res4_3p") -> str:
+    """Name of the layer that produces ``pool_blob`` (tops it without also reading it, i.e. not in place)."""
+    for name in _names(net):
+        if pool_blob in net.top_names[name] and pool_blob not in net.bottom_names[name]:
+            return name
+    raise ValueError(f"no layer of the net produces blob {pool_blob!r} (layers: {_names(net)})")
+
+
+def head_layer(net, pool_blob: str = "res4_3p") -> str:
+    """Name of the first layer after the pooling layer that reads ``pool_blob``: where step 4 starts.
+
+    An in-place layer on the pooled blob (e.g. TEST-phase Dropout) counts; it then runs on the average.
+    Layers between the producer and that consumer would be skipped by a forward starting there, so they
+    are an error rather than a silent change of the net.
+    """
+    names = _names(net)
+    producer = names.index(pool_layer(net, pool_blob))
+    for i in range(producer + 1, len(names)):
+        if pool_blob in net.bottom_names[names[i]]:
+            if i != producer + 1:
+                skipped = names[producer + 1 : i]
+                raise ValueError(
+                    f"layers {skipped} sit between {names[producer]!r} (produces {pool_blob!r}) and its "
+                    f"first consumer {names[i]!r}; the crop-averaging protocol cannot skip them"
+                )
+            return names[i]
+    raise ValueError(
+        f"no layer reads blob {pool_blob!r} after {names[producer]!r}; nothing to run on the average"
+    )
+
+
+def _set_batch(net, data_blob: str, n: int, sample_shape: tuple[int, ...] | None = None) -> None:
+    """Reshape the net's input blobs to batch ``n`` (and the data blob to ``sample_shape``) and propagate.
+
+    Every net input gets the new batch size so that, e.g., a label input feeding an Accuracy layer stays
+    consistent. No-op when nothing changes (pycaffe reshapes are cheap but not free).
+    """
+    inputs = list(getattr(net, "inputs", None) or [data_blob])
+    if data_blob not in inputs:
+        inputs.append(data_blob)
+    changed = False
+    for name in inputs:
+        shape = tuple(net.blobs[name].data.shape)
+        rest = sample_shape if (name == data_blob and sample_shape is not None) else shape[1:]
+        new = (n, *rest)
+        if shape != new:
+            net.blobs[name].reshape(*new)
+            changed = True
+    if changed:
+        net.reshape()
+
+
+def crop_averaged_forward(
+    net,
+    utterances: Sequence[str],
+    crops_provider: CropsProvider,
+    out_blobs: Sequence[str],
+    rng: np.random.Generator | int | None = None,
+    batch: int = 50,
+    head_batch: int = 64,
+    data_blob: str = "data",
+    pool_blob: str = "res4_3p",
+    progress: bool = True,
+    desc: str = "utterances",
+) -> dict[str, np.ndarray]:
+    """Run the multi-crop protocol on every utterance; returns ``{blob: (N, ...) float32}`` for ``out_blobs``.
+
+    ``rng`` (a Generator, or a seed for one) is passed to ``crops_provider`` for every utterance in order,
+    so a seed fixes every crop. ``batch`` = crops per forward up to the pooling layer; ``head_batch`` =
+    utterances per forward of the rest of the net.
+    """
+    if batch < 1 or head_batch < 1:
+        raise ValueError(f"batch and head_batch must be >= 1, got {batch} and {head_batch}")
+    if len(utterances) == 0:
+        raise ValueError("no utterances to evaluate")
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    end = pool_layer(net, pool_blob)
+    start = head_layer(net, pool_blob)
+    for b in out_blobs:
+        if b not in net.blobs:
+            raise ValueError(f"net has no blob {b!r} (blobs: {list(net.blobs)})")
+    net_sample = tuple(net.blobs[data_blob].data.shape[1:])  # (1, frames, 257) from the prototxt
+    results: dict[str, list[np.ndarray]] = {b: [] for b in out_blobs}
+    pending: list[np.ndarray] = []  # crop-averaged pooled features, each (C, H, W)
+
+    def run_head() -> None:
+        # Step 4 on the pending averages: shapes follow from the data blob, so reshape it to the number of
+        # utterances, then overwrite the pooled blob and run from the first layer that reads it.
+        _set_batch(net, data_blob, len(pending), net_sample)
+        net.blobs[pool_blob].data[...] = np.stack(pending)
+        net.forward(start=start)
+        for b in out_blobs:
+            out = np.asarray(net.blobs[b].data)
+            results[b].append(out.reshape(out.shape[0], -1).astype(np.float32, copy=True))
+        pending.clear()
+
+    for path in tqdm(utterances, desc=desc, unit="utt", disable=not progress):
+        crops = np.asarray(crops_provider(path, rng))
+        if crops.ndim != 2 or crops.shape[0] < 1:
+            raise ValueError(
+                f"{path}: crops_provider must return (n_crops, L) crops, got shape {crops.shape}"
+            )
+        spec = _spectrogram(crops)[:, None]  # (n_crops, 1, frames, 257) float32
+        if tuple(spec.shape[1:]) != net_sample:
+            raise ValueError(
+                f"{path}: crops of {crops.shape[1]} samples give inputs {spec.shape[1:]}, but the net's "
+                f"{data_blob!r} blob takes {net_sample} per sample"
+            )
+        pooled_sum = None
+        for s in range(0, spec.shape[0], batch):
+            chunk = spec[s : s + batch]
+            _set_batch(net, data_blob, chunk.shape[0], net_sample)
+            net.blobs[data_blob].data[...] = chunk
+            net.forward(end=end)
+            part = np.asarray(net.blobs[pool_blob].data, dtype=np.float64).sum(axis=0)  # (C, H, W)
+            pooled_sum = part if pooled_sum is None else pooled_sum + part
+        pending.append((pooled_sum / spec.shape[0]).astype(np.float32))
+        if len(pending) == head_batch:
+            run_head()
+    if pending:
+        run_head()
+    return {b: np.concatenate(v) for b, v in results.items()}
+
+
+def identify(
+    net,
+    utterances: Sequence[str],
+    labels,
+    crops_provider: CropsProvider,
+    rng: np.random.Generator | int | None = None,
+    batch: int = 50,
+    head_batch: int = 64,
+    data_blob: str = "data",
+    pool_blob: str = "res4_3p",
+    score_blob: str = "fc6",
+    progress: bool = True,
+) -> dict:
+    """Closed-set identification: top-1 / top-5 accuracy of ``score_blob`` on crop-averaged features.
+
+    ``labels``: (N,) class indices in the classifier's order (from the labels JSON saved by training).
+    Returns ``{"top1": float, "top5": float, "n": int}``; ties are ranked as Caffe 1.0's Accuracy layer.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (len(utterances),):
+        raise ValueError(f"{len(utterances)} utterances but labels of shape {labels.shape}")
+    out = crop_averaged_forward(
+        net, utterances, crops_provider, [score_blob], rng=rng, batch=batch, head_batch=head_batch,
+        data_blob=data_blob, pool_blob=pool_blob, progress=progress, desc="identification",
+    )
+    scores = out[score_blob]  # (N, classes)
+    return {
+        "top1": topk_accuracy(scores, labels, 1),
+        "top5": topk_accuracy(scores, labels, min(5, scores.shape[1])),
+        "n": int(labels.shape[0]),
+    }
+
+
+def embed(
+    net,
+    utterances: Sequence[str],
+    crops_provider: CropsProvider,
+    rng: np.random.Generator | int | None = None,
+    batch: int = 50,
+    head_batch: int = 64,
+    data_blob: str = "data",
+    pool_blob: str = "res4_3p",
+    embed_blob: str = "fc5",
+    progress: bool = True,
+) -> tuple[list[str], np.ndarray]:
+    """Embeddings for verification: ``(ids, (N, D) float32)``, ``ids`` = the utterances in input order.
+
+    The embedding is ``embed_blob`` (fc5) of the crop-averaged pooled feature; not normalised here (cosine
+    scoring normalises).
+    """
+    utterances = list(utterances)
+    out = crop_averaged_forward(
+        net, utterances, crops_provider, [embed_blob], rng=rng, batch=batch, head_batch=head_batch,
+        data_blob=data_blob, pool_blob=pool_blob, progress=progress, desc="embedding",
+    )
+    return utterances, out[embed_blob]

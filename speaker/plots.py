@@ -1,0 +1,170 @@
+"""Figures for verification and training, written as PNG files.
+
+Every function draws on its own ``matplotlib.figure.Figure`` attached to an Agg canvas (no pyplot, so no
+global backend switch and no figure registry to leak into), saves it and returns the path it wrote.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+
+import numpy as np
+
+from speaker.metrics import compute_eer, roc
+
+__all__ = [
+    "det_plot",
+    "probit",
+    "read_training_csv",
+    "roc_plot",
+    "score_histogram",
+    "training_curve",
+]
+
+# DET axes clip rates to [eps, 1 - eps] so 0 and 1 (which map to -/+inf) stay on the plot.
+_DET_EPS = 1e-5
+_DET_TICKS = (0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
+
+
+def _figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4), **kw):
+    """A new Figure on its own Agg canvas and its axes; imported here so importing this module is cheap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def _save(fig, path) -> str:
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    return path
+
+
+def probit(p, eps: float = _DET_EPS) -> np.ndarray:
+    """Normal deviate of a rate: ``norm.ppf(clip(p, eps, 1 - eps))`` (the DET axis transform)."""
+    from scipy.stats import norm
+
+    return norm.ppf(np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps))
+
+
+def score_histogram(labels, scores, path, bins: int = 100, title: str | None = None) -> str:
+    """Overlaid density histograms of target (label 1) and non-target (label 0) scores."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    fig, ax = _figure(figsize=(6, 4))
+    edges = np.histogram_bin_edges(scores, bins=bins)  # shared bins so the two shapes compare
+    ax.hist(scores[~labels], bins=edges, density=True, alpha=0.6, label=f"non-target ({(~labels).sum():,})")
+    ax.hist(scores[labels], bins=edges, density=True, alpha=0.6, label=f"target ({labels.sum():,})")
+    ax.set_xlabel("score")
+    ax.set_ylabel("density")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def roc_plot(labels, scores, path, title: str | None = None) -> str:
+    """ROC curve, true-positive rate against false-positive rate on a log axis, EER point marked."""
+    fpr, fnr, _ = roc(labels, scores)
+    eer, _ = compute_eer(labels, scores)
+    fig, ax = _figure(figsize=(5, 4.5))
+    positive = fpr > 0  # a log axis cannot show fpr == 0
+    ax.plot(fpr[positive], 1.0 - fnr[positive], lw=1.5)
+    ax.plot([eer], [1.0 - eer], "o", label=f"EER {100 * eer:.2f} %")
+    ax.set_xscale("log")
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_ylim(0, 1.01)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def det_plot(labels, scores, path, title: str | None = None) -> str:
+    """DET curve: miss rate against false-alarm rate, both on normal-deviate (probit) axes."""
+    fpr, fnr, _ = roc(labels, scores)
+    eer, _ = compute_eer(labels, scores)
+    fig, ax = _figure(figsize=(5, 5))
+    ax.plot(probit(fpr), probit(fnr), lw=1.5)
+    ax.plot(probit([eer]), probit([eer]), "o", label=f"EER {100 * eer:.2f} %")
+    lim = probit([_DET_EPS, 1 - _DET_EPS])
+    ax.plot(lim, lim, "k:", lw=0.8)  # the fpr == fnr diagonal
+    ticks = probit(_DET_TICKS)
+    labels_txt = [f"{100 * t:g}" for t in _DET_TICKS]
+    ax.set_xticks(ticks, labels_txt)
+    ax.set_yticks(ticks, labels_txt)
+    ax.set_xlim(lim)
+    ax.set_ylim(lim)
+    ax.set_xlabel("false-alarm rate (%)")
+    ax.set_ylabel("miss rate (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+_CURVE_COLUMNS = ("iteration", "loss", "lr", "val_top1", "val_top5")
+
+
+def read_training_csv(csv_path) -> dict[str, np.ndarray]:
+    """Columns of a training log CSV as float arrays, blank cells as NaN (not measured that iteration).
+
+    Needs the header ``iteration,loss,lr,val_top1,val_top5`` (extra columns are kept too).
+    """
+    csv_path = os.fspath(csv_path)
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in _CURVE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{csv_path}: missing column(s) {missing}; header is {reader.fieldnames}")
+        cols: dict[str, list[float]] = {c: [] for c in reader.fieldnames}
+        for row in reader:
+            for c in cols:
+                cell = (row.get(c) or "").strip()
+                try:
+                    cols[c].append(float(cell) if cell else math.nan)
+                except ValueError:
+                    raise ValueError(
+                        f"{csv_path}:{reader.line_num}: column {c!r} is not a number: {cell!r}"
+                    ) from None
+    return {c: np.asarray(v, dtype=np.float64) for c, v in cols.items()}
+
+
+def training_curve(csv_path, path, title: str | None = None) -> str:
+    """Loss and learning rate (top panel) and validation top-1/top-5 (bottom panel) against iteration."""
+    cols = read_training_csv(csv_path)
+    it = cols["iteration"]
+    fig, (ax_loss, ax_acc) = _figure(2, 1, figsize=(7, 6), sharex=True)
+    has = ~np.isnan(cols["loss"])
+    ax_loss.plot(it[has], cols["loss"][has], lw=1, label="loss")
+    ax_loss.set_ylabel("training loss")
+    has_lr = ~np.isnan(cols["lr"])
+    if has_lr.any():
+        ax_lr = ax_loss.twinx()
+        ax_lr.plot(it[has_lr], cols["lr"][has_lr], "C3--", lw=1, label="learning rate")
+        ax_lr.set_ylabel("learning rate")
+        if (cols["lr"][has_lr] > 0).all():
+            ax_lr.set_yscale("log")
+    for name, style in (("val_top1", "o-"), ("val_top5", "s-")):
+        has = ~np.isnan(cols[name])
+        if has.any():
+            ax_acc.plot(it[has], cols[name][has], style, ms=3, label=name.replace("val_", "validation "))
+    ax_acc.set_xlabel("iteration")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.grid(True, alpha=0.3)
+    if ax_acc.lines:
+        ax_acc.legend(loc="lower right")
+    if title:
+        ax_loss.set_title(title)
+    return _save(fig, path)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create the project's virtual environment (.venv) and install requirements.txt into it. Idempotent: a second
+# run only checks. Needs python3 (3.11) with venv; on a bare Debian/Ubuntu it installs python3-venv and
+# libsndfile1 (soundfile's system library) with apt-get when it can.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+need_apt=()
+"$PYTHON" -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
+if ((${#need_apt[@]})); then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+    else
+        echo "setup: missing system packages: ${need_apt[*]} (install them with apt-get)" >&2
+        exit 1
+    fi
+fi
+
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -r requirements.txt
+echo "$want" > "$stamp"
+echo "setup: .venv ready ($(.venv/bin/python --version))"

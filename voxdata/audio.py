@@ -1,0 +1,101 @@
+"""Reading VoxCeleb wav files: 16 kHz, mono, 16-bit PCM, checked, with errors that name the file."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+class AudioError(ValueError):
+    """An unusable recording (unreadable, wrong rate, not mono, empty, truncated); names the file."""
+
+
+def _riff_truncation(path: str) -> str | None:
+    """For a RIFF/WAVE file, compare the data chunk's declared size with the bytes present.
+
+    libsndfile silently shortens a truncated file, so a cut-off download would otherwise pass unnoticed.
+    Returns a description of the problem, or None if the file is complete (or not a RIFF file).
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            cid, csize = struct.unpack("<4sI", f.read(8))
+            if cid == b"data":
+                present = size - pos - 8
+                if csize != 0xFFFFFFFF and present < csize:
+                    return f"truncated: data chunk declares {csize} bytes, {present} present"
+                return None
+            pos += 8 + csize + (csize & 1)
+    return "truncated: no data chunk"
+
+
+def wav_info(path: str, sample_rate: int = SAMPLE_RATE) -> int:
+    """Check a file's header (rate, channels, length, truncation) without decoding; returns its length in
+    samples. Raises AudioError naming the file."""
+    import soundfile as sf
+
+    path = os.fspath(path)
+    try:
+        info = sf.info(path)
+    except Exception as e:  # LibsndfileError, RuntimeError, OSError: all mean "cannot read this file"
+        raise AudioError(f"{path}: unreadable audio file ({e})") from None
+    _check(path, info.samplerate, info.channels, info.frames, sample_rate)
+    problem = _riff_truncation(path)
+    if problem:
+        raise AudioError(f"{path}: {problem}")
+    return int(info.frames)
+
+
+def _check(path, rate, channels, frames, sample_rate):
+    if rate != sample_rate:
+        raise AudioError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz")
+    if channels != 1:
+        raise AudioError(f"{path}: {channels} channels, expected mono")
+    if frames <= 0:
+        raise AudioError(f"{path}: empty recording (0 samples)")
+
+
+def read_wav(path, sample_rate: int = SAMPLE_RATE, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Read a 16 kHz mono recording as int16 samples, shape (n,).
+
+    start/stop read only a slice (in samples). Raises AudioError (a ValueError) naming the file if it is
+    unreadable, not `sample_rate`, not mono, empty or truncated. Non-16-bit PCM is converted by soundfile.
+    """
+    import soundfile as sf
+
+    path = os.fspath(path)
+    try:
+        with sf.SoundFile(path) as f:
+            _check(path, f.samplerate, f.channels, f.frames, sample_rate)
+            if start:
+                f.seek(start)
+            n = (f.frames if stop is None else min(stop, f.frames)) - start
+            data = f.read(max(n, 0), dtype="int16", always_2d=False)
+    except AudioError:
+        raise
+    except Exception as e:
+        raise AudioError(f"{path}: unreadable audio file ({e})") from None
+    if start == 0 and stop is None:
+        if len(data) == 0:
+            raise AudioError(f"{path}: empty recording (0 samples)")
+        problem = _riff_truncation(path)
+        if problem:
+            raise AudioError(f"{path}: {problem}")
+    return data
+
+
+def write_wav(path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write int16 (n,) samples as 16-bit PCM wav, creating parent folders."""
+    import soundfile as sf
+
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    sf.write(path, np.asarray(samples, dtype=np.int16), sample_rate, subtype="PCM_16")

@@ -1,0 +1,244 @@
+"""Training batches and evaluation crops, in worker processes, deterministic and resumable.
+
+Training: batch k holds B utterances drawn uniformly at random with replacement (as the paper), each cut
+with random_crop. Every random number of batch k comes from a generator seeded by (seed, k), so the stream
+is the same for any number of workers and a run resumed at batch k sees exactly the batches an
+uninterrupted run would. Batches are (crops int16 tensor (B, L), labels int64 tensor (B,)); the trainer
+computes the spectrogram on its device (frontend.spectrogram_torch).
+
+Evaluation: per utterance i, n random crops from a generator seeded by (seed, i).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from .audio import AudioError, read_wav
+from .crops import CropError, random_crop
+from .frontend import crop_length
+
+log = logging.getLogger(__name__)
+
+_TRAIN_STREAM, _EVAL_STREAM = 0, 1
+
+
+def batch_rng(seed: int, k: int) -> np.random.Generator:
+    """The generator of training batch k."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), _TRAIN_STREAM, int(k)]))
+
+
+def _reader(cache):
+    if cache is None:
+        return read_wav
+    from .cache import WavCache
+
+    return (cache if isinstance(cache, WavCache) else WavCache(cache)).get
+
+
+class TrainBatches:
+    """Map-style dataset whose item k is the whole training batch k (used with batch_size=None).
+
+    paths: audio file paths (absolute, or as keyed in the cache); labels: int (n,).
+    length: crop length in samples (or give frames: length = crop_length(frames)).
+    on_error: 'raise' (AudioError / CropError naming the file) or 'skip' (count it, log it, draw another
+    utterance from the same generator, so the stream stays deterministic).
+    """
+
+    def __init__(
+        self,
+        paths,
+        labels,
+        batch_size: int = 50,
+        length: int | None = None,
+        frames: int | None = None,
+        seed: int = 0,
+        augment: bool = True,
+        repeat_short: bool = False,
+        cache=None,
+        on_error: str = "raise",
+    ):
+        if length is None:
+            length = crop_length(frames if frames is not None else 300)
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.paths = [os.fspath(p) for p in paths]
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if len(self.paths) == 0 or len(self.paths) != len(self.labels):
+            raise ValueError(
+                f"need as many labels as paths (>0), got {len(self.paths)} and {len(self.labels)}"
+            )
+        self.batch_size, self.length, self.seed = int(batch_size), int(length), int(seed)
+        self.augment, self.repeat_short, self.on_error = augment, repeat_short, on_error
+        self.cache = cache
+        self.skipped = 0
+        self._read = None
+
+    def __len__(self) -> int:  # nominal: the stream is infinite, the sampler decides
+        return 2**62
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_read"] = None
+        return state
+
+    def batch(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch k as NumPy: crops int16 (B, L), labels int64 (B,)."""
+        if self._read is None:
+            self._read = _reader(self.cache)
+        rng = batch_rng(self.seed, k)
+        crops = np.empty((self.batch_size, self.length), dtype=np.int16)
+        labels = np.empty(self.batch_size, dtype=np.int64)
+        for b in range(self.batch_size):
+            for _attempt in range(100):
+                i = int(rng.integers(0, len(self.paths)))
+                try:
+                    crops[b] = random_crop(
+                        self._read(self.paths[i]), self.length, rng, self.augment, self.repeat_short
+                    )
+                    break
+                except (AudioError, CropError) as e:
+                    if self.on_error == "raise":
+                        if isinstance(e, CropError):
+                            raise CropError(f"{self.paths[i]}: {e}") from None
+                        raise
+                    self.skipped += 1
+                    log.warning("skipping %s (%d skipped in this worker): %s", self.paths[i], self.skipped, e)
+            else:
+                raise AudioError(
+                    f"100 unusable files in a row while building batch {k}; last: {self.paths[i]}"
+                )
+            labels[b] = self.labels[i]
+        return crops, labels
+
+    def __getitem__(self, k: int):
+        import torch
+
+        crops, labels = self.batch(k)
+        return torch.from_numpy(crops), torch.from_numpy(labels)
+
+
+class _From:
+    """Sampler: k = start, start + 1, ... forever."""
+
+    def __init__(self, start: int):
+        self.start = int(start)
+
+    def __iter__(self):
+        k = self.start
+        while True:
+            yield k
+            k += 1
+
+
+def _worker_init(_):
+    import torch
+
+    torch.set_num_threads(1)  # the workers only slice and copy; keep the cores for the main process
+
+
+def train_loader(
+    paths,
+    labels,
+    batch_size: int = 50,
+    length: int | None = None,
+    frames: int | None = None,
+    seed: int = 0,
+    start_batch: int = 0,
+    num_workers: int = 2,
+    augment: bool = True,
+    repeat_short: bool = False,
+    cache=None,
+    on_error: str = "raise",
+    pin_memory: bool | None = None,
+    prefetch_factor: int = 4,
+):
+    """Infinite DataLoader of training batches k = start_batch, start_batch + 1, ...
+
+    Yields (crops int16 tensor (B, L), labels int64 tensor (B,)). cache: a cache folder or WavCache
+    (paths must be its keys). pin_memory defaults to torch.cuda.is_available().
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    ds = TrainBatches(paths, labels, batch_size, length, frames, seed, augment, repeat_short, cache, on_error)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    kw = {}
+    if num_workers > 0:
+        kw = {"prefetch_factor": prefetch_factor, "persistent_workers": True, "worker_init_fn": _worker_init}
+    return DataLoader(
+        ds, batch_size=None, sampler=_From(start_batch), num_workers=num_workers, pin_memory=pin_memory, **kw
+    )
+
+
+class EvalCrops:
+    """Map-style dataset: item i = (crops int16 tensor (n_crops, L), i) for utterance i, from a generator
+    seeded by (seed, i) -- the 50-crop test protocol (augment=True: repetition + reversal as in training)."""
+
+    def __init__(
+        self,
+        paths,
+        n_crops: int = 50,
+        length: int | None = None,
+        frames: int | None = None,
+        seed: int = 0,
+        augment: bool = True,
+        repeat_short: bool = True,
+        cache=None,
+    ):
+        self.paths = [os.fspath(p) for p in paths]
+        self.n_crops = int(n_crops)
+        self.length = int(
+            length if length is not None else crop_length(frames if frames is not None else 300)
+        )
+        self.seed, self.augment, self.repeat_short, self.cache = int(seed), augment, repeat_short, cache
+        self._read = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_read"] = None
+        return state
+
+    def crops(self, i: int) -> np.ndarray:
+        if self._read is None:
+            self._read = _reader(self.cache)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, _EVAL_STREAM, int(i)]))
+        x = self._read(self.paths[i])
+        try:
+            return np.stack(
+                [
+                    random_crop(x, self.length, rng, self.augment, self.repeat_short)
+                    for _ in range(self.n_crops)
+                ]
+            )
+        except CropError as e:
+            raise CropError(f"{self.paths[i]}: {e}") from None
+
+    def __getitem__(self, i: int):
+        import torch
+
+        return torch.from_numpy(self.crops(i)), i
+
+
+def eval_crops(
+    paths,
+    n_crops: int = 50,
+    length: int | None = None,
+    frames: int | None = None,
+    seed: int = 0,
+    augment: bool = True,
+    num_workers: int = 0,
+    cache=None,
+):
+    """Iterate over utterances in order, yielding (crops int16 tensor (n_crops, L), index)."""
+    from torch.utils.data import DataLoader
+
+    ds = EvalCrops(paths, n_crops, length, frames, seed, augment, cache=cache)
+    kw = {"worker_init_fn": _worker_init, "prefetch_factor": 4} if num_workers > 0 else {}
+    return DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers, **kw)
