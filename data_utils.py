@@ -1,6 +1,7 @@
 """The original's module name: re-exports voxdata's public API, and the `synth` command.
 
     python data_utils.py synth --out DIR [--speakers 40 --utterances 30 --test-speakers 10 --seed 0 ...]
+    python data_utils.py cache --iden-split DIR/iden_split.txt --out CACHE_DIR [--skip-bad]
 
 writes a synthetic corpus in VoxCeleb1's layout (DIR/wav/..., DIR/iden_split.txt, DIR/veri_test.txt,
 DIR/vox1_meta.csv); see voxdata/synth.py for what is in it.
@@ -40,6 +41,7 @@ from voxdata import (
     read_trials,
     read_wav,
     save_labels,
+    scan_audio,
     spectrogram,
     spectrogram_torch,
     train_loader,
@@ -74,6 +76,7 @@ __all__ = [
     "read_trials",
     "read_wav",
     "save_labels",
+    "scan_audio",
     "spectrogram",
     "spectrogram_torch",
     "train_loader",
@@ -110,6 +113,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, default=2000, help="verification trials (half target)")
     s.add_argument("--workers", type=int, default=0, help="processes (0 = all cores, at most 8)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    c = sub.add_parser(
+        "cache",
+        help="decode every utterance of an iden_split.txt into a memory-mapped int16 cache",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    c.add_argument("--iden-split", required=True, help="iden_split.txt")
+    c.add_argument("--data-root", default=None, help="default: the list's folder")
+    c.add_argument("--out", required=True, help="cache folder (keys: absolute wav paths, as Splits.abspaths)")
+    c.add_argument(
+        "--skip-bad", action="store_true", help="skip and count unusable files instead of stopping"
+    )
     return p
 
 
@@ -140,6 +154,17 @@ def main(argv=None) -> int:
             summary["trials"],
             summary["out"],
             time.time() - t0,
+        )
+    elif args.command == "cache":
+        splits = read_iden_split(args.iden_split, data_root=args.data_root)
+        paths = splits.abspaths(splits.train) + splits.abspaths(splits.val) + splits.abspaths(splits.test)
+        cache = build_cache(paths, args.out, on_error="skip" if args.skip_bad else "raise")
+        logging.getLogger("data_utils").info(
+            "cached %d recordings in %s (%d skipped, %d missing)",
+            len(cache),
+            args.out,
+            len(cache.skipped),
+            len(splits.missing),
         )
     return 0
 

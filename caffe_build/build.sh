@@ -101,7 +101,7 @@ want = os.path.realpath(sys.argv[1])
 import caffe
 got = os.path.realpath(os.path.dirname(os.path.dirname(caffe.__file__)))
 types = set(caffe.layer_type_list())
-need = {"MarginInnerProduct", "Normalize", "LabelSpecificAdd", "InnerProduct"}
+need = {"MarginInnerProduct", "Normalize", "LabelSpecificAdd", "InnerProduct", "AdditiveAngularMargin"}
 assert need <= types, "layer types missing from this build: %s" % sorted(need - types)
 try:  # our own pb2 (proto package caffe_torch) must load in the same process
     import caffe_torch.proto.caffe_pb2  # noqa: F401
@@ -239,8 +239,13 @@ EOF
   # venv's protobuf runtime (protobuf >= 5 refuses or warns about 3.21-era generated code).
   if "$PY" -c "import grpc_tools.protoc" 2>/dev/null; then
     log "generating caffe_pb2.py with $PY -m grpc_tools.protoc (for the venv's protobuf runtime)"
-    "$PY" -m grpc_tools.protoc -I"$PREFIX/src/src/caffe/proto" --python_out="$STAGE/caffe/proto" \
+    # -I src: the file registers in protobuf's descriptor pool as "caffe/proto/caffe.proto", as
+    # BVLC's CMake build does, so it cannot clash with another pb2 registered as "caffe.proto".
+    pbtmp="$(mktemp -d)"
+    "$PY" -m grpc_tools.protoc -I"$PREFIX/src/src" --python_out="$pbtmp" \
       "$PREFIX/src/src/caffe/proto/caffe.proto"
+    cp "$pbtmp/caffe/proto/caffe_pb2.py" "$STAGE/caffe/proto/caffe_pb2.py"
+    rm -rf "$pbtmp"
   else
     log "grpc_tools not in $PY: keeping caffe_pb2.py from $(protoc --version)"
   fi

@@ -15,17 +15,28 @@ class _HostSync:
     """The set of host copies handed out since the last device-side operation of one net."""
 
     def __init__(self):
-        self.pending: dict[int, tuple["Blob", str, np.ndarray]] = {}
+        self.pending: dict[int, tuple[Blob, str, np.ndarray]] = {}
 
     def remember(self, blob: "Blob", which: str, array: np.ndarray) -> None:
         self.pending[id(array)] = (blob, which, array)
 
+    def forget(self, blob: "Blob", which: str | None = None) -> None:
+        """Drop `blob`'s host copies (all, or only `which`) without uploading them: its tensor was replaced
+        (`.tensor = t`, `reshape`), so the copy no longer describes it."""
+        for key, (b, w, _) in list(self.pending.items()):
+            if b is blob and (which is None or w == which):
+                del self.pending[key]
+                b._host[w] = None
+
     def flush(self) -> None:
         """Upload every host copy (the user may have written into it), then forget them."""
-        for blob, which, array in self.pending.values():
-            target = blob._tensor() if which == "data" else blob._grad_tensor(create=True)
-            target.copy_(torch.from_numpy(array))
-            blob._host[which] = None
+        with torch.no_grad():
+            for blob, which, array in self.pending.values():
+                target = blob._tensor() if which == "data" else blob._grad_tensor(create=True)
+                if tuple(target.shape) == array.shape:
+                    # detach: the target may be a leaf that requires grad (a force_backward input)
+                    target.detach().copy_(torch.from_numpy(array))
+                blob._host[which] = None
         self.pending.clear()
 
     def drop(self) -> None:
@@ -35,11 +46,17 @@ class _HostSync:
 
 
 class Blob:
-    """A named blob of a net (an activation, or a learnable parameter: see ParamBlob)."""
+    """A named blob of a net (an activation, or a learnable parameter: see `param_blob`)."""
 
-    def __init__(self, sync: _HostSync, get, set_, get_grad, set_grad):
+    # Devices whose tensors NumPy can view directly; any other device goes through host copies. (Tests
+    # empty it to run the GPU host-copy path on the CPU.)
+    zero_copy_devices: tuple[str, ...] = ("cpu",)
+
+    def __init__(self, sync: _HostSync, get, set_, get_grad, set_grad, peek=None):
         self._sync = sync
         self._get, self._set, self._get_grad, self._set_grad = get, set_, get_grad, set_grad
+        # `peek` returns the tensor without materialising a storage-less placeholder (for shapes)
+        self._peek = peek or get
         self._host: dict[str, np.ndarray | None] = {"data": None, "diff": None}
 
     # -- tensors
@@ -57,11 +74,11 @@ class Blob:
     def _array(self, which: str) -> np.ndarray:
         t = self._tensor() if which == "data" else self._grad_tensor(create=True)
         t = t.detach()
-        if t.device.type == "cpu":
+        if t.device.type in self.zero_copy_devices:
             return t.numpy()
         host = self._host[which]
         if host is None or host.shape != tuple(t.shape):
-            host = t.cpu().numpy()
+            host = t.to("cpu", copy=True).numpy()
             self._host[which] = host
             self._sync.remember(self, which, host)
         return host
@@ -93,17 +110,18 @@ class Blob:
         cur = self._tensor()
         if value.device != cur.device or value.dtype != cur.dtype:
             value = value.to(device=cur.device, dtype=cur.dtype, non_blocking=True)
-        self._host["data"] = None
+        # a host copy handed out before must not be uploaded over the new tensor at the next flush
+        self._sync.forget(self, "data")
         self._set(value)
 
     # -- shape
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self._tensor().shape)
+        return tuple(self._peek().shape)
 
     @property
     def count(self) -> int:
-        return int(self._tensor().numel())
+        return int(self._peek().numel())
 
     num = property(lambda self: self.shape[0] if self.shape else 1)
     channels = property(lambda self: self.shape[1] if len(self.shape) > 1 else 1)
@@ -119,6 +137,7 @@ class Blob:
         cur = self._tensor()
         if tuple(cur.shape) == shape:
             return
+        self._sync.forget(self)
         self._host = {"data": None, "diff": None}
         if cur.numel() == int(np.prod(shape)):
             self._set(cur.detach().reshape(shape).clone())

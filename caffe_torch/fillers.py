@@ -28,21 +28,30 @@ def _variance_n(param, shape) -> float:
     return fan_in
 
 
-def fill(param: "caffe_pb2.FillerParameter", shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+def fill(param: "caffe_pb2.FillerParameter", shape: Sequence[int],
+         generator: torch.Generator) -> torch.Tensor:
     """A float64 CPU tensor of `shape` filled as Caffe's filler `param.type` (default "constant")."""
     shape = tuple(int(s) for s in shape)
     kind = param.type  # default "constant" (caffe.proto)
     if param.sparse >= 0 and kind != "gaussian":
-        raise ValueError(f"filler field 'sparse' is only meaningful for gaussian, not {kind!r}")
+        raise ValueError(f"sparsity (filler field 'sparse') is not supported by the {kind!r} filler")
+    if kind == "uniform" and param.max < param.min:
+        raise ValueError(f"uniform filler: max {param.max} < min {param.min}")
     out = torch.empty(shape, dtype=torch.float64)
     if kind == "constant":
         return out.fill_(param.value)
     if kind == "uniform":
         return out.uniform_(param.min, param.max, generator=generator)
     if kind == "gaussian":
+        out.normal_(param.mean, param.std, generator=generator)
         if param.sparse >= 0:
-            raise ValueError("gaussian filler with 'sparse' is not supported by caffe_torch")
-        return out.normal_(param.mean, param.std, generator=generator)
+            # Caffe: keep each value with probability sparse / num_outputs (num_outputs = shape[0])
+            if len(shape) < 1:
+                raise ValueError("gaussian filler with 'sparse' needs a blob with at least one axis")
+            prob = param.sparse / shape[0]
+            keep = torch.empty(shape, dtype=torch.float64).uniform_(0.0, 1.0, generator=generator) < prob
+            out.mul_(keep.to(out.dtype))
+        return out
     if kind == "xavier":
         a = math.sqrt(3.0 / _variance_n(param, shape))
         return out.uniform_(-a, a, generator=generator)

@@ -24,8 +24,8 @@ from .blob import Blob, _HostSync, param_blob
 from .errors import LayerError, PrototxtError
 from .layers.base import BuildContext, layer_class
 from .mode import MODE
-from .prototxt import Source, read_net
 from .proto import caffe_pb2
+from .prototxt import Source, read_net
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
@@ -130,10 +130,17 @@ class Net:
         self.name = net_param.name
         self._src = src
         self._sync = _HostSync()
-        state = caffe_pb2.NetState(phase=phase, level=level, stage=list(stages or []))
-        if net_param.HasField("state"):
-            state.MergeFrom(net_param.state)
-            state.phase = phase
+        # Caffe's Net(file, phase, level, stages): the file's state, with phase and level replaced by the
+        # constructor's and its stages appended
+        state = caffe_pb2.NetState()
+        state.CopyFrom(net_param.state)
+        state.phase = phase
+        state.level = int(level)
+        state.stage.extend(list(stages or []))
+        if len(net_param.layers):
+            raise PrototxtError(f"{src.path}: legacy V1 'layers' blocks are not supported in a net "
+                                "definition (only when reading weights); upgrade the file to 'layer' "
+                                "blocks (Caffe's upgrade_net_proto_text)")
         upgrade_inputs(net_param, src)
         self._net_param = net_param
         self._build(net_param, state, src)
@@ -156,6 +163,7 @@ class Net:
         self._loss_weights: dict[str, float] = OrderedDict()
         self._learnable: list[tuple[nn.Parameter, float, float, str]] = []   # (param, lr, decay, name)
         self._param_owner: dict[str, tuple[nn.Parameter, str]] = {}
+        self._shared_mults: dict[str, tuple[float | None, float | None]] = {}
         self.force_backward = net_param.force_backward
         self.enable_backward = self.phase == TRAIN or self.force_backward
 
@@ -197,11 +205,18 @@ class Net:
             self._propagate_down.append(list(lp.propagate_down) or [True] * len(lp.bottom))
             for b in lp.bottom:
                 available.pop(b, None)
+            for j, t in enumerate(lp.top):
+                in_place = j < len(lp.bottom) and lp.bottom[j] == t
+                if t in shapes and not in_place:
+                    raise LayerError(lp.name, lp.type, f"top blob '{t}' produced by multiple sources", where)
+            if len(top_shapes) != len(lp.top):
+                raise LayerError(lp.name, lp.type, f"gives {len(top_shapes)} top shape(s) for {len(lp.top)} "
+                                 "top(s)", where)
             for t, shp in zip(lp.top, top_shapes):
                 shapes[t] = tuple(shp)
                 available[t] = None
                 if t not in self._tensors or tuple(self._tensors[t].shape) != tuple(shp):
-                    self._tensors[t] = torch.zeros(shp, dtype=self.dtype, device=self.device)
+                    self._tensors[t] = self._placeholder(shp, real=lp.type == "Input")
                 if t not in self.blobs:
                     self.blobs[t] = self._activation_blob(t)
             if lp.type == "Input":
@@ -215,7 +230,9 @@ class Net:
         if weights and len(weights) != len(lp.top):
             raise LayerError(lp.name, lp.type, "loss_weight must be unspecified or given once per top", where)
         if not weights:
-            weights = [1.0 if (layer.is_loss and i == 0) else 0.0 for i in range(len(lp.top))]
+            # Caffe: loss layers (type "...Loss") give their first top loss weight 1 by default
+            is_loss = layer.is_loss or lp.type.endswith("Loss")
+            weights = [1.0 if (is_loss and i == 0) else 0.0 for i in range(len(lp.top))]
         for top, w in zip(lp.top, weights):
             if w != 0:
                 self._loss_weights[top] = float(w)
@@ -229,6 +246,13 @@ class Net:
             spec = lp.param[i] if i < len(lp.param) else caffe_pb2.ParamSpec()
             lr, decay = spec.lr_mult, spec.decay_mult          # defaults 1, 1 (caffe.proto)
             p = layer.blobs[i]
+            if not p.requires_grad:
+                # blobs a layer never learns (BatchNorm's statistics): Caffe forces lr_mult 0 for them and
+                # refuses a nonzero one, so the solver neither moves nor decays them
+                if spec.HasField("lr_mult") and spec.lr_mult != 0:
+                    raise LayerError(lp.name, lp.type, f"blob {i} is not learnable (e.g. BatchNorm "
+                                     f"statistics); its lr_mult must be 0, got {spec.lr_mult}", where)
+                lr = 0.0
             if spec.name and spec.name in self._param_owner:
                 owner, owner_layer = self._param_owner[spec.name]
                 if tuple(owner.shape) != tuple(p.shape):
@@ -238,19 +262,40 @@ class Net:
                         raise LayerError(lp.name, lp.type, f"shared param '{spec.name}' has shape "
                                          f"{tuple(p.shape)} here but {tuple(owner.shape)} in layer "
                                          f"'{owner_layer}'", where)
+                owner_lr, owner_decay = self._shared_mults[spec.name]
+                # Caffe: a sharing layer that sets lr_mult/decay_mult must agree with the owner's
+                if spec.HasField("lr_mult") and owner_lr is not None and owner_lr != spec.lr_mult:
+                    raise LayerError(lp.name, lp.type, f"shared param '{spec.name}' has mismatched lr_mult "
+                                     f"({spec.lr_mult} here, {owner_lr} in layer '{owner_layer}')", where)
+                if spec.HasField("decay_mult") and owner_decay is not None and owner_decay != spec.decay_mult:
+                    raise LayerError(lp.name, lp.type, f"shared param '{spec.name}' has mismatched "
+                                     f"decay_mult ({spec.decay_mult} here, {owner_decay} in layer "
+                                     f"'{owner_layer}')", where)
                 layer.blobs[i] = owner
                 continue
             if spec.name:
                 self._param_owner[spec.name] = (p, lp.name)
+                self._shared_mults[spec.name] = (spec.lr_mult if spec.HasField("lr_mult") else None,
+                                                 spec.decay_mult if spec.HasField("decay_mult") else None)
             # Caffe: no diff for a param with lr_mult 0 (and BatchNorm's statistics are never learned).
             p.requires_grad_(lr != 0 and p.requires_grad)
             self._learnable.append((p, lr, decay, f"{lp.name}[{i}]"))
         if n:
             self.params[lp.name] = [param_blob(self._sync, layer, i) for i in range(n)]
 
+    def _placeholder(self, shape, real: bool) -> torch.Tensor:
+        """Input blobs get real (zeroed) storage; other blobs a storage-less "meta" tensor of the right
+        shape, made real only if someone reads it before a forward has produced it (a ResNet-20 at batch
+        50 would otherwise allocate gigabytes that the first forward throws away)."""
+        device = self.device if real else torch.device("meta")
+        return torch.zeros(shape, dtype=self.dtype, device=device)
+
     def _activation_blob(self, name: str) -> Blob:
         def get():
-            return self._tensors[name]
+            t = self._tensors[name]
+            if t.is_meta:
+                t = self._tensors[name] = torch.zeros(t.shape, dtype=self.dtype, device=self.device)
+            return t
 
         def set_(t):
             self._tensors[name] = t
@@ -261,7 +306,7 @@ class Net:
         def set_grad(g):
             self._grads[name] = g
 
-        return Blob(self._sync, get, set_, get_grad, set_grad)
+        return Blob(self._sync, get, set_, get_grad, set_grad, peek=lambda: self._tensors[name])
 
     # ------------------------------------------------------------------ pycaffe surface
     @property
@@ -296,7 +341,8 @@ class Net:
         outputs = list(self.top_names[end] if end is not None else self.outputs) + list(blobs or [])
         if kwargs:
             if set(kwargs) != set(self.inputs):
-                raise ValueError(f"input blob arguments {sorted(kwargs)} do not match net inputs {self.inputs}")
+                raise ValueError(f"input blob arguments {sorted(kwargs)} do not match net inputs "
+                                 f"{self.inputs}")
             for name, value in kwargs.items():
                 self._set_input(name, value)
         self.forward_range(start_i, end_i, retain_blob_diffs=True)
@@ -397,11 +443,16 @@ class Net:
         self._sync.flush()
         shapes = {n: tuple(self._tensors[n].shape) for n in self.inputs}
         for layer, lname in zip(self._layers, self._layer_names):
+            if layer.is_source:
+                # Caffe's InputLayer::Reshape does nothing: its tops keep the shapes the user gave them
+                for t in self.top_names[lname]:
+                    shapes[t] = tuple(self._tensors[t].shape)
+                continue
             bottom_shapes = [shapes[b] for b in self.bottom_names[lname]]
             for t, shp in zip(self.top_names[lname], layer.top_shapes(bottom_shapes)):
                 shapes[t] = tuple(shp)
                 if tuple(self._tensors[t].shape) != tuple(shp):
-                    self._tensors[t] = torch.zeros(shp, dtype=self.dtype, device=self.device)
+                    self._tensors[t] = self._placeholder(shp, real=t in self.inputs)
                     self._grads.pop(t, None)
 
     def share_with(self, other: "Net") -> None:

@@ -19,7 +19,7 @@ class Source:
     layer_lines: list[int] = field(default_factory=list)
 
     def where(self, layer_index: int | None = None) -> str:
-        if layer_index is not None and layer_index < len(self.layer_lines):
+        if layer_index is not None and layer_index < len(self.layer_lines) and self.layer_lines[layer_index]:
             return f"{self.path}:{self.layer_lines[layer_index]}"
         return self.path
 
@@ -66,7 +66,8 @@ def _layer_blocks(text: str) -> list[tuple[int, int, str | None]]:
 def _parse(text: str, message: _message.Message, path: str) -> Source:
     blocks = _layer_blocks(text)
     try:
-        text_format.Merge(text, message)
+        # Parse, not Merge: like Caffe's C++ TextFormat::Parse, a non-repeated field given twice is an error
+        text_format.Parse(text, message)
     except text_format.ParseError as exc:
         line = exc.GetLine() if hasattr(exc, "GetLine") else None
         reason = str(exc)
@@ -76,7 +77,8 @@ def _parse(text: str, message: _message.Message, path: str) -> Source:
         if line is not None:
             for first, last, name in blocks:
                 if first <= line <= last:
-                    layer = f" (in layer '{name}')" if name else f" (in the layer block starting at line {first})"
+                    layer = f" (in layer '{name}')" if name \
+                        else f" (in the layer block starting at line {first})"
                     break
         loc = f"{path}:{line}" if line is not None else path
         raise PrototxtError(f"{loc}: {reason}{layer}") from None

@@ -4,12 +4,18 @@ One `step()` (Solver::Step in Caffe 1.0):
   zero the parameter diffs; test if `iter % test_interval == 0`; forward+backward `iter_size` times (diffs
   accumulate, the loss is averaged); smooth and display the loss; apply the update; `iter += 1`; snapshot if
   `iter % snapshot == 0`.
-The update (SGDSolver::ApplyUpdate) for every learnable blob:
-  clip (global L2 norm of all diffs > clip_gradients: scale all by clip_gradients / norm); diff /= iter_size;
-  diff += weight_decay * decay_mult * data (L2) or * sign(data) (L1); then the solver's rule, e.g. SGD:
-  history = momentum * history + rate * lr_mult * diff; data -= history.
+The update (SGDSolver::ApplyUpdate) for every learnable blob (lr_mult 0 ones included: they have history
+and count in snapshots, but no diff and a zero update):
+  clip (clip_gradients >= 0 and the global L2 norm of all the accumulated diffs > clip_gradients: scale all by
+  clip_gradients / norm); diff *= 1 / iter_size; diff += weight_decay * decay_mult * data (L2) or
+  * sign(data) (L1); then the solver's rule, e.g. SGD: history = momentum * history + rate * lr_mult * diff;
+  diff = history; data -= diff (so after a step a param's `.diff` holds its last update, as in pycaffe).
 This is NOT torch.optim.SGD (which multiplies by the rate after the momentum sum): the two differ whenever the
-rate changes. The rate is a function of (iter, current_step) only: see `learning_rate`.
+rate changes. The rate is a function of (iter, current_step) only, taken before `iter` is incremented: see
+`learning_rate`.
+`solve()` (Solver::Solve): [restore;] step to max_iter; snapshot unless the last step just did (also after an
+early stop); one more train forward to display the loss and a final test, when display / test_interval divide
+max_iter.
 """
 
 import logging
@@ -18,13 +24,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import PrototxtError, WeightsError
 from .mode import set_random_seed
 from .net import TEST, TRAIN, Net
-from .prototxt import read_solver
 from .proto import caffe_pb2
+from .prototxt import read_solver
 from .weights import array_to_blob, blob_to_array, read_solverstate, write_proto_atomic
 
 log = logging.getLogger("caffe_torch.solver")
@@ -52,10 +59,43 @@ def learning_rate(param, it: int, current_step: int) -> tuple[float, int]:
             log.info("MultiStep Status: Iteration %d, step = %d", it, current_step)
         return base * param.gamma ** current_step, current_step
     if policy == "poly":
+        if param.max_iter <= 0:
+            raise PrototxtError("lr_policy 'poly' needs max_iter > 0")
         return base * (1 - it / param.max_iter) ** param.power, current_step
     if policy == "sigmoid":
-        return base * (1 / (1 + math.exp(-param.gamma * (it - param.stepsize)))), current_step
-    raise PrototxtError(f"unknown lr_policy {policy!r}; known: fixed, step, exp, inv, multistep, poly, sigmoid")
+        try:
+            return base * (1 / (1 + math.exp(-param.gamma * (it - param.stepsize)))), current_step
+        except OverflowError:          # exp overflows to inf in C++, giving rate 0; Python raises instead
+            return 0.0, current_step
+    raise PrototxtError(f"unknown lr_policy {policy!r}; known: fixed, step, exp, inv, multistep, poly, "
+                        "sigmoid")
+
+
+_LEGACY_TYPES = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
+
+
+def upgrade_solver_type(param, where: str = "<solver>") -> None:
+    """Caffe's UpgradeSolverType: the deprecated enum `solver_type` becomes the string `type` (giving both is
+    an error)."""
+    if not param.HasField("solver_type"):
+        return
+    if param.HasField("type"):
+        raise PrototxtError(f"{where}: old solver_type field (enum) and new type field (string) cannot be "
+                            "both specified")
+    if param.solver_type not in _LEGACY_TYPES:
+        raise PrototxtError(f"{where}: unknown solver_type {param.solver_type}")
+    param.type = _LEGACY_TYPES[param.solver_type]
+    param.ClearField("solver_type")
+
+
+def _history_to_blob(t: torch.Tensor, blob) -> None:
+    """Blob<Dtype>::ToProto: float data for a float net, double_data for a float64 one (exact round trip)."""
+    if t.dtype == torch.float64:
+        a = t.detach().cpu().numpy()
+        blob.shape.dim.extend(int(d) for d in a.shape)
+        blob.double_data.extend(a.ravel().tolist())
+    else:
+        array_to_blob(t, blob)
 
 
 class Solver:
@@ -65,28 +105,36 @@ class Solver:
     type_name = "SGD"
     n_history = 1     # history blobs per learnable blob (Adam and AdaDelta keep two)
 
-    def __init__(self, solver_file=None, *, solver_param=None, dtype=torch.float32, device=None):
+    def __init__(self, solver_file=None, *, solver_param=None, dtype=torch.float32, device=None,
+                 base_dir=None):
         if solver_param is None:
             if solver_file is None:
                 raise TypeError("Solver needs a solver prototxt file (or solver_param=)")
             solver_param = read_solver(solver_file)
-        self.param = solver_param
+        else:
+            solver_param = caffe_pb2.SolverParameter.FromString(solver_param.SerializeToString())
         self.path = str(solver_file) if solver_file is not None else "<solver>"
-        self._base_dir = Path(solver_file).resolve().parent if solver_file is not None else Path.cwd()
+        upgrade_solver_type(solver_param, self.path)
+        self.param = solver_param
+        if base_dir is not None:
+            self._base_dir = Path(base_dir).resolve()
+        else:
+            self._base_dir = Path(solver_file).resolve().parent if solver_file is not None else Path.cwd()
         p = self.param
+        self._check_param()
         if p.random_seed >= 0:
             set_random_seed(p.random_seed)
-        if p.iter_size < 1:
-            raise PrototxtError(f"{self.path}: iter_size must be >= 1")
-        if not p.HasField("lr_policy"):
-            raise PrototxtError(f"{self.path}: lr_policy is not set")
         self.net = self._make_net(TRAIN, None, dtype, device)
-        self.test_nets = [self._make_net(TEST, i, dtype, device) for i in range(len(p.test_iter))]
+        n_test = self._num_test_nets()
+        self.test_nets = [self._make_net(TEST, i, dtype, device) for i in range(n_test)]
         for tn in self.test_nets:
             tn.share_with(self.net)
         self.iter = 0
         self.current_step = 0
         self._params = self.net.learnable_params()
+        # Caffe forces lr_mult 0 on blobs a layer never learns (BatchNorm's statistics): they get no update
+        # (and no weight decay), whatever the ParamSpec says.
+        self._lr_mults = [lr if prm.requires_grad else 0.0 for prm, lr, _, _ in self._params]
         # Caffe's layout: [first history of every blob..., second history of every blob...] (Adam, AdaDelta)
         self.history = [torch.zeros_like(prm.data) for _ in range(self.n_history) for prm, *_ in self._params]
         self._losses: list[float] = []
@@ -94,8 +142,57 @@ class Solver:
         self.last_lr = None
         # Called after each iteration's update with the solver; return "snapshot" / "stop" / None (Caffe's
         # action request, used for signals). caffe_torch extension.
-        self.action_callback: Callable[["Solver"], str | None] | None = None
+        self.action_callback: Callable[[Solver], str | None] | None = None
         self.requested_early_exit = False
+
+    # ------------------------------------------------------------------ checks
+    def _check_param(self) -> None:
+        """Caffe's CHECKs on a SolverParameter, as errors naming the file."""
+        p = self.param
+        if p.iter_size < 1:
+            raise PrototxtError(f"{self.path}: iter_size must be >= 1")
+        if p.average_loss < 1:
+            raise PrototxtError(f"{self.path}: average_loss must be >= 1")
+        if not p.HasField("lr_policy"):
+            raise PrototxtError(f"{self.path}: lr_policy is not set")
+        if p.snapshot < 0:
+            raise PrototxtError(f"{self.path}: snapshot must be >= 0")
+        if p.snapshot and not p.HasField("snapshot_prefix"):
+            raise PrototxtError(f"{self.path}: snapshot is specified but snapshot_prefix is not")
+        if p.snapshot_format != caffe_pb2.SolverParameter.BINARYPROTO:
+            raise PrototxtError(f"{self.path}: snapshot_format HDF5 is not supported by caffe_torch "
+                                "(use BINARYPROTO)")
+        if p.snapshot_diff:
+            raise PrototxtError(f"{self.path}: snapshot_diff is not supported by caffe_torch")
+        if p.regularization_type not in ("L2", "L1"):
+            raise PrototxtError(f"{self.path}: unknown regularization_type {p.regularization_type!r} "
+                                "(L2 or L1)")
+        self._check_type_param()
+
+    def _check_type_param(self) -> None:
+        """Per-solver checks (Caffe's constructor_sanity_check)."""
+
+    def _num_test_nets(self) -> int:
+        """Caffe's InitTestNets count: test_net_param + test_net, plus one generic (net / net_param) instance
+        per further test_iter."""
+        p = self.param
+        n_specific = len(p.test_net) + len(p.test_net_param)
+        generic = p.HasField("net") or p.HasField("net_param")
+        if generic:
+            if len(p.test_iter) < n_specific:
+                raise PrototxtError(f"{self.path}: test_iter must be specified for each test network "
+                                    f"({len(p.test_iter)} test_iter values for {n_specific} test nets)")
+        elif len(p.test_iter) != n_specific:
+            raise PrototxtError(f"{self.path}: test_iter must be specified for each test network "
+                                f"({len(p.test_iter)} test_iter values for {n_specific} test nets)")
+        n = len(p.test_iter)
+        if len(p.test_state) and len(p.test_state) != n:
+            raise PrototxtError(f"{self.path}: test_state must be unspecified or specified once per test net "
+                                f"({len(p.test_state)} for {n} test nets)")
+        if n and p.test_interval <= 0:
+            raise PrototxtError(f"{self.path}: {n} test net(s) but test_interval is {p.test_interval} "
+                                "(must be > 0)")
+        return n
 
     # ------------------------------------------------------------------ nets
     def _resolve(self, name: str) -> str:
@@ -112,8 +209,7 @@ class Solver:
         p = self.param
         state = None
         if phase == TRAIN:
-            sources = [("train_net_param", p.HasField("train_net_param")), ("train_net", p.HasField("train_net")),
-                       ("net_param", p.HasField("net_param")), ("net", p.HasField("net"))]
+            sources = [(f, p.HasField(f)) for f in ("train_net_param", "train_net", "net_param", "net")]
             given = [n for n, has in sources if has]
             if len(given) != 1:
                 raise PrototxtError(f"{self.path}: give exactly one of net, net_param, train_net, "
@@ -122,9 +218,6 @@ class Solver:
             if p.HasField("train_state"):
                 state = p.train_state
         else:
-            n_specific = len(p.test_net) + len(p.test_net_param)
-            if n_specific and n_specific != len(p.test_iter):
-                raise PrototxtError(f"{self.path}: {len(p.test_iter)} test_iter values for {n_specific} test nets")
             if test_index < len(p.test_net_param):
                 kind, src = "test_net_param", p.test_net_param[test_index]
             elif test_index - len(p.test_net_param) < len(p.test_net):
@@ -150,8 +243,13 @@ class Solver:
 
     # ------------------------------------------------------------------ the loop
     def get_learning_rate(self) -> float:
+        """The rate of the step at `self.iter` (advancing multistep's `current_step`), in the net's precision
+        (Caffe's `Dtype rate`)."""
         rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
-        return rate
+        return self._dtype_round(rate)
+
+    def _dtype_round(self, x: float) -> float:
+        return float(np.float32(x)) if self.net.dtype == torch.float32 else float(x)
 
     def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
         average = max(1, self.param.average_loss)
@@ -167,7 +265,7 @@ class Solver:
     def forward_backward(self) -> float:
         """One forward + backward of the train net; returns its loss (diffs accumulate)."""
         net = self.net
-        loss = net.forward_range(0, len(net._layers) - 1)
+        net.forward_range(0, len(net._layers) - 1)
         net.backward_loss()
         value = net.loss_value()
         if not math.isfinite(value):
@@ -184,7 +282,8 @@ class Solver:
         while self.iter < stop_iter:
             for prm, *_ in self._params:
                 prm.grad = None
-            if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+            if (p.test_interval and self.iter % p.test_interval == 0
+                    and (self.iter > 0 or p.test_initialization)):
                 self.test_all()
             display = p.display and self.iter % p.display == 0
             loss = 0.0
@@ -209,16 +308,27 @@ class Solver:
                 break
 
     def solve(self, resume_file=None) -> None:
+        """Caffe's Solver::Solve: [restore,] step to max_iter, snapshot (snapshot_after_train, also after an
+        early stop), then one forward of the train net for display and a final test."""
         p = self.param
         log.info("Solving %s", self.net.name)
+        log.info("Learning Rate Policy: %s", p.lr_policy)
+        self.requested_early_exit = False
         if resume_file:
+            log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
+        start_iter = self.iter
         self.step(p.max_iter - self.iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self.snapshot()
         if self.requested_early_exit:
             log.info("Optimization stopped early.")
             return
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
-            self.snapshot()
+        if p.display and self.iter % p.display == 0:
+            with torch.no_grad():
+                self.net.forward_range(0, len(self.net._layers) - 1)
+            self._update_smoothed_loss(self.net.loss_value(), start_iter)
+            log.info("Iteration %d, loss = %.6g", self.iter, self.smoothed_loss)
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         log.info("Optimization Done.")
@@ -240,17 +350,23 @@ class Solver:
             log.info("Iteration %d, Testing net (#%d)", self.iter, i)
             sums: dict[str, torch.Tensor] = {}
             n = self.param.test_iter[i]
+            loss = 0.0
             with torch.no_grad():
                 for _ in range(n):
                     tn.forward_range(0, len(tn._layers) - 1)
+                    loss += tn.loss_value()
                     for name in tn.outputs:
                         v = tn.blobs[name].tensor.detach().reshape(-1).to(torch.float64)
                         sums[name] = sums[name] + v if name in sums else v.clone()
+            if self.param.test_compute_loss and n:
+                log.info("Test loss: %.6g", loss / n)
             means = {k: (v / max(n, 1)).cpu().numpy() for k, v in sums.items()}
             index = 0
             for name in tn.outputs:
+                w = tn._loss_weights.get(name, 0.0)
                 for v in means.get(name, []):
-                    log.info("    Test net output #%d: %s = %.6g", index, name, float(v))
+                    extra = f" (* {w:g} = {w * float(v):.6g} loss)" if w else ""
+                    log.info("    Test net output #%d: %s = %.6g%s", index, name, float(v), extra)
                     index += 1
             results.append(means)
         return results
@@ -265,26 +381,30 @@ class Solver:
         if p.display and self.iter % p.display == 0:
             log.info("Iteration %d, lr = %.6g", self.iter, rate)
         grads = [prm.grad if prm.grad is not None else torch.zeros_like(prm) for prm, *_ in self._params]
-        if p.clip_gradients > 0:
+        # ClipGradients: on the accumulated diffs (before the iter_size normalisation); Caffe returns only
+        # when clip_gradients < 0, so 0 clips everything to zero.
+        if p.clip_gradients >= 0:
             norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
             if norm > p.clip_gradients:
                 factor = p.clip_gradients / norm
                 log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale factor %g",
                          norm, p.clip_gradients, factor)
                 grads = [g * factor for g in grads]
-        for i, ((prm, lr_mult, decay_mult, _), g) in enumerate(zip(self._params, grads)):
-            if p.iter_size > 1:
-                g = g / p.iter_size
-            local_decay = p.weight_decay * decay_mult
+        updates = []
+        for i, ((prm, _, decay_mult, _), lr_mult, g) in enumerate(zip(self._params, self._lr_mults, grads)):
+            if p.iter_size > 1:                                    # Normalize
+                g = g * (1.0 / p.iter_size)
+            local_decay = p.weight_decay * decay_mult              # Regularize
             if local_decay:
                 if p.regularization_type == "L2":
                     g = g + local_decay * prm
-                elif p.regularization_type == "L1":
-                    g = g + local_decay * torch.sign(prm)
                 else:
-                    raise PrototxtError(f"{self.path}: unknown regularization_type {p.regularization_type!r}")
-            update = self.compute_update(i, g, rate * lr_mult)
+                    g = g + local_decay * torch.sign(prm)
+            updates.append(self.compute_update(i, g, self._dtype_round(rate * lr_mult)))
+        # Net::Update: data -= diff, where the diff now holds the update (as pycaffe shows it after a step)
+        for (prm, *_), update in zip(self._params, updates):
             prm.sub_(update)
+            prm.grad = update
         self._after_update()
 
     def _after_update(self) -> None:
@@ -303,23 +423,26 @@ class Solver:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ snapshots
-    def _prefix(self) -> str:
-        if not self.param.snapshot_prefix:
-            raise PrototxtError(f"{self.path}: snapshot_prefix is not set; cannot snapshot")
-        return self.param.snapshot_prefix
-
     def snapshot_filename(self, ext: str) -> str:
-        return f"{self._prefix()}_iter_{self.iter}{ext}"
+        """Caffe's SnapshotFilename: `<snapshot_prefix>_iter_<iter><ext>`."""
+        return f"{self.param.snapshot_prefix}_iter_{self.iter}{ext}"
+
+    def _labelled_nets(self) -> dict[str, Net]:
+        return {"train": self.net} | {f"test{i}": tn for i, tn in enumerate(self.test_nets)}
 
     def snapshot(self) -> tuple[str, str]:
         """Write <prefix>_iter_<N>.caffemodel and .solverstate (each atomically); return their paths."""
+        if not self.param.snapshot_prefix:
+            # Caffe writes "_iter_<N>.*" into the working directory then; say so.
+            log.warning("%s: snapshot_prefix is not set; snapshotting to '_iter_%d.*' in %s", self.path,
+                        self.iter, Path.cwd())
         model = self.snapshot_filename(".caffemodel")
         log.info("Snapshotting to binary proto file %s", model)
         self.net.save(model)
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
         for h in self.history:
-            array_to_blob(h, state.history.add())
-        for net_label, net in [("train", self.net)] + [(f"test{i}", tn) for i, tn in enumerate(self.test_nets)]:
+            _history_to_blob(h, state.history.add())
+        for net_label, net in self._labelled_nets().items():
             for layer, counter in net.layer_states().items():
                 state.layer_state.add(layer=layer, net=net_label, counter=counter)
         path = self.snapshot_filename(".solverstate")
@@ -328,29 +451,51 @@ class Solver:
         return model, path
 
     def restore(self, state_file) -> None:
-        """Continue from a .solverstate: iteration, lr step, history, layer counters and the learned net."""
+        """Continue from a .solverstate: iteration, lr step, history, layer counters and the learned net.
+        Everything is read and checked before anything changes, so a bad file leaves the solver as it was
+        (except for a learned net that fails half-way through its own copy)."""
+        state_file = str(state_file)
         state = read_solverstate(state_file)
         if len(state.history) != len(self.history):
-            raise WeightsError(f"{state_file}: holds {len(state.history)} history blobs, the solver needs "
-                               f"{len(self.history)} (different net or solver type?)")
-        if state.learned_net:
+            raise WeightsError(f"{state_file}: holds {len(state.history)} history blobs, the "
+                               f"{self.type_name} solver needs {len(self.history)} (different net or solver "
+                               "type?)")
+        histories = []
+        for k, (h, bp) in enumerate(zip(self.history, state.history)):
+            values = blob_to_array(bp, f"{state_file}: history blob {k}")
+            if values.size != h.numel():
+                raise WeightsError(f"{state_file}: history blob {k} holds {values.size} values for a param "
+                                   f"of {h.numel()} (shape {tuple(h.shape)})")
+            histories.append(values)
+        nets = self._labelled_nets()
+        layer_states: dict[str, dict[str, int]] = {}
+        skipped = 0
+        for ls in state.layer_state:
+            if ls.net not in nets:
+                skipped += 1
+                continue
+            if ls.layer not in nets[ls.net]._layer_names:
+                raise WeightsError(f"{state_file}: holds state for layer '{ls.layer}', which the {ls.net} "
+                                   f"net '{nets[ls.net].name}' lacks")
+            layer_states.setdefault(ls.net, {})[ls.layer] = int(ls.counter)
+        if skipped:
+            log.warning("%s: ignored %d layer state(s) of test nets this solver does not have", state_file,
+                        skipped)
+        model = None
+        if state.HasField("learned_net"):
             model = Path(state.learned_net)
             if not model.exists():
-                model = Path(state_file).resolve().parent / Path(state.learned_net).name
+                alt = Path(state_file).resolve().parent / model.name
+                model = alt if alt.exists() else model
+        if model is not None:
             self.net.copy_from(model)
         with torch.no_grad():
-            for h, bp in zip(self.history, state.history):
-                values = blob_to_array(bp, str(state_file))
-                if values.size != h.numel():
-                    raise WeightsError(f"{state_file}: history blob of {values.size} values for a param of "
-                                       f"{h.numel()}")
-                h.copy_(torch.from_numpy(values.reshape(h.shape)).to(h.dtype))
+            for h, values in zip(self.history, histories):
+                h.copy_(torch.from_numpy(np.ascontiguousarray(values).reshape(h.shape)).to(h.dtype))
         self.iter = state.iter
         self.current_step = state.current_step
-        nets = {"train": self.net} | {f"test{i}": tn for i, tn in enumerate(self.test_nets)}
-        for ls in state.layer_state:
-            if ls.net in nets:
-                nets[ls.net].set_layer_states({ls.layer: ls.counter})
+        for label, states in layer_states.items():
+            nets[label].set_layer_states(states)
 
 
 class SGDSolver(Solver):
@@ -359,7 +504,7 @@ class SGDSolver(Solver):
     def compute_update(self, i, g, local_rate):
         h = self.history[i]
         h.mul_(self.param.momentum).add_(g, alpha=local_rate)
-        return h
+        return h.clone()
 
 
 class NesterovSolver(Solver):
@@ -376,6 +521,10 @@ class NesterovSolver(Solver):
 class AdaGradSolver(Solver):
     type_name = "AdaGrad"
 
+    def _check_type_param(self):
+        if self.param.momentum != 0:
+            raise PrototxtError(f"{self.path}: momentum cannot be used with AdaGrad")
+
     def compute_update(self, i, g, local_rate):
         h = self.history[i]
         h.add_(g * g)
@@ -384,6 +533,12 @@ class AdaGradSolver(Solver):
 
 class RMSPropSolver(Solver):
     type_name = "RMSProp"
+
+    def _check_type_param(self):
+        if self.param.momentum != 0:
+            raise PrototxtError(f"{self.path}: momentum cannot be used with RMSProp")
+        if not 0 <= self.param.rms_decay < 1:
+            raise PrototxtError(f"{self.path}: rms_decay should lie between 0 and 1")
 
     def compute_update(self, i, g, local_rate):
         h = self.history[i]
@@ -423,14 +578,13 @@ class AdamSolver(Solver):
 
 _SOLVERS = {cls.type_name: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,
                                             AdaDeltaSolver, AdamSolver)}
-_LEGACY_TYPES = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
 
 
 def get_solver(solver_file, **kwargs) -> Solver:
     """The solver named by the prototxt's `type` (or legacy `solver_type`)."""
     param = read_solver(solver_file)
-    name = param.type if param.HasField("type") or not param.HasField("solver_type") \
-        else _LEGACY_TYPES[param.solver_type]
+    upgrade_solver_type(param, str(solver_file))
+    name = param.type
     if name not in _SOLVERS:
         raise PrototxtError(f"{solver_file}: unknown solver type {name!r}; known: {', '.join(_SOLVERS)}")
     return _SOLVERS[name](solver_file, solver_param=param, **kwargs)

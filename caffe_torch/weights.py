@@ -53,7 +53,12 @@ def _read_proto(path, message, what: str):
 
 
 def read_caffemodel(path) -> "caffe_pb2.NetParameter":
-    return _read_proto(path, caffe_pb2.NetParameter(), ".caffemodel")
+    param = _read_proto(path, caffe_pb2.NetParameter(), ".caffemodel")
+    if not len(param.layer) and not len(param.layers):
+        raise WeightsError(f"{path}: not a valid .caffemodel (it parses, but holds no layers)")
+    if len(param.layer) and len(param.layers):
+        raise WeightsError(f"{path}: holds both 'layer' and legacy V1 'layers' fields (Caffe refuses it)")
+    return param
 
 
 def read_solverstate(path) -> "caffe_pb2.SolverState":
@@ -62,11 +67,17 @@ def read_solverstate(path) -> "caffe_pb2.SolverState":
 
 # ---------------------------------------------------------------------- blobs
 
+def has_legacy_shape(blob: "caffe_pb2.BlobProto") -> bool:
+    """Caffe's rule: any of num/channels/height/width present means the legacy 4-D shape is used."""
+    return any(blob.HasField(f) for f in ("num", "channels", "height", "width"))
+
+
 def blob_shape(blob: "caffe_pb2.BlobProto") -> tuple[int, ...]:
-    """The blob's shape: `shape.dim`, or the legacy (num, channels, height, width)."""
-    if blob.HasField("shape"):
-        return tuple(int(d) for d in blob.shape.dim)
-    return (blob.num, blob.channels, blob.height, blob.width)
+    """The blob's shape: the legacy (num, channels, height, width) if any of them is present (as Caffe's
+    Blob::FromProto), else `shape.dim` (empty for a 0-axis blob, which Caffe writes without `shape`)."""
+    if has_legacy_shape(blob):
+        return (blob.num, blob.channels, blob.height, blob.width)
+    return tuple(int(d) for d in blob.shape.dim)
 
 
 def blob_to_array(blob: "caffe_pb2.BlobProto", where: str = "") -> np.ndarray:
@@ -83,7 +94,8 @@ def blob_to_array(blob: "caffe_pb2.BlobProto", where: str = "") -> np.ndarray:
 def array_to_blob(array, blob: "caffe_pb2.BlobProto | None" = None) -> "caffe_pb2.BlobProto":
     blob = blob if blob is not None else caffe_pb2.BlobProto()
     a = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
-    blob.shape.dim.extend(int(d) for d in a.shape)
+    if a.ndim:              # Caffe writes a 0-axis blob with no `shape` field at all
+        blob.shape.dim.extend(int(d) for d in a.shape)
     blob.data.extend(a.astype(np.float32, copy=False).ravel().tolist())
     return blob
 
@@ -119,18 +131,17 @@ def copy_weights(net, net_param, path: str = "") -> None:
         for i, bp in enumerate(blobs):
             target = layer.blobs[i]
             tshape = tuple(target.shape)
-            if bp.HasField("shape"):
-                ok = blob_shape(bp) == tshape
-            else:
-                ok = _legacy_equal(tshape, bp)
+            ok = _legacy_equal(tshape, bp) if has_legacy_shape(bp) else blob_shape(bp) == tshape
             if not ok:
-                raise WeightsError(f"{path}: cannot copy param {i} weights from layer '{name}'; shape mismatch."
-                                   f" Source param shape is {blob_shape(bp)}; target param shape is {tshape}. "
+                raise WeightsError(f"{path}: cannot copy param {i} weights from layer '{name}'; shape "
+                                   f"mismatch. Source param shape is {blob_shape(bp)}; target param shape is "
+                                   f"{tshape}. "
                                    "To learn this layer's parameters from scratch rather than copying from a "
                                    "saved net, rename the layer.")
             values = blob_to_array(bp, f"{path}: layer '{name}' blob {i}").reshape(tshape)
             with torch.no_grad():
-                target.copy_(torch.from_numpy(np.ascontiguousarray(values)).to(target.dtype))
+                # np.array, not np.ascontiguousarray: the latter turns a 0-axis blob into shape (1,)
+                target.copy_(torch.from_numpy(np.array(values, order="C")).to(target.dtype))
 
 
 def net_to_proto(net) -> "caffe_pb2.NetParameter":

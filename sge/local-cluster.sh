@@ -212,7 +212,8 @@ EOF
             if (key == "slots")        { print "slots " slots; cont = ($0 ~ /\\$/); next }
             if (key == "pe_list")      { print "pe_list " pe; cont = ($0 ~ /\\$/); next }
             if (key == "notify")       { print "notify " notify; cont = ($0 ~ /\\$/); next }
-            if (key == "shell_start_mode") { print "shell_start_mode unix_behavior"; cont = ($0 ~ /\\$/); next }
+            # load from other work on this machine must not put the queue in alarm state (no dispatch)
+            if (key == "load_thresholds") { print "load_thresholds NONE"; cont = ($0 ~ /\\$/); next }
             print
         }' "$tmp/queue" >"$tmp/queue.new"
     qconf_file -Aq -Mq "$exists" "$tmp/queue.new"
@@ -275,29 +276,54 @@ cmd_up() {
     say "environment for clients: export SGE_ROOT=$SGE_ROOT SGE_CELL=$SGE_CELL"
 }
 
+# pid of a daemon from its own pid file in the spool directory (the init scripts' /run pid files are not
+# written by Debian's 8.1.9 daemons, so `/etc/init.d/gridengine-master stop` does not find them)
+daemon_pids() { # daemon_pids sge_qmaster|sge_execd
+    pgrep -x "$1" 2>/dev/null | tr '\n' ' '
+}
+
 cmd_down() {
     need_root down
     if ! installed; then
         say "Grid Engine is not installed; nothing to stop"
         return 0
     fi
+    local host
+    host="$(host_name)"
+    if master_running; then
+        local jobs
+        jobs="$(qstat -u '*' 2>/dev/null | awk 'NR > 2' | wc -l)"
+        [ "$jobs" = 0 ] || say "warning: $jobs job(s) in the cluster; running ones are killed, the others stay spooled"
+    fi
     if execd_running; then
-        say "stopping sge_execd"
-        /etc/init.d/gridengine-exec stop >&2 || true
+        say "stopping sge_execd (qconf -kej $host)"
+        if master_running; then qconf -kej "$host" >&2 || true; fi
+        wait_gone sge_execd 20 || { /etc/init.d/gridengine-exec stop >&2 || true; }
     fi
     if master_running; then
-        say "stopping sge_qmaster"
-        /etc/init.d/gridengine-master stop >&2 || true
+        say "stopping sge_qmaster (qconf -km)"
+        qconf -km >&2 || true
+        wait_gone sge_qmaster 30 || true
     fi
+    local d
+    for d in sge_execd sge_qmaster; do
+        if pgrep -x "$d" >/dev/null; then
+            say "$d still running after qconf: sending SIGTERM to $(daemon_pids "$d")"
+            # shellcheck disable=SC2046
+            kill $(daemon_pids "$d") 2>/dev/null || true
+            wait_gone "$d" 30 || die "$d still running (pid $(daemon_pids "$d")) after 30 s"
+        fi
+    done
+    say "down (configuration kept in $SGE_ROOT/$SGE_CELL and /var/spool/gridengine; 'up' starts it again)"
+}
+
+wait_gone() { # wait_gone DAEMON SECONDS
     local i
-    for ((i = 0; i < 30; i++)); do
-        master_running || execd_running || break
+    for ((i = 0; i < $2; i++)); do
+        pgrep -x "$1" >/dev/null || return 0
         sleep 1
     done
-    if master_running || execd_running; then
-        die "daemons still running after 30 s: $(pgrep -a -x 'sge_qmaster|sge_execd' | tr '\n' ' ')"
-    fi
-    say "down"
+    return 1
 }
 
 cmd_status() {

@@ -11,13 +11,18 @@ the net is run from the first layer that reads it.
 
 Only the pycaffe surface is used: ``net.blobs[name].data`` / ``.reshape``, ``net.reshape()``,
 ``net.forward(start=LAYER, end=LAYER)``, ``net._layer_names``, ``net.bottom_names``, ``net.top_names`` and
-``net.inputs``. Inputs are written into ``net.blobs[...].data`` rather than passed as ``forward`` keyword
+``net.inputs``. The training net's TEST phase works as is (its ``Input`` layer's ``label`` blob is resized
+along with ``data``; loss and accuracy layers then run on zero labels and are ignored).
+Inputs are written into ``net.blobs[...].data`` rather than passed as ``forward`` keyword
 arguments, because pycaffe only accepts keyword blobs that are exactly the net's inputs (the pooled blob is
 not one) and ``start``/``end`` are LAYER names, not blob names.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -25,7 +30,17 @@ from tqdm import tqdm
 
 from speaker.metrics import topk_accuracy
 
-__all__ = ["crop_averaged_forward", "embed", "head_layer", "identify", "pool_layer"]
+__all__ = [
+    "EvalLog",
+    "crop_averaged_forward",
+    "embed",
+    "find_run_file",
+    "head_layer",
+    "identify",
+    "input_frames",
+    "pool_layer",
+    "voxdata_crops_provider",
+]
 
 CropsProvider = Callable[[str, np.random.Generator], np.ndarray]
 
@@ -72,25 +87,38 @@ def head_layer(net, pool_blob: str = "res4_3p") -> str:
     )
 
 
+def _input_blobs(net, data_blob: str) -> list[str]:
+    """The blobs a forward from the first layer starts from: ``net.inputs`` (legacy ``input:`` fields) and
+    the tops of layers without bottoms (``Input`` layers; real pycaffe leaves ``net.inputs`` empty then)."""
+    names = list(getattr(net, "inputs", None) or [])
+    for layer in _names(net):
+        if not net.bottom_names[layer]:
+            names += [t for t in net.top_names[layer] if t not in names]
+    if data_blob not in names:
+        names.append(data_blob)
+    return names
+
+
 def _set_batch(net, data_blob: str, n: int, sample_shape: tuple[int, ...] | None = None) -> None:
     """Reshape the net's input blobs to batch ``n`` (and the data blob to ``sample_shape``) and propagate.
 
-    Every net input gets the new batch size so that, e.g., a label input feeding an Accuracy layer stays
-    consistent. No-op when nothing changes (pycaffe reshapes are cheap but not free).
+    Every input gets the new batch size: e.g. the training net's ``label`` input feeds Accuracy and loss
+    layers, which CHECK that its batch matches. Those other inputs are zeroed (a valid class index) since
+    their content is never used here. No-op when nothing changes (pycaffe reshapes are cheap, not free).
     """
-    inputs = list(getattr(net, "inputs", None) or [data_blob])
-    if data_blob not in inputs:
-        inputs.append(data_blob)
-    changed = False
-    for name in inputs:
+    changed = []
+    for name in _input_blobs(net, data_blob):
         shape = tuple(net.blobs[name].data.shape)
         rest = sample_shape if (name == data_blob and sample_shape is not None) else shape[1:]
         new = (n, *rest)
         if shape != new:
             net.blobs[name].reshape(*new)
-            changed = True
+            changed.append(name)
     if changed:
         net.reshape()
+        for name in changed:
+            if name != data_blob:
+                net.blobs[name].data[...] = 0
 
 
 def crop_averaged_forward(
@@ -222,3 +250,97 @@ def embed(
         data_blob=data_blob, pool_blob=pool_blob, progress=progress, desc="embedding",
     )
     return utterances, out[embed_blob]
+
+
+# ---- glue for the test scripts (test_identification.py, test_verification.py) ----
+
+
+def voxdata_crops_provider(
+    ids: Sequence[str],
+    wav_dir: str,
+    n_crops: int,
+    frames: int,
+    seed: int,
+    augment: bool = True,
+    cache=None,
+) -> CropsProvider:
+    """A ``crops_provider`` over voxdata's evaluation crops (``voxdata.EvalCrops``).
+
+    voxdata seeds the crops of utterance i from (seed, i), i = position in ``ids``, so they do not depend
+    on evaluation order; the ``rng`` argument of the provider is therefore unused. ``ids`` are paths
+    relative to ``wav_dir`` (the keys of the trial / split lists); files are read from ``wav_dir/id``
+    (or from ``cache``, a voxdata WavCache folder keyed by those absolute paths).
+    """
+    from voxdata import EvalCrops
+
+    paths = [os.path.join(wav_dir, u) for u in ids]
+    crops = EvalCrops(paths, n_crops=n_crops, frames=frames, seed=seed, augment=augment, cache=cache)
+    index = {u: i for i, u in enumerate(ids)}
+    if len(index) != len(ids):
+        raise ValueError("utterance ids are not unique")
+
+    def provider(utt: str, rng=None) -> np.ndarray:
+        return crops.crops(index[utt])  # (n_crops, L) int16
+
+    return provider
+
+
+def input_frames(net, data_blob: str = "data") -> int:
+    """Frames per crop the net takes: the time axis of its (N, 1, frames, 257) input blob."""
+    if data_blob not in net.blobs:
+        raise ValueError(f"net has no input blob {data_blob!r} (blobs: {list(net.blobs)})")
+    shape = tuple(net.blobs[data_blob].data.shape)
+    if len(shape) != 4:
+        raise ValueError(f"input blob {data_blob!r} has shape {shape}; expected (N, 1, frames, 257)")
+    return int(shape[2])
+
+
+def find_run_file(run_dir: str, names: Sequence[str], what: str, flag: str) -> str:
+    """The first of ``names`` found in ``run_dir`` or its parent (snapshots may live in a subfolder).
+
+    The error says where it looked and which flag gives the file explicitly.
+    """
+    looked = []
+    for folder in (run_dir, os.path.dirname(os.path.abspath(run_dir))):
+        for name in names:
+            p = os.path.join(folder, name)
+            looked.append(p)
+            if os.path.isfile(p):
+                return p
+    raise FileNotFoundError(f"no {what} found (looked for {', '.join(looked)}); give it with {flag}")
+
+
+class EvalLog:
+    """A script's log: INFO lines to stdout and to ``<out_dir>/<name>.log``, voxdata's warnings included.
+
+    Use as a context manager; the handlers are removed on exit, so nothing global outlives the run.
+    """
+
+    def __init__(self, out_dir: str, name: str):
+        os.makedirs(out_dir, exist_ok=True)
+        self.path = os.path.join(out_dir, f"{name}.log")
+        self.logger = logging.getLogger(name)
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        self._file = logging.FileHandler(self.path, mode="a", encoding="utf-8")
+        self._file.setFormatter(fmt)
+        self._console = logging.StreamHandler(sys.stdout)
+        self._console.setFormatter(logging.Formatter("%(message)s"))
+        self._data_logger = logging.getLogger("voxdata")
+
+    def __enter__(self):
+        self._saved = (self.logger.level, self.logger.propagate)
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        self.logger.addHandler(self._file)
+        self.logger.addHandler(self._console)
+        self._data_logger.addHandler(self._file)
+        return self.logger
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self._file)
+        self.logger.removeHandler(self._console)
+        self._data_logger.removeHandler(self._file)
+        self.logger.setLevel(self._saved[0])
+        self.logger.propagate = self._saved[1]
+        self._file.close()
+        return False

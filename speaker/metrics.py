@@ -83,11 +83,36 @@ def roc(labels, scores, drop_intermediate: bool = False):
     """Validated ROC: ``(fpr, fnr, thresholds)``, each (P,), thresholds decreasing.
 
     ``thresholds[0]`` is +inf (accept nothing: fpr 0, fnr 1). With ``drop_intermediate=False`` every
-    distinct score is a point, so the returned thresholds are exact operating points.
+    distinct score is a point, so the returned thresholds are exact operating points; with True, the points
+    sklearn's default drops (collinear with their neighbours: same curve, far fewer points) are left out.
     """
     labels, scores = check_trials(labels, scores)
-    fpr, tpr, thr = roc_curve(labels, scores, pos_label=1, drop_intermediate=drop_intermediate)
-    return fpr, 1.0 - tpr, thr
+    return _roc(labels, scores, drop_intermediate)
+
+
+def _roc(labels, scores, drop_intermediate: bool = False):
+    # labels/scores already validated by check_trials
+    fpr, tpr, thr = roc_curve(labels, scores, pos_label=1, drop_intermediate=False)
+    fnr = 1.0 - tpr
+    if drop_intermediate:
+        n_target = int(labels.sum())
+        fpr, fnr, thr = _drop_intermediate(fpr, fnr, thr, n_target, labels.shape[0] - n_target)
+    return fpr, fnr, thr
+
+
+def _drop_intermediate(fpr, fnr, thr, n_target: int, n_nontarget: int):
+    """sklearn's ``drop_intermediate=True`` applied to a full ROC (so one sort serves both conventions).
+
+    sklearn keeps a point of the cumulative (false, true) positive counts when either count's second
+    difference is non-zero, plus the first and last; the +inf point it prepends is always kept. The counts
+    are recovered exactly from the rates (they are integers far below 2**53).
+    """
+    fps = np.rint(fpr[1:] * n_nontarget)  # (P-1,) counts at each finite threshold
+    tps = np.rint((1.0 - fnr[1:]) * n_target)
+    keep = np.r_[True, True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]  # +inf, first, ..., last
+    if fps.size < 2:  # a single distinct score: nothing in between to drop
+        keep = np.ones(fpr.size, dtype=bool)
+    return fpr[keep], fnr[keep], thr[keep]
 
 
 def compute_eer(labels, scores) -> tuple[float, float]:
@@ -120,7 +145,10 @@ def eer_original(labels, scores, drop_intermediate: bool = True) -> tuple[float,
     ``drop_intermediate=True`` is sklearn's default, which the original used; it can only matter when the
     nearest point is one of the collinear points sklearn drops. Returns ``(eer, threshold)``.
     """
-    fpr, fnr, thr = roc(labels, scores, drop_intermediate=drop_intermediate)
+    return _eer_nearest(*roc(labels, scores, drop_intermediate=drop_intermediate))
+
+
+def _eer_nearest(fpr, fnr, thr) -> tuple[float, float]:
     i = int(np.argmin(np.abs(fpr - fnr)))
     return float(fpr[i]), float(thr[i])
 
@@ -197,14 +225,14 @@ def verification_summary(labels, scores, p_targets=(0.01, 0.001)) -> dict:
         if not 0.0 < p < 1.0:
             raise ValueError(f"p_target must be in (0, 1), got {p}")
     labels, scores = check_trials(labels, scores)
-    # One full ROC shared by EER and every DCF (sorting 11.9 M all-pairs scores is the costly part).
-    fpr, fnr, thr = roc(labels, scores)
+    n_target = int(labels.sum())
+    # One full ROC shared by every figure (sorting 11.9 M all-pairs scores is the costly part).
+    fpr, fnr, thr = _roc(labels, scores)
     eer, eer_thr = _eer_from_roc(fpr, fnr, thr)
-    eer_orig, _ = eer_original(labels, scores)
+    eer_orig, _ = _eer_nearest(*_drop_intermediate(fpr, fnr, thr, n_target, labels.shape[0] - n_target))
     dcf, dcf_thr = {}, {}
     for p in p_targets:
         dcf[f"{p:g}"], dcf_thr[f"{p:g}"] = _min_dcf_from_roc(fpr, fnr, thr, p)
-    n_target = int(labels.sum())
     return {
         "n": int(labels.shape[0]),
         "n_target": n_target,

@@ -138,7 +138,8 @@ def normalize_ref(x, kind, dy=None, dnorm=None):
 # ------------------------------------------------------------------------------------ build facts
 def test_this_is_the_project_build_with_our_layers():
     types = set(caffe.layer_type_list())
-    assert {"MarginInnerProduct", "Normalize", "LabelSpecificAdd", "InnerProduct"} <= types
+    ours = {"MarginInnerProduct", "Normalize", "LabelSpecificAdd", "InnerProduct", "AdditiveAngularMargin"}
+    assert ours <= types
     # our happynear NormalizeParameter replaced the SSD one (norm_param, field 206)
     from caffe.proto import caffe_pb2
 
@@ -180,7 +181,8 @@ def test_proto_numbers_match_caffe_torch():
 
 
 # ------------------------------------------------------------------------------------ MarginInnerProduct
-def mip_net(tmp_path, m, k, n, margin, base, gamma, power, lambda_min, iteration=0, field="margin_inner_product_param"):
+def mip_net(tmp_path, m, k, n, margin, base, gamma, power, lambda_min, iteration=0,
+            field="margin_inner_product_param"):
     return make_net(tmp_path, input_layer((m, k), (m,)) + f"""
         layer {{ name: "fc" type: "MarginInnerProduct" bottom: "x" bottom: "label" top: "f" top: "lambda"
           {field} {{ num_output: {n} type: {margin} base: {base} gamma: {gamma} power: {power}
@@ -263,7 +265,7 @@ def test_margin_inner_product_happynear_field_and_test_phase(tmp_path):
 
 
 def test_margin_inner_product_exact_gradient_is_refused(tmp_path):
-    """exact_gradient (caffe_torch extension) is not in the C++ build: Caffe refuses the net, naming the layer."""
+    """exact_gradient (a caffe_torch extension) is not in the C++ build: refused, naming the layer."""
     proto = tmp_path / "exact.prototxt"
     proto.write_text(input_layer((2, 3), (2,)) + """
         layer { name: "fc_exact" type: "MarginInnerProduct" bottom: "x" bottom: "label" top: "f" top: "lambda"
@@ -287,9 +289,15 @@ def test_normalize(tmp_path, kind, shape, norm_top, bp_norm):
         layer {{ name: "n" type: "Normalize" bottom: "x" {tops}
           normalize_param {{ normalize_type: "{kind}" bp_norm: {str(bp_norm).lower()} }} }}
         """)
+    # like the fork, the tops are 4-D: (num, channels, height, width) and the norm (num, 1, height, width)
+    legacy = tuple(shape) + (1,) * (4 - len(shape))
+    assert net.blobs["y"].data.shape == legacy
+    norm_shape = (legacy[0], 1) + legacy[2:]
+    if norm_top:
+        assert net.blobs["norm"].data.shape == norm_shape
     x = rng.normal(size=shape).astype(np.float32)
-    dy = rng.normal(size=shape)
-    dnorm = rng.normal(size=(shape[0], 1) + shape[2:]) if norm_top else None
+    dy = rng.normal(size=legacy)
+    dnorm = rng.normal(size=norm_shape) if norm_top else None
     net.blobs["x"].data[...] = x
     net.forward()
     net.blobs["y"].diff[...] = dy
@@ -299,9 +307,9 @@ def test_normalize(tmp_path, kind, shape, norm_top, bp_norm):
     flat = (shape[0], shape[1], -1)
     y, norm, dx = normalize_ref(x.astype(np.float64).reshape(flat), kind, dy.reshape(flat),
                                 dnorm.reshape(shape[0], 1, -1) if bp_norm else None)
-    close(net.blobs["y"].data, y.reshape(shape))
+    close(net.blobs["y"].data, y.reshape(legacy))
     if norm_top:
-        close(net.blobs["norm"].data, norm.reshape(dnorm.shape))
+        close(net.blobs["norm"].data, norm.reshape(norm_shape))
     close(net.blobs["x"].diff, dx.reshape(shape))
 
 
@@ -312,6 +320,24 @@ def test_normalize_epsilon_is_inside_the_root(tmp_path):
     net.blobs["x"].data[...] = [[0.0, 1e-3]]
     net.forward()
     assert net.blobs["norm"].data.ravel()[0] == pytest.approx(np.sqrt(1e-6 + 1e-6), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["L2", "L1"])
+def test_normalize_in_place(tmp_path, kind):
+    rng = np.random.default_rng(4)
+    net = make_net(tmp_path, input_layer((3, 5, 1, 1), tops=("x",)) + f"""
+        layer {{ name: "n" type: "Normalize" bottom: "x" top: "x"
+          normalize_param {{ normalize_type: "{kind}" }} }}
+        """)
+    x = rng.normal(size=(3, 5, 1, 1))
+    dy = rng.normal(size=(3, 5, 1, 1))
+    net.blobs["x"].data[...] = x
+    net.forward()
+    y, _, dx = normalize_ref(x.reshape(3, 5, 1), kind, dy.reshape(3, 5, 1))
+    close(net.blobs["x"].data, y.reshape(x.shape))
+    net.blobs["x"].diff[...] = dy
+    net.backward()
+    close(net.blobs["x"].diff, dx.reshape(x.shape))
 
 
 # ------------------------------------------------------------------------------------ InnerProduct normalize
@@ -340,6 +366,25 @@ def test_inner_product_normalize(tmp_path, bias_term):
     close(net.blobs["x"].diff, dy @ wn)
     if bias_term:
         close(net.params["ip"][1].diff, dy.sum(axis=0))
+
+
+def test_inner_product_normalize_transpose_rescales_memory_runs(tmp_path):
+    """As in the fork, with transpose: true the K x N blob is rescaled as num_output runs of K values."""
+    rng = np.random.default_rng(8)
+    m, k, n = 2, 3, 4
+    net = make_net(tmp_path, input_layer((m, k), tops=("x",)) + f"""
+        layer {{ name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+          inner_product_param {{ num_output: {n} normalize: true transpose: true bias_term: false }} }}
+        """)
+    w = rng.normal(size=(k, n)) * 2  # the blob is K x N when transposed
+    x = rng.normal(size=(m, k))
+    net.params["ip"][0].data[...] = w
+    net.blobs["x"].data[...] = x
+    net.forward()
+    runs = w.astype(np.float32).astype(np.float64).reshape(n, k)
+    wn = (runs / np.sqrt((runs**2).sum(axis=1, keepdims=True) + 1e-6)).reshape(k, n)
+    close(net.params["ip"][0].data, wn)
+    close(net.blobs["y"].data, x @ wn)
 
 
 def test_inner_product_without_normalize_is_bvlc(tmp_path):
@@ -415,6 +460,57 @@ def test_label_specific_add_annealing(tmp_path):
         seen.append(float(net.blobs["bias"].data[0]))
         close(net.blobs[top].data, lsa_ref(x.astype(np.float64), label, expect), atol=1e-6)
     np.testing.assert_allclose(seen, [-0.45, -0.4, -0.3, -0.2, -0.2, -0.2], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ AdditiveAngularMargin
+def aam_ref(x, label, m, easy, dy):
+    """Target column: cos(theta + m) where c > cos(pi - m) (easy: c > 0), else c - m sin m (easy: c)."""
+    y, dx = x.copy(), dy.copy()
+    for i, t in enumerate(label):
+        c = x[i, t]
+        if c > (0.0 if easy else np.cos(np.pi - m)):
+            theta = np.arccos(c)
+            y[i, t] = np.cos(theta + m)
+            dx[i, t] = dy[i, t] * np.sin(theta + m) / np.sin(theta)  # d cos(theta + m) / dc
+        else:
+            y[i, t] = c if easy else c - m * np.sin(m)
+    return y, dx
+
+
+@pytest.mark.parametrize("easy", [False, True])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_additive_angular_margin(tmp_path, easy, in_place):
+    top = "x" if in_place else "y"
+    n, d, m = 8, 5, 0.5
+    net = make_net(tmp_path, input_layer((n, d), (n,)) + f"""
+        layer {{ name: "aam" type: "AdditiveAngularMargin" bottom: "x" bottom: "label" top: "{top}"
+          additive_angular_margin_param {{ margin: {m} easy_margin: {str(easy).lower()} }} }}
+        """)
+    rng = np.random.default_rng(9)
+    x = rng.uniform(-0.99, 0.99, size=(n, d))
+    label = np.arange(n) % d
+    x[0, label[0]] = -0.95  # below cos(pi - m): the c - m sin m branch
+    x[1, label[1]] = -0.3   # between: the branch that differs with easy_margin
+    dy = rng.normal(size=(n, d))
+    net.blobs["x"].data[...] = x
+    net.blobs["label"].data[...] = label
+    net.forward()
+    y_ref, dx_ref = aam_ref(x.astype(np.float32).astype(np.float64), label, np.float32(m), easy, dy)
+    close(net.blobs[top].data, y_ref)
+    net.blobs[top].diff[...] = dy
+    net.backward()
+    close(net.blobs["x"].diff, dx_ref)
+
+
+def test_additive_angular_margin_test_phase_is_identity(tmp_path):
+    net = make_net(tmp_path, input_layer((3, 4), (3,)) + """
+        layer { name: "aam" type: "AdditiveAngularMargin" bottom: "x" bottom: "label" top: "y" }
+        """, phase=caffe.TEST)
+    x = np.random.default_rng(1).uniform(-1, 1, size=(3, 4)).astype(np.float32)
+    net.blobs["x"].data[...] = x
+    net.blobs["label"].data[...] = [0, 1, 2]
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["y"].data, x)
 
 
 # ------------------------------------------------------------------------------------ .caffemodel

@@ -28,7 +28,7 @@ class Blob:
         return self.data.shape
 
     def reshape(self, *shape):
-        self.data = np.zeros(shape, dtype=np.float32)
+        self.data = np.full(shape, np.nan, dtype=np.float32)  # uninitialised, as far as callers may assume
 
 
 def pool_fn(x):
@@ -43,7 +43,7 @@ class FakeNet:
         rng = np.random.default_rng(123)
         self.W5 = rng.normal(size=(EMB, 2 * BINS)).astype(np.float32) * 0.05
         self.W6 = rng.normal(size=(CLASSES, EMB)).astype(np.float32)
-        self.inputs = ["data", "label"]
+        self.inputs = []  # as real pycaffe with an Input layer: the blobs are the Input layer's tops
         self.outputs = ["acc"]
         layers = [("input", [], ["data", "label"]), ("pool", ["data"], ["res4_3p"])]
         if extra_layer:
@@ -58,6 +58,7 @@ class FakeNet:
         self.bottom_names = OrderedDict((n, b) for n, b, _ in layers)
         self.top_names = OrderedDict((n, t) for n, _, t in layers)
         self.blobs = OrderedDict(data=Blob((batch, 1, FRAMES, BINS)), label=Blob((batch, 1, 1, 1)))
+        self.blobs["label"].data[...] = 7  # stale labels from some earlier use
         self.forward_log = []  # (start, end, batch) of every forward
         self.reshape()
 
@@ -75,7 +76,7 @@ class FakeNet:
 
         def put(name, value):
             if b[name].data.shape != value.shape:
-                raise RuntimeError(f"{layer}: top {name} shape {value.shape} != {b[name].data.shape} (no reshape?)")
+                raise RuntimeError(f"{layer}: top {name} {value.shape} != {b[name].data.shape} (no reshape?)")
             b[name].data[...] = value
 
         if layer == "pool":
@@ -90,6 +91,8 @@ class FakeNet:
         elif layer == "acc":
             if b["label"].shape[0] != b["fc6"].shape[0]:
                 raise RuntimeError("Check failed: label count must match the number of predictions")
+            if not np.isin(b["label"].data, np.arange(CLASSES)).all():
+                raise RuntimeError("label out of range")
             put("acc", np.float32(0.0))
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):

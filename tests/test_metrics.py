@@ -106,6 +106,18 @@ def test_min_dcf_matches_references(case, p):
     assert 0.0 <= dcf <= 1.0 + TOL
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_drop_intermediate_matches_sklearn(case):
+    from speaker.metrics import roc
+
+    labels, scores = CASES[case]
+    fpr, tpr, thr = roc_curve(labels, scores)  # sklearn's default: drop_intermediate=True
+    got = roc(labels, scores, drop_intermediate=True)
+    np.testing.assert_array_equal(got[0], fpr)
+    np.testing.assert_allclose(got[1], 1 - tpr, atol=1e-15)
+    np.testing.assert_array_equal(got[2], thr)
+
+
 def test_min_dcf_costs():
     labels, scores = CASES["balanced"]
     p, c_miss, c_fa = 0.1, 10.0, 1.0

@@ -64,11 +64,23 @@ def test_det_curve_points_are_probit_of_rates(tmp_path, monkeypatch):
     labels, scores = trials(1)
     plots.det_plot(labels, scores, tmp_path / "det.png")
     x, y = drawn[0][:2]
-    from speaker.metrics import det_curve
+    from speaker.metrics import roc
 
-    fpr, fnr = det_curve(labels, scores)
+    fpr, fnr, _ = roc(labels, scores, drop_intermediate=True)  # few points: nothing thinned
     np.testing.assert_allclose(x, plots.probit(fpr))
     np.testing.assert_allclose(y, plots.probit(fnr))
+
+
+def test_thin_keeps_shape_of_long_curves():
+    t = np.linspace(0, 1, 200_001)
+    x, y = t, 1 - t**2
+    idx = plots.thin(x, y, cells=100)
+    assert idx[0] == 0 and idx[-1] == t.size - 1
+    assert 100 <= idx.size <= 300  # about one point per cell crossed
+    # Linear interpolation through the kept points stays within about one cell of the curve.
+    assert np.max(np.abs(np.interp(x, x[idx], y[idx]) - y)) < 0.02
+    small = np.arange(10.0)
+    np.testing.assert_array_equal(plots.thin(small, small, cells=100), np.arange(10))
 
 
 def test_training_curve(tmp_path):

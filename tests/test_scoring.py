@@ -101,7 +101,8 @@ def test_score_file_roundtrip(tmp_path):
 
 def test_score_file_with_paths(tmp_path):
     p = write_scores(tmp_path / "s.txt", [1, 0], [0.9, 0.1], pairs=[("a/x/1.wav", "a/y/2.wav"), ("a", "b")])
-    assert open(p).read().splitlines()[0] == "1 0.9 a/x/1.wav a/y/2.wav"
+    with open(p) as f:
+        assert f.read().splitlines()[0] == "1 0.9 a/x/1.wav a/y/2.wav"
     lab, sc = read_score_file(p)
     assert lab.tolist() == [1, 0] and sc.tolist() == [0.9, 0.1]
 

@@ -1,7 +1,7 @@
 """VoxCeleb1 data for the reproduction: lists, audio, crops, the paper's spectrogram, loaders, and a
 synthetic corpus in VoxCeleb1's layout. Knows nothing of Caffe. torch is imported only where needed."""
 
-from .audio import SAMPLE_RATE, AudioError, read_wav, wav_info, write_wav
+from .audio import SAMPLE_RATE, AudioError, read_wav, scan_audio, wav_info, write_wav
 from .cache import WavCache, build_cache
 from .crops import CropError, apply_crop, crop_params, random_crop
 from .frontend import crop_length, num_frames, spectrogram, spectrogram_torch
@@ -47,6 +47,7 @@ __all__ = [
     "read_trials",
     "read_wav",
     "save_labels",
+    "scan_audio",
     "spectrogram",
     "spectrogram_torch",
     "train_loader",

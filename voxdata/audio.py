@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 
 import numpy as np
 
 SAMPLE_RATE = 16000
+
+log = logging.getLogger(__name__)
 
 
 class AudioError(ValueError):
@@ -99,3 +102,20 @@ def write_wav(path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None
 
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     sf.write(path, np.asarray(samples, dtype=np.int16), sample_rate, subtype="PCM_16")
+
+
+def scan_audio(paths, sample_rate: int = SAMPLE_RATE, progress: bool = False) -> tuple[list[str], list[str]]:
+    """Check every file's header before a long run. Returns (usable paths, one message per unusable file,
+    naming it); the caller decides whether to stop or to skip them (and reports the count)."""
+    from tqdm import tqdm
+
+    good, bad = [], []
+    for p in tqdm([os.fspath(p) for p in paths], desc="audio check", unit="file", disable=not progress):
+        try:
+            wav_info(p, sample_rate)
+            good.append(p)
+        except AudioError as e:
+            bad.append(str(e))
+    if bad:
+        log.warning("%d of %d audio files are unusable; first: %s", len(bad), len(good) + len(bad), bad[0])
+    return good, bad

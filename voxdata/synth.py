@@ -29,6 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.fft
 
 from .audio import SAMPLE_RATE, write_wav
 
@@ -102,22 +103,24 @@ def make_speaker(seed: int, index: int) -> Speaker:
 
 
 def _envelope(freqs: np.ndarray, formants: np.ndarray, bws: np.ndarray) -> np.ndarray:
-    """Cascade of 2-pole resonances, unit gain at DC. freqs (B,), formants/bws (T, K) -> (T, B)."""
-    f = freqs[None, :, None]
-    fk = formants[:, None, :]
-    bk = bws[:, None, :]
-    h = fk**2 / np.sqrt((fk**2 - f**2) ** 2 + (f * bk) ** 2)
-    return np.prod(h, axis=2)
+    """Cascade of 2-pole resonances, unit gain at DC. freqs (B,), formants/bws (T, K) -> (T, B) float32."""
+    f2 = (freqs.astype(np.float32) ** 2)[None, :]  # (1, B)
+    env = np.ones((formants.shape[0], len(freqs)), dtype=np.float32)
+    for k in range(formants.shape[1]):  # one (T, B) product per formant keeps the work in cache
+        fk2 = (formants[:, k : k + 1] ** 2).astype(np.float32)
+        bk2 = (bws[:, k : k + 1] ** 2).astype(np.float32)
+        env *= fk2 / np.sqrt((fk2 - f2) ** 2 + f2 * bk2)
+    return env
 
 
 def _stft(x: np.ndarray, win: np.ndarray) -> np.ndarray:
-    pad = np.concatenate([np.zeros(NFFT), x, np.zeros(NFFT)])
+    pad = np.concatenate([np.zeros(NFFT, x.dtype), x, np.zeros(NFFT, x.dtype)])
     frames = np.lib.stride_tricks.sliding_window_view(pad, NFFT)[::HOP]
-    return np.fft.rfft(frames * win, axis=1)  # (T, 257)
+    return scipy.fft.rfft(frames * win, axis=1)  # (T, 257)
 
 
 def _istft(spec: np.ndarray, win: np.ndarray, n: int) -> np.ndarray:
-    frames = np.fft.irfft(spec, n=NFFT, axis=1) * win  # (T, 512)
+    frames = scipy.fft.irfft(spec, n=NFFT, axis=1) * win  # (T, 512)
     t = len(frames)
     out = np.zeros((t - 1) * HOP + NFFT)
     # overlap-add, 4 interleaved groups so that each group's frames do not overlap: (T/4, 512) reshapes
@@ -215,9 +218,11 @@ def synth_speech(spk: Speaker, r: np.random.Generator, n: int) -> np.ndarray:
     inton = np.interp(tt, knots, r.normal(0, spk.f0_range, len(knots)))
     semis = inton - 2.0 * tt / t_frames
     f0_frames = spk.f0 * 2.0 ** (semis / 12.0)
-    f0 = np.interp(np.arange(n) / HOP, tt, f0_frames) * (1 + spk.jitter * r.standard_normal(n))
+    # jitter: a fresh random period perturbation every frame (8 ms, about one or two periods)
+    f0_frames = f0_frames * (1 + spk.jitter * r.standard_normal(t_frames))
+    f0 = np.interp(np.arange(n) / HOP, tt, f0_frames)
     phase = np.cumsum(f0) / SAMPLE_RATE
-    frac = phase - np.floor(phase)
+    frac = (phase - np.floor(phase)).astype(np.float32)
     oq = spk.open_quotient
     # Rosenberg pulses: opening 60 % / closing 40 % of the open phase; the abrupt closure gives the
     # -12 dB/octave source spectrum of real voices (-6 dB/octave after lip radiation)
@@ -228,22 +233,27 @@ def synth_speech(spk: Speaker, r: np.random.Generator, n: int) -> np.ndarray:
         np.where(frac < tp + tn, np.cos(0.5 * np.pi * (frac - tp) / tn), 0.0),
     )
     source = np.diff(glottal, prepend=0.0) * 10.0  # lip radiation: differentiate
-    noise = r.standard_normal(n)
+    noise = r.standard_normal(n, dtype=np.float32)
 
-    win = np.hanning(NFFT + 1)[:NFFT]
+    win = np.hanning(NFFT + 1)[:NFFT].astype(np.float32)
     s_src = _stft(source, win)[:t_frames]
     s_noise = _stft(noise, win)[:t_frames]
     t = min(len(s_src), t_frames)
     s_src, s_noise = s_src[:t], s_noise[:t]
     env = _envelope(freqs, formants[:t], bws[:t])  # (T, 257)
     nf, nbw, nd = spk.notch
-    notch = 1.0 - nd * np.exp(-0.5 * ((freqs - nf) / nbw) ** 2)  # (257,)
-    env = env * notch[None, :]
-    fr = fric[:t]
-    fric_env = fr[:, 2:3] * np.exp(-0.5 * ((freqs[None, :] - fr[:, 0:1]) / (fr[:, 1:2] / 2 + 1)) ** 2)
-    a = amp[:t, None]
-    v = voiced[:t, None]
-    spec = s_src * env * a * v + s_noise * (env * a * v * spk.breath * 0.3 + fric_env * 0.25)
+    f32 = freqs.astype(np.float32)
+    notch = (1.0 - nd * np.exp(-0.5 * ((f32 - nf) / nbw) ** 2)).astype(np.float32)  # (257,)
+    # voiced gain per frame and bin: (T, 257) float32
+    gain_v = env * notch[None, :] * (amp[:t] * voiced[:t]).astype(np.float32)[:, None]
+    # frication: band-pass noise, only in the frames that have some; (T, 257)
+    fr = fric[:t].astype(np.float32)
+    noise_gain = gain_v * np.float32(spk.breath * 0.3)
+    on = np.flatnonzero(fr[:, 2] > 0)
+    if len(on):
+        band = np.exp(-0.5 * ((f32[None, :] - fr[on, 0:1]) / (fr[on, 1:2] / 2 + 1)) ** 2)
+        noise_gain[on] += np.float32(0.25) * fr[on, 2:3] * band
+    spec = s_src * gain_v + s_noise * noise_gain
     return _istft(spec, win, n)
 
 
@@ -278,14 +288,16 @@ def apply_channel(x: np.ndarray, ch: dict, r: np.random.Generator) -> np.ndarray
     # EQ and band limit: smooth gain curve over log frequency, applied on the whole recording
     spec = rfft(y, nfft)
     f = rfftfreq(nfft, 1.0 / SAMPLE_RATE)
-    lf = np.log2(np.maximum(f, 50.0) / 50.0)  # octaves above 50 Hz, 0..7.3
+    # the EQ curve (dB) on a 1,024-point grid, interpolated to the FFT bins: cheap and smooth anyway
+    fg = np.linspace(0, SAMPLE_RATE / 2, 1024)
+    lf = np.log2(np.maximum(fg, 50.0) / 50.0)  # octaves above 50 Hz, 0..7.3
     db = sum(
         g * np.cos(np.pi * (i + 1) * lf / 7.3 + p) for i, (g, p) in enumerate(zip(ch["eq"], ch["eq_phase"]))
     )
-    gain = 10 ** (db / 20) / (1 + (f / ch["cutoff"]) ** 8)
+    gain = np.interp(f, fg, 10 ** (db / 20) / (1 + (fg / ch["cutoff"]) ** 8))
     y = irfft(spec * gain, nfft)[:n]
     # coloured noise at the video's SNR (relative to the speech's mean power)
-    nspec = rfft(r.standard_normal(nfft)) * np.maximum(f, 100.0) ** (ch["noise_tilt"] / 2)
+    nspec = rfft(r.standard_normal(nfft, dtype=np.float32)) * np.maximum(f, 100.0) ** (ch["noise_tilt"] / 2)
     noise = irfft(nspec, nfft)[:n]
     p_sig = np.mean(y**2) + 1e-12
     noise *= np.sqrt(p_sig / (np.mean(noise**2) + 1e-12) / 10 ** (ch["snr"] / 10))
@@ -316,7 +328,7 @@ def plan_corpus(seed: int, speakers: int, utterances: int, min_videos: int, max_
     for s in range(speakers):
         r = _rng(seed, 0, s)
         nv = int(r.integers(min_videos, max_videos + 1))
-        nv = max(1, min(nv, utterances // 2 if utterances >= 2 else 1))
+        nv = max(1, min(nv, utterances))
         # every video gets >= 1 utterance, the rest spread at random
         counts = np.ones(nv, dtype=int) + np.bincount(r.integers(0, nv, utterances - nv), minlength=nv)
         vids = set()
@@ -337,7 +349,9 @@ def make_trials(seed: int, test_utts: dict[str, list[str]], n_trials: int) -> li
     without repeats, sorted by enrolment path (like veri_test.txt)."""
     r = _rng(seed, 4)
     target = [(a, b) for utts in test_utts.values() for i, a in enumerate(utts) for b in utts[i + 1 :]]
-    half = min(n_trials // 2, len(target))
+    sizes = [len(u) for u in test_utts.values()]
+    n_non = (sum(sizes) ** 2 - sum(k * k for k in sizes)) // 2
+    half = min(n_trials // 2, len(target), n_non)
     pick = r.choice(len(target), size=half, replace=False)
     trials = {(1, *target[i]) for i in pick}
     spk = sorted(test_utts)
@@ -373,8 +387,8 @@ def make_corpus(
 
     if speakers < 2 or utterances < 3:
         raise ValueError("need at least 2 speakers and 3 utterances per speaker")
-    if not 0 < test_speakers < speakers:
-        raise ValueError(f"test_speakers must be in 1..{speakers - 1}, got {test_speakers}")
+    if not 2 <= test_speakers < speakers:
+        raise ValueError(f"test_speakers must be in 2..{speakers - 1}, got {test_speakers}")
     out = os.fspath(out)
     min_videos = max(3, min_videos)
     plan = plan_corpus(seed, speakers, utterances, min_videos, max(min_videos, max_videos))

@@ -32,7 +32,8 @@ class PReLU(Layer):
         if len(bottom_shapes[0]) < 2 and not pp.channel_shared:
             raise self.error("needs a bottom with a channel axis (at least 2-D) unless channel_shared")
         self.channel_shared = pp.channel_shared                   # default false
-        filler = pp.filler if pp.HasField("filler") else caffe_pb2.FillerParameter(type="constant", value=0.25)
+        filler = pp.filler if pp.HasField("filler") \
+            else caffe_pb2.FillerParameter(type="constant", value=0.25)
         self.add_blob(() if self.channel_shared else (bottom_shapes[0][1],), filler)
 
     def forward(self, x):

@@ -1,7 +1,6 @@
 """Input, InnerProduct, Eltwise, Scale, Bias, BatchNorm, Dropout, Split, Silence."""
 
 import torch
-import torch.nn.functional as F
 
 from ..proto import caffe_pb2
 from .base import Layer, canonical_axis, count, register
@@ -46,20 +45,26 @@ class InnerProduct(Layer):
         self.transpose = ip.transpose                                          # default false
         self.normalize = ip.normalize                                          # fork; default false
         k = count(bottom_shapes[0], self.axis)
+        self.k = k
         self.add_blob((k, self.num_output) if self.transpose else (self.num_output, k), ip.weight_filler)
         self.bias_term = ip.bias_term                                          # default true
         if self.bias_term:
             self.add_blob((self.num_output,), ip.bias_filler)
 
     def top_shapes(self, bottom_shapes):
+        k = count(bottom_shapes[0], self.axis)
+        if k != self.k:
+            raise self.error(f"input size incompatible with inner product parameters: bottom "
+                             f"{tuple(bottom_shapes[0])} has {k} values from axis {self.axis}, the weights "
+                             f"expect {self.k}")
         return [tuple(bottom_shapes[0][: self.axis]) + (self.num_output,)]
 
     def forward(self, x):
         w = self.blobs[0]
         if self.normalize:
-            with torch.no_grad():
-                dim = 0 if self.transpose else 1       # a "row" is one output's weights
-                w.div_(torch.sqrt((w * w).sum(dim=dim, keepdim=True) + 1e-6))
+            # the fork rescales num_output contiguous runs of K values of the blob (also with transpose)
+            from .margin import normalize_rows_
+            normalize_rows_(w, 1e-6, rows=self.num_output)
         flat = x.reshape(count(x.shape, 0, self.axis), -1)
         y = flat @ w if self.transpose else flat @ w.t()
         if self.bias_term:
@@ -99,10 +104,16 @@ class Eltwise(Layer):
             for x in xs[1:]:
                 y = y * x
             return y
-        # MAX: the gradient goes to the first bottom holding the maximum (Caffe's strict '>' scan)
-        stacked = torch.stack(xs)
-        idx = stacked.argmax(dim=0, keepdim=True)
-        return stacked.gather(0, idx).squeeze(0)
+        # MAX: the gradient goes to the bottom Caffe's scan picks: bottom 1 unless bottom 0 is strictly
+        # larger, then a later bottom only where it is strictly larger than the running maximum
+        with torch.no_grad():
+            best = torch.maximum(xs[0], xs[1])
+            idx = (xs[0] <= xs[1]).long()
+            for j, x in enumerate(xs[2:], start=2):
+                larger = x > best
+                idx = torch.where(larger, torch.full_like(idx, j), idx)
+                best = torch.where(larger, x, best)
+        return torch.stack(xs).gather(0, idx.unsqueeze(0)).squeeze(0)
 
 
 def _broadcast_shape(x_ndim: int, axis: int, param_shape) -> tuple[int, ...]:
@@ -130,7 +141,8 @@ class _AxisBlobLayer(Layer):
         self.axis = canonical_axis(axis, len(x_shape), self) if len(x_shape) else 0
         end = len(x_shape) if num_axes == -1 else self.axis + num_axes
         if end > len(x_shape):
-            raise self.error(f"axis {self.axis} + num_axes {num_axes} exceeds the bottom's {len(x_shape)} axes")
+            raise self.error(f"axis {self.axis} + num_axes {num_axes} exceeds the bottom's "
+                             f"{len(x_shape)} axes")
         return tuple(x_shape[self.axis:end])
 
     def _view(self, t, x):
@@ -148,7 +160,8 @@ class Scale(_AxisBlobLayer):
         shape = self._setup_axes(sp.axis, sp.num_axes, bottom_shapes)   # defaults axis 1, num_axes 1
         self.learned = shape is not None
         if self.learned:
-            filler = sp.filler if sp.HasField("filler") else caffe_pb2.FillerParameter(type="constant", value=1)
+            filler = sp.filler if sp.HasField("filler") \
+                else caffe_pb2.FillerParameter(type="constant", value=1)
             self.add_blob(shape, filler)
         self.bias_term = sp.bias_term                                    # default false
         if self.bias_term:

@@ -71,7 +71,8 @@ class SoftmaxWithLoss(Layer):
         return shapes
 
     def forward(self, x, label):
-        outer, classes, inner = count(x.shape, 0, self.axis), x.shape[self.axis], count(x.shape, self.axis + 1)
+        outer, classes = count(x.shape, 0, self.axis), x.shape[self.axis]
+        inner = count(x.shape, self.axis + 1)
         logp = torch.log_softmax(x, dim=self.axis).reshape(outer, classes, inner)
         lab = _labels(label, outer * inner, self).reshape(outer, inner)
         valid = torch.ones_like(lab, dtype=torch.bool)
@@ -133,7 +134,8 @@ class Accuracy(Layer):
             ahead = (scores > target) | ((scores == target) & (idx > safe.unsqueeze(1)))
             correct = (ahead.sum(dim=1) < self.top_k) & valid
             n_valid = valid.sum()
-            acc = correct.sum().to(x.dtype) / torch.clamp(n_valid, min=1).to(x.dtype)
+            # Caffe 1.0 divides by the count of non-ignored samples as it is (0 / 0 = NaN if all are ignored)
+            acc = correct.sum().to(x.dtype) / n_valid.to(x.dtype)
             if len(self.param.top) == 1:
                 return acc
             per_class_n = torch.zeros(classes, dtype=x.dtype, device=x.device).index_add_(

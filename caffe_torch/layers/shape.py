@@ -26,7 +26,8 @@ class Flatten(Layer):
 
 @register("Reshape")
 class Reshape(Layer):
-    """Replace axes [axis, axis + num_axes) by `shape`: 0 copies the bottom's dimension, one -1 is inferred."""
+    """Replace axes [axis, axis + num_axes) by `shape`: 0 copies the bottom's dimension, one -1 is
+    inferred."""
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)

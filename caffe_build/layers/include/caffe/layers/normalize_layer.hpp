@@ -14,7 +14,8 @@ namespace caffe {
 
 /**
  * Normalises over channels, per sample and spatial position: L2 (norm = sqrt(sum x^2 + 1e-6))
- * or L1 (norm = sum |x| + 1e-6). Optional second top: the norm (N x 1 x H x W). No parameters.
+ * or L1 (norm = sum |x| + 1e-6). Tops are 4-D like the fork's (N x C x H x W); optional second
+ * top: the norm (N x 1 x H x W). No parameters.
  */
 template <typename Dtype>
 class NormalizeLayer : public Layer<Dtype> {

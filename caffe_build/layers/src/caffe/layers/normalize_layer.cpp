@@ -22,11 +22,17 @@ void NormalizeLayer<Dtype>::LayerSetUp(const vector<Blob<Dtype>*>& bottom,
 template <typename Dtype>
 void NormalizeLayer<Dtype>::Reshape(const vector<Blob<Dtype>*>& bottom,
     const vector<Blob<Dtype>*>& top) {
-  CHECK_GE(bottom[0]->num_axes(), 2) << "Normalize layer " << this->layer_param_.name()
-      << ": bottom needs at least 2 axes (N x C ...)";
-  top[0]->ReshapeLike(*bottom[0]);
-  vector<int> norm_shape = bottom[0]->shape();
+  CHECK_LE(bottom[0]->num_axes(), 4) << "Normalize layer " << this->layer_param_.name()
+      << ": bottom of " << bottom[0]->num_axes() << " axes; Normalize takes at most 4";
+  // Like the fork, the tops are 4-D (num, channels, height, width): an N x C bottom gives N x C x 1 x 1
+  // and the norm N x 1 x 1 x 1.
+  const Blob<Dtype>& b = *bottom[0];
+  top[0]->Reshape(b.num(), b.channels(), b.height(), b.width());
+  vector<int> norm_shape(4);
+  norm_shape[0] = b.num();
   norm_shape[1] = 1;
+  norm_shape[2] = b.height();
+  norm_shape[3] = b.width();
   norm_.Reshape(norm_shape);
   if (top.size() == 2) top[1]->Reshape(norm_shape);
 }
@@ -37,9 +43,9 @@ void NormalizeLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
   const Dtype* x = bottom[0]->cpu_data();
   Dtype* y = top[0]->mutable_cpu_data();
   Dtype* norm = top.size() == 2 ? top[1]->mutable_cpu_data() : norm_.mutable_cpu_data();
-  const int num = bottom[0]->shape(0);
-  const int channels = bottom[0]->shape(1);
-  const int spatial = bottom[0]->count(2);
+  const int num = bottom[0]->num();
+  const int channels = bottom[0]->channels();
+  const int spatial = bottom[0]->height() * bottom[0]->width();
   for (int n = 0; n < num; ++n) {
     for (int s = 0; s < spatial; ++s) {
       const int base = n * channels * spatial + s;
@@ -67,9 +73,9 @@ void NormalizeLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
   const Dtype* norm = top.size() == 2 ? top[1]->cpu_data() : norm_.cpu_data();
   const Dtype* dnorm = (bp_norm_ && top.size() == 2) ? top[1]->cpu_diff() : NULL;
   Dtype* dx = bottom[0]->mutable_cpu_diff();
-  const int num = bottom[0]->shape(0);
-  const int channels = bottom[0]->shape(1);
-  const int spatial = bottom[0]->count(2);
+  const int num = bottom[0]->num();
+  const int channels = bottom[0]->channels();
+  const int spatial = bottom[0]->height() * bottom[0]->width();
   for (int n = 0; n < num; ++n) {
     for (int s = 0; s < spatial; ++s) {
       const int base = n * channels * spatial + s;

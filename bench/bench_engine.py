@@ -1,0 +1,217 @@
+"""Forward+backward throughput of the paper's ResNet-20 (softmax head) in caffe_torch vs a hand-written
+torch.nn.Module of the same network with identical weights, measured side by side in one run.
+
+    python bench/bench_engine.py                       # CPU defaults (batch 8), about two minutes on 2 cores
+    python bench/bench_engine.py --batch 50 --iters 20 --device cuda --json out.json
+
+The engine net is prototxt/ResNet-20_softmax.prototxt (or the generated text below if that file is absent)
+with the Input shapes set to --batch x 1 x --frames x 257; the engine side runs exactly what the solver
+runs per iteration (Net.forward_range + Net.backward_loss, Accuracy layers included); the hand-written
+side runs the same convolutions, PReLUs, sums, pooling, fc5/fc6 and the cross entropy. Both start from the
+same weights, and the bench checks that their losses agree before timing.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import caffe_torch as caffe  # noqa: E402
+from caffe_torch.prototxt import parse_net_text, read_net  # noqa: E402
+
+WIDTHS, UNITS = (64, 128, 256, 512), (1, 2, 4, 1)
+
+
+def generated_prototxt(embedding: int, classes: int) -> str:
+    """ResNet-20 as in paper.md "Network" (used only if prototxt/ResNet-20_softmax.prototxt is missing)."""
+    def conv(name, bottom, n, stride, first):
+        filler = 'type: "xavier"' if first else 'type: "gaussian" std: 0.01'
+        bias_lr = "lr_mult: 2 decay_mult: 0" if first else "lr_mult: 0 decay_mult: 0"
+        return (f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" '
+                f'param {{ lr_mult: 1 decay_mult: 1 }} param {{ {bias_lr} }} '
+                f'convolution_param {{ num_output: {n} '
+                f'kernel_size: 3 stride: {stride} pad: 1 weight_filler {{ {filler} }} }} }}\n'
+                f'layer {{ name: "relu{name[4:]}" type: "PReLU" bottom: "{name}" top: "{name}" }}\n')
+    text = ('name: "ResNet-20"\nlayer { name: "data" type: "Input" top: "data" top: "label" input_param { '
+            'shape { dim: 50 dim: 1 dim: 300 dim: 257 } shape { dim: 50 dim: 1 dim: 1 dim: 1 } } }\n')
+    bottom = "data"
+    for s, (width, units) in enumerate(zip(WIDTHS, UNITS), start=1):
+        text += conv(f"conv{s}_1", bottom, width, 2, True)
+        unit_in = f"conv{s}_1"
+        for u in range(1, units + 1):
+            a, b = f"conv{s}_{2 * u}", f"conv{s}_{2 * u + 1}"
+            text += conv(a, unit_in, width, 1, False) + conv(b, a, width, 1, False)
+            res = f"res{s}_{2 * u + 1}"
+            text += (f'layer {{ name: "{res}" type: "Eltwise" bottom: "{unit_in}" bottom: "{b}" top: "{res}" '
+                     'eltwise_param { operation: SUM } }\n')
+            unit_in = res
+        bottom = unit_in
+    text += ('layer { name: "res4_3p" type: "Pooling" bottom: "res4_3" top: "res4_3p" '
+             'pooling_param { pool: AVE '
+             'kernel_h: 19 kernel_w: 1 stride: 1 } }\n'
+             f'layer {{ name: "fc5" type: "InnerProduct" bottom: "res4_3p" top: "fc5" inner_product_param {{ '
+             f'num_output: {embedding} weight_filler {{ type: "xavier" }} }} }}\n'
+             f'layer {{ name: "fc6" type: "InnerProduct" bottom: "fc5" top: "fc6" inner_product_param {{ '
+             f'num_output: {classes} weight_filler {{ type: "xavier" }} }} }}\n'
+             'layer { name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "fc6" bottom: "label" '
+             'top: "softmax_loss" }\n')
+    return text
+
+
+class ResNet20(nn.Module):
+    """The same network written directly in PyTorch, parameters named after the prototxt layers."""
+
+    def __init__(self, frames: int, freq: int, embedding: int, classes: int):
+        super().__init__()
+        self.convs, self.prelus = nn.ModuleDict(), nn.ModuleDict()
+        cin = 1
+        for s, (width, units) in enumerate(zip(WIDTHS, UNITS), start=1):
+            for k in range(1, 2 * units + 2):
+                first = k == 1
+                stride = 2 if first else 1
+                self.convs[f"conv{s}_{k}"] = nn.Conv2d(cin if first else width, width, 3, stride, 1)
+                self.prelus[f"relu{s}_{k}"] = nn.PReLU(width)
+            cin = width
+        h, w = frames, freq
+        for _ in range(4):
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        self.pool_h = h
+        self.fc5 = nn.Linear(WIDTHS[-1] * w, embedding)
+        self.fc6 = nn.Linear(embedding, classes)
+
+    def forward(self, x, label):
+        for s, units in enumerate(UNITS, start=1):
+            x = self.prelus[f"relu{s}_1"](self.convs[f"conv{s}_1"](x))
+            for u in range(1, units + 1):
+                y = x
+                for k in (2 * u, 2 * u + 1):
+                    y = self.prelus[f"relu{s}_{k}"](self.convs[f"conv{s}_{k}"](y))
+                x = x + y
+        x = F.avg_pool2d(x, (self.pool_h, 1), 1)
+        x = self.fc6(self.fc5(x.flatten(1)))
+        return F.cross_entropy(x, label)
+
+    @torch.no_grad()
+    def copy_from_net(self, net) -> None:
+        for name, conv in self.convs.items():
+            conv.weight.copy_(net.params[name][0].tensor)
+            conv.bias.copy_(net.params[name][1].tensor)
+        for name, prelu in self.prelus.items():
+            prelu.weight.copy_(net.params[name][0].tensor)
+        for name in ("fc5", "fc6"):
+            getattr(self, name).weight.copy_(net.params[name][0].tensor)
+            getattr(self, name).bias.copy_(net.params[name][1].tensor)
+
+
+def build_engine_net(args, device):
+    path = ROOT / "prototxt" / "ResNet-20_softmax.prototxt"
+    if path.exists():
+        param, _ = read_net(path)
+    else:
+        param, _ = parse_net_text(generated_prototxt(args.embedding, args.classes))
+    for lp in param.layer:
+        if lp.type == "Input":
+            del lp.input_param.shape[:]
+            lp.input_param.shape.add().dim.extend([args.batch, 1, args.frames, args.freq])
+            lp.input_param.shape.add().dim.extend([args.batch, 1, 1, 1])
+        if lp.name == "res4_3p":
+            lp.pooling_param.kernel_h = ResNet20(args.frames, args.freq, 1, 1).pool_h
+        if lp.name == "fc5":
+            lp.inner_product_param.num_output = args.embedding
+        if lp.name == "fc6":
+            lp.inner_product_param.num_output = args.classes
+    return caffe.Net(str(path), caffe.TRAIN, net_param=param, device=device)
+
+
+def timed(step, warmup: int, iters: int, sync) -> float:
+    for _ in range(warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync()
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8, help="examples per iteration (paper: 50)")
+    parser.add_argument("--iters", type=int, default=3, help="timed iterations per implementation")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--frames", type=int, default=300, help="spectrogram frames (input height)")
+    parser.add_argument("--freq", type=int, default=257, help="frequency bins (input width)")
+    parser.add_argument("--embedding", type=int, default=512)
+    parser.add_argument("--classes", type=int, default=1251)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    caffe.set_random_seed(0)
+    net = build_engine_net(args, device)
+    model = ResNet20(args.frames, args.freq, args.embedding, args.classes).to(device)
+    model.copy_from_net(net)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(args.batch, 1, args.frames, args.freq, generator=gen).to(device)
+    label = torch.randint(0, args.classes, (args.batch,), generator=gen).to(device)
+    net.blobs["data"].tensor = x
+    net.blobs["label"].tensor = label.to(torch.float32).reshape(args.batch, 1, 1, 1)
+    params = [p for p, *_ in net.learnable_params()]
+
+    def engine_step():
+        for p in params:
+            p.grad = None
+        net.forward_range(0, len(net.modules) - 1)
+        net.backward_loss()
+
+    def torch_step():
+        model.zero_grad(set_to_none=True)
+        model(x, label).backward()
+
+    # same weights, same input: the two losses must agree before their speeds mean anything
+    net.forward_range(0, len(net.modules) - 1)
+    engine_loss = net.loss_value()
+    with torch.no_grad():
+        torch_loss = float(model(x, label))
+    if abs(engine_loss - torch_loss) > 1e-3 * max(1.0, abs(torch_loss)):
+        print(f"loss mismatch: engine {engine_loss} vs hand-written {torch_loss}", file=sys.stderr)
+        return 1
+
+    t_engine = timed(engine_step, args.warmup, args.iters, sync)
+    t_torch = timed(torch_step, args.warmup, args.iters, sync)
+    n = args.batch * args.iters
+    result = {
+        "device": str(device), "threads": torch.get_num_threads(), "batch": args.batch, "iters": args.iters,
+        "input": [1, args.frames, args.freq], "loss": engine_loss,
+        "engine_examples_per_s": n / t_engine, "torch_examples_per_s": n / t_torch,
+        "ratio_engine_over_torch": (n / t_engine) / (n / t_torch),
+        "note": "engine includes its top1/top5 Accuracy layers, as in training" if "top1Accuracy" in
+        net._layer_names else "",
+    }
+    print(f"ResNet-20 forward+backward, batch {args.batch} x 1 x {args.frames} x {args.freq}, {args.iters} "
+          f"iters after {args.warmup} warm-up, {device} ({result['threads']} threads)")
+    print(f"  caffe_torch engine : {result['engine_examples_per_s']:8.2f} examples/s")
+    print(f"  hand-written torch : {result['torch_examples_per_s']:8.2f} examples/s")
+    print(f"  ratio engine/torch : {result['ratio_engine_over_torch']:8.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,103 @@
+"""The batched spectrograms against a per-crop float64 implementation written straight from the paper."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from voxdata import crop_length, num_frames, spectrogram, spectrogram_torch
+from voxdata.synth import synth_utterance
+
+
+def reference_spectrogram(x):
+    """paper.md, "Front end", one crop, float64, one frame at a time."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.mean()
+    y = np.empty_like(x)
+    y[0] = x[0]
+    for n in range(1, len(x)):
+        y[n] = x[n] - 0.97 * x[n - 1]
+    frames = math.ceil(abs(len(x) - 400) / 160)
+    y = np.concatenate([y, np.zeros(frames * 160 + 400 - len(x))])
+    n = np.arange(400)
+    hamming = 0.54 - 0.46 * np.cos(2 * np.pi * n / 399)  # symmetric, = numpy.hamming(400)
+    s = np.empty((frames, 257))
+    for t in range(frames):
+        seg = y[t * 160 : t * 160 + 400] * hamming
+        s[t] = np.abs(np.fft.rfft(seg, 512))
+    return (s - s.mean(axis=0)) / s.std(axis=0)
+
+
+@pytest.fixture(scope="module")
+def random_crops():
+    rng = np.random.default_rng(1)
+    return rng.integers(-32768, 32768, size=(3, 48241)).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def speech_crops():
+    # real-speech-like: the synthetic corpus' voices (strong harmonics, pauses, low-level high bands)
+    x = np.concatenate([synth_utterance(0, s, 0, 0, 3.2, 3.3)[:48241] for s in range(2)])
+    return x.reshape(2, 48241)
+
+
+def test_frames_and_lengths():
+    assert crop_length(300) == 48241
+    assert num_frames(48241) == 300
+    for f in (1, 2, 100, 299, 300, 301):
+        assert num_frames(crop_length(f)) == f
+    assert num_frames(400) == 0
+    assert num_frames(200) == math.ceil(200 / 160)  # |L - 400|
+
+
+@pytest.mark.parametrize("kind", ["random", "speech"])
+def test_numpy_matches_reference(kind, random_crops, speech_crops):
+    crops = random_crops if kind == "random" else speech_crops
+    ref = np.stack([reference_spectrogram(c) for c in crops])
+    out = spectrogram(crops)
+    assert out.shape == (len(crops), 300, 257) and out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+    out64 = spectrogram(crops, dtype=np.float64)
+    np.testing.assert_allclose(out64, ref, atol=1e-9, rtol=0)
+    # chunking does not change anything; a single crop gives (frames, 257)
+    np.testing.assert_array_equal(spectrogram(crops, chunk=1), out)
+    np.testing.assert_array_equal(spectrogram(crops[0]), out[0])
+
+
+def test_float_input_and_short_crops():
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 1000, size=(2, crop_length(100)))
+    out = spectrogram(x)
+    assert out.shape == (2, 100, 257)
+    ref = np.stack([reference_spectrogram(c) for c in x])
+    np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+
+
+def test_silence_gives_zeros_not_nan():
+    out = spectrogram(np.zeros((1, crop_length(10)), dtype=np.int16))
+    assert np.all(out == 0)
+    out_t = spectrogram_torch(torch.zeros(1, crop_length(10), dtype=torch.int16))
+    assert torch.all(out_t == 0)
+
+
+@pytest.mark.parametrize("kind", ["random", "speech"])
+def test_torch_cpu_matches_reference(kind, random_crops, speech_crops):
+    crops = random_crops if kind == "random" else speech_crops
+    ref = np.stack([reference_spectrogram(c) for c in crops])
+    out = spectrogram_torch(torch.from_numpy(crops))
+    assert out.shape == (len(crops), 300, 257) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), ref, atol=1e-4, rtol=0)
+    out64 = spectrogram_torch(torch.from_numpy(crops), dtype=torch.float64)
+    np.testing.assert_allclose(out64.numpy(), ref, atol=1e-9, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["random", "speech"])
+def test_torch_gpu_matches_reference(kind, random_crops, speech_crops):
+    crops = random_crops if kind == "random" else speech_crops
+    ref = np.stack([reference_spectrogram(c) for c in crops])
+    out = spectrogram_torch(torch.from_numpy(crops).cuda())
+    assert out.is_cuda and out.shape == (len(crops), 300, 257)
+    np.testing.assert_allclose(out.cpu().numpy(), ref, atol=1e-4, rtol=0)
