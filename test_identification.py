@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="voxdata wav cache folder (keys: absolute wav paths)")
     p.add_argument("--data-blob", default="data")
     p.add_argument("--pool-blob", default="res4_3p")
-    p.add_argument("--score-blob", default="fc6")
+    p.add_argument("--score-blob", help="class-score blob (default: the blob the net's Accuracy layers read)")
     p.add_argument("--out", help="output folder (default: the run dir)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
@@ -153,6 +153,10 @@ def run(args) -> dict:
 
         caffe = load_engine(args.engine, args.gpu)
         net = caffe.Net(net_path, args.weights, caffe.TEST)
+        if args.score_blob is None:
+            from speaker.evaluate import accuracy_input
+
+            args.score_blob = accuracy_input(net)
         n_classes = int(net.blobs[args.score_blob].data.reshape(net.blobs[args.score_blob].data.shape[0], -1)
                         .shape[1])
         if n_classes != len(saved["speakers"]):

@@ -285,6 +285,14 @@ def voxdata_crops_provider(
     return provider
 
 
+def accuracy_input(net) -> str:
+    """The blob the net's first Accuracy layer reads: its class scores (fc6, fc6_12, ... by loss)."""
+    for name, layer in zip(net._layer_names, net.layers):
+        if layer.type == "Accuracy":
+            return net.bottom_names[name][0]
+    raise ValueError("the net has no Accuracy layer: give --score-blob")
+
+
 def input_frames(net, data_blob: str = "data") -> int:
     """Frames per crop the net takes: the time axis of its (N, 1, frames, 257) input blob."""
     if data_blob not in net.blobs:

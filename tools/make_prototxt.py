@@ -32,7 +32,7 @@ class Size:
 PAPER = Size("paper", batch=50, frames=300, widths=(64, 128, 256, 512), units=(1, 2, 4, 1), embedding=512,
              classes=1251)
 # Trains on 2 CPU cores in minutes: same depth and structure, a quarter of the frames, an eighth of the width.
-DEMO = Size("demo", batch=32, frames=100, widths=(8, 16, 32, 64), units=(1, 2, 4, 1), embedding=64, classes=30)
+DEMO = Size("demo", batch=24, frames=100, widths=(8, 16, 32, 64), units=(1, 2, 4, 1), embedding=64, classes=30)
 
 
 def _pooled_height(frames: int) -> int:
@@ -223,8 +223,8 @@ def solver(loss: str, size: Size, net_file: str) -> str:
         note = ("# The paper's solver. Original stage 1 snapshotted only at 61600; 5600 here so that a killed\n"
                 "# job loses little (the scripts also snapshot on SIGTERM/SIGUSR1/SIGUSR2).\n")
     else:
-        base_lr, stepsize, max_iter = (0.05 if stage1 else 0.005), 100, 400
-        display, snapshot = 20, 100
+        base_lr, stepsize, max_iter = (0.05 if stage1 else 0.005), 80, (240 if stage1 else 120)
+        display, snapshot = 20, 60
         note = "# Demo: the paper's solver scaled down to a few minutes on 2 CPU cores.\n"
     prefix = PREFIX[loss] if size.name == "paper" else PREFIX[loss].replace("512D", f"{size.embedding}D") + "_demo"
     return (f"# {NOTES[loss]}\n{note}"

@@ -67,13 +67,12 @@ class TrainBatches:
         self.paths = [os.fspath(p) for p in paths]
         self.labels = np.asarray(labels, dtype=np.int64)
         if len(self.paths) == 0 or len(self.paths) != len(self.labels):
-            raise ValueError(
-                f"need as many labels as paths (>0), got {len(self.paths)} and {len(self.labels)}"
-            )
+            raise ValueError(f"need as many labels as paths (>0), got {len(self.paths)} and {len(self.labels)}")
         self.batch_size, self.length, self.seed = int(batch_size), int(length), int(seed)
         self.augment, self.repeat_short, self.on_error = augment, repeat_short, on_error
         self.cache = cache
-        self.skipped = 0
+        self.skipped = 0  # draws skipped in this process (on_error='skip')
+        self._bad: set[int] = set()
         self._read = None
 
     def __len__(self) -> int:  # nominal: the stream is infinite, the sampler decides
@@ -95,9 +94,7 @@ class TrainBatches:
             for _attempt in range(100):
                 i = int(rng.integers(0, len(self.paths)))
                 try:
-                    crops[b] = random_crop(
-                        self._read(self.paths[i]), self.length, rng, self.augment, self.repeat_short
-                    )
+                    crops[b] = random_crop(self._read(self.paths[i]), self.length, rng, self.augment, self.repeat_short)
                     break
                 except (AudioError, CropError) as e:
                     if self.on_error == "raise":
@@ -105,11 +102,13 @@ class TrainBatches:
                             raise CropError(f"{self.paths[i]}: {e}") from None
                         raise
                     self.skipped += 1
-                    log.warning("skipping %s (%d skipped in this worker): %s", self.paths[i], self.skipped, e)
+                    if i not in self._bad:  # log each bad file once per process, count every skip
+                        self._bad.add(i)
+                        log.warning(
+                            "skipping %s (%d bad files seen in this process): %s", self.paths[i], len(self._bad), e
+                        )
             else:
-                raise AudioError(
-                    f"100 unusable files in a row while building batch {k}; last: {self.paths[i]}"
-                )
+                raise AudioError(f"100 unusable files in a row while building batch {k}; last: {self.paths[i]}")
             labels[b] = self.labels[i]
         return crops, labels
 
@@ -191,9 +190,7 @@ class EvalCrops:
     ):
         self.paths = [os.fspath(p) for p in paths]
         self.n_crops = int(n_crops)
-        self.length = int(
-            length if length is not None else crop_length(frames if frames is not None else 300)
-        )
+        self.length = int(length if length is not None else crop_length(frames if frames is not None else 300))
         self.seed, self.augment, self.repeat_short, self.cache = int(seed), augment, repeat_short, cache
         self._read = None
 
@@ -212,10 +209,7 @@ class EvalCrops:
         x = self._read(self.paths[i])
         try:
             return np.stack(
-                [
-                    random_crop(x, self.length, rng, self.augment, self.repeat_short)
-                    for _ in range(self.n_crops)
-                ]
+                [random_crop(x, self.length, rng, self.augment, self.repeat_short) for _ in range(self.n_crops)]
             )
         except CropError as e:
             raise CropError(f"{self.paths[i]}: {e}") from None
