@@ -64,7 +64,7 @@ ensure_apt() {
   log "installing system packages: $miss"
   $sudo apt-get update -qq
   # shellcheck disable=SC2086
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $miss
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $miss
 }
 
 # ---------------------------------------------------------------- Python packages pycaffe imports
@@ -94,8 +94,9 @@ install_pth() {
 }
 
 smoke_test() {
-  # Run from / so that a caffe/ directory in the current directory cannot shadow the build.
-  (cd / && PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" - "$PREFIX/python" <<'EOF'
+  # Run from / with PYTHONPATH = the repo only (for caffe_torch): `import caffe` must then find this
+  # build through the .pth file, whatever the caller's PYTHONPATH holds.
+  (cd / && PYTHONPATH="$ROOT" "$PY" - "$PREFIX/python" <<'EOF'
 import os, sys
 want = os.path.realpath(sys.argv[1])
 import caffe
@@ -108,8 +109,7 @@ try:  # our own pb2 (proto package caffe_torch) must load in the same process
 except ImportError as e:
     print("[caffe_build] note: caffe_torch.proto.caffe_pb2 not importable here (%s)" % e)
 if got != want:
-    print("[caffe_build] note: `import caffe` resolves to %s (PYTHONPATH?), not this build %s"
-          % (got, want))
+    sys.exit("[caffe_build] ERROR: `import caffe` resolves to %s, not this build %s" % (got, want))
 print("[caffe_build] import caffe OK: %s (%s)" % (caffe.__file__, caffe.__version__))
 EOF
   )
@@ -259,6 +259,10 @@ EOF
     cp -r "$PREFIX/python" "$CACHED.tmp/python"
     rm -rf "$CACHED"; mv "$CACHED.tmp" "$CACHED"
     log "cached the build in $CACHED"
+    # keep the three most recent builds (other keys: other branches or older patch sets)
+    find "$CACHE_ROOT" -mindepth 1 -maxdepth 1 -type d -regextype posix-extended \
+      -regex '.*/[0-9a-f]{16}' -printf '%T@ %p\n' | sort -rn | tail -n +4 | cut -d' ' -f2- \
+      | while read -r old; do rm -rf "$old"; done
   fi
 fi
 

@@ -130,6 +130,9 @@ class Net:
         self.name = net_param.name
         self._src = src
         self._sync = _HostSync()
+        # caffe_torch.fast: None, or f(index, layer, bottoms) that runs layer `index` instead of a plain call
+        # (autocast regions, compiled layers)
+        self.layer_call = None
         # Caffe's Net(file, phase, level, stages): the file's state, with phase and level replaced by the
         # constructor's and its stages appended
         state = caffe_pb2.NetState()
@@ -383,7 +386,7 @@ class Net:
                 for b, prop in zip(self.bottom_names[lname], self._propagate_down[i]):
                     t = self._tensors[b]
                     bottoms.append(t if prop else t.detach())
-                out = layer(*bottoms)
+                out = layer(*bottoms) if self.layer_call is None else self.layer_call(i, layer, bottoms)
                 if isinstance(out, torch.Tensor):
                     out = (out,)
                 for tname, t in zip(self.top_names[lname], out):

@@ -143,6 +143,10 @@ class Solver:
         # Called after each iteration's update with the solver; return "snapshot" / "stop" / None (Caffe's
         # action request, used for signals). caffe_torch extension.
         self.action_callback: Callable[[Solver], str | None] | None = None
+        # Called as hook(solver, loss) after the iter_size forward/backward passes, before apply_update; returns
+        # the loss to log (data-parallel training averages the diffs and the loss across processes here).
+        # caffe_torch extension.
+        self.gradient_hook: Callable[[Solver, float], float] | None = None
         self.requested_early_exit = False
 
     # ------------------------------------------------------------------ checks
@@ -290,6 +294,8 @@ class Solver:
             for _ in range(p.iter_size):
                 loss += self.forward_backward()
             loss /= p.iter_size
+            if self.gradient_hook is not None:
+                loss = self.gradient_hook(self, loss)
             self._update_smoothed_loss(loss, start_iter)
             if display:
                 dt = time.perf_counter() - t0

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the sge/*.sge job scripts (sourced from $REPO/sge/lib.sh; qsub copies a job script to the spool
 # directory, so the job finds this file through the repository, not through its own path).
 #

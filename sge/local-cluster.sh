@@ -245,19 +245,32 @@ start_execd() {
         /etc/init.d/gridengine-exec start >&2 || die "/etc/init.d/gridengine-exec start failed"
     fi
     # the queue instance is usable once the execd has reported a load (state no longer 'u')
-    wait_for "the queue instance $QUEUE@$host becoming available" queue_ok "$host"
+    wait_for "the execution daemon reporting for $QUEUE@$host" queue_ok "$host"
     # a job that failed earlier (e.g. a root job refused by min_uid) leaves the queue in error state E
-    if qstat -f -q "$QUEUE@$host" 2>/dev/null | awk 'NR > 2 && $1 ~ /@/ && $6 ~ /E/' | grep -q .; then
-        say "clearing error state of $QUEUE@$host"
+    if [[ "$(queue_state "$host")" == *E* ]]; then
+        say "clearing error state E of $QUEUE@$host (qmod -c)"
         qmod -c "$QUEUE@$host" >/dev/null
     fi
+    if [[ "$(queue_state "$host")" == *d* ]]; then
+        say "enabling the disabled queue instance $QUEUE@$host (qmod -e)"
+        qmod -e "$QUEUE@$host" >/dev/null
+    fi
+    wait_for "the queue instance $QUEUE@$host becoming usable" queue_usable "$host"
 }
 
-queue_ok() { # the queue instance exists and its state column has no 'u' (unknown) or 'a' (alarm)
+queue_state() { # the states column of the queue instance (empty when fine); "missing" when not listed
     local line
     line="$(qstat -f -q "$QUEUE@$1" 2>/dev/null | awk '$1 ~ /@/')"
-    [ -n "$line" ] || return 1
-    ! awk '{ exit !($6 ~ /[uadE]/) }' <<<"$line"
+    if [ -z "$line" ]; then echo missing; return; fi
+    awk '{ print $6 }' <<<"$line"
+}
+
+queue_usable() { [ -z "$(queue_state "$1")" ]; }
+
+queue_ok() { # the queue instance exists and the execd reports (state not 'u' unknown, nor 'a' alarm)
+    local st
+    st="$(queue_state "$1")"
+    [ "$st" != missing ] && [[ "$st" != *u* ]] && [[ "$st" != *a* ]]
 }
 
 cmd_up() {

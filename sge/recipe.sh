@@ -63,7 +63,7 @@ esac
 
 RUN1="$RUNS/${NAME}_stage1"
 RUN2="$RUNS/${NAME}_stage2"
-mkdir -p "$RUNS/logs"
+[ "$DRY" = 1 ] || mkdir -p "$RUNS/logs"
 read -r -a qargs <<<"$QSUB_ARGS"
 read -r -a targs <<<"$TEST_ARGS"
 common=(--data-root "$DATA_ROOT")

@@ -12,6 +12,20 @@ TEST net sharing the weights measures validation top-1/top-5 (one seeded crop pe
 validation curves). SIGTERM/SIGINT/SIGUSR1/SIGUSR2 (Grid Engine's -notify warnings) finish the current
 iteration, write a snapshot and exit with status 99; `--resume auto` continues from the newest snapshot, and
 since batch k is a pure function of (seed, k), the resumed run sees the same batches as an uninterrupted one.
+
+Speed options (caffe_torch only, all off by default; see caffe_torch/fast.py): --channels-last, --amp bf16,
+--tf32, --compile; --cache decodes the training audio once into a memory-mapped int16 file (built on first
+use) so that the loader only slices.
+
+Data parallel (caffe_torch only): under `torchrun --nproc_per_node=K trainAug.py ...` (WORLD_SIZE > 1) each
+of the K processes builds the same solver; the prototxt's batch B is the global batch and must be divisible
+by K; process r feeds rows [r B/K, (r+1) B/K) of global batch k (every process draws the whole, deterministic
+batch k and keeps its slice); after backward the parameter diffs are averaged across processes (the mean of
+equal-sized per-process batch means is the global batch mean, so this is one process's gradient up to float
+summation order), then every process applies the identical Caffe update. NCCL on GPUs (LOCAL_RANK picks the
+GPU, or the LOCAL_RANK-th entry of $SGE_GPU), gloo on the CPU. Only rank 0 writes logs, the curve,
+snapshots and final weights and validates; a stop signal on any process stops all of them at the same
+iteration (the flag travels with the gradients).
 """
 
 import argparse
@@ -25,6 +39,7 @@ import signal
 import sys
 import time
 from collections import deque
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +88,22 @@ def build_parser(augment: bool) -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<solver name>)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="loader worker processes; default %(default)s")
-    p.add_argument("--cache", help="memory-mapped int16 audio cache folder (built on first use)")
+    p.add_argument("--cache", metavar="DIR",
+                   help="memory-mapped int16 audio cache folder: decoded once on first use (from the training "
+                   "list), then the loader only slices it; must hold every training file")
+    fast = p.add_argument_group("speed options (caffe_torch only; all off by default, see caffe_torch/fast.py)")
+    fast.add_argument("--channels-last", action="store_true",
+                      help="convolution weights and inputs in NHWC memory order (tensor-core friendly); same "
+                      "numbers")
+    fast.add_argument("--amp", choices=("bf16",),
+                      help="run the convolutional trunk (Convolution, Pooling, PReLU, ReLU, Eltwise) under "
+                      "bfloat16 autocast; the layers after it, the losses, parameters, gradients and the "
+                      "solver stay float32")
+    fast.add_argument("--tf32", action="store_true",
+                      help="allow TensorFloat-32 in float32 convolutions and matrix products (Ampere+ GPUs)")
+    fast.add_argument("--compile", action="store_true",
+                      help="torch.compile the train net's forward (and so its backward); the first iteration "
+                      "compiles (tens of seconds); falls back to the interpreted net if compiling fails")
     p.add_argument("--skip-bad-audio", action="store_true",
                    help="skip (and count) unreadable or wrong-format recordings instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
@@ -195,18 +225,19 @@ def _iden_split_path(args) -> Path:
                         "(VoxCeleb1's list; see README)")
 
 
-def load_splits(args, run: Path):
+def load_splits(args, run: Path, write: bool = True):
     from voxdata import read_iden_split
 
     if not Path(args.data_root).is_dir():
         raise TrainingError(f"--data-root {args.data_root}: no such directory")
     split_file = _iden_split_path(args)
     splits = read_iden_split(split_file, mode=args.mode, data_root=args.data_root,
-                             missing_log=run / "missing_files.txt")
+                             missing_log=run / "missing_files.txt" if write else None)
     if len(splits.train) == 0:
         raise TrainingError(f"{split_file}: no training utterance found under {splits.wav_dir} "
                             f"({len(splits.missing)} listed files missing)")
-    splits.save_labels(run / "labels.json")
+    if write:
+        splits.save_labels(run / "labels.json")
     return splits, split_file
 
 
@@ -252,6 +283,120 @@ class Validator:
         return np.array(self.net.blobs[self.scores_name].data).reshape(n, -1)
 
 
+# ---------------------------------------------------------------------- data parallel
+
+class DataParallel:
+    """torch.distributed state of a torchrun launch (WORLD_SIZE > 1); `enabled` is False otherwise."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        self.is_main = self.rank == 0
+        self.loss = None           # the last iteration's loss averaged over the processes
+        self.stop = False          # a stop signal reached some process (same value on every process)
+        self.local_stop = None     # callable: has this process received a stop signal?
+        self.gpu_index = None
+
+    def gpu(self, gpu_arg: int | None) -> int | None:
+        """The GPU of this process: --gpu -1 forces the CPU; else the LOCAL_RANK-th entry of $SGE_GPU when
+        it lists enough GPUs, else GPU LOCAL_RANK when CUDA is present; else the CPU."""
+        if not self.enabled:
+            return default_gpu(gpu_arg)
+        if gpu_arg is not None and gpu_arg < 0:
+            return None
+        sge = os.environ.get("SGE_GPU", "").replace(",", " ").split()
+        if len(sge) > self.local_rank:
+            return int(sge[self.local_rank])
+        if default_gpu(gpu_arg) is None:
+            return None
+        return self.local_rank
+
+    def init(self, gpu: int | None) -> None:
+        import torch.distributed as dist
+
+        self.gpu_index = gpu
+        if gpu is None:
+            dist.init_process_group("gloo", timeout=timedelta(minutes=60))
+        else:
+            import torch
+
+            torch.cuda.set_device(gpu)          # before NCCL starts: each process talks from its own GPU
+            dist.init_process_group("nccl", timeout=timedelta(minutes=60), device_id=torch.device("cuda", gpu))
+        if dist.get_world_size() != self.world:
+            raise TrainingError(f"WORLD_SIZE {self.world} but the process group has {dist.get_world_size()}")
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            if self.gpu_index is None:
+                dist.barrier()
+            else:
+                dist.barrier(device_ids=[self.gpu_index])
+
+    def broadcast_params(self, net) -> None:
+        """Every process starts from rank 0's weights (they are equal anyway: same seed and files)."""
+        import torch.distributed as dist
+
+        for p, *_ in net.learnable_params():
+            dist.broadcast(p.data, 0)
+
+    def gradient_hook(self, solver, loss: float) -> float:
+        """Solver.gradient_hook: one all-reduce of [all param diffs..., loss, stop flag]; diffs and loss
+        become their mean over the processes."""
+        import torch
+        import torch.distributed as dist
+
+        grads = [p.grad for p, *_ in solver.net.learnable_params() if p.grad is not None]
+        device = grads[0].device if grads else solver.net.device
+        extra = torch.tensor([loss, 1.0 if self.local_stop and self.local_stop() else 0.0], device=device,
+                             dtype=grads[0].dtype if grads else torch.float32)
+        flat = torch.cat([g.reshape(-1) for g in grads] + [extra])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view(g.shape))
+            offset += n
+        self.loss = float(flat[offset])
+        self.stop = bool(flat[offset + 1] > 0)
+        return self.loss
+
+    def close(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _ensure_cache(args, paths, ddp: DataParallel):
+    """The --cache folder: built from the training files on first use (by rank 0), checked to hold them all."""
+    from voxdata import WavCache, build_cache
+    from voxdata.cache import INDEX
+
+    if not args.cache:
+        return None
+    index = Path(args.cache) / INDEX
+    if not index.exists():
+        if ddp.is_main:
+            log.info("building the audio cache %s from %d training files", args.cache, len(paths))
+            build_cache(paths, args.cache, on_error="skip" if args.skip_bad_audio else "raise",
+                        progress=not args.no_progress)
+        ddp.barrier()
+    cache = WavCache(args.cache)
+    missing = [p for p in paths if p not in cache]
+    skipped = len(cache.skipped)
+    if missing and not (args.skip_bad_audio and len(missing) <= skipped):
+        raise TrainingError(f"--cache {args.cache}: {len(missing)} training files are not in the cache (first: "
+                            f"{missing[0]}); it was built from another list: delete it or pick another folder")
+    log.info("audio cache %s: %d recordings", args.cache, len(cache))
+    return cache
+
+
 # ---------------------------------------------------------------------- the run
 
 def _input_feeder(caffe, device):
@@ -273,6 +418,14 @@ def _input_feeder(caffe, device):
 
 
 def train(args, augment: bool) -> int:
+    ddp = DataParallel()
+    try:
+        return _train(args, augment, ddp)
+    finally:
+        ddp.close()
+
+
+def _train(args, augment: bool, ddp: DataParallel) -> int:
     import torch
     from tqdm import tqdm
 
@@ -282,17 +435,34 @@ def train(args, augment: bool) -> int:
     from .plots import training_curve
 
     solver_param, net_path, net_param = read_solver_and_net(args.solver)
-    run = rundir.prepare(args.out or Path("runs") / Path(args.solver).stem, args,
-                         "trainAug.py" if augment else "trainNoAug.py")
-    rundir.setup_logging(run, "train", args.verbose)
-    log.info("run directory %s (git %s)", run, rundir.git_revision())
+    from caffe_torch.fast import FastOptions
+
+    fast = FastOptions.from_args(args)
+    if args.engine != "torch" and (fast.any() or ddp.enabled):
+        raise TrainingError("--channels-last/--amp/--tf32/--compile and torchrun (data parallel) need the "
+                            "caffe_torch engine (--engine torch)")
+    gpu = ddp.gpu(args.gpu)
+    if ddp.enabled:
+        ddp.init(gpu)
+    run_dir = Path(args.out or Path("runs") / Path(args.solver).stem)
+    if ddp.is_main:
+        run = rundir.prepare(run_dir, args, "trainAug.py" if augment else "trainNoAug.py")
+        rundir.setup_logging(run, "train", args.verbose)
+        log.info("run directory %s (git %s)", run, rundir.git_revision())
+    else:
+        run = run_dir
+        logging.basicConfig(level=logging.WARNING, format=f"[rank {ddp.rank}] %(levelname)s %(name)s: %(message)s")
+    ddp.barrier()
     batch, frames, bins = input_geometry(net_param, net_path)
     if bins != 257:
         raise TrainingError(f"{net_path}: the data input has {bins} frequency bins; the spectrogram has 257")
     if solver_param.iter_size != 1:
         raise TrainingError(f"{args.solver}: iter_size {solver_param.iter_size}: the training scripts feed one "
                             "batch per iteration through Input layers, so only iter_size 1 is supported")
-    splits, split_file = load_splits(args, run)
+    if batch % ddp.world:
+        raise TrainingError(f"{net_path}: batch {batch} (the global batch) is not divisible by the {ddp.world} "
+                            "processes of this torchrun launch")
+    splits, split_file = load_splits(args, run, write=ddp.is_main)
     for layer, width in classifier_widths(net_param).items():
         if width != len(splits.speakers):
             raise TrainingError(f"{net_path}: layer '{layer}' has num_output {width} but {split_file} "
@@ -301,27 +471,32 @@ def train(args, augment: bool) -> int:
 
     # resolved copies in the run directory: the engine reads these (absolute net path, snapshots in run/)
     snap_dir = run / "snapshots"
-    snap_dir.mkdir(exist_ok=True)
     prefix_name = Path(solver_param.snapshot_prefix or Path(args.solver).stem).name
-    net_copy = rundir.copy_file(net_path, run, "net.prototxt")
-    rundir.copy_file(args.solver, run, "solver.original.prototxt")
-    from google.protobuf import text_format
-
-    resolved = type(solver_param)()
-    resolved.CopyFrom(solver_param)
-    resolved.net = str(net_copy.resolve())
-    resolved.ClearField("train_net")
-    resolved.snapshot_prefix = str((snap_dir / prefix_name).resolve())
-    gpu = default_gpu(args.gpu)
-    resolved.solver_mode = resolved.CPU if gpu is None else resolved.GPU
-    resolved.random_seed = args.seed
+    net_copy = run / "net.prototxt"
     solver_copy = run / "solver.prototxt"
-    solver_copy.write_text(text_format.MessageToString(resolved))
+    if ddp.is_main:
+        snap_dir.mkdir(exist_ok=True)
+        net_copy = rundir.copy_file(net_path, run, "net.prototxt")
+        rundir.copy_file(args.solver, run, "solver.original.prototxt")
+        from google.protobuf import text_format
+
+        resolved = type(solver_param)()
+        resolved.CopyFrom(solver_param)
+        resolved.net = str(net_copy.resolve())
+        resolved.ClearField("train_net")
+        resolved.snapshot_prefix = str((snap_dir / prefix_name).resolve())
+        resolved.solver_mode = resolved.CPU if gpu is None else resolved.GPU
+        resolved.random_seed = args.seed
+        solver_copy.write_text(text_format.MessageToString(resolved))
+    ddp.barrier()
 
     caffe = load_engine(args.engine, gpu)
     device = torch.device("cpu") if gpu is None else torch.device("cuda", gpu)
     log.info("engine %s on %s; %d training utterances of %d speakers; batch %d, %d frames (%d samples)",
              args.engine, device, len(splits.train), len(splits.speakers), batch, frames, crop_length(frames))
+    if ddp.enabled:
+        log.info("data parallel: %d processes (%s), %d examples per process and iteration", ddp.world,
+                 "nccl" if gpu is not None else "gloo", batch // ddp.world)
     caffe.set_random_seed(args.seed)
     solver = caffe.get_solver(str(solver_copy))
     if args.weights:
@@ -338,42 +513,74 @@ def train(args, augment: bool) -> int:
                 raise TrainingError(f"--resume {state}: no such file")
             log.info("resuming from %s", state)
             solver.restore(str(state))
+    if ddp.enabled:
+        local = batch // ddp.world
+        for name in solver.net.inputs:
+            blob = solver.net.blobs[name]
+            blob.reshape(local, *blob.shape[1:])
+        solver.net.reshape()
+        ddp.broadcast_params(solver.net)
+        solver.gradient_hook = ddp.gradient_hook
+        if not ddp.is_main:
+            solver.param.snapshot = 0          # only rank 0 writes snapshots
+    if fast.any():
+        from caffe_torch.fast import apply_to_solver
+
+        log.info("speed options: %s", fast.describe())
+        apply_to_solver(solver, fast)
 
     feed = _input_feeder(caffe, device)
     val = None
-    if len(splits.val):
+    if len(splits.val) and ddp.is_main:
         n_val = args.val_utterances or len(splits.val)
         val = Validator(caffe, net_copy, solver.net, splits.abspaths(splits.val)[:n_val],
                         splits.val.labels[:n_val], frames, args.seed, augment, score_blob(net_param))
-    loader = train_loader(splits.abspaths(splits.train), splits.train.labels, batch_size=batch, frames=frames,
+        if fast.channels_last or fast.amp:
+            from caffe_torch.fast import FastOptions, apply
+
+            apply(val.net, FastOptions(channels_last=fast.channels_last, amp=fast.amp))
+    train_paths = splits.abspaths(splits.train)
+    cache = _ensure_cache(args, train_paths, ddp)
+    loader = train_loader(train_paths, splits.train.labels, batch_size=batch, frames=frames,
                           seed=args.seed, start_batch=solver.iter, num_workers=args.workers, augment=augment,
-                          cache=args.cache, on_error="skip" if args.skip_bad_audio else "raise",
+                          cache=cache, on_error="skip" if args.skip_bad_audio else "raise",
                           pin_memory=gpu is not None)
+    rows = slice(ddp.rank * (batch // ddp.world), (ddp.rank + 1) * (batch // ddp.world))
     max_iter = solver_param.max_iter
     display = max(1, solver_param.display or 100)
     loss_name = next(iter(solver.net.outputs), None)
     loss_blobs = [b for b in solver.net.outputs if "loss" in b.lower()] or [loss_name]
     csv_path = run / "training_curve.csv"
-    new_csv = not csv_path.exists() or not args.resume
-    csv_file = open(csv_path, "w" if new_csv else "a", newline="")  # noqa: SIM115 (closed in the finally below)
+    if ddp.is_main:
+        new_csv = not csv_path.exists() or not args.resume
+        csv_file = open(csv_path, "w" if new_csv else "a", newline="")  # noqa: SIM115 (closed in the finally below)
+    else:
+        new_csv, csv_file = False, open(os.devnull, "w")  # noqa: SIM115 (closed in the finally below)
     writer = csv.writer(csv_file)
     if new_csv:
         writer.writerow(["iteration", "loss", "lr", "val_top1", "val_top5"])
     recent = deque(maxlen=max(1, solver_param.average_loss))
     status = 0
-    bar = tqdm(total=max_iter, initial=solver.iter, disable=args.no_progress, unit="it", dynamic_ncols=True)
+    bar = tqdm(total=max_iter, initial=solver.iter, disable=args.no_progress or not ddp.is_main, unit="it",
+               dynamic_ncols=True)
     t_start, it_start = time.perf_counter(), solver.iter
     try:
         with StopRequest() as stop:
+            ddp.local_stop = lambda: stop.signal_name is not None
             batches = iter(loader)
             while solver.iter < max_iter:
                 it = solver.iter
                 if val is not None and args.test_interval and it % args.test_interval == 0 and it > it_start:
                     _validate(val, feed, it, writer, csv_file)
                 crops, labels = next(batches)
+                if ddp.enabled:
+                    crops, labels = crops[rows], labels[rows]
                 feed(solver.net, crops, labels)
                 solver.step(1)
-                loss = float(sum(np.asarray(solver.net.blobs[b].data).sum() for b in loss_blobs))
+                if ddp.enabled:
+                    loss = ddp.loss
+                else:
+                    loss = float(sum(np.asarray(solver.net.blobs[b].data).sum() for b in loss_blobs))
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"iteration {it}: loss is {loss}")
                 recent.append(loss)
@@ -385,13 +592,15 @@ def train(args, augment: bool) -> int:
                 if it % display == 0:
                     writer.writerow([it, f"{np.mean(recent):.6g}", f"{lr:.6g}", "", ""])
                     csv_file.flush()
-                if stop.signal_name:
-                    model, state = _snapshot(solver, snap_dir, prefix_name)
-                    log.warning("stopped by %s at iteration %d; snapshot %s; continue with --resume auto",
-                                stop.signal_name, solver.iter, state)
+                if ddp.stop if ddp.enabled else stop.signal_name:
+                    name = stop.signal_name or "a signal to another process"
+                    if ddp.is_main:
+                        model, state = _snapshot(solver, snap_dir, prefix_name)
+                        log.warning("stopped by %s at iteration %d; snapshot %s; continue with --resume auto",
+                                    name, solver.iter, state)
                     status = EXIT_INTERRUPTED
                     break
-        if status == 0:
+        if status == 0 and ddp.is_main:
             model = snap_dir / f"{prefix_name}_iter_{solver.iter}.caffemodel"
             if not model.exists():
                 model, _ = _snapshot(solver, snap_dir, prefix_name)
@@ -404,11 +613,13 @@ def train(args, augment: bool) -> int:
     finally:
         bar.close()
         csv_file.close()
-        try:
-            png = training_curve(csv_path, run / "training_curve.png")
-            log.info("training curve: %s", png)
-        except Exception as exc:  # a plot must never lose a run's result
-            log.warning("could not plot the training curve: %s", exc)
+        if ddp.is_main:
+            try:
+                png = training_curve(csv_path, run / "training_curve.png")
+                log.info("training curve: %s", png)
+            except Exception as exc:  # a plot must never lose a run's result
+                log.warning("could not plot the training curve: %s", exc)
+    ddp.barrier()      # rank 0 has written everything before any process exits (torchrun ends the rest then)
     return status
 
 

@@ -1,12 +1,17 @@
 """The sge/ job scripts under a real Grid Engine (sge/local-cluster.sh up): the two-stage recipe through
-qsub, and a stage-1 job deleted with qdel that snapshots on SIGUSR2 and, resubmitted, ends with the weights
-of an uninterrupted run.
+qsub (both stages' snapshots, evaluation results); a stage-1 job deleted with qdel that snapshots on SIGUSR2
+and, resubmitted, ends with the weights of an uninterrupted run; a job requeued by its soft run-time limit;
+a stage 2 without stage-1 weights kept in error state; the torchrun/parallel-environment job (CPU).
 
 Needs a running cluster (`sudo sge/local-cluster.sh up`); skipped with the reason otherwise. Jobs run as an
 ordinary user: as root the tests submit as $SGE_TEST_USER (default sgeuser, created by local-cluster.sh)
 through `su`; as anyone else, as themselves. Everything the jobs touch lives in a temporary folder that
 user owns: a copy of the code the jobs run (sge/, the scripts, the packages), a tiny synthetic corpus
 and the run directories. The nets are the tiny stand-ins in tests/data/sge/ (seconds per stage).
+
+Environment: SGE_TEST_USER (job user when root), SGE_TEST_TIMEOUT (seconds per wait for jobs, default 300),
+SGE_TEST_WORKERS (trainAug.py --workers, default 1: the multi-process loader, whose workers also receive
+Grid Engine's signals), SGE_TEST_TMP (where the work folder goes, default /tmp), SGE_TEST_KEEP=1 (keep it).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data" / "sge"
 SGE_ENV = {"SGE_ROOT": os.environ.get("SGE_ROOT", "/var/lib/gridengine"),
            "SGE_CELL": os.environ.get("SGE_CELL", "default")}
-JOB_TIMEOUT = float(os.environ.get("SGE_TEST_TIMEOUT", "900"))  # seconds per wait for jobs
+JOB_TIMEOUT = float(os.environ.get("SGE_TEST_TIMEOUT", "300"))  # seconds per wait for jobs
+WORKERS = os.environ.get("SGE_TEST_WORKERS", "1")  # trainAug.py --workers: 1 = the multi-process loader
 COPY = ["trainAug.py", "trainNoAug.py", "test_identification.py", "test_verification.py", "data_utils.py",
         "caffe_torch", "speaker", "voxdata", "sge", "lists", "tests/data/sge"]
 
@@ -45,6 +51,7 @@ class Cluster:
         self.user = user
         self.python = python
         self.pythonpath = pythonpath
+        self.submitted: list[str] = []  # deleted at the end if still there (a failed test leaves none)
 
     def sh(self, cmd: str, cwd: Path | str = "/", check: bool = True, timeout: float = 120):
         env_prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in SGE_ENV.items())
@@ -68,7 +75,13 @@ class Cluster:
 
     def qsub(self, args: str, cwd: Path) -> str:
         out = self.sh(f"qsub -terse -v {self.qsub_env()} {args}", cwd=cwd).stdout.strip()
+        self.submitted.append(out.split(".")[0])
         return out.split(".")[0]
+
+    def cleanup(self) -> None:
+        left = sorted(self.pending(self.submitted))
+        if left:
+            self.sh(f"qdel {' '.join(left)}", check=False)
 
     def pending(self, job_ids) -> set[str]:
         out = self.sh("qstat -u '*'", check=False).stdout
@@ -179,7 +192,8 @@ def cluster():
     if found is None:
         pytest.skip(f"no python interpreter with the project's packages that user {user} can run")
     cl.python, cl.pythonpath = found
-    return cl
+    yield cl
+    cl.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +228,7 @@ def work(cluster):
                 os.chown(os.path.join(dirpath, f), uid, gid)
     yield {"root": root, "repo": repo, "corpus": corpus, "runs": root / "runs",
            "logs": root / "runs" / "logs"}
+    cluster.cleanup()  # no job may outlive its folder
     if os.environ.get("SGE_TEST_KEEP") == "1":
         print(f"\nkept {root}")
     else:
@@ -243,6 +258,40 @@ def _train_log(run: Path) -> str:
     return (run / "train.log").read_text(errors="replace")
 
 
+def _long_solver(cluster, work) -> Path:
+    """The tiny stage-1 solver, 300 iterations with a snapshot every 20, net by absolute path."""
+    solver = work["root"] / "solver_long.prototxt"
+    text = (DATA / "solver_softmax.prototxt").read_text()
+    text = re.sub(r'net: "[^"]*"', f'net: "{work["repo"]}/tests/data/sge/tiny_softmax.prototxt"', text)
+    text = re.sub(r"max_iter: \d+", "max_iter: 300", text)
+    text = re.sub(r"snapshot: \d+", "snapshot: 20", text)
+    solver.write_text(text)
+    if os.geteuid() == 0:
+        os.chown(solver, pwd.getpwnam(cluster.user).pw_uid, -1)
+    return solver
+
+
+def _common(work) -> str:
+    return f"--data-root {work['corpus']} --gpu -1 --seed 5 --test-interval 0 --no-progress --workers {WORKERS}"
+
+
+def _wait_for_file(cluster, job: str, path: Path, logs: Path) -> None:
+    t0 = time.monotonic()
+    while not path.exists():
+        assert cluster.pending([job]), f"job {job} ended before writing {path}:\n{_logs(logs)}"
+        assert time.monotonic() - t0 < JOB_TIMEOUT, f"no {path} after {JOB_TIMEOUT} s:\n{_logs(logs)}"
+        time.sleep(0.2)
+
+
+def _weight_diff(a_path: Path, b_path: Path) -> tuple[float, float]:
+    """(max |a - b| over all learnable blobs, max |b|)."""
+    a, b = _caffemodel_params(a_path), _caffemodel_params(b_path)
+    assert a.keys() == b.keys()
+    diff = max(float(np.max(np.abs(x - y))) for k in a for x, y in zip(a[k], b[k], strict=True))
+    scale = max(float(np.max(np.abs(y))) for k in b for y in b[k])
+    return diff, scale
+
+
 # ------------------------------------------------------------------------------------------------- tests
 
 def test_recipe_two_stages_and_tests_through_qsub(cluster, work):
@@ -251,9 +300,10 @@ def test_recipe_two_stages_and_tests_through_qsub(cluster, work):
     cmd = (f"sge/recipe.sh --data-root {work['corpus']} --runs {runs} --name tiny "
            f"--stage1 tests/data/sge/solver_softmax.prototxt --stage2 tests/data/sge/solver_lm.prototxt "
            f"--test-args '--crops 2 --gpu -1' --qsub-args '-v {cluster.qsub_env()}' "
-           f"-- --gpu -1 --seed 1 --test-interval 0 --no-progress --workers 1")
+           f"-- --gpu -1 --seed 1 --test-interval 0 --no-progress --workers {WORKERS}")
     out = cluster.sh(cmd, cwd=repo).stdout
     ids = re.findall(r"job (\d+)", out)
+    cluster.submitted += ids
     assert len(ids) == 4, out
     j1, j2, j_iden, j_veri = ids
     qstat = cluster.sh("qstat -u '*'").stdout
@@ -303,29 +353,16 @@ def test_qdel_snapshot_and_resubmission_match_uninterrupted(cluster, work):
     """A stage-1 job deleted with qdel after its first periodic snapshot writes a snapshot on SIGUSR2 (from
     -notify) and exits 99; the same qsub again resumes (--resume auto) and ends with the weights of an
     uninterrupted run."""
-    repo, runs, logs = work["repo"], work["runs"], work["logs"]
-    solver = work["root"] / "solver_long.prototxt"
-    text = (DATA / "solver_softmax.prototxt").read_text()
-    text = re.sub(r'net: "[^"]*"', f'net: "{repo}/tests/data/sge/tiny_softmax.prototxt"', text)
-    text = re.sub(r"max_iter: \d+", "max_iter: 300", text)
-    text = re.sub(r"snapshot: \d+", "snapshot: 20", text)
-    solver.write_text(text)
-    if os.geteuid() == 0:
-        os.chown(solver, pwd.getpwnam(cluster.user).pw_uid, -1)
-    interrupted, reference = runs / "interrupted", runs / "uninterrupted"
-    common = f"--data-root {work['corpus']} --gpu -1 --seed 5 --test-interval 0 --no-progress --workers 1"
+    repo, logs = work["repo"], work["logs"]
+    solver = _long_solver(cluster, work)
+    interrupted, reference = work["runs"] / "interrupted", work["runs"] / "uninterrupted"
 
     def submit(name, run):
-        return cluster.qsub(f"-N {name} -o {logs}/ sge/train.sge {solver} --out {run} {common}", cwd=repo)
+        return cluster.qsub(f"-N {name} -o {logs}/ sge/train.sge {solver} --out {run} {_common(work)}", cwd=repo)
 
     j_ref = submit("uninterrupted", reference)
     j_int = submit("interrupted", interrupted)
-    first = interrupted / "snapshots" / "tiny_softmax_iter_20.caffemodel"
-    t0 = time.monotonic()
-    while not first.exists():
-        assert cluster.pending([j_int]), f"job {j_int} ended before its first snapshot:\n{_logs(logs)}"
-        assert time.monotonic() - t0 < JOB_TIMEOUT, f"no first snapshot after {JOB_TIMEOUT} s:\n{_logs(logs)}"
-        time.sleep(0.2)
+    _wait_for_file(cluster, j_int, interrupted / "snapshots" / "tiny_softmax_iter_20.caffemodel", logs)
     cluster.sh(f"qdel {j_int}")
     t_qdel = time.monotonic()
     cluster.wait([j_int], logs=logs)
@@ -350,41 +387,59 @@ def test_qdel_snapshot_and_resubmission_match_uninterrupted(cluster, work):
         assert cluster.accounting(j)["exit_status"].split()[0] == "0", _logs(logs)
     assert f"tiny_softmax_iter_{stop_iter}.solverstate" in _train_log(interrupted).split(m.group(0), 1)[1]
 
-    a = _caffemodel_params(interrupted / "final.caffemodel")
-    b = _caffemodel_params(reference / "final.caffemodel")
-    assert a.keys() == b.keys()
-    diff = max(float(np.max(np.abs(x - y))) for k in a for x, y in zip(a[k], b[k], strict=True))
-    scale = max(float(np.max(np.abs(y))) for k in b for y in b[k])
+    diff, scale = _weight_diff(interrupted / "final.caffemodel", reference / "final.caffemodel")
     print(f"\nstopped at iteration {stop_iter} of 300 by qdel; resumed vs uninterrupted final weights: "
           f"max |diff| = {diff:.3g} (max |w| = {scale:.3g})")
-    (runs / "resume_diff.txt").write_text(
+    (work["runs"] / "resume_diff.txt").write_text(
         f"stop_iter {stop_iter}\nmax_abs_diff {diff!r}\nmax_abs_w {scale!r}\n")
     assert diff <= 1e-6 * scale, diff
 
 
 def test_soft_runtime_limit_requeues_and_resumes(cluster, work):
-    """-l s_rt: SIGUSR1 -> snapshot -> exit 99 -> Grid Engine requeues the job ($RESTARTED=1), and the
-    requeued run continues from the snapshot to the end."""
+    """-l s_rt: SIGUSR1 -> snapshot -> exit 99 -> Grid Engine requeues the job (Rq, then $RESTARTED=1),
+    and the requeued run continues from the snapshot to the end.
+
+    The first run must outlast s_rt whatever the machine's speed: it starts with max_iter 10^6; while the
+    requeued job waits (held with qhold), the solver's max_iter is cut to 40 past the snapshot and s_rt is
+    dropped (qalter -l), so the second run ends."""
     repo, runs, logs = work["repo"], work["runs"], work["logs"]
     solver = work["root"] / "solver_srt.prototxt"
-    text = (DATA / "solver_softmax.prototxt").read_text()
-    text = re.sub(r'net: "[^"]*"', f'net: "{repo}/tests/data/sge/tiny_softmax.prototxt"', text)
-    text = re.sub(r"max_iter: \d+", "max_iter: 800", text)
-    text = re.sub(r"snapshot: \d+", "snapshot: 100", text)
-    solver.write_text(text)
-    if os.geteuid() == 0:
-        os.chown(solver, pwd.getpwnam(cluster.user).pw_uid, -1)
+    template = (DATA / "solver_softmax.prototxt").read_text()
+    template = re.sub(r'net: "[^"]*"', f'net: "{repo}/tests/data/sge/tiny_softmax.prototxt"', template)
+    template = re.sub(r"snapshot: \d+", "snapshot: 100000", template)
+
+    def write_solver(max_iter):
+        solver.write_text(re.sub(r"max_iter: \d+", f"max_iter: {max_iter}", template))
+        if os.geteuid() == 0:
+            os.chown(solver, pwd.getpwnam(cluster.user).pw_uid, -1)
+
+    write_solver(1_000_000)
     run = runs / "srt"
-    j = cluster.qsub(f"-N srt -o {logs}/ -l s_rt=0:0:15,h_rt=0:10:0 sge/train.sge {solver} --out {run} "
+    j = cluster.qsub(f"-N srt -o {logs}/ -l s_rt=0:0:20,h_rt=0:3:0 sge/train.sge {solver} --out {run} "
                      f"--data-root {work['corpus']} --gpu -1 --seed 5 --test-interval 0 --no-progress "
-                     "--workers 1", cwd=repo)
-    cluster.wait([j], logs=logs)
+                     f"--workers {WORKERS}", cwd=repo)
+    handled = 0
+    t0 = time.monotonic()
+    while cluster.pending([j]):
+        state = cluster.state(j) or ""
+        assert not state.startswith("E"), cluster.sh(f"qstat -j {j}").stdout + _logs(logs)
+        assert time.monotonic() - t0 < JOB_TIMEOUT, f"job {j} still in the queue:\n{_logs(logs)}"
+        log = _train_log(run) if (run / "train.log").exists() else ""
+        stops = [int(i) for i in re.findall(r"stopped by SIGUSR1 at iteration (\d+)", log)]
+        if len(stops) > handled and state in ("Rq", "Rqw", "qw"):
+            cluster.sh(f"qhold {j}")
+            write_solver(stops[-1] + 40)
+            cluster.sh(f"qalter -l h_rt=0:3:0 {j}")
+            cluster.sh(f"qrls {j}")
+            handled = len(stops)
+        time.sleep(0.5)
     log = _train_log(run)
     stops = [int(i) for i in re.findall(r"stopped by SIGUSR1 at iteration (\d+)", log)]
-    resumes = re.findall(r"resuming from \S+_iter_(\d+)\.solverstate", log)
-    assert stops, f"never stopped by s_rt (training faster than 15 s?):\n{log[-3000:]}"
-    assert [int(i) for i in resumes] == stops, (stops, resumes)
-    assert "Optimization Done" in log and (run / "final.caffemodel").exists()
+    resumes = [int(i) for i in re.findall(r"resuming from \S+_iter_(\d+)\.solverstate", log)]
+    assert stops and resumes == stops, (stops, resumes, log[-3000:])
+    assert "Optimization Done" in log, log[-3000:]
+    assert (run / "final.caffemodel").exists()
+    assert (run / "snapshots" / f"tiny_softmax_iter_{stops[-1] + 40}.caffemodel").exists()
     job_log = next(logs.glob(f"srt.o{j}")).read_text()
     assert "restarted=1" in job_log and job_log.rstrip().endswith("training finished"), job_log
     t0 = time.monotonic()
@@ -395,6 +450,7 @@ def test_soft_runtime_limit_requeues_and_resumes(cluster, work):
             break
         time.sleep(1)
     assert status == ["99"] * len(stops) + ["0"], out
+    print(f"\ns_rt: stopped at iteration {stops} by SIGUSR1, requeued, resumed, finished")
 
 
 def test_stage2_without_stage1_weights_stays_in_error_state(cluster, work):
@@ -425,3 +481,39 @@ def test_stage2_without_stage1_weights_stays_in_error_state(cluster, work):
         assert not (runs / "orphan" / "snapshots").exists()
     finally:
         cluster.sh(f"qdel {j2} {j3}", check=False)
+
+
+def test_multiprocess_pe_job_torchrun_qdel_and_resume(cluster, work):
+    """sge/train_multigpu.sge under the parallel environment smp (2 slots): torchrun runs 2 training
+    processes (on the CPU here: --gpu -1, gloo); qdel -> both stop at the same iteration, snapshot, exit
+    99 -> the job exits 99; the resubmission resumes and ends with the weights of the single-process
+    uninterrupted run up to float summation order."""
+    r = cluster.sh("qconf -sp smp", check=False)
+    m = re.search(r"^slots\s+(\d+)", r.stdout, re.M)
+    if r.returncode != 0 or not m or int(m.group(1)) < 2:
+        pytest.skip("no parallel environment 'smp' with 2 slots (sge/local-cluster.sh up creates it)")
+    repo, logs = work["repo"], work["logs"]
+    solver = _long_solver(cluster, work)
+    run, reference = work["runs"] / "multiproc", work["runs"] / "uninterrupted"
+    args = f"-N multiproc -pe smp 2 -o {logs}/ sge/train_multigpu.sge {solver} --out {run} {_common(work)}"
+    ids = []
+    if not (reference / "final.caffemodel").exists():  # this test alone: make the reference too
+        ids.append(cluster.qsub(f"-N uninterrupted -o {logs}/ sge/train.sge {solver} --out {reference} "
+                                f"{_common(work)}", cwd=repo))
+    j = cluster.qsub(args, cwd=repo)
+    _wait_for_file(cluster, j, run / "snapshots" / "tiny_softmax_iter_20.caffemodel", logs)
+    cluster.sh(f"qdel {j}")
+    cluster.wait([j], logs=logs)
+    assert cluster.accounting(j)["exit_status"].split()[0] == "99", _logs(logs)
+    log = _train_log(run)
+    assert "data parallel: 2 processes" in log, log[:2000]
+    m = re.search(r"stopped by SIGUSR2 at iteration (\d+)", log)
+    assert m, log[-3000:]
+    j2 = cluster.qsub(args, cwd=repo)
+    cluster.wait([j2, *ids], logs=logs)
+    assert cluster.accounting(j2)["exit_status"].split()[0] == "0", _logs(logs)
+    assert f"resuming from {run}/snapshots/tiny_softmax_iter_{m.group(1)}.solverstate" in _train_log(run)
+    diff, scale = _weight_diff(run / "final.caffemodel", reference / "final.caffemodel")
+    print(f"\n2 processes, stopped at iteration {m.group(1)} by qdel, resumed; vs 1 process uninterrupted: "
+          f"max |diff| = {diff:.3g} (max |w| = {scale:.3g})")
+    assert diff <= 1e-5 * scale, diff

@@ -217,7 +217,7 @@ def test_identification_with_fake_engine(ti, fake, tmp_path, monkeypatch, capsys
                                                  "speakers": order, "test_speakers": order}))
     monkeypatch.setattr(ti, "load_engine", fake_engine(fake, []))
     args = ["--weights", str(run / "w.caffemodel"), "--data-root", str(tmp_path), "--crops", "2",
-            "--batch", "3", "--seed", "9", "--no-progress"]
+            "--batch", "3", "--seed", "9", "--no-progress", "--score-blob", "fc6"]
     assert ti.main(args) == 0
     printed = capsys.readouterr().out
     assert "top-1" in printed and "top-5" in printed

@@ -109,3 +109,13 @@ def test_eval_crops(corpus):
         start = int(np.flatnonzero(x == fwd[0])[0])
         np.testing.assert_array_equal(fwd, rep[start : start + 4000])
     assert EvalCrops(paths, n_crops=2, frames=10).length == 160 * 9 + 401
+
+
+def test_crop_length_follows_frames(corpus):
+    from voxdata import crop_length, spectrogram
+
+    _, paths, labels, _ = corpus
+    crops, _ = TrainBatches(paths, labels, batch_size=2, frames=7, seed=0).batch(0)
+    assert crops.shape == (2, crop_length(7)) == (2, 1361)
+    assert spectrogram(crops).shape == (2, 7, 257)
+    assert TrainBatches(paths, labels).length == 48241  # the paper's 300 frames by default

@@ -133,9 +133,17 @@ class _From:
 
 
 def _worker_init(_):
+    import signal
+
     import torch
 
     torch.set_num_threads(1)  # the workers only slice and copy; keep the cores for the main process
+    # A batch scheduler (Grid Engine's -notify, qdel) or Ctrl-C signals the whole process group. The main
+    # process turns those signals into "snapshot, then exit" and shuts the workers down itself; a worker that
+    # died of the signal first would make the DataLoader raise instead.
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def train_loader(

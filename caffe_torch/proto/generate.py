@@ -15,10 +15,13 @@ HERE = Path(__file__).resolve().parent
 def generate(out_dir: Path) -> Path:
     from grpc_tools import protoc  # imported here: only needed to regenerate
 
-    rc = protoc.main(["protoc", f"-I{HERE}", f"--python_out={out_dir}", str(HERE / "caffe.proto")])
+    # Compiled from the repository root, so the file registers in protobuf's descriptor pool as
+    # "caffe_torch/proto/caffe.proto": a pycaffe's own "caffe.proto" can then be loaded in the same process.
+    root = HERE.parent.parent
+    rc = protoc.main(["protoc", f"-I{root}", f"--python_out={out_dir}", str(HERE / "caffe.proto")])
     if rc != 0:
         raise RuntimeError(f"protoc failed on {HERE / 'caffe.proto'} (exit {rc})")
-    return out_dir / "caffe_pb2.py"
+    return out_dir / "caffe_torch" / "proto" / "caffe_pb2.py"
 
 
 def main(argv=None) -> int:
@@ -32,7 +35,9 @@ def main(argv=None) -> int:
             print("caffe_pb2.py is stale: run python -m caffe_torch.proto.generate", file=sys.stderr)
             return 1
         return 0
-    print(generate(HERE))
+    with tempfile.TemporaryDirectory() as tmp:
+        (HERE / "caffe_pb2.py").write_text(generate(Path(tmp)).read_text())
+    print(HERE / "caffe_pb2.py")
     return 0
 
 
