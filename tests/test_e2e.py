@@ -74,9 +74,9 @@ def write_solver(folder: Path, head: str, prefix: str, max_iter=8, snapshot=4, l
     return solver
 
 
-def train_args(solver, corpus, out, *extra):
+def train_args(solver, corpus, out, *extra, workers=0):
     return ["--solver", str(solver), "--data-root", str(corpus), "--mode", "verification", "--out", str(out),
-            "--gpu", "-1", "--workers", "0", "--test-interval", "4", "--no-progress", *extra]
+            "--gpu", "-1", "--workers", str(workers), "--test-interval", "4", "--no-progress", *extra]
 
 
 def params_of(model: Path) -> dict[str, list[np.ndarray]]:
@@ -142,11 +142,13 @@ def test_sigterm_snapshot_and_resume_equals_uninterrupted(corpus, tmp_path):
 
     cut = tmp_path / "cut"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "trainAug.py"), *train_args(solver, corpus, cut, "--seed",
-                                                                                     "5")],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # with loader worker processes, and the signal sent to the whole process group (as `kill -- -PGID`, a
+    # terminal's Ctrl-C or a scheduler would): the workers must neither die of it nor keep the run alive
+    cmd = [sys.executable, str(ROOT / "trainAug.py"), *train_args(solver, corpus, cut, "--seed", "5", workers=2)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
     _wait_for(cut / "snapshots" / "sig_iter_2.solverstate", proc)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     if proc.returncode == 0:
         pytest.skip("the run finished before SIGTERM arrived (machine too fast for this test)")
@@ -155,7 +157,7 @@ def test_sigterm_snapshot_and_resume_equals_uninterrupted(corpus, tmp_path):
     states = sorted((cut / "snapshots").glob("*.solverstate"))
     assert states and not (cut / "final.caffemodel").exists()
 
-    assert trainAug.main(train_args(solver, corpus, cut, "--seed", "5", "--resume", "auto")) == 0
+    assert trainAug.main(train_args(solver, corpus, cut, "--seed", "5", "--resume", "auto", workers=2)) == 0
     a, b = params_of(full / "final.caffemodel"), params_of(cut / "final.caffemodel")
     assert a.keys() == b.keys()
     for name in a:

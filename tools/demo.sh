@@ -21,7 +21,7 @@ fi
 
 # verification mode: train on the 30 non-test speakers (their split 2 is the validation set, used for the
 # identification figures), verify on the 10 held-out speakers.
-common=(--data-root "$CORPUS" --mode verification --test-interval 100 --resume auto --no-progress)
+common=(--data-root "$CORPUS" --mode verification --test-interval 150 --resume auto --no-progress)
 echo "== stage 1: softmax"
 $PY trainAug.py --solver prototxt/demo/solver_softmax.prototxt --out "$DEMO/stage1_softmax" "${common[@]}"
 echo "== stage 2: logistic margin, from the stage-1 weights"

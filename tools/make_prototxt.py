@@ -223,8 +223,8 @@ def solver(loss: str, size: Size, net_file: str) -> str:
         note = ("# The paper's solver. Original stage 1 snapshotted only at 61600; 5600 here so that a killed\n"
                 "# job loses little (the scripts also snapshot on SIGTERM/SIGUSR1/SIGUSR2).\n")
     else:
-        base_lr, stepsize, max_iter = (0.05 if stage1 else 0.005), 80, (240 if stage1 else 120)
-        display, snapshot = 20, 60
+        base_lr, stepsize, max_iter = (0.05 if stage1 else 0.005), 150, (600 if stage1 else 300)
+        display, snapshot = 50, 150
         note = "# Demo: the paper's solver scaled down to a few minutes on 2 CPU cores.\n"
     prefix = PREFIX[loss] if size.name == "paper" else PREFIX[loss].replace("512D", f"{size.embedding}D") + "_demo"
     return (f"# {NOTES[loss]}\n{note}"

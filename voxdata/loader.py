@@ -138,10 +138,13 @@ def _worker_init(_):
     import torch
 
     torch.set_num_threads(1)  # the workers only slice and copy; keep the cores for the main process
-    # A batch scheduler (Grid Engine's -notify, qdel) or Ctrl-C signals the whole process group. The main
-    # process turns those signals into "snapshot, then exit" and shuts the workers down itself; a worker that
-    # died of the signal first would make the DataLoader raise instead.
-    for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"):
+    # Ctrl-C, `kill -- -PGID` or a batch scheduler (Grid Engine's -notify) signal the whole process group or
+    # job. The main process turns those signals into "snapshot, then exit" and shuts the workers down itself;
+    # a worker that died of the signal first would make the DataLoader raise instead. So the workers leave
+    # the process group and ignore the warning signals. SIGTERM keeps its default action: multiprocessing
+    # uses it to stop workers at exit. (A worker whose parent died exits by itself: DataLoader's watchdog.)
+    os.setpgrp()
+    for name in ("SIGINT", "SIGUSR1", "SIGUSR2"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
 
