@@ -14,76 +14,11 @@ import logging
 import sys
 import time
 
-from voxdata import (
-    SAMPLE_RATE,
-    AudioError,
-    CropError,
-    EvalCrops,
-    ListFormatError,
-    Splits,
-    TrainBatches,
-    Trials,
-    UttSet,
-    WavCache,
-    apply_crop,
-    batch_rng,
-    build_cache,
-    crop_length,
-    crop_params,
-    eval_crops,
-    load_labels,
-    make_corpus,
-    num_frames,
-    parse_iden_split,
-    random_crop,
-    read_iden_split,
-    read_meta,
-    read_trials,
-    read_wav,
-    save_labels,
-    scan_audio,
-    spectrogram,
-    spectrogram_torch,
-    train_loader,
-    wav_info,
-    write_wav,
-)
+import voxdata
+from voxdata import *  # noqa: F403  (the original's module name: voxdata's whole public API)
+from voxdata import build_cache, make_corpus, read_iden_split
 
-__all__ = [
-    "SAMPLE_RATE",
-    "AudioError",
-    "CropError",
-    "EvalCrops",
-    "ListFormatError",
-    "Splits",
-    "TrainBatches",
-    "Trials",
-    "UttSet",
-    "WavCache",
-    "apply_crop",
-    "batch_rng",
-    "build_cache",
-    "crop_length",
-    "crop_params",
-    "eval_crops",
-    "load_labels",
-    "make_corpus",
-    "num_frames",
-    "parse_iden_split",
-    "random_crop",
-    "read_iden_split",
-    "read_meta",
-    "read_trials",
-    "read_wav",
-    "save_labels",
-    "scan_audio",
-    "spectrogram",
-    "spectrogram_torch",
-    "train_loader",
-    "wav_info",
-    "write_wav",
-    "main",
-]
+__all__ = [*voxdata.__all__, "main"]
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -29,36 +29,15 @@ import os
 import sys
 import time
 
-SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
-NET_NAMES = ("test.prototxt", "deploy.prototxt", "net.prototxt")
-
-
-def guess_run_dir(weights: str) -> str:
-    """The training run directory of a .caffemodel: its folder, or that folder's parent when the weights
-    sit in the run's ``snapshots/`` subfolder (the parent then holds labels.json and net.prototxt)."""
-    folder = os.path.dirname(os.path.abspath(weights))
-    parent = os.path.dirname(folder)
-    if os.path.basename(folder) == "snapshots" and os.path.isfile(os.path.join(parent, "labels.json")):
-        return parent
-    return folder
-
-
-def default_list(data_root: str | None, name: str) -> str:
-    """``<data-root>/<name>`` when it exists, else ``lists/<name>`` next to this script."""
-    if data_root is not None:
-        cand = os.path.join(data_root, name)
-        if os.path.isfile(cand):
-            return cand
-    return os.path.join(SCRIPT_DIR, "lists", name)
+from speaker.evaluate import NET_NAMES, default_list, guess_run_dir
 
 
 def load_engine(name: str, gpu: int | None):
-    """The pycaffe-API module for --engine/--gpu (speaker.engine's device rule: --gpu, else $SGE_GPU, else
-    GPU 0 when CUDA is available, else the CPU). Imported here so that runs without a net need no engine."""
-    from speaker.engine import default_gpu
-    from speaker.engine import load_engine as _load
+    """The pycaffe-API module for --engine/--gpu (--gpu, else $SGE_GPU, else GPU 0 when CUDA is available for
+    caffe_torch, else the CPU). Imported here so that runs without a net need no engine."""
+    from speaker.engine import engine_for
 
-    return _load(name, default_gpu(gpu))
+    return engine_for(name, gpu)
 
 
 def build_parser() -> argparse.ArgumentParser:

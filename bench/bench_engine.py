@@ -13,6 +13,7 @@ same weights, and the bench checks that their losses agree before timing.
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -131,15 +132,21 @@ def build_engine_net(args, device):
     return caffe.Net(str(path), caffe.TRAIN, net_param=param, device=device)
 
 
-def timed(step, warmup: int, iters: int, sync) -> float:
+def timed_alternating(steps, warmup: int, iters: int, sync) -> list[float]:
+    """Median seconds per call of each step, calling them in turn (A B A B ...) so that a change in machine
+    load during the run affects all of them alike."""
     for _ in range(warmup):
-        step()
-    sync()
-    t0 = time.perf_counter()
+        for step in steps:
+            step()
+    times = [[] for _ in steps]
     for _ in range(iters):
-        step()
-    sync()
-    return time.perf_counter() - t0
+        for step, bucket in zip(steps, times):
+            sync()
+            t0 = time.perf_counter()
+            step()
+            sync()
+            bucket.append(time.perf_counter() - t0)
+    return [statistics.median(bucket) for bucket in times]
 
 
 def main(argv=None) -> int:
@@ -191,19 +198,18 @@ def main(argv=None) -> int:
         print(f"loss mismatch: engine {engine_loss} vs hand-written {torch_loss}", file=sys.stderr)
         return 1
 
-    t_engine = timed(engine_step, args.warmup, args.iters, sync)
-    t_torch = timed(torch_step, args.warmup, args.iters, sync)
-    n = args.batch * args.iters
+    t_engine, t_torch = timed_alternating([engine_step, torch_step], args.warmup, args.iters, sync)
+    n = args.batch
     result = {
         "device": str(device), "threads": torch.get_num_threads(), "batch": args.batch, "iters": args.iters,
-        "input": [1, args.frames, args.freq], "loss": engine_loss,
+        "input": [1, args.frames, args.freq], "loss": engine_loss, "timing": "median of alternating iterations",
         "engine_examples_per_s": n / t_engine, "torch_examples_per_s": n / t_torch,
-        "ratio_engine_over_torch": (n / t_engine) / (n / t_torch),
+        "ratio_engine_over_torch": t_torch / t_engine,
         "note": "engine includes its top1/top5 Accuracy layers, as in training" if "top1Accuracy" in
         net._layer_names else "",
     }
-    print(f"ResNet-20 forward+backward, batch {args.batch} x 1 x {args.frames} x {args.freq}, {args.iters} "
-          f"iters after {args.warmup} warm-up, {device} ({result['threads']} threads)")
+    print(f"ResNet-20 forward+backward, batch {args.batch} x 1 x {args.frames} x {args.freq}, median of {args.iters} "
+          f"alternating iters after {args.warmup} warm-up, {device} ({result['threads']} threads)")
     print(f"  caffe_torch engine : {result['engine_examples_per_s']:8.2f} examples/s")
     print(f"  hand-written torch : {result['torch_examples_per_s']:8.2f} examples/s")
     print(f"  ratio engine/torch : {result['ratio_engine_over_torch']:8.3f}")

@@ -280,8 +280,9 @@ class Net:
                 self._param_owner[spec.name] = (p, lp.name)
                 self._shared_mults[spec.name] = (spec.lr_mult if spec.HasField("lr_mult") else None,
                                                  spec.decay_mult if spec.HasField("decay_mult") else None)
-            # Caffe: no diff for a param with lr_mult 0 (and BatchNorm's statistics are never learned).
-            p.requires_grad_(lr != 0 and p.requires_grad)
+            # Caffe: no diff for a param with lr_mult 0 (and BatchNorm's statistics are never learned), except
+            # with force_backward, which turns param_propagate_down on for every param (Net::Init).
+            p.requires_grad_((lr != 0 or self.force_backward) and p.requires_grad)
             self._learnable.append((p, lr, decay, f"{lp.name}[{i}]"))
         if n:
             self.params[lp.name] = [param_blob(self._sync, layer, i) for i in range(n)]

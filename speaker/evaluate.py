@@ -34,7 +34,10 @@ __all__ = [
     "EvalLog",
     "crop_averaged_forward",
     "embed",
+    "NET_NAMES",
+    "default_list",
     "find_run_file",
+    "guess_run_dir",
     "head_layer",
     "identify",
     "input_frames",
@@ -301,6 +304,31 @@ def input_frames(net, data_blob: str = "data") -> int:
     if len(shape) != 4:
         raise ValueError(f"input blob {data_blob!r} has shape {shape}; expected (N, 1, frames, 257)")
     return int(shape[2])
+
+
+# The TEST-phase net of a training run: the run directory's copy of its net (test.prototxt / deploy.prototxt
+# when a user adds one).
+NET_NAMES = ("test.prototxt", "deploy.prototxt", "net.prototxt")
+REPO_LISTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lists")
+
+
+def guess_run_dir(weights: str) -> str:
+    """The training run directory of a .caffemodel: its folder, or that folder's parent when the weights
+    sit in the run's ``snapshots/`` subfolder (the parent then holds labels.json and net.prototxt)."""
+    folder = os.path.dirname(os.path.abspath(weights))
+    parent = os.path.dirname(folder)
+    if os.path.basename(folder) == "snapshots" and os.path.isfile(os.path.join(parent, "labels.json")):
+        return parent
+    return folder
+
+
+def default_list(data_root: str | None, name: str) -> str:
+    """``<data-root>/<name>`` when it exists, else the project's ``lists/<name>``."""
+    if data_root is not None:
+        cand = os.path.join(data_root, name)
+        if os.path.isfile(cand):
+            return cand
+    return os.path.join(REPO_LISTS, name)
 
 
 def find_run_file(run_dir: str, names: Sequence[str], what: str, flag: str) -> str:

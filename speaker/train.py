@@ -299,11 +299,11 @@ class DataParallel:
         self.local_stop = None     # callable: has this process received a stop signal?
         self.gpu_index = None
 
-    def gpu(self, gpu_arg: int | None) -> int | None:
+    def gpu(self, gpu_arg: int | None, engine: str = "torch") -> int | None:
         """The GPU of this process: --gpu -1 forces the CPU; else the LOCAL_RANK-th entry of $SGE_GPU when
         it lists enough GPUs, else GPU LOCAL_RANK when CUDA is present; else the CPU."""
         if not self.enabled:
-            return default_gpu(gpu_arg)
+            return default_gpu(gpu_arg, engine)
         if gpu_arg is not None and gpu_arg < 0:
             return None
         sge = os.environ.get("SGE_GPU", "").replace(",", " ").split()
@@ -441,7 +441,7 @@ def _train(args, augment: bool, ddp: DataParallel) -> int:
     if args.engine != "torch" and (fast.any() or ddp.enabled):
         raise TrainingError("--channels-last/--amp/--tf32/--compile and torchrun (data parallel) need the "
                             "caffe_torch engine (--engine torch)")
-    gpu = ddp.gpu(args.gpu)
+    gpu = ddp.gpu(args.gpu, args.engine)
     if ddp.enabled:
         ddp.init(gpu)
     run_dir = Path(args.out or Path("runs") / Path(args.solver).stem)

@@ -17,15 +17,9 @@ import pytest
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # keep Caffe's net-construction log quiet
 
-try:
-    import caffe
+from speaker.engine import try_import_pycaffe  # noqa: E402
 
-    if not hasattr(caffe, "layer_type_list"):
-        raise ImportError(f"{caffe.__file__} is not pycaffe")
-    _IMPORT_ERROR = None
-except Exception as exc:  # ImportError, or a broken build raising anything else
-    caffe = None
-    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+caffe, _IMPORT_ERROR = try_import_pycaffe()
 
 pytestmark = [
     pytest.mark.caffe,
