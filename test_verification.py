@@ -29,15 +29,9 @@ import os
 import sys
 import time
 
+# engine_for imports the engine (caffe_torch or pycaffe) only when called: runs without a net need none
+from speaker.engine import engine_for as load_engine
 from speaker.evaluate import NET_NAMES, default_list, guess_run_dir
-
-
-def load_engine(name: str, gpu: int | None):
-    """The pycaffe-API module for --engine/--gpu (--gpu, else $SGE_GPU, else GPU 0 when CUDA is available for
-    caffe_torch, else the CPU). Imported here so that runs without a net need no engine."""
-    from speaker.engine import engine_for
-
-    return engine_for(name, gpu)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,7 @@ import platform
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import caffe_torch as caffe  # noqa: E402
+from bench.timing import interleaved_times  # noqa: E402
 from caffe_torch.fast import FastOptions, apply_to_solver  # noqa: E402
 from caffe_torch.proto import caffe_pb2  # noqa: E402
 from caffe_torch.prototxt import read_net  # noqa: E402
@@ -124,19 +126,8 @@ def train_step_rates(path: Path, batch: int, device, configs, iters: int, warmup
     """examples/s of each config, measured side by side: every config's solver is built and warmed up, then
     `rounds` rounds each time `iters` steps of every config in turn; the median round counts."""
     solvers = {name: _setup(path, batch, device, opts) for name, opts in configs}
-    sync = _sync(device)
-    for solver in solvers.values():
-        for _ in range(warmup):
-            solver.step(1)
-    sync()
-    times: dict[str, list[float]] = {name: [] for name in solvers}
-    for _ in range(rounds):
-        for name, solver in solvers.items():
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                solver.step(1)
-            sync()
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved_times({name: partial(s.step, 1) for name, s in solvers.items()}, rounds, warmup=warmup,
+                              per_round=iters, sync=_sync(device))
     return {name: batch * iters / float(np.median(t)) for name, t in times.items()}
 
 

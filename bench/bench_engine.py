@@ -15,7 +15,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import caffe_torch as caffe  # noqa: E402
+from bench.timing import interleaved_times  # noqa: E402
 from caffe_torch.prototxt import parse_net_text, read_net  # noqa: E402
 
 WIDTHS, UNITS = (64, 128, 256, 512), (1, 2, 4, 1)
@@ -132,23 +132,6 @@ def build_engine_net(args, device):
     return caffe.Net(str(path), caffe.TRAIN, net_param=param, device=device)
 
 
-def timed_alternating(steps, warmup: int, iters: int, sync) -> list[float]:
-    """Median seconds per call of each step, calling them in turn (A B A B ...) so that a change in machine
-    load during the run affects all of them alike."""
-    for _ in range(warmup):
-        for step in steps:
-            step()
-    times = [[] for _ in steps]
-    for _ in range(iters):
-        for step, bucket in zip(steps, times):
-            sync()
-            t0 = time.perf_counter()
-            step()
-            sync()
-            bucket.append(time.perf_counter() - t0)
-    return [statistics.median(bucket) for bucket in times]
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,7 +181,9 @@ def main(argv=None) -> int:
         print(f"loss mismatch: engine {engine_loss} vs hand-written {torch_loss}", file=sys.stderr)
         return 1
 
-    t_engine, t_torch = timed_alternating([engine_step, torch_step], args.warmup, args.iters, sync)
+    times = interleaved_times({"engine": engine_step, "torch": torch_step}, args.iters, warmup=args.warmup,
+                              sync=sync)
+    t_engine, t_torch = (statistics.median(times[name]) for name in ("engine", "torch"))
     n = args.batch
     result = {
         "device": str(device), "threads": torch.get_num_threads(), "batch": args.batch, "iters": args.iters,

@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import caffe_torch  # noqa: E402
+from bench.timing import interleaved_times  # noqa: E402
 from caffe_torch.proto import caffe_pb2  # noqa: E402
 from speaker.engine import try_import_pycaffe  # noqa: E402
 
@@ -140,28 +142,20 @@ def main(argv=None) -> int:
             s.net.blobs["data"].data[...] = data
             s.net.blobs["label"].data[...] = label
 
-        def step(name: str) -> float:
-            s = solvers[name]
-            t = time.perf_counter()
-            s.step(1)
-            return time.perf_counter() - t
-
         # first (untimed) step: same weights and batch, so the losses must agree
-        first = {name: step(name) for name in solvers}
+        first = {}
+        for name, s in solvers.items():
+            t0 = time.perf_counter()
+            s.step(1)
+            first[name] = time.perf_counter() - t0
         losses = {name: float(np.asarray(s.net.blobs[loss_blob(s.net)].data)) for name, s in solvers.items()}
         if "Caffe" in losses:
             a, b = losses["caffe_torch"], losses["Caffe"]
             if abs(a - b) > 1e-4 * max(1.0, abs(b)):
                 print(f"loss mismatch after the first step: caffe_torch {a} vs Caffe {b}", file=sys.stderr)
                 return 1
-        for _ in range(args.warmup - 1):
-            for name in solvers:
-                step(name)
-        times: dict[str, list[float]] = {name: [] for name in solvers}
-        order = list(solvers)
-        for i in range(args.iters):
-            for name in (order if i % 2 == 0 else order[::-1]):
-                times[name].append(step(name))
+        times = interleaved_times({name: partial(s.step, 1) for name, s in solvers.items()}, args.iters,
+                                  warmup=args.warmup - 1, alternate=True)
 
     threads = {"torch": torch.get_num_threads(), "openblas": openblas_threads()}
     result = {

@@ -1,0 +1,27 @@
+"""Side-by-side timing shared by the benchmarks: several candidates measured in interleaved rounds, so that a
+change in machine load during the run falls on all of them alike (report the median round)."""
+
+import time
+from collections.abc import Callable
+
+
+def interleaved_times(steps: dict[str, Callable[[], object]], rounds: int, *, warmup: int = 0, per_round: int = 1,
+                      sync: Callable[[], object] = lambda: None, alternate: bool = False) -> dict[str, list[float]]:
+    """Seconds of each of `rounds` rounds per candidate; a round is `per_round` calls of the candidate's step,
+    then `sync()` (torch.cuda.synchronize on a GPU). The candidates take turns within each round, in the
+    dict's order (reversed every other round with `alternate`, A B B A ..., so neither always goes first).
+    `warmup` untimed calls of each candidate come first."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps)
+    for r in range(rounds):
+        for name in (order[::-1] if alternate and r % 2 else order):
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                steps[name]()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return times
