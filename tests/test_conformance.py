@@ -513,7 +513,8 @@ class Case:
     """A one-layer net: an Input layer with `inputs` ((top, shape, kind), ...) then `layer`.
     kind: "normal"; "zeros" (normal with a quarter exact zeros); "int" (integers in [-2, 2]: ties);
     "cos" (cosines in (-0.99, 0.99); with a label, two target cosines put in the margin layers' other
-    branches); "label:C" (class ids in [0, C)); "label:C:ignore" (a third of them set to -1).
+    branches); "label:C" (class ids in [0, C)); "label:C:ignore" (a third of them set to -1); "prob" (uniform
+    in [0, 1), every fifth exactly 0).
     params "random": every learnable blob N(0, 1), BatchNorm's statistics valid ones; "filler": as filled."""
 
     id: str
@@ -741,6 +742,84 @@ CASES += [
          (("x", (2, 4, 3), "normal"), ("label", (2, 3), "label:4"))),
 ]
 
+# ---- BVLC vision and loss layers: LRN, Deconvolution, Im2col, N-D / axis Convolution, MAX mask top, SPP,
+# EuclideanLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, InfogainLoss, SigmoidCrossEntropyLoss.
+# STOCHASTIC pooling has no CPU implementation in Caffe (NOT_IMPLEMENTED in Forward_cpu), so it is compared with
+# NumPy only (tests/test_layers_vision_more.py); so is SigmoidCrossEntropyLoss's ignore_label / normalization,
+# which this build's (pre-1.0) layer does not read.
+XL = (("x", (2, 7, 5, 6), "normal"),)
+CASES += [
+    Case("LRN-across-default", _layer("LRN"), XL),
+    Case("LRN-across-size3-k2", _layer("LRN", "lrn_param { local_size: 3 alpha: 0.5 beta: 0.6 k: 2 }"), XL),
+    Case("LRN-across-size9-wide", _layer("LRN", "lrn_param { local_size: 9 alpha: 0.01 beta: 0.75 }"), XL),
+    Case("LRN-within", _layer("LRN", "lrn_param { norm_region: WITHIN_CHANNEL local_size: 3 alpha: 2 "
+                                     "beta: 0.75 }"), XL),
+    # never in place: Caffe's LRN does not support it (ACROSS_CHANNELS overwrites the bottom before it multiplies
+    # by it, giving x^-2beta-ish garbage; WITHIN_CHANNEL's backward reads the overwritten bottom)
+    Case("LRN-within-size5", _layer("LRN", "lrn_param { norm_region: WITHIN_CHANNEL local_size: 5 }"), XL),
+    Case("Deconvolution-k3-s2-p1", _layer("Deconvolution", "convolution_param { num_output: 3 kernel_size: 3 "
+                                          "stride: 2 pad: 1 }"), (("x", (2, 4, 4, 5), "normal"),)),
+    Case("Deconvolution-group-dilation-rect", _layer("Deconvolution", "convolution_param { num_output: 4 "
+                                                     "kernel_h: 3 kernel_w: 2 stride_h: 1 stride_w: 2 group: 2 "
+                                                     "dilation: 2 }"), (("x", (2, 6, 4, 5), "normal"),)),
+    Case("Deconvolution-no-bias-two-bottoms", _layer("Deconvolution", "convolution_param { num_output: 2 "
+                                                     "kernel_size: 4 stride: 2 bias_term: false }",
+                                                     ("a", "b"), ("p", "q")),
+         (("a", (2, 3, 3, 4), "normal"), ("b", (2, 3, 3, 4), "normal"))),
+    Case("Deconvolution-3D", _layer("Deconvolution", "convolution_param { num_output: 2 kernel_size: 2 "
+                                    "stride: 2 }"), (("x", (2, 3, 2, 3, 2), "normal"),)),
+    Case("Convolution-3D-per-axis", _layer("Convolution", "convolution_param { num_output: 3 kernel_size: 2 "
+                                           "kernel_size: 3 kernel_size: 1 stride: 1 stride: 2 stride: 1 pad: 1 "
+                                           "dilation: 1 dilation: 1 dilation: 2 }"),
+         (("x", (2, 2, 4, 5, 6), "normal"),)),
+    Case("Convolution-1D", _layer("Convolution", "convolution_param { num_output: 3 kernel_size: 3 pad: 1 "
+                                  "stride: 2 }"), (("x", (2, 4, 9), "normal"),)),
+    Case("Convolution-axis2", _layer("Convolution", "convolution_param { num_output: 3 kernel_size: 2 axis: 2 }"),
+         (("x", (2, 3, 4, 5, 6), "normal"),)),
+    Case("Im2col-k3-s2-p1", _layer("Im2col", "convolution_param { kernel_size: 3 stride: 2 pad: 1 }"),
+         (("x", (2, 3, 6, 7), "normal"),)),
+    Case("Im2col-rect-dilation", _layer("Im2col", "convolution_param { kernel_h: 2 kernel_w: 3 dilation: 2 "
+                                        "pad_h: 1 pad_w: 0 stride_h: 1 stride_w: 2 }"),
+         (("x", (2, 3, 6, 9), "normal"),)),
+    Case("Im2col-3D", _layer("Im2col", "convolution_param { kernel_size: 2 stride: 1 pad: 1 }"),
+         (("x", (1, 2, 3, 4, 3), "normal"),)),
+    Case("Pooling-MAX-mask-top", _layer("Pooling", "pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }",
+                                        tops=("y", "mask")), (("x", (2, 3, 9, 10), "normal"),)),
+    Case("Pooling-MAX-mask-ties", _layer("Pooling", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }",
+                                         tops=("y", "mask")), (("x", (2, 3, 7, 7), "int"),)),
+    Case("Pooling-MAX-mask-global", _layer("Pooling", "pooling_param { pool: MAX global_pooling: true }",
+                                           tops=("y", "mask")), (("x", (2, 3, 5, 4), "normal"),)),
+    Case("SPP-MAX-3", _layer("SPP", "spp_param { pyramid_height: 3 }"), (("x", (2, 3, 9, 10), "normal"),)),
+    Case("SPP-AVE-3", _layer("SPP", "spp_param { pyramid_height: 3 pool: AVE }"), (("x", (2, 3, 7, 8), "normal"),)),
+    Case("SPP-MAX-1", _layer("SPP", "spp_param { pyramid_height: 1 }"), (("x", (2, 3, 5, 4), "normal"),)),
+    Case("EuclideanLoss", _layer("EuclideanLoss", "", ("x", "t")),
+         (("x", (4, 3, 2), "normal"), ("t", (4, 6), "normal"))),
+    Case("EuclideanLoss-loss_weight", _layer("EuclideanLoss", "loss_weight: 3", ("x", "t")),
+         (("x", (5, 3), "normal"), ("t", (5, 3), "normal"))),
+]
+CL_IN = (("a", (8, 3, 1, 1), "normal"), ("b", (8, 3, 1, 1), "normal"), ("sim", (8, 1, 1, 1), "label:2"))
+for _cl_id, _cl in [("default", ""), ("margin3", "contrastive_loss_param { margin: 3 }"),
+                    ("legacy", "contrastive_loss_param { legacy_version: true }"),
+                    ("legacy-margin4", "contrastive_loss_param { margin: 4 legacy_version: true }")]:
+    CASES.append(Case(f"ContrastiveLoss-{_cl_id}", _layer("ContrastiveLoss", _cl, ("a", "b", "sim")), CL_IN))
+CASES += [
+    Case("HingeLoss-L1", _layer("HingeLoss", "", ("x", "label")),
+         (("x", (6, 5), "normal"), ("label", (6,), "label:5"))),
+    Case("HingeLoss-L2-4D", _layer("HingeLoss", "hinge_loss_param { norm: L2 }", ("x", "label")),
+         (("x", (6, 2, 2, 1), "normal"), ("label", (6, 1, 1, 1), "label:4"))),
+    Case("MultinomialLogisticLoss", _layer("MultinomialLogisticLoss", "", ("p", "label")),
+         (("p", (6, 5), "prob"), ("label", (6,), "label:5"))),
+    # forward only: under force_backward Caffe asks InfogainLoss for the H bottom's gradient and aborts
+    # (AllowForceBackward(2) overrides propagate_down); the backward is compared in test_infogain_loss_backward
+    Case("InfogainLoss-bottom-H", _layer("InfogainLoss", "", ("p", "label", "H")),
+         (("p", (6, 4), "prob"), ("label", (6,), "label:4"), ("H", (1, 1, 4, 4), "prob")), backward=False),
+    Case("SigmoidCrossEntropyLoss", _layer("SigmoidCrossEntropyLoss", "", ("x", "t")),
+         (("x", (4, 3, 2), "normal"), ("t", (4, 3, 2), "prob"))),
+    Case("SigmoidCrossEntropyLoss-binary-loss_weight", _layer("SigmoidCrossEntropyLoss", "loss_weight: 2",
+                                                              ("x", "t")),
+         (("x", (5, 4), "normal"), ("t", (5, 4), "label:2"))),
+]
+
 
 def make_inputs(case: Case, rng) -> dict:
     out = {}
@@ -752,6 +831,10 @@ def make_inputs(case: Case, rng) -> dict:
                 v.reshape(-1)[::3] = -1
         elif kind == "int":
             v = rng.integers(-2, 3, size=shape).astype(np.float32)
+        elif kind == "prob":
+            # probabilities in (0, 1) with a few at 0 (clamped to kLOG_THRESHOLD by the log losses)
+            v = rng.uniform(0.0, 1.0, size=shape).astype(np.float32)
+            v.reshape(-1)[::5] = 0
         elif kind == "cos":
             v = rng.uniform(-0.99, 0.99, size=shape).astype(np.float32)
         else:
@@ -834,6 +917,48 @@ def test_layer(tmp_path, case):
         compare_params(cmp, ours, theirs, "layer", diffs=case.backward)
     cmp.check()
 
+
+@pytest.mark.parametrize("h_from", ["bottom", "source"])
+def test_infogain_loss_backward(tmp_path, h_from):
+    """InfogainLoss forward and backward without force_backward (see its Case): a learned Scale (positive
+    factors) makes the probabilities, so the loss's gradient reaches the Scale's diff and the blob between;
+    H from a third bottom or from a binaryproto `source` (written by caffe_torch, read by both engines)."""
+    from caffe_torch.weights import array_to_blob
+
+    rng = np.random.default_rng(12)
+    h = rng.uniform(0.0, 1.0, size=(1, 1, 4, 4)).astype(np.float32)
+    if h_from == "bottom":
+        head = _layer("Input", "input_param { shape { dim: 6 dim: 4 } shape { dim: 6 } "
+                               "shape { dim: 1 dim: 1 dim: 4 dim: 4 } }", (), ("x", "label", "H"), name="in")
+        loss = _layer("InfogainLoss", "", ("p", "label", "H"), ("loss",), name="loss")
+    else:
+        source = tmp_path / "H.binaryproto"
+        source.write_bytes(array_to_blob(h).SerializeToString())
+        head = _layer("Input", "input_param { shape { dim: 6 dim: 4 } shape { dim: 6 } }", (), ("x", "label"),
+                      name="in")
+        loss = _layer("InfogainLoss", f'infogain_loss_param {{ source: "{source}" }}', ("p", "label"),
+                      ("loss",), name="loss")
+    proto = tmp_path / "infogain.prototxt"
+    proto.write_text("\n".join([head, _layer("Scale", "scale_param { axis: 0 num_axes: -1 }", ("x",), ("p",),
+                                              name="scale"), loss]))
+    ours = caffe_torch.Net(str(proto), caffe_torch.TRAIN)
+    ours.params["scale"][0].data[...] = rng.uniform(0.5, 1.5, size=(6, 4))
+    weights = tmp_path / "infogain.caffemodel"
+    ours.save(str(weights))
+    theirs = caffe.Net(str(proto), str(weights), caffe.TRAIN)
+    inputs = {"x": rng.uniform(0.0, 1.0, size=(6, 4)).astype(np.float32),
+              "label": rng.integers(0, 4, size=6).astype(np.float32)}
+    inputs["x"][0, :2] = 0          # clamped to kLOG_THRESHOLD: Caffe's gradient there is 1 / 1e-20
+    if h_from == "bottom":
+        inputs["H"] = h
+    cmp = Compare(f"InfogainLoss H from {h_from}")
+    for net in (ours, theirs):
+        feed(net, inputs)
+        net.forward()
+        net.backward()
+    compare_blobs(cmp, ours, theirs, "layer", diffs=True)
+    compare_params(cmp, ours, theirs, "layer")
+    cmp.check()
 
 def test_every_layer_type_is_covered():
     """Every type caffe_torch itself registers has a case above, and the real build has every one of them.

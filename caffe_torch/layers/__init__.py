@@ -4,6 +4,8 @@ from . import (  # noqa: F401  (imported for their @register side effect)
     activation,
     common,
     loss,
+    losses_bvlc,
+    lrn,
     margin,
     shape,
     vision,

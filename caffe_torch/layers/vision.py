@@ -1,91 +1,206 @@
-"""Convolution and Pooling (2-D, NCHW), with Caffe's output-size rules."""
+"""Convolution, Deconvolution, Im2col, Pooling and SPP, with Caffe's output-size rules."""
 
+import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 
 from ..proto import caffe_pb2
-from .base import Layer, register
+from .base import Layer, canonical_axis, count, register
 
 
-def _pair(repeated, h_field, w_field, has_hw: bool, default: int, what: str, layer: Layer) -> tuple[int, int]:
-    """Caffe's kernel/stride/pad/dilation rule: either `x_h`/`x_w`, or a repeated `x` with 0 (default),
-    1 (both axes) or 2 (h, w) values."""
-    if has_hw:
+def _per_axis(param, what: str, n: int, default: int | None, layer: Layer) -> tuple[int, ...]:
+    """Caffe's kernel/stride/pad rule (BaseConvolutionLayer::LayerSetUp): either `what_h`/`what_w` (2-D only),
+    or the repeated `what` with one value for every spatial axis, or one per axis, or none (`default`; None:
+    required)."""
+    field = "kernel_size" if what == "kernel" else what
+    repeated = getattr(param, field)
+    if what != "dilation" and (param.HasField(f"{what}_h") or param.HasField(f"{what}_w")):
+        if n != 2:
+            raise layer.error(f"{what}_h and {what}_w can only be used for 2-D convolution ({n} spatial axes)")
         if len(repeated):
-            raise layer.error(f"give either {what} or {what}_h/{what}_w, not both")
-        return int(h_field), int(w_field)
+            raise layer.error(f"give either {field} or {what}_h/{what}_w, not both")
+        return int(getattr(param, f"{what}_h")), int(getattr(param, f"{what}_w"))
     if len(repeated) == 0:
-        return default, default
+        if default is None:
+            raise layer.error(f"{field} (or {what}_h and {what}_w) must be set")
+        return (default,) * n
     if len(repeated) == 1:
-        return int(repeated[0]), int(repeated[0])
-    if len(repeated) == 2:
-        return int(repeated[0]), int(repeated[1])
-    raise layer.error(f"{what} has {len(repeated)} values; caffe_torch supports 2-D (1 or 2 values)")
+        return (int(repeated[0]),) * n
+    if len(repeated) == n:
+        return tuple(int(v) for v in repeated)
+    raise layer.error(f"{field} must be given once, or once per spatial axis ({n}), not {len(repeated)} times")
 
 
-@register("Convolution")
-class Convolution(Layer):
+class ConvGeometry:
+    """What Convolution, Deconvolution and Im2col read from convolution_param: the channel axis (`axis`,
+    default 1; the axes before it are all batch), the spatial axes after it, and per spatial axis the kernel,
+    stride (default 1), pad (default 0) and dilation (default 1)."""
+
+    def __init__(self, cp, bottom_shape, layer: Layer):
+        ndim = len(bottom_shape)
+        self.axis = canonical_axis(cp.axis, ndim, layer)
+        n = ndim - self.axis - 1
+        if n < 1:
+            raise layer.error(f"needs at least one spatial axis after the channel axis {self.axis}, got a "
+                              f"{ndim}-D bottom")
+        self.n_spatial = n
+        self.kernel = _per_axis(cp, "kernel", n, None, layer)
+        self.stride = _per_axis(cp, "stride", n, 1, layer)
+        self.pad = _per_axis(cp, "pad", n, 0, layer)
+        self.dilation = _per_axis(cp, "dilation", n, 1, layer)
+        if min(self.kernel) <= 0:
+            raise layer.error(f"kernel dimensions must be positive, got {self.kernel}")
+        if min(self.stride) <= 0:
+            raise layer.error(f"stride dimensions must be positive, got {self.stride}")
+
+    def conv_out(self, spatial) -> tuple[int, ...]:
+        """Convolution / im2col output size: (in + 2 pad - (dilation (k - 1) + 1)) / stride + 1, rounded down."""
+        return tuple((size + 2 * p - (d * (k - 1) + 1)) // s + 1
+                     for size, k, s, p, d in zip(spatial, self.kernel, self.stride, self.pad, self.dilation))
+
+    def deconv_out(self, spatial) -> tuple[int, ...]:
+        """Deconvolution output size: stride (in - 1) + dilation (k - 1) + 1 - 2 pad."""
+        return tuple(s * (size - 1) + d * (k - 1) + 1 - 2 * p
+                     for size, k, s, p, d in zip(spatial, self.kernel, self.stride, self.pad, self.dilation))
+
+
+_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_DECONV_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+class _BaseConvolution(Layer):
+    """Convolution and Deconvolution: any channel axis, 1 to 3 spatial axes (torch's conv ops; Caffe's
+    im2col_nd allows more), groups, dilation, one or more bottoms sharing the weights (one top each)."""
+
+    num_bottoms = (1, None)
+    num_tops = (1, None)
+    reverse = False                    # Deconvolution: weights (C_in, num_output / group, *kernel)
+
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         cp = param.convolution_param
-        if cp.axis != 1:
-            raise self.error("only axis 1 (NCHW) is supported")
-        if len(bottom_shapes[0]) != 4:
-            raise self.error(f"needs a 4-D bottom (N x C x H x W), got shape {bottom_shapes[0]}")
         if not cp.HasField("num_output") or cp.num_output == 0:
             raise self.error("convolution_param.num_output must be set")
-        self.kernel = _pair(cp.kernel_size, cp.kernel_h, cp.kernel_w,
-                            cp.HasField("kernel_h") or cp.HasField("kernel_w"), 0, "kernel_size", self)
-        if min(self.kernel) <= 0:
-            raise self.error("kernel_size (or kernel_h and kernel_w) must be set and positive")
-        self.stride = _pair(cp.stride, cp.stride_h, cp.stride_w,
-                            cp.HasField("stride_h") or cp.HasField("stride_w"), 1, "stride", self)
-        self.pad = _pair(cp.pad, cp.pad_h, cp.pad_w, cp.HasField("pad_h") or cp.HasField("pad_w"), 0, "pad",
-                         self)
-        self.dilation = _pair(cp.dilation, 0, 0, False, 1, "dilation", self)
+        g = ConvGeometry(cp, bottom_shapes[0], self)
+        if g.n_spatial > 3:
+            raise self.error(f"{g.n_spatial} spatial axes: caffe_torch supports 1 to 3 (Caffe's N-D im2col "
+                             "allows more: run it with --engine caffe)")
+        self.geometry = g
+        self.axis, self.kernel, self.stride, self.pad, self.dilation = \
+            g.axis, g.kernel, g.stride, g.pad, g.dilation
         self.group = cp.group                                     # default 1
-        channels = bottom_shapes[0][1]
+        channels = bottom_shapes[0][g.axis]
         if channels % self.group or cp.num_output % self.group:
             raise self.error(f"group {self.group} must divide both the input channels ({channels}) and "
                              f"num_output ({cp.num_output})")
         self.num_output = cp.num_output
         self.channels = channels
-        self.add_blob((cp.num_output, channels // self.group, *self.kernel), cp.weight_filler)
+        if self.reverse:
+            wshape = (channels, cp.num_output // self.group, *self.kernel)
+        else:
+            wshape = (cp.num_output, channels // self.group, *self.kernel)
+        self.add_blob(wshape, cp.weight_filler)
         self.bias_term = cp.bias_term                             # default true
         if self.bias_term:
             self.add_blob((cp.num_output,), cp.bias_filler)
-
-    def top_shapes(self, bottom_shapes):
-        for b in bottom_shapes:
-            if tuple(b) != tuple(bottom_shapes[0]):
-                raise self.error(f"all bottoms must have the same shape, got {bottom_shapes}")
-        if len(bottom_shapes[0]) != 4 or bottom_shapes[0][1] != self.channels:
-            raise self.error(f"input size incompatible with convolution kernel: bottom {bottom_shapes[0]}, "
-                             f"the layer was set up for {self.channels} channels")
-        n, _, h, w = bottom_shapes[0]
-        out = []
-        for size, k, s, p, d in zip((h, w), self.kernel, self.stride, self.pad, self.dilation):
-            out.append((size + 2 * p - (d * (k - 1) + 1)) // s + 1)
-        return [(n, self.num_output, *out)] * len(self.param.top)
-
-    def forward(self, *xs):
-        bias = self.blobs[1] if self.bias_term else None
-        ys = tuple(F.conv2d(x, self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)
-                   for x in xs)
-        return ys
-
-    num_bottoms = (1, None)
-    num_tops = (1, None)
 
     def _check_counts(self, n_bottom, n_top):
         super()._check_counts(n_bottom, n_top)
         if n_bottom != n_top:
             raise self.error(f"needs as many tops as bottoms, got {n_bottom} bottoms and {n_top} tops")
 
+    def top_shapes(self, bottom_shapes):
+        for b in bottom_shapes:
+            if tuple(b) != tuple(bottom_shapes[0]):
+                raise self.error(f"all bottoms must have the same shape, got {bottom_shapes}")
+        shape = tuple(bottom_shapes[0])
+        if len(shape) != self.axis + 1 + len(self.kernel) or shape[self.axis] != self.channels:
+            raise self.error(f"input size incompatible with convolution kernel: bottom {shape}, the layer "
+                             f"was set up for {self.channels} channels at axis {self.axis} and "
+                             f"{len(self.kernel)} spatial axes")
+        spatial = shape[self.axis + 1:]
+        out = self.geometry.deconv_out(spatial) if self.reverse else self.geometry.conv_out(spatial)
+        if min(out) <= 0:
+            raise self.error(f"output size {out} is not positive for bottom {shape}")
+        return [shape[: self.axis] + (self.num_output, *out)] * len(self.param.top)
+
+    def forward(self, *xs):
+        bias = self.blobs[1] if self.bias_term else None
+        n = len(self.kernel)
+        ys = []
+        for x in xs:
+            lead = tuple(x.shape[: self.axis])
+            x = x.reshape((-1,) + tuple(x.shape[self.axis:]))        # (N, C, *spatial), N = the lead axes
+            if self.reverse:
+                y = _DECONV_FN[n](x, self.blobs[0], bias, self.stride, self.pad, 0, self.group, self.dilation)
+            else:
+                y = _CONV_FN[n](x, self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)
+            ys.append(y.reshape(lead + tuple(y.shape[1:])))
+        return tuple(ys)
+
+
+@register("Convolution")
+class Convolution(_BaseConvolution):
+    pass
+
+
+@register("Deconvolution")
+class Deconvolution(_BaseConvolution):
+    """The transpose of Convolution (its forward is Convolution's backward data pass): weights
+    (C_in, num_output / group, *kernel), output stride (in - 1) + dilation (k - 1) + 1 - 2 pad."""
+
+    reverse = True
+
+
+@register("Im2col")
+class Im2col(Layer):
+    """Caffe's im2col as a layer: top (lead..., C * prod(kernel), *out) where channel c * prod(kernel) + the
+    row-major kernel offset holds the input at that offset of every window (zero in the padding)."""
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        g = ConvGeometry(param.convolution_param, bottom_shapes[0], self)
+        self.geometry = g
+        self.n_spatial = len(bottom_shapes[0]) - g.axis - 1
+
+    def top_shapes(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        g = self.geometry
+        if len(shape) != g.axis + 1 + self.n_spatial:
+            raise self.error(f"bottom {shape} has a different number of axes than at setup")
+        out = g.conv_out(shape[g.axis + 1:])
+        if min(out) <= 0:
+            raise self.error(f"output size {out} is not positive for bottom {shape}")
+        k = 1
+        for v in g.kernel:
+            k *= v
+        return [shape[: g.axis] + (shape[g.axis] * k, *out)]
+
+    def forward(self, x):
+        g = self.geometry
+        lead, c, spatial = tuple(x.shape[: g.axis]), x.shape[g.axis], tuple(x.shape[g.axis + 1:])
+        out = g.conv_out(spatial)
+        x = x.reshape((-1, c) + spatial)
+        pads = []
+        for p in reversed(g.pad):
+            pads += [p, p]
+        x = F.pad(x, pads)
+        cols = []
+        # one strided slice per kernel offset (row-major over the kernel axes): (N, C, *out) each
+        for offset in itertools.product(*(range(k) for k in g.kernel)):
+            index = [slice(None), slice(None)]
+            for o, d, s, n_out in zip(offset, g.dilation, g.stride, out):
+                start = o * d
+                index.append(slice(start, start + s * (n_out - 1) + 1, s))
+            cols.append(x[tuple(index)])
+        y = torch.stack(cols, dim=2)                                  # (N, C, prod(kernel), *out)
+        return y.reshape(lead + (-1,) + out)
+
 
 _Pool = caffe_pb2.PoolingParameter
+_FLT_MIN = 1.1754943508222875e-38
 
 
 def pooled_size(size: int, k: int, s: int, p: int, any_pad: bool | None = None) -> int:
@@ -105,7 +220,15 @@ def _ave_divisor(size: int, out: int, k: int, s: int, p: int) -> list[int]:
 
 @register("Pooling")
 class Pooling(Layer):
-    num_tops = (1, 1)
+    """MAX (optional second top: the mask, the index h * W + w of each window's first maximum in its
+    channel's plane, -1 for a window wholly in the padding; no gradient flows through it), AVE and
+    STOCHASTIC (Zeiler & Fergus; no padding, as in Caffe). STOCHASTIC in TRAIN picks, in each window clipped
+    to the image, the first element whose running sum reaches u * (window sum), u ~ U[0, 1) drawn on the CPU
+    from the layer's generator (so CPU and GPU nets draw alike; Caffe draws on the GPU and has no CPU
+    version), and passes the gradient to it alone; in TEST it gives sum(x^2) / (FLT_MIN + sum(x)) per window,
+    whose gradient caffe_torch takes as the derivative (Caffe's TEST backward reads stale indices)."""
+
+    num_tops = (1, 2)
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
@@ -113,8 +236,8 @@ class Pooling(Layer):
         if len(bottom_shapes[0]) != 4:
             raise self.error(f"needs a 4-D bottom (N x C x H x W), got shape {bottom_shapes[0]}")
         self.method = pp.pool                                     # default MAX
-        if self.method == _Pool.STOCHASTIC:
-            raise self.error("STOCHASTIC pooling is not supported by caffe_torch")
+        if len(param.top) > 1 and self.method != _Pool.MAX:
+            raise self.error("only MAX pooling has a second (mask) top")
         self.global_pooling = pp.global_pooling
         has_k = pp.HasField("kernel_size") or pp.HasField("kernel_h") or pp.HasField("kernel_w")
         if self.global_pooling and has_k:
@@ -134,6 +257,8 @@ class Pooling(Layer):
                 raise self.error("with global_pooling, pad must be 0 and stride 1")
         elif any(p >= k for p, k in zip(self.pad, self.kernel)):
             raise self.error(f"pad {self.pad} must be smaller than the kernel {self.kernel}")
+        if any(self.pad) and self.method == _Pool.STOCHASTIC:
+            raise self.error("padding is implemented only for MAX and AVE pooling (as in Caffe)")
         if not self.global_pooling and (min(self.kernel) <= 0 or min(self.stride) <= 0):
             raise self.error(f"kernel {self.kernel} and stride {self.stride} must be positive")
         self._divisors: dict[tuple, torch.Tensor] = {}
@@ -153,7 +278,7 @@ class Pooling(Layer):
         if len(bottom_shapes[0]) != 4:
             raise self.error(f"needs a 4-D bottom (N x C x H x W), got shape {bottom_shapes[0]}")
         n, c = bottom_shapes[0][:2]
-        return [(n, c, *self._out(bottom_shapes[0]))]
+        return [(n, c, *self._out(bottom_shapes[0]))] * len(self.param.top)
 
     def forward(self, x):
         k, s, p = self._geometry(x.shape)
@@ -169,13 +294,44 @@ class Pooling(Layer):
             # -FLT_MAX as Caffe's initial value
             if p[0] or p[1] or extra_h or extra_w:
                 x = F.pad(x, (p[1], extra_w, p[0], extra_h), value=-3.4028234663852886e38)
-            return F.max_pool2d(x, k, s)[:, :, :oh, :ow]
+            if len(self.param.top) == 1:
+                return F.max_pool2d(x, k, s)[:, :, :oh, :ow]
+            y, idx = F.max_pool2d(x, k, s, return_indices=True)
+            y, idx = y[:, :, :oh, :ow], idx[:, :, :oh, :ow]
+            # torch's index is into the padded plane; Caffe's into the image (-1: no image element)
+            row, col = idx // x.shape[3] - p[0], idx % x.shape[3] - p[1]
+            inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+            mask = torch.where(inside, row * w + col, torch.full_like(idx, -1))
+            return y, mask.to(y.dtype)
+        if self.method == _Pool.STOCHASTIC:
+            return self._stochastic(x, k, s, oh, ow, extra_h, extra_w)
         # AVE: the sum over the window clipped to the image, divided by the window clipped to the padded
         # extent [-pad, size + pad) (Caffe's pool_size)
         if p[0] or p[1] or extra_h or extra_w:
             x = F.pad(x, (p[1], extra_w, p[0], extra_h))
         total = F.avg_pool2d(x, k, s, divisor_override=1)[:, :, :oh, :ow]
         return total / self._divisor(h, w, oh, ow, k, s, p, total)
+
+    def _stochastic(self, x, k, s, oh, ow, extra_h, extra_w):
+        # windows clipped to the image = windows over zeros appended right and below (a zero never moves
+        # the running sum, so it is never the first element to reach the threshold)
+        if extra_h or extra_w:
+            x = F.pad(x, (0, extra_w, 0, extra_h))
+        n, c = x.shape[:2]
+        if self.phase == caffe_pb2.TEST:
+            sq = F.avg_pool2d(x * x, k, s, divisor_override=1)[:, :, :oh, :ow]
+            total = F.avg_pool2d(x, k, s, divisor_override=1)[:, :, :oh, :ow]
+            return sq / (total + _FLT_MIN)
+        # (N, C, window, positions) with the window in row-major order, positions row-major over (oh, ow)
+        # (the padded extent is exactly (out - 1) * stride + kernel: oh * ow windows)
+        windows = F.unfold(x.reshape(n * c, 1, *x.shape[2:]), k, stride=s).reshape(n, c, k[0] * k[1], oh * ow)
+        running = windows.detach().cumsum(dim=2)
+        u = torch.rand((n, c, 1, oh * ow), generator=self._generator, dtype=torch.float64)
+        threshold = u.to(device=x.device, dtype=x.dtype) * running[:, :, -1:, :]
+        # the first element whose running sum reaches the threshold (argmax of a boolean: its first True)
+        pick = (running >= threshold).to(torch.uint8).argmax(dim=2, keepdim=True)
+        y = windows.gather(2, pick).reshape(n, c, -1)
+        return y.reshape(n, c, oh, ow)
 
     def _divisor(self, h, w, oh, ow, k, s, p, like):
         key = (h, w, like.dtype, like.device)
@@ -186,3 +342,61 @@ class Pooling(Layer):
             d = (dh[:, None] * dw[None, :]).to(like.device)
             self._divisors = {key: d}
         return d
+
+
+_SPP = caffe_pb2.SPPParameter
+_SPP_TO_POOL = {_SPP.MAX: _Pool.MAX, _SPP.AVE: _Pool.AVE, _SPP.STOCHASTIC: _Pool.STOCHASTIC}
+
+
+@register("SPP")
+class SPP(Layer):
+    """Spatial pyramid pooling: for level l = 0 .. pyramid_height - 1, a Pooling with 2^l x 2^l bins over the
+    whole image (kernel = stride = ceil(size / 2^l), pad = (kernel 2^l - size + 1) / 2 per axis), each level's
+    N x C x 2^l x 2^l output flattened to N x (C 4^l) and the levels concatenated along axis 1. With
+    pyramid_height 1 the top is that one pooling's N x C x 1 x 1. The pools follow the bottom's H x W when
+    the net is reshaped, as Caffe rebuilds them."""
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        sp = param.spp_param
+        if sp.pyramid_height < 1:
+            raise self.error("spp_param.pyramid_height must be at least 1")
+        self.pyramid_height = sp.pyramid_height
+        self.pool = _SPP_TO_POOL[sp.pool]                         # default MAX
+        self._ctx = ctx
+        self._pools: dict[tuple[int, int], list[Pooling]] = {}
+        self.top_shapes(bottom_shapes)
+
+    def _levels(self, shape) -> list[Pooling]:
+        if len(shape) != 4 or min(shape[2:]) <= 0:
+            raise self.error(f"needs a 4-D bottom (N x C x H x W) with H, W > 0, got shape {tuple(shape)}")
+        key = (int(shape[2]), int(shape[3]))
+        if key not in self._pools:
+            pools = []
+            for level in range(self.pyramid_height):
+                bins = 2 ** level
+                lp = caffe_pb2.LayerParameter(name=f"{self.name}/pool{level}", type="Pooling",
+                                              bottom=[self.param.bottom[0]], top=[f"{self.name}/pool{level}"])
+                pp = lp.pooling_param
+                pp.pool = self.pool
+                for axis, size in (("h", key[0]), ("w", key[1])):
+                    kernel = -(-size // bins)                        # ceil(size / bins)
+                    setattr(pp, f"kernel_{axis}", kernel)
+                    setattr(pp, f"stride_{axis}", kernel)
+                    setattr(pp, f"pad_{axis}", (kernel * bins - size + 1) // 2)
+                pools.append(Pooling(lp, [tuple(shape)], self._ctx))
+            self._pools = {key: pools}
+        return self._pools[key]
+
+    def top_shapes(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        pools = self._levels(shape)
+        if self.pyramid_height == 1:
+            return pools[0].top_shapes([shape])
+        return [(shape[0], sum(count(p.top_shapes([shape])[0], 1) for p in pools))]
+
+    def forward(self, x):
+        pools = self._levels(x.shape)
+        if self.pyramid_height == 1:
+            return pools[0](x)
+        return torch.cat([p(x).reshape(x.shape[0], -1) for p in pools], dim=1)
