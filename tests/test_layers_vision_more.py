@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from google.protobuf import text_format
 from test_layers_vision import FLT_MAX, gradcheck_layer, make, np_pool
 
 from caffe_torch.proto import caffe_pb2
@@ -461,3 +462,61 @@ def test_spp_errors():
     # 3 x 3 at level 2: 4 bins of kernel 1 need pad 1, not smaller than the kernel (Caffe's CHECK too)
     with pytest.raises(Exception, match="smaller than the kernel"):
         make("SPP", "spp_param { pyramid_height: 3 }", [(1, 2, 3, 3)])
+
+
+# ----------------------------------------------------------------------------- device
+
+CUDA_CASES = [
+    ("LRN", "", [(2, 6, 3, 4)]),
+    ("LRN", "lrn_param { norm_region: WITHIN_CHANNEL local_size: 3 }", [(2, 3, 4, 4)]),
+    ("Deconvolution", f"convolution_param {{ num_output: 4 kernel_size: 3 stride: 2 group: 2 {FILL} }}",
+     [(2, 4, 3, 3)]),
+    ("Convolution", f"convolution_param {{ num_output: 2 kernel_size: 2 {FILL} }}", [(1, 2, 3, 4, 3)]),
+    ("Im2col", "convolution_param { kernel_size: 3 pad: 1 stride: 2 }", [(2, 3, 5, 5)]),
+    ("Pooling", 'top: "y" top: "mask" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }', [(2, 3, 7, 7)]),
+    ("Pooling", "pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 }", [(2, 3, 7, 7)]),
+    ("SPP", "spp_param { pyramid_height: 3 pool: AVE }", [(2, 3, 8, 9)]),
+    ("EuclideanLoss", "", [(4, 3), (4, 3)]),
+    ("ContrastiveLoss", "", [(6, 3, 1, 1), (6, 3, 1, 1), (6, 1, 1, 1)]),
+    ("HingeLoss", "hinge_loss_param { norm: L2 }", [(6, 5), (6,)]),
+    ("MultinomialLogisticLoss", "", [(6, 5), (6,)]),
+    ("InfogainLoss", "", [(6, 4), (6,), (1, 1, 4, 4)]),
+    ("SigmoidCrossEntropyLoss", "loss_param { ignore_label: 0 normalization: VALID }", [(4, 5), (4, 5)]),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("type_name,text,shapes", CUDA_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CUDA_CASES)])
+def test_layer_on_cuda_matches_cpu(type_name, text, shapes):
+    """The same layer (same seed: same weights, same STOCHASTIC draw) on CUDA and on the CPU: every top and the
+    gradients of the first bottom and of the learnable blobs. Bottoms are non-negative (probabilities, pooled
+    values) and any label is a class id."""
+    from caffe_torch.layers import BuildContext, layer_class
+
+    results = []
+    for dev in ("cpu", "cuda"):
+        lp = caffe_pb2.LayerParameter()
+        text_format.Parse(text, lp)
+        lp.name, lp.type = "l", type_name
+        lp.bottom.extend([f"b{i}" for i in range(len(shapes))])
+        if not lp.top:
+            lp.top.append("t")
+        ctx = BuildContext(torch.float64, torch.device(dev), caffe_pb2.TRAIN, torch.Generator().manual_seed(0))
+        layer = layer_class(type_name)(lp, shapes, ctx)
+        g = torch.Generator().manual_seed(1)
+        xs = [torch.rand(s, dtype=torch.float64, generator=g) for s in shapes]
+        if len(shapes) > 1 and "Loss" in type_name and type_name not in ("EuclideanLoss", "SigmoidCrossEntropyLoss"):
+            label_at = 2 if type_name == "ContrastiveLoss" else 1
+            classes = 2 if type_name == "ContrastiveLoss" else int(np.prod(shapes[0][1:]))
+            xs[label_at] = torch.randint(0, classes, shapes[label_at], generator=g).to(torch.float64)
+        xs = [x.to(dev) for x in xs]
+        xs[0].requires_grad_(True)
+        out = layer(*xs)
+        outs = out if isinstance(out, tuple) else (out,)
+        outs[0].backward(torch.ones_like(outs[0]))
+        results.append([o.detach().cpu().numpy() for o in outs] + [xs[0].grad.cpu().numpy()]
+                       + [b.grad.cpu().numpy() for b in layer.blobs if b.grad is not None])
+    assert len(results[0]) == len(results[1])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
