@@ -20,11 +20,11 @@ the full-net tests then redraw the batch (forward/backward) or re-synchronise th
 
 Known differences of the real build, kept as strict xfail tests at the end: BVLC's ScaleLayer overwrites
 instead of accumulating its param diff when the scale covers the whole bottom; this build's BatchNormLayer
-lets the solver train its statistics; BVLC's LRN computes garbage in place. Not compared, because the C++ build lacks them on purpose or BVLC cannot
-build them: MarginInnerProduct `exact_gradient` (a caffe_torch extension), happynear's Scale min_value /
-max_value and solver clip_weights / clamp_weights, SoftmaxWithLoss's second (probability) top, STOCHASTIC
-pooling (Caffe has only a GPU version), SigmoidCrossEntropyLoss's ignore_label / normalization (this build's layer
-predates Caffe 1.0's and ignores them).
+lets the solver train its statistics; BVLC's LRN computes garbage in place. Not compared, because the C++
+build lacks them on purpose or BVLC cannot build them: MarginInnerProduct `exact_gradient` (a caffe_torch
+extension), happynear's Scale min_value / max_value and solver clip_weights / clamp_weights, SoftmaxWithLoss's
+second (probability) top, STOCHASTIC pooling (Caffe has only a GPU version), SigmoidCrossEntropyLoss's
+ignore_label / normalization (this build's layer predates Caffe 1.0's and ignores them).
 
 Skipped when `import caffe` does not give the project's pycaffe build (see tests/test_caffe_build.py).
 """
@@ -774,6 +774,12 @@ CASES += [
                                            "kernel_size: 3 kernel_size: 1 stride: 1 stride: 2 stride: 1 pad: 1 "
                                            "dilation: 1 dilation: 1 dilation: 2 }"),
          (("x", (2, 2, 4, 5, 6), "normal"),)),
+    Case("Convolution-4D-group", _layer("Convolution", "convolution_param { num_output: 4 kernel_size: 2 stride: 1 "
+                                        "stride: 2 stride: 1 stride: 1 pad: 1 group: 2 }"),
+         (("x", (2, 4, 2, 3, 3, 2), "normal"),)),
+    Case("Deconvolution-4D-group", _layer("Deconvolution", "convolution_param { num_output: 4 kernel_size: 2 "
+                                          "stride: 2 stride: 1 stride: 1 stride: 2 pad: 1 group: 2 }"),
+         (("x", (2, 4, 2, 3, 2, 2), "normal"),)),
     Case("Convolution-1D", _layer("Convolution", "convolution_param { num_output: 3 kernel_size: 3 pad: 1 "
                                   "stride: 2 }"), (("x", (2, 4, 9), "normal"),)),
     Case("Convolution-axis2", _layer("Convolution", "convolution_param { num_output: 3 kernel_size: 2 axis: 2 }"),
@@ -785,6 +791,8 @@ CASES += [
          (("x", (2, 3, 6, 9), "normal"),)),
     Case("Im2col-3D", _layer("Im2col", "convolution_param { kernel_size: 2 stride: 1 pad: 1 }"),
          (("x", (1, 2, 3, 4, 3), "normal"),)),
+    Case("Im2col-4D", _layer("Im2col", "convolution_param { kernel_size: 2 stride: 2 stride: 1 stride: 1 stride: 2 "
+                                       "pad: 1 }"), (("x", (1, 2, 3, 3, 2, 4), "normal"),)),
     Case("Pooling-MAX-mask-top", _layer("Pooling", "pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }",
                                         tops=("y", "mask")), (("x", (2, 3, 9, 10), "normal"),)),
     Case("Pooling-MAX-mask-ties", _layer("Pooling", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }",

@@ -219,8 +219,39 @@ def test_convolution_geometry_errors():
         make("Convolution", "convolution_param { num_output: 2 kernel_h: 2 kernel_w: 2 }", [(1, 2, 4, 4, 4)])
     with pytest.raises(Exception, match="must be set"):
         make("Convolution", "convolution_param { num_output: 2 }", [(1, 2, 4, 4)])
-    with pytest.raises(Exception, match="1 to 3"):
-        make("Convolution", "convolution_param { num_output: 2 kernel_size: 1 }", [(1, 2, 2, 2, 2, 2)])
+
+
+ND4_CASES = [("num_output: 4 kernel_size: 2 stride: 1 stride: 2 stride: 1 stride: 1 pad: 1 group: 2",
+              (2, 4, 2, 3, 3, 2)),
+             ("num_output: 3 kernel_size: 2 dilation: 1 dilation: 1 dilation: 2 dilation: 1 bias_term: false",
+              (1, 2, 3, 2, 4, 3))]
+
+
+@pytest.mark.parametrize("type_name", ["Convolution", "Deconvolution"])
+@pytest.mark.parametrize("text,shape", ND4_CASES)
+def test_four_spatial_axes_match_loops_and_gradcheck(type_name, text, shape):
+    """Beyond 3 spatial axes caffe_torch uses Caffe's im2col / col2im with a matrix product."""
+    layer = make(type_name, f"convolution_param {{ {text} {FILL} }}", [shape])
+    x = randn(*shape, seed=20)
+    y = layer(x)[0]
+    b = layer.blobs[1].detach().numpy() if layer.bias_term else None
+    ref_fn = np_deconv_nd if type_name == "Deconvolution" else np_conv_nd
+    ref = ref_fn(x.numpy(), layer.blobs[0].detach().numpy(), b, layer.stride, layer.pad, layer.dilation, layer.group)
+    assert tuple(y.shape) == layer.top_shapes([shape])[0] == ref.shape
+    np.testing.assert_allclose(y.detach().numpy(), ref, rtol=1e-10, atol=1e-10)
+    small = make(type_name, f"convolution_param {{ num_output: 2 kernel_size: 2 stride: 2 pad: 1 group: 2 {FILL} }}",
+                 [(1, 2, 2, 2, 2, 3)])
+    gradcheck_layer(small, [randn(1, 2, 2, 2, 2, 3)])
+
+
+@pytest.mark.parametrize("type_name", ["Convolution", "Deconvolution"])
+@pytest.mark.parametrize("shape", [(2, 4, 5, 6), (1, 4, 3, 4, 3)])
+def test_im2col_path_agrees_with_torch_conv(type_name, shape):
+    """The >3-axis path run on 2-D and 3-D inputs gives what torch's conv ops give."""
+    layer = make(type_name, f"convolution_param {{ num_output: 6 kernel_size: 3 stride: 2 pad: 1 dilation: 1 "
+                 f"group: 2 {FILL} }}", [shape])
+    x = randn(*shape, seed=21)
+    torch.testing.assert_close(layer._forward_nd(x, layer.blobs[1]), layer(x)[0], rtol=1e-12, atol=1e-12)
 
 
 def np_im2col(x, kernel, stride, pad, dil):

@@ -66,13 +66,47 @@ class ConvGeometry:
                      for size, k, s, p, d in zip(spatial, self.kernel, self.stride, self.pad, self.dilation))
 
 
+    def window_slices(self, out):
+        """Per kernel offset (row-major over the kernel axes), the index into the padded (N, C, *spatial) input
+        that picks that offset of every window: one strided slice per spatial axis."""
+        for offset in itertools.product(*(range(k) for k in self.kernel)):
+            index = [slice(None), slice(None)]
+            for o, d, s, n_out in zip(offset, self.dilation, self.stride, out):
+                index.append(slice(o * d, o * d + s * (n_out - 1) + 1, s))
+            yield tuple(index)
+
+    def _pads(self) -> list[int]:
+        pads = []
+        for p in reversed(self.pad):
+            pads += [p, p]
+        return pads
+
+    def im2col(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, *spatial) -> (N, C, prod(kernel), *out): Caffe's im2col (zeros outside the image)."""
+        out = self.conv_out(x.shape[2:])
+        x = F.pad(x, self._pads())
+        return torch.stack([x[index] for index in self.window_slices(out)], dim=2)
+
+    def col2im(self, cols: torch.Tensor, spatial) -> torch.Tensor:
+        """The adjoint of im2col, (N, C, prod(kernel), *out) -> (N, C, *spatial): every column value added back
+        where im2col took it from (Caffe's col2im; the padding is dropped)."""
+        n, c = cols.shape[:2]
+        padded = [size + 2 * p for size, p in zip(spatial, self.pad)]
+        y = cols.new_zeros((n, c, *padded))
+        for r, index in enumerate(self.window_slices(cols.shape[3:])):
+            y[index] += cols[:, :, r]
+        crop = (slice(None), slice(None)) + tuple(slice(p, p + size) for p, size in zip(self.pad, spatial))
+        return y[crop]
+
+
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _DECONV_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 class _BaseConvolution(Layer):
-    """Convolution and Deconvolution: any channel axis, 1 to 3 spatial axes (torch's conv ops; Caffe's
-    im2col_nd allows more), groups, dilation, one or more bottoms sharing the weights (one top each)."""
+    """Convolution and Deconvolution: any channel axis, any number of spatial axes (torch's conv ops for 1 to
+    3, Caffe's im2col / col2im beyond), groups, dilation, one or more bottoms sharing the weights (one top
+    each)."""
 
     num_bottoms = (1, None)
     num_tops = (1, None)
@@ -84,9 +118,6 @@ class _BaseConvolution(Layer):
         if not cp.HasField("num_output") or cp.num_output == 0:
             raise self.error("convolution_param.num_output must be set")
         g = ConvGeometry(cp, bottom_shapes[0], self)
-        if g.n_spatial > 3:
-            raise self.error(f"{g.n_spatial} spatial axes: caffe_torch supports 1 to 3 (Caffe's N-D im2col "
-                             "allows more: run it with --engine caffe)")
         self.geometry = g
         self.axis, self.kernel, self.stride, self.pad, self.dilation = \
             g.axis, g.kernel, g.stride, g.pad, g.dilation
@@ -133,17 +164,41 @@ class _BaseConvolution(Layer):
         for x in xs:
             lead = tuple(x.shape[: self.axis])
             x = x.reshape((-1,) + tuple(x.shape[self.axis:]))        # (N, C, *spatial), N = the lead axes
-            if self.reverse:
+            if n > 3:
+                y = self._forward_nd(x, bias)
+            elif self.reverse:
                 y = _DECONV_FN[n](x, self.blobs[0], bias, self.stride, self.pad, 0, self.group, self.dilation)
             else:
                 y = _CONV_FN[n](x, self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)
             ys.append(y.reshape(lead + tuple(y.shape[1:])))
         return tuple(ys)
 
+    def _forward_nd(self, x, bias):
+        """More than 3 spatial axes (torch has no such conv op): Caffe's own im2col / col2im with a matrix
+        product per group. x: (N, C, *spatial)."""
+        g, groups, w = self.geometry, self.group, self.blobs[0]
+        n, c, spatial = x.shape[0], x.shape[1], tuple(x.shape[2:])
+        k = w[0, 0].numel()
+        if self.reverse:
+            # (G, C/G, O/G * K) weights times (N, G, C/G, L) inputs -> columns (N, O, K, *spatial), then col2im
+            wg = w.reshape(groups, c // groups, -1)
+            cols = torch.einsum("gck,ngcl->ngkl", wg, x.reshape(n, groups, c // groups, -1))
+            cols = cols.reshape(n, self.num_output, k, *spatial)
+            y = g.col2im(cols, g.deconv_out(spatial))
+        else:
+            # (G, O/G, C/G * K) weights times (N, G, C/G * K, L) columns
+            out = g.conv_out(spatial)
+            cols = g.im2col(x).reshape(n, groups, (c // groups) * k, -1)
+            y = torch.einsum("gok,ngkl->ngol", w.reshape(groups, self.num_output // groups, -1), cols)
+            y = y.reshape(n, self.num_output, *out)
+        if bias is not None:
+            y = y + bias.reshape((1, -1) + (1,) * len(spatial))
+        return y
+
 
 @register("Convolution")
 class Convolution(_BaseConvolution):
-    pass
+    """Weights (num_output, C / group, *kernel), bias (num_output,); output size per ConvGeometry.conv_out."""
 
 
 @register("Deconvolution")
@@ -163,12 +218,11 @@ class Im2col(Layer):
         super().__init__(param, bottom_shapes, ctx)
         g = ConvGeometry(param.convolution_param, bottom_shapes[0], self)
         self.geometry = g
-        self.n_spatial = len(bottom_shapes[0]) - g.axis - 1
 
     def top_shapes(self, bottom_shapes):
         shape = tuple(bottom_shapes[0])
         g = self.geometry
-        if len(shape) != g.axis + 1 + self.n_spatial:
+        if len(shape) != g.axis + 1 + g.n_spatial:
             raise self.error(f"bottom {shape} has a different number of axes than at setup")
         out = g.conv_out(shape[g.axis + 1:])
         if min(out) <= 0:
@@ -181,22 +235,8 @@ class Im2col(Layer):
     def forward(self, x):
         g = self.geometry
         lead, c, spatial = tuple(x.shape[: g.axis]), x.shape[g.axis], tuple(x.shape[g.axis + 1:])
-        out = g.conv_out(spatial)
-        x = x.reshape((-1, c) + spatial)
-        pads = []
-        for p in reversed(g.pad):
-            pads += [p, p]
-        x = F.pad(x, pads)
-        cols = []
-        # one strided slice per kernel offset (row-major over the kernel axes): (N, C, *out) each
-        for offset in itertools.product(*(range(k) for k in g.kernel)):
-            index = [slice(None), slice(None)]
-            for o, d, s, n_out in zip(offset, g.dilation, g.stride, out):
-                start = o * d
-                index.append(slice(start, start + s * (n_out - 1) + 1, s))
-            cols.append(x[tuple(index)])
-        y = torch.stack(cols, dim=2)                                  # (N, C, prod(kernel), *out)
-        return y.reshape(lead + (-1,) + out)
+        y = g.im2col(x.reshape((-1, c) + spatial))                    # (N, C, prod(kernel), *out)
+        return y.reshape(lead + (-1,) + tuple(y.shape[3:]))
 
 
 _Pool = caffe_pb2.PoolingParameter
