@@ -5,7 +5,10 @@ from . import (  # noqa: F401  (imported for their @register side effect)
     common,
     loss,
     margin,
+    neuron,
+    recurrent,
     shape,
+    utility,
     vision,
 )
 from .base import BuildContext, Layer, known_types, layer_class, register
