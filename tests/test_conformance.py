@@ -780,7 +780,9 @@ CASES += [
     Case("MVN", _layer("MVN"), X4),
     Case("MVN-across-channels", _layer("MVN", "mvn_param { across_channels: true }"), X4),
     Case("MVN-mean-only", _layer("MVN", "mvn_param { normalize_variance: false }"), X4),
-    Case("MVN-eps", _layer("MVN", "mvn_param { eps: 0.1 across_channels: true }", tops=("x",)), X4),
+    Case("MVN-eps", _layer("MVN", "mvn_param { eps: 0.1 across_channels: true }"), X4),
+    # in place only without normalize_variance: Caffe's in-place backward with it is wrong (see MVN's docstring)
+    Case("MVN-mean-only-in-place", _layer("MVN", "mvn_param { normalize_variance: false }", tops=("x",)), X4),
     Case("MVN-2D", _layer("MVN", "mvn_param { across_channels: true }"), X2),
 ]
 # ---- recurrent layers: two rounds, so the hidden state carried from the first forward to the second counts

@@ -291,7 +291,9 @@ class _MVNVarianceFunction(torch.autograd.Function):
 @register("MVN")
 class MVN(Layer):
     """Mean-variance normalisation per item and channel (per item with across_channels): subtract the mean and,
-    with normalize_variance (default true), divide by std + eps (default 1e-9; std biased)."""
+    with normalize_variance (default true), divide by std + eps (default 1e-9; std biased). In place with
+    normalize_variance, Caffe's backward reads the top diff after overwriting it (the same memory as the bottom
+    diff) and gives a wrong gradient; this layer gives the right one there (not reproduced)."""
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
@@ -302,6 +304,10 @@ class MVN(Layer):
         self.across_channels = mp.across_channels     # default false
         self.eps = mp.eps
 
+    def top_shapes(self, bottom_shapes):
+        # Caffe reshapes the top as num x channels x height x width: fewer axes are padded with 1s
+        return [tuple(bottom_shapes[0]) + (1,) * (4 - len(bottom_shapes[0]))]
+
     def forward(self, x):
         lead = 1 if self.across_channels or x.dim() < 2 else 2
         flat = x.reshape(count(x.shape[:lead]), -1)
@@ -309,4 +315,4 @@ class MVN(Layer):
             y = _MVNVarianceFunction.apply(flat, self.eps)
         else:
             y = flat - flat.mean(-1, keepdim=True)
-        return y.reshape(x.shape)
+        return y.reshape(self.top_shapes([tuple(x.shape)])[0])
