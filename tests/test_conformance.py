@@ -512,7 +512,7 @@ def test_lr_policies(tmp_path, policy):
 class Case:
     """A one-layer net: an Input layer with `inputs` ((top, shape, kind), ...) then `layer`.
     kind: "normal"; "zeros" (normal with a quarter exact zeros); "int" (integers in [-2, 2]: ties);
-    "positive" (uniform in [0.5, 2)); "cos" (cosines in (-0.99, 0.99); with a label, two target cosines put in the margin layers' other
+    "cos" (cosines in (-0.99, 0.99); with a label, two target cosines put in the margin layers' other
     branches); "label:C" (class ids in [0, C)); "label:C:ignore" (a third of them set to -1).
     params "random": every learnable blob N(0, 1), BatchNorm's statistics valid ones; "filler": as filled."""
 
@@ -838,7 +838,7 @@ def make_inputs(case: Case, rng) -> dict:
                 v.reshape(-1)[::3] = -1
         elif kind == "int":
             v = rng.integers(-2, 3, size=shape).astype(np.float32)
-        elif kind == "positive":
+        elif kind == "positive":        # uniform in [0.5, 2): for Log and fractional Power
             v = rng.uniform(0.5, 2.0, size=shape).astype(np.float32)
         elif kind == "cos":
             v = rng.uniform(-0.99, 0.99, size=shape).astype(np.float32)
