@@ -186,3 +186,12 @@ def test_swish(text, beta):
     np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-300)
     np.testing.assert_allclose(dx, dy.numpy() * (beta * ref + s * (1 - beta * ref)), rtol=1e-10, atol=1e-12)
     gradcheck_layer(layer, [x])
+
+
+@pytest.mark.parametrize("text", ["", "prelu_param { channel_shared: true }"])
+def test_prelu_needs_2_axes_even_channel_shared(text):
+    """PReLULayer::LayerSetUp: CHECK_GE(num_axes, 2) whether or not the slope is shared (the rest of ReLU, PReLU
+    and Softmax: tests/test_layers_common.py)."""
+    with pytest.raises(LayerError, match="at least 2-D"):
+        make("PReLU", text, [(5,)])
+    assert tuple(make("PReLU", text, [(5, 3)]).blobs[0].shape) == (() if text else (3,))
