@@ -310,3 +310,76 @@ def test_mvn_top_has_caffes_4_axes():
     np.testing.assert_allclose(y.numpy().std(axis=(1, 2, 3)), 1, rtol=1e-6)
     with pytest.raises(LayerError, match="at most 4 axes"):
         make("MVN", "", [(2, 3, 4, 5, 6)])
+
+
+# ----------------------------------------------------------------------------- index layers' backward vs real Caffe
+# The conformance suite compares these layers forward only: its force_backward would make Caffe back-propagate to
+# the index bottom, a fatal CHECK. Here no force_backward: a learnable blob (a Parameter layer, or Embed's weights)
+# sits below, and the top goes, times a random input, into a loss, so Caffe back-propagates to the blob alone.
+INDEX_NETS = {
+    "Embed": ('layer { name: "in" type: "Input" top: "ids" top: "w" input_param { shape { dim: 2 dim: 3 } '
+              'shape { dim: 2 dim: 3 dim: 4 } } }\n'
+              'layer { name: "l" type: "Embed" bottom: "ids" top: "e" embed_param { num_output: 4 input_dim: 5 } }\n'
+              'layer { name: "prod" type: "Eltwise" bottom: "e" bottom: "w" top: "loss" loss_weight: 1 '
+              'eltwise_param { operation: PROD } }',
+              {"ids": ((2, 3), 5), "w": ((2, 3, 4), None)}),
+    "BatchReindex": ('layer { name: "in" type: "Input" top: "idx" top: "w" input_param { shape { dim: 6 } '
+                     'shape { dim: 6 dim: 3 } } }\n'
+                     'layer { name: "p" type: "Parameter" top: "x" parameter_param { shape { dim: 4 dim: 3 } } }\n'
+                     'layer { name: "l" type: "BatchReindex" bottom: "x" bottom: "idx" top: "r" }\n'
+                     'layer { name: "prod" type: "Eltwise" bottom: "r" bottom: "w" top: "loss" loss_weight: 1 '
+                     'eltwise_param { operation: PROD } }',
+                     {"idx": ((6,), 4), "w": ((6, 3), None)}),
+    "Filter": ('layer { name: "in" type: "Input" top: "sel" top: "w" input_param { shape { dim: 8 dim: 1 } '
+               'shape { dim: 8 dim: 3 } } }\n'
+               'layer { name: "p" type: "Parameter" top: "x" parameter_param { shape { dim: 8 dim: 3 } } }\n'
+               'layer { name: "prod" type: "Eltwise" bottom: "x" bottom: "w" top: "xw" '
+               'eltwise_param { operation: PROD } }\n'
+               'layer { name: "l" type: "Filter" bottom: "xw" bottom: "sel" top: "loss" loss_weight: 1 }',
+               {"sel": ((8, 1), 2), "w": ((8, 3), None)}),
+}
+
+
+@pytest.mark.caffe
+@pytest.mark.parametrize("type_name", sorted(INDEX_NETS))
+def test_index_layer_backward_against_real_caffe(tmp_path, type_name):
+    import os
+
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    from speaker.engine import try_import_pycaffe
+
+    caffe, err = try_import_pycaffe(set())
+    if caffe is None:
+        pytest.skip(f"real pycaffe not built: {err}")
+    import caffe_torch
+
+    text, inputs = INDEX_NETS[type_name]
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(text)
+    rng = np.random.default_rng(4)
+    ours = caffe_torch.Net(str(proto), caffe_torch.TRAIN)
+    for blobs in ours.params.values():
+        for b in blobs:
+            b.data[...] = rng.standard_normal(b.data.shape)
+    weights = tmp_path / "net.caffemodel"
+    ours.save(str(weights))
+    theirs = caffe.Net(str(proto), str(weights), caffe.TRAIN)
+    for _ in range(2):
+        # inputs: {name: (shape, ids below `high`, or None for normal values)}
+        values = {k: rng.standard_normal(shape) if high is None else rng.integers(0, high, size=shape)
+                  for k, (shape, high) in inputs.items()}
+        for net in (ours, theirs):
+            for blobs in net.params.values():
+                for b in blobs:
+                    b.diff[...] = 0
+            for k, v in values.items():
+                net.blobs[k].data[...] = v
+            net.forward()
+            net.backward()
+        ref = theirs.blobs["loss"].data
+        assert ours.blobs["loss"].data.shape == ref.shape
+        assert np.abs(ours.blobs["loss"].data - ref).max() <= 1e-5 * np.abs(ref).max()
+        for layer, blobs in theirs.params.items():
+            for a, b in zip(ours.params[layer], blobs):
+                assert np.abs(a.diff - b.diff).max() <= 1e-5 * np.abs(b.diff).max(), layer
+                assert np.abs(b.diff).max() > 0, layer
