@@ -383,3 +383,79 @@ def test_index_layer_backward_against_real_caffe(tmp_path, type_name):
             for a, b in zip(ours.params[layer], blobs):
                 assert np.abs(a.diff - b.diff).max() <= 1e-5 * np.abs(b.diff).max(), layer
                 assert np.abs(b.diff).max() > 0, layer
+
+
+# ----------------------------------------------------------------------------- the same on every device
+# (type, layer text, bottoms as (shape, ids below `high` or None for normal values), number of tops)
+DEVICE_CASES = [
+    ("AbsVal", "", [((2, 3, 4), None)], 1),
+    ("BNLL", "", [((2, 3, 4), None)], 1),
+    ("Clip", "clip_param { min: -0.5 max: 0.5 }", [((2, 3, 4), None)], 1),
+    ("ELU", "", [((2, 3, 4), None)], 1),
+    ("Exp", "exp_param { base: 2 shift: 1 }", [((2, 3, 4), None)], 1),
+    ("Log", "log_param { shift: 10 }", [((2, 3, 4), None)], 1),
+    ("Power", "power_param { power: 3 scale: 0.5 shift: 1 }", [((2, 3, 4), None)], 1),
+    ("Threshold", "", [((2, 3, 4), None)], 1),
+    ("Swish", "swish_param { beta: 1.5 }", [((2, 3, 4), None)], 1),
+    ("ArgMax", "argmax_param { top_k: 2 out_max_val: true }", [((2, 3, 4), None)], 1),
+    ("BatchReindex", "", [((4, 3), None), ((5,), 4)], 1),
+    ("Crop", "crop_param { offset: 1 }", [((2, 3, 5, 6), None), ((2, 3, 3, 4), None)], 1),
+    ("Tile", "tile_param { tiles: 2 }", [((2, 3, 4), None)], 1),
+    ("Filter", "", [((6, 3), None), ((6, 1), 2)], 1),
+    ("Reduction", "reduction_param { operation: SUMSQ axis: 1 }", [((2, 3, 4), None)], 1),
+    ("Parameter", "parameter_param { shape { dim: 2 dim: 3 } }", [], 1),
+    ("Embed", 'embed_param { num_output: 3 input_dim: 4 weight_filler { type: "gaussian" } }', [((5,), 4)], 1),
+    ("MVN", "", [((2, 3, 4, 5), None)], 1),
+    ("RNN", 'recurrent_param { num_output: 3 weight_filler { type: "gaussian" } }',
+     [((3, 2, 4), None), ((3, 2), 2)], 1),
+    ("LSTM", 'recurrent_param { num_output: 3 expose_hidden: true weight_filler { type: "gaussian" } }',
+     [((3, 2, 4), None), ((3, 2), 2), ((1, 2, 3), None), ((1, 2, 3), None)], 3),
+    ("LSTMUnit", "", [((1, 2, 3), None), ((1, 2, 12), None), ((1, 2), 2)], 2),
+]
+
+
+def run_on(device, type_name, text, bottoms, n_top):
+    """Forward (twice: the recurrent layers' carry) and backward on `device`: tops, bottom and blob diffs on CPU."""
+    from google.protobuf import text_format
+
+    from caffe_torch.layers import BuildContext, layer_class
+    from caffe_torch.proto import caffe_pb2
+
+    lp = text_format.Parse(text, caffe_pb2.LayerParameter(name="l", type=type_name))
+    lp.bottom.extend(f"b{i}" for i in range(len(bottoms)))
+    lp.top.extend(f"t{i}" for i in range(n_top))
+    ctx = BuildContext(torch.float64, torch.device(device), caffe_pb2.TRAIN, torch.Generator().manual_seed(0))
+    layer = layer_class(type_name)(lp, [shape for shape, _ in bottoms], ctx)
+    g = torch.Generator().manual_seed(1)
+    results = []
+    for _ in range(2):
+        xs = [(torch.randn(shape, generator=g, dtype=torch.float64) if high is None
+               else torch.randint(0, high, shape, generator=g).to(torch.float64)).to(device).requires_grad_(True)
+              for shape, high in bottoms]
+        outs = layer(*xs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        results += [o.detach().cpu() for o in outs]
+        live = [o for o in outs if o.requires_grad and type_name not in ("Threshold", "ArgMax")]
+        if live:
+            seeds = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(device) for o in live]
+            wrt = xs + list(layer.blobs)
+            got = torch.autograd.grad(live, wrt, seeds, allow_unused=True)
+            results += [torch.zeros(0) if d is None else d.cpu() for d in got]
+    return results
+
+
+@pytest.mark.parametrize("case", DEVICE_CASES, ids=[c[0] for c in DEVICE_CASES])
+def test_device_harness_runs_on_cpu(case):
+    """The harness of the CUDA test below, run on the CPU (so it is known to work where no GPU is)."""
+    a, b = run_on("cpu", *case), run_on("cpu", *case)
+    assert len(a) > 2 and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("case", DEVICE_CASES, ids=[c[0] for c in DEVICE_CASES])
+def test_on_cuda_matches_cpu(case):
+    cpu, cuda = run_on("cpu", *case), run_on("cuda", *case)
+    assert len(cpu) == len(cuda)
+    for a, b in zip(cpu, cuda):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
