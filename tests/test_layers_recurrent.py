@@ -125,12 +125,22 @@ def test_lstm_forward_and_state_carried_between_forwards(static):
         np.testing.assert_allclose(y.detach().numpy(), ref, rtol=1e-12)
 
 
-def test_carry_resets_when_the_batch_size_changes():
+def test_carry_when_the_batch_size_changes():
+    """More streams than held: start from zeros; fewer: the first ones carry on; back to more within what was
+    held: the extra streams carry the state they last had (Caffe's blob memory rules; against the real build:
+    test_batch_size_changes_match_real_caffe)."""
     layer = filled("RNN", f"recurrent_param {{ num_output: {H} }}", [(T, N, D), (T, N)])
-    layer(rnd(T, N, D), torch.ones(T, N, dtype=torch.float64))
-    x, cont = rnd(T, 3, D, seed=1), torch.ones(T, 3, dtype=torch.float64)
-    ref, _ = np_rnn(blobs_np(layer), x.numpy(), cont.numpy(), np.zeros((3, H)))
-    np.testing.assert_allclose(layer(x, cont).detach().numpy(), ref, rtol=1e-12)
+    ones = torch.ones(T, N + 1, dtype=torch.float64)
+    layer(rnd(T, N, D), ones[:, :N])
+    x = rnd(T, N + 1, D, seed=1)
+    ref, h = np_rnn(blobs_np(layer), x.numpy(), ones.numpy(), np.zeros((N + 1, H)))
+    np.testing.assert_allclose(layer(x, ones).detach().numpy(), ref, rtol=1e-12)
+    x = rnd(T, 1, D, seed=2)
+    ref, h1 = np_rnn(blobs_np(layer), x.numpy(), ones.numpy()[:, :1], h[:1])
+    np.testing.assert_allclose(layer(x, ones[:, :1]).detach().numpy(), ref, rtol=1e-12)
+    x = rnd(T, N, D, seed=3)
+    ref, _ = np_rnn(blobs_np(layer), x.numpy(), ones.numpy()[:, :N], np.concatenate([h1, h[1:N]]))
+    np.testing.assert_allclose(layer(x, ones[:, :N]).detach().numpy(), ref, rtol=1e-12)
 
 
 def test_expose_hidden_reads_h0_c0_and_gives_hT_cT():
@@ -359,3 +369,39 @@ def test_sgd_training_matches_real_caffe(tmp_path, type_name):
         assert abs(float(ours.net.blobs["loss"].data) - ref) <= 1e-5 * max(abs(ref), 1.0), step
         for a, b in zip(ours.net.params["r"], theirs.net.params["r"]):
             assert np.abs(a.data - b.data).max() <= 1e-5 * np.abs(b.data).max(), step
+
+
+@pytest.mark.caffe
+def test_batch_size_changes_match_real_caffe(tmp_path):
+    """net.reshape to N = 3, 2, 4, 3, 1, 4 streams in turn (all cont 1): the carried state follows Caffe's blob
+    memory (zeros on growth past what was held, the first N streams on a shrink, older states on regrowth)."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    from speaker.engine import try_import_pycaffe
+
+    caffe, err = try_import_pycaffe(set())
+    if caffe is None:
+        pytest.skip(f"real pycaffe not built: {err}")
+    import caffe_torch
+
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(f'layer {{ name: "in" type: "Input" top: "x" top: "cont" input_param {{ shape {{ dim: {T} '
+                     f'dim: 3 dim: {D} }} shape {{ dim: {T} dim: 3 }} }} }}\n'
+                     f'layer {{ name: "r" type: "LSTM" bottom: "x" bottom: "cont" top: "y" recurrent_param {{ '
+                     f'num_output: {H} weight_filler {{ type: "gaussian" }} bias_filler {{ type: "gaussian" }} }} }}\n')
+    caffe.set_mode_cpu()
+    theirs = caffe.Net(str(proto), caffe.TEST)
+    weights = tmp_path / "net.caffemodel"
+    theirs.save(str(weights))
+    ours = caffe_torch.Net(str(proto), str(weights), caffe_torch.TEST)
+    rng = np.random.default_rng(0)
+    for n in (3, 2, 4, 3, 1, 4):
+        x = rng.standard_normal((T, n, D))
+        for net in (ours, theirs):
+            net.blobs["x"].reshape(T, n, D)
+            net.blobs["cont"].reshape(T, n)
+            net.reshape()
+            net.blobs["x"].data[...] = x
+            net.blobs["cont"].data[...] = 1
+            net.forward()
+        ref = theirs.blobs["y"].data
+        assert np.abs(ours.blobs["y"].data - ref).max() <= 1e-5 * np.abs(ref).max(), n

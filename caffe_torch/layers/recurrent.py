@@ -14,7 +14,9 @@ Caffe computes these by an unrolled net; the arithmetic here is the same:
           c_t, h_t = LSTMUnit(c_{t-1}, gates_t, cont_t).
 Caffe's state rules, kept here:
 - Without expose_hidden, h_0 (and c_0) of a forward are the h_T (and c_T) of the previous forward of the same
-  layer (zeros at first, and whenever the batch size changes); no gradient crosses batches.
+  layer (zeros at first); no gradient crosses batches. When N changes, Caffe's blob memory rules: more streams
+  than ever held since the last growth start from zeros (reallocated); fewer take the first N x H values of the
+  state memory, which for a later growth within that size still holds older streams' states.
 - With expose_hidden, the h_0 / c_0 bottoms are read but get no gradient (Caffe shares only their data), and
   the h_T / c_T tops pass none back (their diffs are not connected in Caffe either).
 - cont gets no gradient (Caffe: AllowForceBackward is false for it).
@@ -125,7 +127,8 @@ class _Recurrent(Layer):
                 s *= v
             self.add_blob((gh, s), rp.weight_filler)              # W_static (W_xh_static / W_xc_static)
         self.add_blob((gh, self.hidden), rp.weight_filler)        # W_h  (W_hh / W_hc)
-        self._carry: list[torch.Tensor] | None = None            # last forward's h_T (, c_T), detached
+        # Caffe's h_T (, c_T) blobs, detached: (capacity x H), capacity the most streams since the last growth
+        self._carry: list[torch.Tensor] | None = None
 
     def top_shapes(self, bottom_shapes):
         x, cont = tuple(bottom_shapes[0]), tuple(bottom_shapes[1])
@@ -148,10 +151,12 @@ class _Recurrent(Layer):
     def _initial_states(self, bottoms, n, like) -> list[torch.Tensor]:
         if self.expose_hidden:
             return [b.detach()[0] for b in bottoms[2 + self.static_input:]]
-        if self._carry is None or self._carry[0].shape != (n, self.hidden) \
+        if self._carry is None or self._carry[0].shape[0] < n \
                 or self._carry[0].dtype != like.dtype or self._carry[0].device != like.device:
-            return [like.new_zeros(n, self.hidden) for _ in range(self.num_states)]
-        return list(self._carry)
+            # more streams than the blobs hold: Caffe reallocates them, zero-filled
+            self._carry = [like.new_zeros(n, self.hidden) for _ in range(self.num_states)]
+        # fewer: Caffe's blobs keep their memory, and h_0 is its first N x H values
+        return [c[:n] for c in self._carry]
 
     def step(self, states, gates, cont_t):
         """New states (same order as `states`) and the output of one time step."""
@@ -172,7 +177,8 @@ class _Recurrent(Layer):
             gates = torch.matmul(h_conted, w_h.t()) + x_gates[t]
             states, out = self.step(states, gates, cont[t])
             outputs.append(out)
-        self._carry = [s.detach() for s in states]
+        if not self.expose_hidden:
+            self._carry = [torch.cat([s.detach(), c[n:]]) for s, c in zip(states, self._carry)]
         tops = [torch.stack(outputs)]
         if self.expose_hidden:
             tops += [s.detach().unsqueeze(0).clone() for s in states]
