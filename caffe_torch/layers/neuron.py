@@ -3,6 +3,9 @@
 Each maps a bottom to a top of the same shape. Their backward is the derivative of the forward (autograd)
 except Power (Caffe's closed form, which is 0/0 = NaN where the base is 0 and shift is 0) and Threshold
 (no backward in Caffe: a fatal NOT_IMPLEMENTED, an error here too).
+In place, Caffe's BNLL, Log and Power backward read the bottom after the forward overwrote it with the top and
+give a wrong bottom diff; here the gradient is the same in place or not (a known difference, not reproduced:
+tests/test_layers_neuron.py::test_in_place_backward_against_real_caffe).
 """
 
 import math
