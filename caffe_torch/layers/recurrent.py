@@ -24,7 +24,7 @@ Caffe's state rules, kept here:
 
 import torch
 
-from .base import Layer, register
+from .base import Layer, count, register
 
 
 class _LSTMUnitFunction(torch.autograd.Function):
@@ -116,16 +116,10 @@ class _Recurrent(Layer):
         self.T = x[0]
         self.top_shapes(bottom_shapes)
         gh = self.gates * self.hidden
-        d = 1
-        for s in x[2:]:
-            d *= s
-        self.add_blob((gh, d), rp.weight_filler)                  # W_x  (Caffe W_xh / W_xc)
+        self.add_blob((gh, count(x, 2)), rp.weight_filler)        # W_x  (Caffe W_xh / W_xc)
         self.add_blob((gh,), rp.bias_filler)                      # b    (b_h / b_c)
         if self.static_input:
-            s = 1
-            for v in bottom_shapes[2][1:]:
-                s *= v
-            self.add_blob((gh, s), rp.weight_filler)              # W_static (W_xh_static / W_xc_static)
+            self.add_blob((gh, count(bottom_shapes[2], 1)), rp.weight_filler)   # W_static (W_xh_static / W_xc_static)
         self.add_blob((gh, self.hidden), rp.weight_filler)        # W_h  (W_hh / W_hc)
         # Caffe's h_T (, c_T) blobs, detached: (capacity x H), capacity the most streams since the last growth
         self._carry: list[torch.Tensor] | None = None
