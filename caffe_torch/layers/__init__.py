@@ -7,7 +7,10 @@ from . import (  # noqa: F401  (imported for their @register side effect)
     losses_bvlc,
     lrn,
     margin,
+    neuron,
+    recurrent,
     shape,
+    utility,
     vision,
 )
 from .base import BuildContext, Layer, known_types, layer_class, register

@@ -29,8 +29,8 @@ class PReLU(Layer):
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         pp = param.prelu_param
-        if len(bottom_shapes[0]) < 2 and not pp.channel_shared:
-            raise self.error("needs a bottom with a channel axis (at least 2-D) unless channel_shared")
+        if len(bottom_shapes[0]) < 2:      # Caffe checks this even with channel_shared
+            raise self.error("needs a bottom with a channel axis (at least 2-D)")
         self.channel_shared = pp.channel_shared                   # default false
         filler = pp.filler if pp.HasField("filler") \
             else caffe_pb2.FillerParameter(type="constant", value=0.25)
