@@ -63,5 +63,22 @@ def fill(param: "caffe_pb2.FillerParameter", shape: Sequence[int],
         rows = out.reshape(shape[0], -1)
         rows /= rows.sum(dim=1, keepdim=True)
         return out
-    raise ValueError(
-        f"unknown filler type {kind!r}; known: constant, gaussian, uniform, xavier, msra, positive_unitball")
+    if kind == "bilinear":
+        return _bilinear(shape)
+    raise ValueError(f"unknown filler type {kind!r}; known: constant, gaussian, uniform, xavier, msra, "
+                     "positive_unitball, bilinear")
+
+
+def _bilinear(shape: Sequence[int]) -> torch.Tensor:
+    """Caffe's BilinearFiller: every (K, K) kernel of a 4-D blob holds the same bilinear interpolation
+    weights, for upsampling with a Deconvolution of kernel K = 2 * factor - factor % 2 and stride factor:
+    w(y, x) = (1 - |x / f - c|) * (1 - |y / f - c|), f = ceil(K / 2), c = (2f - 1 - f % 2) / (2f)."""
+    if len(shape) != 4:
+        raise ValueError(f"bilinear filler needs a 4-D blob, got shape {tuple(shape)}")
+    if shape[2] != shape[3]:
+        raise ValueError(f"bilinear filler needs square kernels, got {shape[2]} x {shape[3]}")
+    k = shape[3]
+    f = math.ceil(k / 2)
+    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    ramp = 1 - torch.abs(torch.arange(k, dtype=torch.float64) / f - c)   # (K,)
+    return (ramp[:, None] * ramp[None, :]).expand(tuple(shape)).clone()

@@ -95,3 +95,18 @@ def test_set_random_seed_makes_nets_reproducible(tmp_path):
     caffe.set_random_seed(123)
     d = caffe.Net(str(path), caffe.TRAIN, dtype=torch.float64)
     np.testing.assert_array_equal(d.params["fc"][0].data.astype(np.float32), a.params["fc"][0].data)
+
+
+def test_bilinear_matches_caffes_formula():
+    """Caffe's BilinearFiller, written out element by element from its documented rule (x = i % K,
+    y = (i / K) % K over the flat blob); K = 4 (factor 2) and K = 3 (odd)."""
+    for k in (4, 3):
+        shape = (2, 3, k, k)
+        got = fill(text_format.Parse('type: "bilinear"', caffe_pb2.FillerParameter()), shape,
+                   torch.Generator()).numpy().reshape(-1)
+        f = math.ceil(k / 2.0)
+        c = (2 * f - 1 - f % 2) / (2.0 * f)
+        want = [(1 - abs((i % k) / f - c)) * (1 - abs(((i // k) % k) / f - c)) for i in range(got.size)]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="4-D"):
+        fill(text_format.Parse('type: "bilinear"', caffe_pb2.FillerParameter()), (3, 4), torch.Generator())
