@@ -1,5 +1,6 @@
-"""Data layers: DummyData, MemoryData, HDF5Data, HDF5Output, ImageData, Data (LMDB); WindowData and the
-LevelDB backend refuse with an error that says `--engine caffe` runs them.
+"""Data layers: DummyData, MemoryData, HDF5Data, HDF5Output, ImageData, Data (LMDB). The Data layer's LevelDB
+backend is refused with an error that says `--engine caffe` runs it (WindowData is not registered: the net's
+error for types caffe_torch does not implement names it).
 
 A data layer has no bottoms and produces its tops at every forward (it is not a `Layer.is_source`: the net calls
 its `forward()` like any other layer's, with no arguments). It reads its source as Caffe does, one batch per
@@ -503,14 +504,3 @@ class Data(_DataLayer):
             return data
         return data, self._tensor(np.asarray(labels, dtype=np.float64))
 
-
-# ------------------------------------------------------------------------------------------ refused
-@register("WindowData")
-class WindowData(_DataLayer):
-    """R-CNN's window sampler: not implemented in caffe_torch (the real Caffe engine runs it)."""
-
-    num_tops = (2, 2)
-
-    def __init__(self, param, bottom_shapes, ctx):
-        super().__init__(param, bottom_shapes, ctx)
-        raise self.error("is not implemented by caffe_torch; `--engine caffe` runs it")
