@@ -21,9 +21,10 @@ from .proto import caffe_pb2
 
 # ------------------------------------------------------------------------------------------ protobuf <-> array
 def blobproto_to_array(blob, return_diff: bool = False) -> np.ndarray:
-    """A BlobProto's data (or diff) as a float64 array shaped by its legacy num/channels/height/width when any
-    of them is set, else by `shape`."""
-    values = np.array(blob.diff if return_diff else blob.data, dtype=np.float64)
+    """A BlobProto's data (or diff) as an array shaped by its legacy num/channels/height/width when any of them
+    is set, else by `shape`. Its dtype is what NumPy makes of the repeated field, as in pycaffe (float32 with
+    protobuf's upb backend, float64 where the field reads as Python floats)."""
+    values = np.array(blob.diff if return_diff else blob.data)
     if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
         return values.reshape(blob.num, blob.channels, blob.height, blob.width)
     return values.reshape(tuple(blob.shape.dim))
