@@ -34,10 +34,12 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 from speaker.engine import try_import_pycaffe  # noqa: E402
 
-# The layer types this module compares with the real build (tests/test_conformance.py counts them as covered).
-COVERED_TYPES = frozenset({"DummyData", "MemoryData", "HDF5Data", "HDF5Output", "Data"})
+# The layer types this module compares with the real build (tests/test_conformance.py counts them as covered);
+# ImageData's cases skip on a build without OpenCV, which lacks that type.
+BUILD_TYPES = frozenset({"DummyData", "MemoryData", "HDF5Data", "HDF5Output", "Data"})
+COVERED_TYPES = BUILD_TYPES | {"ImageData"}
 
-caffe, _IMPORT_ERROR = try_import_pycaffe(COVERED_TYPES)
+caffe, _IMPORT_ERROR = try_import_pycaffe(BUILD_TYPES)
 
 import caffe_torch  # noqa: E402
 from caffe_torch import io as cio  # noqa: E402
@@ -69,7 +71,7 @@ def both_nets(tmp_path, text_ours, text_theirs=None, phase="TEST"):
     return ours, theirs
 
 
-def compare_forwards(ours, theirs, n=FORWARDS):
+def compare_forwards(ours, theirs, n=FORWARDS, atol=0.0):
     assert list(ours.blobs) == list(theirs.blobs)
     for name in ours.blobs:
         assert ours.blobs[name].shape == tuple(theirs.blobs[name].shape), name
@@ -79,7 +81,10 @@ def compare_forwards(ours, theirs, n=FORWARDS):
         for name in ours.blobs:
             a, b = ours.blobs[name].data, theirs.blobs[name].data
             assert a.shape == b.shape, f"{name}: {a.shape} vs {b.shape}"
-            np.testing.assert_array_equal(a, b, err_msg=name)
+            if atol:
+                np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=name)
+            else:
+                np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 # ------------------------------------------------------------------------------------------ DummyData
@@ -236,6 +241,58 @@ def test_data_single_mean_value_no_crop(tmp_path, real_lmdb):
     ours_db, theirs_db = lmdb_pair(tmp_path, uint8_datums(rng, 4, (2, 3, 2)))
     compare_forwards(*both_nets(tmp_path, data_text(ours_db, 3, "mean_value: 100"),
                                 data_text(theirs_db, 3, "mean_value: 100")))
+
+
+# ------------------------------------------------------------------------------------------ images (OpenCV)
+@pytest.fixture(scope="module")
+def real_opencv():
+    if "ImageData" not in set(caffe.layer_type_list()):
+        pytest.skip("the real Caffe build has no OpenCV (no ImageData layer, no encoded Datums): caffe_build "
+                    "configures it with USE_OPENCV off")
+
+
+def png_list(tmp_path, n, size, gray):
+    rng = np.random.default_rng(14)
+    lines = []
+    for i in range(n):
+        pixels = rng.integers(0, 256, size + (() if gray else (3,)), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"im{i}.png")
+        lines.append(f"im{i}.png {i * 3}")
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+
+
+def image_data_text(tmp_path, batch, params="", transform=""):
+    return f"""layer {{ name: "d" type: "ImageData" top: "data" top: "label" image_data_param {{
+               source: "{tmp_path}/list.txt" root_folder: "{tmp_path}/" batch_size: {batch} {params} }}
+               transform_param {{ {transform} }} }}"""
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_image_data_png(tmp_path, real_opencv, gray):
+    png_list(tmp_path, 3, (6, 7), gray)
+    params = "is_color: false" if gray else ""
+    transform = "crop_size: 4 mean_value: 100 scale: 0.5" if gray else "mean_value: 1 mean_value: 2 mean_value: 3"
+    compare_forwards(*both_nets(tmp_path, image_data_text(tmp_path, 2, params, transform)))
+
+
+def test_image_data_resized(tmp_path, real_opencv):
+    """new_height/new_width: OpenCV's bilinear resize; its SIMD path may round a value 1 grey level apart."""
+    png_list(tmp_path, 2, (5, 9), gray=False)
+    compare_forwards(*both_nets(tmp_path, image_data_text(tmp_path, 2, "new_height: 8 new_width: 6")), atol=1.0)
+
+
+def test_data_encoded_png(tmp_path, real_lmdb, real_opencv):
+    import io
+
+    rng = np.random.default_rng(15)
+    datums = []
+    for i, shape in enumerate([(4, 5, 3), (4, 5, 3), (4, 5)]):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, format="PNG")
+        datums.append(caffe_pb2.Datum(encoded=True, data=buf.getvalue(), label=i))
+    ours_db, theirs_db = lmdb_pair(tmp_path, datums)
+    transform = "force_color: true crop_size: 3"
+    compare_forwards(*both_nets(tmp_path, data_text(ours_db, 1, transform), data_text(theirs_db, 1, transform)))
 
 
 # ------------------------------------------------------------------------------------------ caffe.io
