@@ -325,6 +325,17 @@ def test_data_lmdb_raw_uint8_mean_file_centre_crop_wraps(tmp_path):
         np.testing.assert_array_equal(out["label"], np.array(seq[2 * k:2 * k + 2], np.float32))
 
 
+def test_two_nets_read_one_lmdb_independently(tmp_path):
+    """A TRAIN and a TEST net (or any two) may read the same database: each keeps its own position."""
+    arrs = [np.full((1, 1, 1), i, np.uint8) for i in range(3)]
+    write_lmdb(tmp_path / "db", [raw_datum(a, i) for i, a in enumerate(arrs)])
+    text = data_layer(tmp_path, tmp_path / "db", 2)
+    first, second = make_net(tmp_path, text, name="a"), make_net(tmp_path, text, name="b")
+    np.testing.assert_array_equal(first.forward()["label"], [0, 1])
+    np.testing.assert_array_equal(first.forward()["label"], [2, 0])
+    np.testing.assert_array_equal(second.forward()["label"], [0, 1])
+
+
 def test_data_lmdb_float_datum_and_single_top(tmp_path):
     rng = np.random.default_rng(5)
     arrs = [rng.standard_normal((3, 2, 2)).astype(np.float32) for _ in range(2)]
@@ -397,3 +408,21 @@ def test_tops_follow_the_net_dtype(tmp_path, dtype):
     net = caffe_torch.Net(str(tmp_path / "n.prototxt"), caffe_torch.TEST, dtype=dtype)
     net.forward()
     assert net.blobs["data"].tensor.dtype == dtype and net.blobs["label"].tensor.dtype == dtype
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tops_on_the_gpu_equal_the_cpu_ones(tmp_path):
+    rng = np.random.default_rng(9)
+    write_lmdb(tmp_path / "db", [raw_datum(rng.integers(0, 256, (2, 3, 3), dtype=np.uint8), i) for i in range(3)])
+    text = data_layer(tmp_path, tmp_path / "db", 2, "mean_value: 7 scale: 0.5") + MEMORY.replace('"d"', '"m"')
+    (tmp_path / "n.prototxt").write_text(text)
+    arrays = (rng.standard_normal((4, 1, 2, 3)).astype(np.float32), np.arange(4, dtype=np.float32))
+    nets = [caffe_torch.Net(str(tmp_path / "n.prototxt"), caffe_torch.TEST, device=d) for d in ("cpu", "cuda")]
+    for net in nets:
+        net.modules[1].reset(arrays[0], arrays[1].reshape(4, 1, 1, 1))
+    for _ in range(2):
+        cpu, gpu = (net.forward() for net in nets)
+        assert nets[1].blobs["data"].tensor.is_cuda and nets[1].blobs["label"].tensor.is_cuda
+        for k in cpu:
+            np.testing.assert_array_equal(cpu[k], gpu[k])

@@ -10,6 +10,7 @@ they are reproducible but are not Caffe's own random stream. Paths in prototxt f
 current directory, as in Caffe.
 """
 
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -406,6 +407,11 @@ class ImageData(_DataLayer):
 
 
 # ------------------------------------------------------------------------------------------ Data (LMDB)
+# LMDB refuses to open one environment twice in a process, yet a solver's TRAIN and TEST nets (or two nets of a
+# script) may read the same database: the layers share one read-only Environment per path, each with its own
+# read transaction and cursor. Weak values: the environment closes when the last layer using it goes.
+_OPEN_LMDB: "weakref.WeakValueDictionary[str, object]" = weakref.WeakValueDictionary()
+
 @register("Data")
 class Data(_DataLayer):
     """Datum records from an LMDB database (data_param.backend: LMDB), in key order, wrapping round at the
@@ -439,9 +445,13 @@ class Data(_DataLayer):
         import lmdb
 
         path = Path(self.source)
+        key = str(path.resolve())
         try:
-            self.env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=path.is_dir(),
-                                 max_readers=1)
+            self.env = _OPEN_LMDB.get(key)
+            if self.env is None:
+                self.env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=path.is_dir(),
+                                     max_readers=126)
+                _OPEN_LMDB[key] = self.env
             self.txn = self.env.begin(buffers=False)
         except lmdb.Error as exc:
             raise self.error(f"cannot open LMDB database {self.source}: {exc}") from None
