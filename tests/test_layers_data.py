@@ -410,19 +410,23 @@ def test_tops_follow_the_net_dtype(tmp_path, dtype):
     assert net.blobs["data"].tensor.dtype == dtype and net.blobs["label"].tensor.dtype == dtype
 
 
+DEVICE = "cuda"    # the device-side path; the test itself runs on any device name given here
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_tops_on_the_gpu_equal_the_cpu_ones(tmp_path):
     rng = np.random.default_rng(9)
     write_lmdb(tmp_path / "db", [raw_datum(rng.integers(0, 256, (2, 3, 3), dtype=np.uint8), i) for i in range(3)])
-    text = data_layer(tmp_path, tmp_path / "db", 2, "mean_value: 7 scale: 0.5") + MEMORY.replace('"d"', '"m"')
+    memory = MEMORY.replace('"d"', '"m"').replace('"data"', '"x"').replace('"label"', '"y"')
+    text = data_layer(tmp_path, tmp_path / "db", 2, "mean_value: 7 scale: 0.5") + memory
     (tmp_path / "n.prototxt").write_text(text)
     arrays = (rng.standard_normal((4, 1, 2, 3)).astype(np.float32), np.arange(4, dtype=np.float32))
-    nets = [caffe_torch.Net(str(tmp_path / "n.prototxt"), caffe_torch.TEST, device=d) for d in ("cpu", "cuda")]
+    nets = [caffe_torch.Net(str(tmp_path / "n.prototxt"), caffe_torch.TEST, device=d) for d in ("cpu", DEVICE)]
     for net in nets:
         net.modules[1].reset(arrays[0], arrays[1].reshape(4, 1, 1, 1))
     for _ in range(2):
         cpu, gpu = (net.forward() for net in nets)
-        assert nets[1].blobs["data"].tensor.is_cuda and nets[1].blobs["label"].tensor.is_cuda
+        assert all(nets[1].blobs[k].tensor.device.type == DEVICE for k in ("data", "label", "x", "y"))
         for k in cpu:
             np.testing.assert_array_equal(cpu[k], gpu[k])
