@@ -78,6 +78,14 @@ def test_memory_data_batches_in_order_and_wraps(tmp_path):
     np.testing.assert_array_equal(net.forward()["data"], np.full((2, 1, 2, 3), -1, np.float32))
 
 
+def test_memory_data_warns_that_transform_param_is_not_applied(tmp_path):
+    net = make_net(tmp_path, MEMORY.replace("memory_data_param", "transform_param { scale: 2 } memory_data_param"))
+    data = np.ones((2, 1, 2, 3), np.float32)
+    with pytest.warns(UserWarning, match=r"net.prototxt:1.*does not transform array data"):
+        set_input_arrays(net, data, np.zeros(2, np.float32))
+    np.testing.assert_array_equal(net.forward()["data"], data)
+
+
 def test_memory_data_needs_arrays_and_checks_them(tmp_path):
     net = make_net(tmp_path, MEMORY)
     with pytest.raises(CaffeError, match="set_input_arrays"):

@@ -10,6 +10,7 @@ they are reproducible but are not Caffe's own random stream. Paths in prototxt f
 current directory, as in Caffe.
 """
 
+import warnings
 import weakref
 from pathlib import Path
 
@@ -132,6 +133,9 @@ class MemoryData(_DataLayer):
         batch size; reading restarts at row 0."""
         if data.shape[0] % self.batch_size:
             raise self.error(f"n ({data.shape[0]}) must be a multiple of batch size ({self.batch_size})")
+        if self.param.HasField("transform_param"):
+            warnings.warn(str(self.error("does not transform array data (its transform_param is ignored, as in "
+                                         "Caffe's MemoryDataLayer::Reset)")), stacklevel=3)
         self.data, self.labels, self.pos = data, labels, 0
 
     def forward(self):
