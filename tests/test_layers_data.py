@@ -382,6 +382,15 @@ def test_data_leveldb_and_windowdata_are_refused_clearly(tmp_path):
         make_net(tmp_path, layer("WindowData", ["data", "label"], 'window_data_param { source: "x" }', name="w"))
 
 
+def test_data_bad_record_names_the_database_and_key(tmp_path):
+    good = raw_datum(np.zeros((1, 2, 2), np.uint8), 0)
+    short = caffe_pb2.Datum(channels=1, height=2, width=2, data=b"abc")
+    write_lmdb(tmp_path / "db", [good, short])
+    net = make_net(tmp_path, data_layer(tmp_path, tmp_path / "db", 2))
+    with pytest.raises(CaffeError, match=r"db: key b'00000001': Datum of shape \(1, 2, 2\) holds 3 values"):
+        net.forward()
+
+
 def test_data_deprecated_transform_fields_are_refused(tmp_path):
     write_lmdb(tmp_path / "db", [raw_datum(np.zeros((1, 2, 2), np.uint8), 0)])
     text = layer("Data", ["data"], f'data_param {{ source: "{tmp_path}/db" batch_size: 1 backend: LMDB crop_size: 1 }}')

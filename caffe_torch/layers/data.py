@@ -441,7 +441,7 @@ class Data(_DataLayer):
         if dp.rand_skip:
             for _ in range(int(torch.randint(int(dp.rand_skip), (1,), generator=self._generator))):
                 self._next_value()
-        first = self._decode(self._peek_value())
+        first = self._decode(self.cursor.value(), self.cursor.key())
         c, h, w = self.transformer.shape(*first[0].shape)
         self.shapes = [(self.batch_size, c, h, w), (self.batch_size,)][: len(param.top)]
 
@@ -463,28 +463,25 @@ class Data(_DataLayer):
         if not self.cursor.first():
             raise self.error(f"LMDB database {self.source} is empty")
 
-    def _peek_value(self) -> bytes:
-        return self.cursor.value()
-
-    def _next_value(self) -> bytes:
-        value = self.cursor.value()
+    def _next_value(self) -> tuple[bytes, bytes]:
+        """(key, value) of the current record; the cursor moves on (to the first record after the last)."""
+        key, value = self.cursor.key(), self.cursor.value()
         if not self.cursor.next():
             self.cursor.first()
-        return value
+        return key, value
 
-    def _decode(self, value: bytes) -> tuple[np.ndarray, int]:
+    def _decode(self, value: bytes, key: bytes) -> tuple[np.ndarray, int]:
         """A serialized Datum -> ((C, H, W) uint8 or float32, label)."""
         datum = caffe_pb2.Datum()
         try:
             datum.ParseFromString(value)
         except Exception as exc:  # protobuf's DecodeError
-            raise self.error(f"{self.source}: record at key {self.cursor.key()!r} is not a Datum ({exc})") \
-                from None
+            raise self.error(f"{self.source}: record at key {key!r} is not a Datum ({exc})") from None
         if datum.encoded:
             try:
                 chw = decode_bytes(datum.data, self.transformer.color).transpose(2, 0, 1)
             except TransformError as exc:
-                raise self.error(f"{self.source}: key {self.cursor.key()!r}: {exc}") from None
+                raise self.error(f"{self.source}: key {key!r}: {exc}") from None
             return chw, datum.label
         shape = (datum.channels, datum.height, datum.width)
         n = int(np.prod(shape))
@@ -493,7 +490,7 @@ class Data(_DataLayer):
         else:
             values = np.asarray(datum.float_data, dtype=np.float32)
         if values.size != n or n == 0:
-            raise self.error(f"{self.source}: key {self.cursor.key()!r}: Datum of shape {shape} holds "
+            raise self.error(f"{self.source}: key {key!r}: Datum of shape {shape} holds "
                              f"{values.size} values")
         return values.reshape(shape), datum.label
 
@@ -503,8 +500,8 @@ class Data(_DataLayer):
     def forward(self):
         images, labels = [], []
         for _ in range(self.batch_size):
-            key = self.cursor.key()
-            chw, label = self._decode(self._next_value())
+            key, value = self._next_value()
+            chw, label = self._decode(value, key)
             try:
                 images.append(self.transformer(chw))
             except TransformError as exc:
