@@ -447,3 +447,29 @@ def test_tops_on_the_gpu_equal_the_cpu_ones(tmp_path):
         assert all(nets[1].blobs[k].tensor.device.type == DEVICE for k in ("data", "label", "x", "y"))
         for k in cpu:
             np.testing.assert_array_equal(cpu[k], gpu[k])
+
+
+def test_decoding_and_resize_match_opencv_when_installed():
+    """Where OpenCV's Python module is installed (it is not a dependency), the images the data layers see must
+    be OpenCV's, bit for bit: cv::imdecode in its three modes and cv::resize INTER_LINEAR."""
+    cv2 = pytest.importorskip("cv2")
+    import io
+
+    from caffe_torch.transform import decode_bytes
+
+    rng = np.random.default_rng(10)
+    for mode, shape, fmt in [("RGB", (9, 11, 3), "PNG"), ("L", (9, 11), "PNG"), ("RGBA", (9, 11, 4), "PNG"),
+                             ("P", (9, 11, 3), "PNG"), ("RGB", (16, 20, 3), "JPEG"), ("L", (16, 20), "JPEG"),
+                             ("RGB", (9, 11, 3), "BMP")]:
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).convert(mode).save(buf, format=fmt)
+        data = buf.getvalue()
+        for flag, color in ((cv2.IMREAD_UNCHANGED, None), (cv2.IMREAD_COLOR, True), (cv2.IMREAD_GRAYSCALE, False)):
+            want = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+            np.testing.assert_array_equal(decode_bytes(data, color), want.reshape(want.shape[:2] + (-1,)),
+                                          err_msg=f"{fmt} {mode} flag {flag}")
+    for _ in range(50):
+        (h, w), (hh, ww) = rng.integers(1, 40, 2), rng.integers(1, 40, 2)
+        img = rng.integers(0, 256, (h, w, int(rng.choice([1, 3, 4]))), dtype=np.uint8)
+        want = cv2.resize(img, (int(ww), int(hh)), interpolation=cv2.INTER_LINEAR).reshape(hh, ww, -1)
+        np.testing.assert_array_equal(resize_linear(img, int(hh), int(ww)), want)
