@@ -430,8 +430,8 @@ class Data(_DataLayer):
         dp = param.data_param
         if dp.backend != caffe_pb2.DataParameter.LMDB:
             raise self.error("data_param.backend is LEVELDB (the default when backend is not given): "
-                             "caffe_torch reads only LMDB; `--engine caffe` runs it, or convert the database "
-                             "to LMDB (backend: LMDB)")
+                             "caffe_torch reads only LMDB; `--engine caffe` runs it (on a Caffe built with "
+                             "LevelDB), or convert the database to LMDB and set backend: LMDB")
         self.transformer = self._transformer(param, dp)
         self.batch_size = int(dp.batch_size)
         if self.batch_size <= 0:
