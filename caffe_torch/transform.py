@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .proto import caffe_pb2
 
@@ -46,13 +46,15 @@ def _png_rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
     return ((r * 9797 + g * 19234 + b * 3737) >> 15).astype(np.uint8)
 
 
-def image_to_hwc(img: Image.Image, color: bool | None) -> np.ndarray:
+def image_to_hwc(img: Image.Image, color: bool | None, file_format: str | None = None) -> np.ndarray:
     """A loaded Pillow image as OpenCV decodes it: uint8 (H, W, C), colour in BGR(A) order.
 
     color True: 3 channels (cv::IMREAD_COLOR); False: 1 channel (IMREAD_GRAYSCALE: libpng's conversion for PNG,
     the JPEG decoder's own luma for JPEG (see `_open`), the codec conversion otherwise); None: the file's own
     channels, gray 1, colour 3, with alpha 4 (IMREAD_UNCHANGED, Caffe's DecodeDatumToCVMatNative). 16-bit gray
-    keeps its high byte, as OpenCV's 8-bit reads do."""
+    keeps its high byte, as OpenCV's 8-bit reads do. `file_format`: Pillow's name of the file's format
+    (default img.format)."""
+    file_format = file_format or img.format
     if img.mode.startswith("I;16") or img.mode == "I":
         if color is None:
             raise TransformError(f"a {img.mode} (16/32-bit) image: Caffe's DataTransformer takes 8-bit images "
@@ -70,17 +72,21 @@ def image_to_hwc(img: Image.Image, color: bool | None) -> np.ndarray:
         return np.ascontiguousarray(rgba[:, :, [2, 1, 0, 3]])
     rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     if color is False:
-        gray = _png_rgb_to_gray(rgb) if img.format == "PNG" else _bgr_to_gray(rgb[:, :, ::-1])
+        gray = _png_rgb_to_gray(rgb) if file_format == "PNG" else _bgr_to_gray(rgb[:, :, ::-1])
         return gray[:, :, None]
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
 def _open(source, color: bool | None) -> np.ndarray:
     with Image.open(source) as img:
-        if color is False and img.format == "JPEG":
+        file_format = img.format
+        if color is False and file_format == "JPEG":
             img.draft("L", img.size)        # libjpeg's own grayscale output (the luma plane), as OpenCV's
         img.load()
-        return image_to_hwc(img, color)
+        if color is not None:
+            # OpenCV (3.1 on) turns the image upright by its EXIF orientation, except with IMREAD_UNCHANGED
+            img = ImageOps.exif_transpose(img)
+        return image_to_hwc(img, color, file_format)
 
 
 def decode_bytes(data: bytes, color: bool | None) -> np.ndarray:

@@ -462,7 +462,10 @@ def test_decoding_and_resize_match_opencv_when_installed():
                              ("P", (9, 11, 3), "PNG"), ("RGB", (16, 20, 3), "JPEG"), ("L", (16, 20), "JPEG"),
                              ("RGB", (9, 11, 3), "BMP")]:
         buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).convert(mode).save(buf, format=fmt)
+        image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).convert(mode)
+        exif = image.getexif()
+        exif[0x0112] = 6                     # EXIF orientation "rotate 90": OpenCV turns the image upright
+        image.save(buf, format=fmt, **({"exif": exif.tobytes()} if fmt in ("PNG", "JPEG") else {}))
         data = buf.getvalue()
         for flag, color in ((cv2.IMREAD_UNCHANGED, None), (cv2.IMREAD_COLOR, True), (cv2.IMREAD_GRAYSCALE, False)):
             want = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
