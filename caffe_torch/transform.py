@@ -5,7 +5,7 @@ channel), laid out C x H x W once transformed. Pillow decodes; the channel order
 the bilinear resize follow OpenCV's (cv::imread / cv::imdecode / cv::resize INTER_LINEAR) bit for bit, because
 that is what Caffe's ImageData and Data layers see. (Checked against opencv-python-headless 4.10: resize on 921
 random size pairs, 1 to 4 channels, and decoding of PNG (gray, RGB, RGBA, palette), JPEG, BMP and TIFF in all
-three read modes: no pixel differs.)
+three read modes, EXIF orientation included: no pixel differs.)
 
 Transformation (Caffe's DataTransformer::Transform, for a raw Datum and for a decoded image alike), on a
 (C, H, W) array `x`:
