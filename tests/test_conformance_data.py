@@ -8,7 +8,9 @@ DummyData's random fillers are compared in shape and in being drawn anew at ever
 different generators). The project's real build has no OpenCV (caffe_build runs cmake with USE_OPENCV off), so it
 has no ImageData or WindowData and cannot decode encoded Datums, and this build has USE_LMDB off too, so the Data
 layer's cases skip (they run on a build with LMDB); all of them are tested against NumPy references
-(test_layers_data.py).
+(test_layers_data.py). What the Data layer does to each raw Datum is still compared with the real build: its
+DataTransformer<float> is run from _caffe.so through a small C++ harness compiled by the test (crop TEST/TRAIN,
+mean_file, mean_value, scale, mirror, uint8 and float Datums).
 
 caffe.io: the real module's results for the same arguments. Two of its functions do not run as shipped on a
 current scikit-image / this sdist (`load_image` passes the removed `as_grey`; `resize_image` lost its
@@ -241,6 +243,122 @@ def test_data_single_mean_value_no_crop(tmp_path, real_lmdb):
     ours_db, theirs_db = lmdb_pair(tmp_path, uint8_datums(rng, 4, (2, 3, 2)))
     compare_forwards(*both_nets(tmp_path, data_text(ours_db, 3, "mean_value: 100"),
                                 data_text(theirs_db, 3, "mean_value: 100")))
+
+
+# ------------------------------------------------------------------------------------------ DataTransformer
+# The real build cannot run the Data layer here (no LMDB), but its DataTransformer<float>, which the Data layer
+# applies to every record, is in _caffe.so. A few lines of C++ (compiled here against the build's headers and
+# linked to the loaded _caffe.so) run it on one serialized Datum.
+_HARNESS = r"""
+#include <cstring>
+#include <vector>
+#include "caffe/blob.hpp"
+#include "caffe/data_transformer.hpp"
+#include "caffe/proto/caffe.pb.h"
+
+extern "C" int caffe_transform(const char* datum_bytes, int datum_len, const char* param_bytes, int param_len,
+                               int phase, float* out, int out_capacity, int* shape4) {
+  caffe::Datum datum;
+  caffe::TransformationParameter param;
+  if (!datum.ParseFromArray(datum_bytes, datum_len)) return -1;
+  if (!param.ParseFromArray(param_bytes, param_len)) return -2;
+  caffe::DataTransformer<float> transformer(param, phase == 0 ? caffe::TRAIN : caffe::TEST);
+  transformer.InitRand();
+  std::vector<int> shape = transformer.InferBlobShape(datum);
+  caffe::Blob<float> blob(shape);
+  if (blob.count() > out_capacity) return -3;
+  transformer.Transform(datum, &blob);
+  for (int i = 0; i < 4; ++i) shape4[i] = i < (int)shape.size() ? shape[i] : 1;
+  std::memcpy(out, blob.cpu_data(), sizeof(float) * blob.count());
+  return blob.count();
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def caffe_transform(tmp_path_factory):
+    """f(datum, TransformationParameter, phase) -> Caffe's (C, H, W) float32 result; skips without g++ or the
+    build's headers."""
+    import ctypes
+    import subprocess
+    from pathlib import Path
+
+    lib_dir = Path(caffe.__file__).resolve().parent                   # .../caffe/python/caffe (_caffe.so)
+    prefix = lib_dir.parents[1]                                        # .../caffe (src/, build/)
+    includes = [prefix / "src" / "include", prefix / "build" / "include", Path("/usr/include/hdf5/serial")]
+    if not shutil.which("g++") or not (includes[1] / "caffe" / "proto" / "caffe.pb.h").exists():
+        pytest.skip("needs g++ and the Caffe build tree (src/include, build/include) to run its DataTransformer")
+    where = tmp_path_factory.mktemp("transformer")
+    (where / "harness.cpp").write_text(_HARNESS)
+    cmd = ["g++", "-std=c++14", "-O1", "-fPIC", "-shared", "-DCPU_ONLY", *(f"-I{i}" for i in includes),
+           str(where / "harness.cpp"), "-o", str(where / "libharness.so"), str(lib_dir / "_caffe.so"),
+           f"-Wl,-rpath,{lib_dir}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        pytest.skip(f"cannot compile the DataTransformer harness: {done.stderr[-400:]}")
+    lib = ctypes.CDLL(str(where / "libharness.so"))
+    lib.caffe_transform.restype = ctypes.c_int
+
+    def run(datum, param, phase):
+        d, p = datum.SerializeToString(), param.SerializeToString()
+        out = np.zeros(1 << 16, np.float32)
+        shape = np.zeros(4, np.int32)
+        n = lib.caffe_transform(d, len(d), p, len(p), 0 if phase == "TRAIN" else 1,
+                                out.ctypes.data_as(ctypes.c_void_p), out.size, shape.ctypes.data_as(ctypes.c_void_p))
+        assert n > 0, f"harness error {n}"
+        return out[:n].reshape(shape[1:]).copy()
+
+    return run
+
+
+def our_transform(datum, param, phase):
+    from caffe_torch.transform import DataTransformer
+
+    transformer = DataTransformer(caffe_pb2.TransformationParameter.FromString(param.SerializeToString()),
+                                  getattr(caffe_pb2, phase), caffe_torch.mode.MODE.generator)
+    return transformer(cio.datum_to_array(caffe_pb2.Datum.FromString(datum.SerializeToString()))
+                       .astype(np.uint8 if datum.data else np.float32))
+
+
+def transform_cases(tmp_path):
+    rng = np.random.default_rng(16)
+    mean = rng.uniform(0, 255, (1, 3, 7, 6))
+    (tmp_path / "mean.binaryproto").write_bytes(cio.array_to_blobproto(mean).SerializeToString())
+    u8 = cio.array_to_datum(rng.integers(0, 256, (3, 7, 6), dtype=np.uint8), 1)
+    f32 = cio.array_to_datum(rng.standard_normal((3, 7, 6)).astype(np.float32), 2)
+    P = caffe.proto.caffe_pb2.TransformationParameter
+    mean_file = str(tmp_path / "mean.binaryproto")
+    return [
+        ("plain", u8, P(), "TEST"),
+        ("scale", u8, P(scale=0.00390625), "TRAIN"),
+        ("mean_file centre crop", u8, P(crop_size=4, mean_file=mean_file, scale=0.5), "TEST"),
+        ("mean_file TRAIN without crop", u8, P(mean_file=mean_file, scale=2), "TRAIN"),
+        ("one mean_value, crop", u8, P(crop_size=5, mean_value=[127.5]), "TEST"),
+        ("mean_values", u8, P(mean_value=[10, 20, 30], scale=0.1), "TEST"),
+        ("float datum", f32, P(crop_size=3, mean_value=[0.5, -0.5, 1], scale=3), "TEST"),
+        ("float datum mean_file", f32, P(mean_file=mean_file), "TEST"),
+    ]
+
+
+def test_data_transformer_deterministic(tmp_path, caffe_transform):
+    for name, datum, param, phase in transform_cases(tmp_path):
+        theirs = caffe_transform(datum, param, phase)
+        ours = our_transform(datum, param, phase)
+        assert ours.shape == theirs.shape, name
+        np.testing.assert_array_equal(ours, theirs, err_msg=name)
+
+
+def test_data_transformer_random_crops_and_mirrors_cover_the_same_outcomes(tmp_path, caffe_transform):
+    """TRAIN crops and mirror coins come from different generators; both engines must produce the same set of
+    outcomes (every window offset, mirrored or not), each a valid transformed window."""
+    rng = np.random.default_rng(17)
+    datum = cio.array_to_datum(rng.integers(0, 256, (2, 5, 4), dtype=np.uint8), 0)
+    param = caffe.proto.caffe_pb2.TransformationParameter(crop_size=3, mirror=True, mean_value=[5, 9], scale=0.5)
+    caffe_torch.set_random_seed(3)
+    outcomes = [{caffe_transform(datum, param, "TRAIN").tobytes() for _ in range(300)},
+                {our_transform(datum, param, "TRAIN").tobytes() for _ in range(300)}]
+    assert len(outcomes[0]) == 3 * 2 * 2                 # (5 - 3 + 1) x (4 - 3 + 1) offsets x mirror
+    assert outcomes[0] == outcomes[1]
 
 
 # ------------------------------------------------------------------------------------------ images (OpenCV)
