@@ -110,6 +110,26 @@ def test_dummy_data_random_fillers_refill_in_both(tmp_path):
         assert first.min() >= 2 and first.max() <= 3
 
 
+@pytest.mark.parametrize("filler, stat", [
+    ('type: "xavier"', "bound"),                 # uniform in +-sqrt(3 / fan_in), fan_in = count / num = 200
+    ('type: "gaussian" mean: 1 std: 0.5', "moments"),
+    ('type: "msra" variance_norm: FAN_OUT', "moments"),
+])
+def test_dummy_data_random_fillers_have_caffes_distribution(tmp_path, filler, stat):
+    text = f"""layer {{ name: "d" type: "DummyData" top: "a" dummy_data_param {{ shape {{ dim: 64 dim: 50 dim: 2
+               dim: 2 }} data_filler {{ {filler} }} }} }}"""
+    ours, theirs = both_nets(tmp_path, text)
+    a, b = ours.forward()["a"].astype(np.float64), theirs.forward()["a"].astype(np.float64)
+    if stat == "bound":
+        bound = np.sqrt(3 / 200)
+        assert np.abs(a).max() <= bound * (1 + 1e-6) and np.abs(b).max() <= bound * (1 + 1e-6)
+        assert np.abs(a).max() > 0.99 * bound and np.abs(b).max() > 0.99 * bound
+    else:
+        # 12,800 draws: the means agree within 4 standard errors, the standard deviations within 4 %
+        assert abs(a.mean() - b.mean()) < 4 * b.std() * np.sqrt(2 / a.size)
+        assert abs(a.std() / b.std() - 1) < 0.04
+
+
 # ------------------------------------------------------------------------------------------ MemoryData
 def test_memory_data(tmp_path):
     text = """layer { name: "m" type: "MemoryData" top: "data" top: "label"
