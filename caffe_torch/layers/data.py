@@ -23,6 +23,10 @@ from .base import Layer, register
 
 _DEPRECATED_TRANSFORM_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
 
+# A data layer's forward reads files and moves cursors: it always runs eagerly, also inside a torch.compile'd
+# net forward (caffe_torch.fast), so that its side effects happen exactly once per forward.
+_eager = torch.compiler.disable
+
 
 class _DataLayer(Layer):
     """Shared by the data layers: no bottoms; tops made from NumPy arrays on the net's device and dtype."""
@@ -99,6 +103,7 @@ class DummyData(_DataLayer):
     def top_shapes(self, bottom_shapes):
         return list(self.shapes)
 
+    @_eager
     def forward(self):
         tops = tuple(c.clone() if c is not None else self._fill(i) for i, c in enumerate(self.constant))
         return tops[0] if len(tops) == 1 else tops
@@ -138,6 +143,7 @@ class MemoryData(_DataLayer):
                                          "Caffe's MemoryDataLayer::Reset)")), stacklevel=3)
         self.data, self.labels, self.pos = data, labels, 0
 
+    @_eager
     def forward(self):
         if self.data is None:
             raise self.error("MemoryDataLayer needs to be initialized by calling Reset "
@@ -242,6 +248,7 @@ class HDF5Data(_DataLayer):
     def top_shapes(self, bottom_shapes):
         return list(self.shapes)
 
+    @_eager
     def forward(self):
         picked = []
         for _ in range(self.batch_size):
@@ -301,6 +308,7 @@ class HDF5Output(Layer):
         shape = tuple(a.shape) + (1,) * (4 - a.ndim)
         return a.reshape(shape)
 
+    @_eager
     def forward(self, data, label):
         import h5py
 
@@ -390,6 +398,7 @@ class ImageData(_DataLayer):
     def top_shapes(self, bottom_shapes):
         return list(self.shapes)
 
+    @_eager
     def forward(self):
         images, labels = [], []
         for _ in range(self.batch_size):
@@ -497,6 +506,7 @@ class Data(_DataLayer):
     def top_shapes(self, bottom_shapes):
         return list(self.shapes)
 
+    @_eager
     def forward(self):
         images, labels = [], []
         for _ in range(self.batch_size):
