@@ -1066,8 +1066,9 @@ def test_every_layer_type_is_covered():
     """Every type caffe_torch itself registers has a case above, and the real build has every one of them.
     (Types that other test modules register for their own use, e.g. test_solver's data source, are not ours.)"""
     from caffe_torch.layers.base import layer_class
+    from tests.test_conformance_data import COVERED_TYPES as DATA_LAYERS_COVERED
 
-    covered = {"Input"}
+    covered = {"Input"} | DATA_LAYERS_COVERED
     for case in CASES:
         covered |= {lp.type for lp in text_format.Parse(case.layer, caffe_pb2.NetParameter()).layer}
     ours = {t for t in caffe_torch.known_types() if layer_class(t).__module__.startswith("caffe_torch.")}

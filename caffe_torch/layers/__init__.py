@@ -3,6 +3,7 @@
 from . import (  # noqa: F401  (imported for their @register side effect)
     activation,
     common,
+    data,
     loss,
     losses_bvlc,
     lrn,
