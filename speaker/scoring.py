@@ -17,8 +17,14 @@ __all__ = [
     "cosine_score_trials",
     "l2_normalize",
     "read_score_file",
+    "speaker_of",
     "write_scores",
 ]
+
+
+def speaker_of(utt: str) -> str:
+    """The speaker of a VoxCeleb utterance path: its first component (an id, or a name in the 2017 layout)."""
+    return utt.replace("\\", "/").split("/", 1)[0]
 
 
 def l2_normalize(x, eps: float = 1e-12) -> np.ndarray:
