@@ -115,7 +115,7 @@ class EmbedStore:
             raise ValueError(f"{len(ids)} ids but {emb.shape[0]} embeddings")
         n = len(glob.glob(os.path.join(self.folder, "part_*.npz")))
         path = os.path.join(self.folder, f"part_{n:05d}.npz")
-        tmp = path + ".tmp.npz"
+        tmp = os.path.join(self.folder, f"writing_{n:05d}.npz")  # not matched by part_*.npz if a stop cuts it
         np.savez(tmp, ids=np.asarray(list(ids), dtype=str), embeddings=emb)
         os.replace(tmp, path)
         self._done.update(zip(ids, emb))
