@@ -299,7 +299,7 @@ def run(args, load_engine: Callable) -> dict:
                                 len(trials.missing), path, missing_log)
                 if len(trials) == 0:
                     raise ValueError(f"{path}: no trial left whose files exist under {trials.wav_dir}")
-                n_file = len(trials) + (_count_lines(path) - len(trials) if trials.missing else 0)
+                n_file = _count_lines(path) if trials.missing else len(trials)  # trials in the file
                 lists.append((path, trials, list_info(path, n_file, len(trials))))
                 log.info("trials %s: %d trials over %d utterances", path, len(trials), len(trials.utterances()))
             wav_dirs = {t.wav_dir for _, t, _ in lists}

@@ -239,3 +239,20 @@ def test_embedding_run_resumes_where_it_stopped(tv, tmp_path, monkeypatch, capsy
     assert got[0] == ref[0]
     np.testing.assert_array_equal(got[1], ref[1])
     assert not partial.exists()
+
+
+def test_missing_files_are_counted_in_the_protocol(tv, tmp_path, capsys):
+    utts = corpus(tmp_path)
+    weights = tiny_net(tmp_path / "run")
+    gone = utts[5]
+    (tmp_path / "wav" / gone).unlink()
+    n_file = len((tmp_path / "veri_test.txt").read_text().splitlines())
+    n_left = sum(gone not in line.split() for line in (tmp_path / "veri_test.txt").read_text().splitlines())
+    out = tmp_path / "out"
+    assert tv.main(["--weights", str(weights), "--data-root", str(tmp_path), "--gpu", "-1", "--no-progress",
+                    "--crops", "2", "--out", str(out)]) == 0
+    res = json.loads((out / "verification.json").read_text())
+    info = res["trials"]["trial_list"]
+    assert info["n_trials"] == n_file and info["n_scored"] == n_left == res["trials"]["n"] < n_file
+    assert (out / "missing_files_veri_test.txt").read_text().split() == [gone]
+    assert f"{n_file:,} trials, {n_left:,} scored" in capsys.readouterr().out
