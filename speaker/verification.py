@@ -209,19 +209,24 @@ def _projection(ids, emb, utts, out_dir, args, log) -> dict:
             for m in ("pca", "tsne")}
 
 
-def _compare(run_dirs: Sequence[str], out_dir: str, log, p_targets) -> dict:
-    """DET curves of every row of every run on one plot (det_compare.png) and their table."""
+def _compare(run_dirs: Sequence[str], out_dir: str, log, current: Sequence[dict] = ()) -> dict:
+    """DET curves of every row of every run (and of this run's ``current`` rows) on one plot
+    (det_compare.png), with a log line each naming its list."""
     from speaker import plots
     from speaker.scoring import read_score_file
 
-    curves, rows = [], []
+    runs = []
     for run in run_dirs:
         path = os.path.join(run, "verification.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--compare {run}: no verification.json there")
         with open(path, encoding="utf-8") as f:
             res = json.load(f)
-        entries = res.get("results") or [res["trials"]]
+        runs.append((run, res.get("results") or [res["trials"]]))
+    if current:
+        runs.append((out_dir, current))
+    curves, rows = [], []
+    for run, entries in runs:
         for e in entries:
             scores_file = e.get("scores_file") or os.path.join(run, "scores.txt")
             labels, scores = read_score_file(scores_file)
@@ -367,7 +372,7 @@ def run(args, load_engine: Callable) -> dict:
             result["results"] = rows
             result["trials"] = rows[0]  # the first list, first normalisation (what speaker.report reads)
         if args.compare:
-            result["compare"] = _compare(args.compare + ([out_dir] if rows else []), out_dir, log, p_targets)
+            result["compare"] = _compare(args.compare, out_dir, log, current=rows)
         result["seconds"] = round(time.time() - t0, 1)
         json_path = os.path.join(out_dir, "verification.json")
         if rows:

@@ -127,6 +127,13 @@ def test_lists_and_norms_from_one_embeddings_file(tv, tmp_path, capsys):
     assert (cmp_dir / "det_compare.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert printed.count("compare ") == 5 and "list_e.txt asnorm" in printed
+    # after a run: the earlier runs and this one
+    both = tmp_path / "both"
+    assert tv.main(["--embeddings", emb_path, "--trials", str(tmp_path / "list_e.txt"), "--out", str(both),
+                    "--compare", str(single)]) == 0
+    res = json.loads((both / "verification.json").read_text())
+    assert [r["name"] for r in res["compare"]["rows"]] == ["single: list_o.txt", "both: list_e.txt"]
+    assert (both / "det_compare.png").stat().st_size > 1000
 
 
 # ---- net mode on a tiny real net (caffe_torch) ----
