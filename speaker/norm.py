@@ -20,7 +20,7 @@ import numpy as np
 
 from speaker.scoring import l2_normalize
 
-__all__ = ["NORMS", "cohort_matrix", "cohort_stats", "normalize_scores"]
+__all__ = ["NORMS", "NormStats", "cohort_matrix", "cohort_stats", "normalize_scores"]
 
 NORMS = ("none", "snorm", "asnorm")
 
@@ -75,6 +75,36 @@ def cohort_stats(x, cohort, top_n: int | None = None, chunk: int = 4096) -> tupl
     return mean, std
 
 
+class NormStats:
+    """Per-utterance cohort statistics of one normalisation: ``mean``/``std`` (U,) for the ids in ``row``."""
+
+    def __init__(self, embeddings: Mapping[str, np.ndarray], utts: Sequence[str], cohort, norm: str,
+                 top_n: int | None = None):
+        if norm not in ("snorm", "asnorm"):
+            raise ValueError(f"norm must be one of {NORMS[1:]}, got {norm!r}")
+        if norm == "asnorm" and top_n is None:
+            raise ValueError("asnorm needs top_n")
+        utts = sorted(set(utts))
+        missing = [u for u in utts if u not in embeddings]
+        if missing:
+            raise KeyError(f"no embedding for {len(missing)} trial utterances (first: {missing[0]})")
+        self.row = {u: i for i, u in enumerate(utts)}
+        x = np.stack([np.asarray(embeddings[u]).reshape(-1) for u in utts])  # (U, D)
+        self.mean, self.std = cohort_stats(x, cohort, top_n if norm == "asnorm" else None)
+
+    def apply(self, scores, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """0.5 * ((s - mu_e) / sigma_e + (s - mu_t) / sigma_t) for each trial, float64 (T,)."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if len(pairs) != scores.shape[0]:
+            raise ValueError(f"{len(pairs)} pairs but {scores.shape[0]} scores")
+        try:
+            e = np.fromiter((self.row[a] for a, _ in pairs), dtype=np.int64, count=len(pairs))
+            t = np.fromiter((self.row[b] for _, b in pairs), dtype=np.int64, count=len(pairs))
+        except KeyError as k:
+            raise KeyError(f"no cohort statistics for utterance {k.args[0]!r}") from None
+        return 0.5 * ((scores - self.mean[e]) / self.std[e] + (scores - self.mean[t]) / self.std[t])
+
+
 def normalize_scores(
     scores,
     pairs: Sequence[tuple[str, str]],
@@ -85,23 +115,13 @@ def normalize_scores(
 ) -> np.ndarray:
     """S-Norm (``norm='snorm'``, all cohort scores) or AS-Norm (``'asnorm'``, the ``top_n`` best) of raw
     trial ``scores`` (T,) for ``pairs`` (T,) of utterance ids; returns float64 (T,). ``'none'`` returns
-    the scores unchanged. ``embeddings`` maps every id of ``pairs`` to its (D,) embedding."""
-    scores = np.asarray(scores, dtype=np.float64)
+    the scores unchanged. ``embeddings`` maps every id of ``pairs`` to its (D,) embedding. (Several lists
+    over shared utterances: build one NormStats over all of them and ``apply`` it to each.)"""
     if norm == "none":
-        return scores
+        return np.asarray(scores, dtype=np.float64)
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if norm == "asnorm" and top_n is None:
-        raise ValueError("asnorm needs top_n")
-    if len(pairs) != scores.shape[0]:
-        raise ValueError(f"{len(pairs)} pairs but {scores.shape[0]} scores")
-    utts = sorted({u for pair in pairs for u in pair})
-    row = {u: i for i, u in enumerate(utts)}
-    missing = [u for u in utts if u not in embeddings]
-    if missing:
-        raise KeyError(f"no embedding for {len(missing)} trial utterances (first: {missing[0]})")
-    x = np.stack([np.asarray(embeddings[u]).reshape(-1) for u in utts])  # (U, D)
-    mean, std = cohort_stats(x, cohort, top_n if norm == "asnorm" else None)
-    e = np.fromiter((row[a] for a, _ in pairs), dtype=np.int64, count=len(pairs))
-    t = np.fromiter((row[b] for _, b in pairs), dtype=np.int64, count=len(pairs))
-    return 0.5 * ((scores - mean[e]) / std[e] + (scores - mean[t]) / std[t])
+    if len(pairs) != np.asarray(scores).shape[0]:
+        raise ValueError(f"{len(pairs)} pairs but {np.asarray(scores).shape[0]} scores")
+    stats = NormStats(embeddings, [u for pair in pairs for u in pair], cohort, norm, top_n)
+    return stats.apply(scores, pairs)

@@ -251,7 +251,7 @@ def run(args, load_engine: Callable) -> dict:
     """The whole command (see the module doc); returns the JSON it writes to ``<out>/verification.json``."""
     import voxdata
     from speaker.embed_store import load_embeddings
-    from speaker.norm import normalize_scores
+    from speaker.norm import NormStats
     from speaker.scoring import all_pairs_scores, cosine_score_trials, read_score_file, speaker_of
     from speaker.trial_lists import cost_model, list_info, protocol_lines
 
@@ -324,7 +324,7 @@ def run(args, load_engine: Callable) -> dict:
             result["protocol"]["embedding"] = emb_protocol
             result["lists"] = [info for _, _, info in lists]
             table = {u: emb[i] for i, u in enumerate(ids)}
-            cohort = None
+            cohort, top_n = None, None
             if set(norms) - {"none"}:
                 cohort, result["protocol"]["cohort"] = _load_cohort(args, emb_protocol, log)
                 top_n = min(args.top_n, cohort.shape[0])
@@ -332,6 +332,8 @@ def run(args, load_engine: Callable) -> dict:
                     log.warning("--top-n %d is more than the cohort's %d rows: AS-Norm uses all %d (= S-Norm)",
                                 args.top_n, cohort.shape[0], top_n)
                 result["protocol"]["cohort"]["top_n"] = top_n
+            # cohort statistics once per utterance over all lists (-H's utterances are -E's)
+            stats = {norm: NormStats(table, utts, cohort, norm, top_n) for norm in norms if norm != "none"}
             single = len(lists) == 1 and len(norms) == 1
             panels = []
             for _path, trials, info in lists:
@@ -339,8 +341,7 @@ def run(args, load_engine: Callable) -> dict:
                 raw = cosine_score_trials(table, pairs)
                 stem = os.path.splitext(info["file"])[0]
                 for norm in norms:
-                    scores = raw if norm == "none" else normalize_scores(
-                        raw, pairs, table, cohort, norm, top_n if norm == "asnorm" else None)
+                    scores = raw if norm == "none" else stats[norm].apply(raw, pairs)
                     prefix = "" if single else f"{stem}_{norm}_"
                     title = f"{info['file']} ({info['name']})" + ("" if norm == "none" else f", {norm}")
                     rows.append(_row_summary(trials.labels, scores, out_dir, prefix, title, info, norm, cost,

@@ -87,3 +87,17 @@ def test_errors(data):
         cohort_matrix(cohort_emb, mode="speaker")
     with pytest.raises(ValueError, match="zero spread"):
         cohort_stats(np.ones((2, 3)), np.ones((4, 3)))
+
+
+def test_shared_stats_over_several_lists(data):
+    from speaker.norm import NormStats
+
+    emb, pairs, raw, cohort_emb, _ = data
+    stats = NormStats(emb, list(emb), cohort_emb, "asnorm", top_n=7)  # every utterance, once
+    half = len(pairs) // 2
+    for sl in (slice(0, half), slice(half, None)):
+        np.testing.assert_allclose(stats.apply(raw[sl], pairs[sl]),
+                                   normalize_scores(raw[sl], pairs[sl], emb, cohort_emb, "asnorm", top_n=7),
+                                   rtol=1e-12)
+    with pytest.raises(KeyError, match="no cohort statistics for utterance 'x'"):
+        stats.apply(raw[:1], [("x", pairs[0][1])])
