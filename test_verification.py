@@ -9,8 +9,9 @@ Ways in (the work is in speaker/verification.py; this is the CLI):
   --embeddings FILE:  score from a saved embeddings.npz (arrays `ids`, `embeddings`), no net;
   --scores FILE:      evaluate an existing `label score [path1 path2]` file, no net, no audio;
   --compare RUN_DIR...: DET curves of earlier runs (their verification.json) on one plot, alone or after a run;
-  --make-cohort OUT.npz (with --weights, --data-root): embed up to --cohort-per-speaker utterances of each
-      training speaker (every speaker but the verification test speakers) for --norm, same protocol.
+  --make-cohort OUT.npz (with --weights or --run-dir, and --data-root): embed up to --cohort-per-speaker
+      utterances of each training speaker (every speaker but the verification test speakers) for --norm,
+      with the same protocol as the trials.
 --trials is repeatable: -O, -E and -H in one run from one set of embeddings. --norm none snorm asnorm scores
 each list raw and normalised with --cohort (speaker-averaged or per utterance, --cohort-mode; AS-Norm over
 the --top-n best cohort scores). --all-pairs also scores every pair of the first list's utterances.
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--embeddings", help="score trials from this embeddings.npz (no net needed)")
     src.add_argument("--weights", help="trained .caffemodel (net mode)")
     p.add_argument("--net", help="TEST-phase net prototxt (default: see above)")
-    p.add_argument("--run-dir", help="training run directory (default: the folder of --weights)")
+    p.add_argument("--run-dir", help="training run directory (default: the folder of --weights); alone, it "
+                   "means --weights <run-dir>/final.caffemodel")
     p.add_argument("--data-root", help="VoxCeleb1 root (wav files under <data-root>/wav or it)")
     p.add_argument("--trials", action="append",
                    help="trial list '<0|1> <path1> <path2>', repeatable (default: <data-root>/veri_test.txt if "

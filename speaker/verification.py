@@ -256,6 +256,10 @@ def run(args, load_engine: Callable) -> dict:
     from speaker.trial_lists import cost_model, list_info, protocol_lines
 
     _check_args(args)
+    if args.run_dir and not (args.scores or args.embeddings or args.weights):
+        args.weights = os.path.join(args.run_dir, "final.caffemodel")  # a training run's last weights
+        if not os.path.isfile(args.weights):
+            raise FileNotFoundError(f"--run-dir {args.run_dir}: no final.caffemodel there; give --weights")
     if args.make_cohort:
         return make_cohort(args, load_engine)
     norms = list(dict.fromkeys(args.norm or ["none"]))
