@@ -38,7 +38,8 @@ def l2_normalize(x, eps: float = 1e-12) -> np.ndarray:
     if not np.isfinite(x).all():
         bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
         raise ValueError(f"embedding row {bad} contains NaN or inf")
-    norms = np.linalg.norm(x.astype(np.float64), axis=1)  # (N,) in float64 so tiny rows don't underflow
+    # (N,) accumulated in float64 so tiny rows don't underflow; einsum casts in buffers, so no (N, D) float64 copy
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
     if (norms <= eps).any():
         bad = int(np.flatnonzero(norms <= eps)[0])
         raise ValueError(f"embedding row {bad} has zero norm; cosine similarity is undefined")
