@@ -105,10 +105,10 @@ def test_bench_verification_tiny(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_verification", ROOT / "bench" / "bench_verification.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_full_utterance import net_text, trunk_h
+    spec = importlib.util.spec_from_file_location("tiny_net_module", Path(__file__).with_name("test_full_utterance.py"))
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    net_text, trunk_h = tiny.net_text, tiny.trunk_h
 
     (tmp_path / "net.prototxt").write_text(net_text(20, trunk_h(20)))
     ids = [f"id1000{s}/v/0000{u}.wav" for s in range(4) for u in range(3)]

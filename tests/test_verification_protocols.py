@@ -139,14 +139,10 @@ def test_lists_and_norms_from_one_embeddings_file(tv, tmp_path, capsys):
 # ---- net mode on a tiny real net (caffe_torch) ----
 
 def tiny_net(run, frames=20):
-    sys_path = str(Path(__file__).parent)
-    import sys
-
-    if sys_path not in sys.path:
-        sys.path.insert(0, sys_path)
-    from test_full_utterance import net_text, trunk_h
-
     import caffe_torch as caffe
+
+    tiny = load(Path(__file__).with_name("test_full_utterance.py"), "tiny_net_module")
+    net_text, trunk_h = tiny.net_text, tiny.trunk_h
 
     run.mkdir(parents=True, exist_ok=True)
     (run / "test.prototxt").write_text(net_text(frames, trunk_h(frames)))
