@@ -61,6 +61,8 @@ class _NetEmbedder:
         caffe = load_engine(args.engine, args.gpu)
         self.net = caffe.Net(self.net_path, args.weights, caffe.TEST)
         self.frames = input_frames(self.net, args.data_blob)
+        if args.crops == "full" and (args.no_augment or args.seed):
+            log.info("--crops full: each utterance as it is; --no-augment and --seed do not apply")
 
     def protocol(self) -> dict:
         a = self.args
