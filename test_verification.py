@@ -1,37 +1,52 @@
 #!/usr/bin/env python
-"""Speaker verification: EER and minDCF (P_target 0.01 and 0.001) of cosine-scored embeddings.
+"""Speaker verification: EER and minDCF of cosine-scored embeddings, every result naming its protocol.
 
-Three ways in:
-  net mode (default): embed every utterance of the trial list with the paper's 50-crop protocol (fc5 of the
-      crop-averaged res4_3p), save them, score the trials by cosine similarity;
+Ways in (the work is in speaker/verification.py; this is the CLI):
+  net mode (--weights): embed every utterance the trial lists need exactly once -- the paper's 50 random
+      crops (--crops N; fc5 of the crop-averaged res4_3p) or each utterance once at full length
+      (--crops full) -- resumably (a stopped run continues: <out>/embeddings.npz.partial/), save
+      embeddings.npz, score;
   --embeddings FILE:  score from a saved embeddings.npz (arrays `ids`, `embeddings`), no net;
-  --scores FILE:      evaluate an existing `label score [path1 path2]` file, no net, no audio.
---all-pairs (net / embeddings modes) also scores every pair of the trial list's utterances with one matrix
-product (VoxCeleb1 test: 4,874 utterances -> 11.9 M pairs; same speaker = same first path component).
-The logic is in speaker.evaluate / scoring / metrics / plots; this is the CLI.
+  --scores FILE:      evaluate an existing `label score [path1 path2]` file, no net, no audio;
+  --compare RUN_DIR...: DET curves of earlier runs (their verification.json) on one plot, alone or after a run;
+  --make-cohort OUT.npz (with --weights or --run-dir, and --data-root): embed up to --cohort-per-speaker
+      utterances of each training speaker (every speaker but the verification test speakers) for --norm,
+      with the same protocol as the trials.
+--trials is repeatable: -O, -E and -H in one run from one set of embeddings. --norm none snorm asnorm scores
+each list raw and normalised with --cohort (speaker-averaged or per utterance, --cohort-mode; AS-Norm over
+the --top-n best cohort scores). --all-pairs also scores every pair of the first list's utterances.
+Full-utterance and 50-crop figures are not interchangeable (the paper used 50 crops).
 
 File defaults (explicit rules):
   --run-dir: the folder of --weights (its parent when that folder is snapshots/).
-  --net:     <run-dir>/test.prototxt, deploy.prototxt or net.prototxt (the training run's copy of its net;
-             its TEST phase is used), also looked up in run-dir's parent.
+  --net:     <run-dir>/test.prototxt, deploy.prototxt or net.prototxt, also looked up in run-dir's parent.
   --trials:  <data-root>/veri_test.txt when that exists, else lists/veri_test.txt next to this script.
   --out:     the run dir in net mode, else the folder of the --scores / --embeddings file.
-Outputs in --out: verification.json, test_verification.log, embeddings.npz (net mode), scores.txt
-(`label score path1 path2` per trial), score_hist.png, roc.png, det.png (all_pairs_*.png with --all-pairs),
-missing_files_verification.txt if trial files are missing (those trials are dropped, counted, reported).
+Outputs in --out: verification.json, test_verification.log, embeddings.npz (net mode), scores.txt,
+score_hist.png, roc.png, det.png -- prefixed <list>_<norm>_ when there are several lists or norms, with
+score_hist_lists.png and det_lists.png then --, all_pairs_*.png, projection_pca.png / projection_tsne.png
+(--projection), det_compare.png (--compare), missing_files_<list>.txt if trial files are missing (those trials
+are dropped, counted, reported).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
 
 # engine_for imports the engine (caffe_torch or pycaffe) only when called: runs without a net need none
 from speaker.engine import engine_for as load_engine
-from speaker.evaluate import NET_NAMES, default_list, guess_run_dir
+from speaker.evaluate import default_list  # noqa: F401  (the documented --trials rule, used by tests)
+
+
+def _crops(value: str) -> str:
+    if value == "full":
+        return value
+    try:
+        int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of crops or 'full', got {value!r}") from None
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,20 +58,42 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--embeddings", help="score trials from this embeddings.npz (no net needed)")
     src.add_argument("--weights", help="trained .caffemodel (net mode)")
     p.add_argument("--net", help="TEST-phase net prototxt (default: see above)")
-    p.add_argument("--run-dir", help="training run directory (default: the folder of --weights)")
+    p.add_argument("--run-dir", help="training run directory (default: the folder of --weights); alone, it "
+                   "means --weights <run-dir>/final.caffemodel")
     p.add_argument("--data-root", help="VoxCeleb1 root (wav files under <data-root>/wav or it)")
-    p.add_argument("--trials", help="trial list '<0|1> <path1> <path2>' (default: <data-root>/veri_test.txt "
-                   "if present, else lists/veri_test.txt)")
-    p.add_argument("--all-pairs", action="store_true", help="also score every pair of the trials' utterances")
+    p.add_argument("--trials", action="append",
+                   help="trial list '<0|1> <path1> <path2>', repeatable (default: <data-root>/veri_test.txt if "
+                   "present, else lists/veri_test.txt)")
+    p.add_argument("--all-pairs", action="store_true", help="also score every pair of the first list's utterances")
     p.add_argument("--p-target", type=float, action="append",
-                   help="P_target of a minDCF (repeatable; default 0.01 and 0.001)")
-    p.add_argument("--crops", type=int, default=50, help="random crops per utterance (default 50)")
+                   help="P_target of a minDCF (repeatable; default 0.01 and 0.001; VoxSRC uses 0.05)")
+    p.add_argument("--c-miss", type=float, default=1.0, help="C_miss of the DCF (default 1)")
+    p.add_argument("--c-fa", type=float, default=1.0, help="C_fa of the DCF (default 1)")
+    p.add_argument("--norm", nargs="+", choices=("none", "snorm", "asnorm"),
+                   help="score normalisation(s), each reported (default none; e.g. --norm none asnorm)")
+    p.add_argument("--cohort", help="cohort embeddings .npz for --norm (made by --make-cohort)")
+    p.add_argument("--cohort-mode", choices=("speaker", "utterance"), default="speaker",
+                   help="cohort rows: speaker-averaged embeddings (default) or every utterance")
+    p.add_argument("--top-n", type=int, default=300, help="AS-Norm: cohort scores kept per side (default 300)")
+    p.add_argument("--make-cohort", metavar="OUT.npz", help="embed training speakers' utterances into a cohort")
+    p.add_argument("--iden-split", help="--make-cohort: iden_split.txt (default: <data-root>/iden_split.txt if "
+                   "present, else lists/iden_split.txt)")
+    p.add_argument("--cohort-per-speaker", type=int, default=20,
+                   help="--make-cohort: utterances per training speaker, drawn with --seed (default 20)")
+    p.add_argument("--crops", type=_crops, default="50",
+                   help="random crops per utterance (default 50, the paper), or 'full': each utterance once at "
+                   "its whole length")
+    p.add_argument("--max-frames", type=int, default=6000,
+                   help="--crops full: longer utterances run in chunks of at most this many frames (default 6000 "
+                   "= 60 s)")
     p.add_argument("--batch", type=int, default=50, help="crops per forward pass (default 50)")
     p.add_argument("--head-batch", type=int, default=64,
                    help="utterances per forward of the layers after pooling (default 64)")
     p.add_argument("--no-augment", action="store_true",
                    help="crops without repetition/time reversal (the paper tests WITH augmentation)")
     p.add_argument("--seed", type=int, default=0, help="crop seed (default 0)")
+    p.add_argument("--save-every", type=int, default=500,
+                   help="net mode: save partial embeddings every N utterances (default 500)")
     p.add_argument("--gpu", type=int, default=None,
                    help="GPU id, -1 = CPU (default: $SGE_GPU, else 0 with CUDA, else CPU)")
     p.add_argument("--engine", choices=("torch", "caffe"), default="torch",
@@ -65,154 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-blob", default="data")
     p.add_argument("--pool-blob", default="res4_3p")
     p.add_argument("--embed-blob", default="fc5")
+    p.add_argument("--compare", nargs="+", metavar="RUN_DIR", help="DET curves of these runs on one plot")
+    p.add_argument("--projection", action="store_true",
+                   help="PCA and t-SNE pictures of the first list's embeddings, coloured by speaker")
+    p.add_argument("--projection-max", type=int, default=2000,
+                   help="--projection: at most this many utterances (whole speakers, in id order; default 2000)")
     p.add_argument("--bins", type=int, default=100, help="histogram bins (default 100)")
     p.add_argument("--out", help="output folder (see the default rule above)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
 
 
-def _speaker_of(utt: str) -> str:
-    return utt.replace("\\", "/").split("/", 1)[0]
-
-
-def evaluate_scores(labels, scores, out_dir: str, prefix: str, title: str, p_targets, bins: int) -> dict:
-    """Metrics and the three figures of one score list; returns the JSON-ready summary."""
-    from speaker import plots
-    from speaker.metrics import verification_summary
-
-    summary = verification_summary(labels, scores, p_targets)
-    summary["figures"] = {
-        "score_hist": plots.score_histogram(labels, scores, os.path.join(out_dir, f"{prefix}score_hist.png"),
-                                            bins=bins, title=title),
-        "roc": plots.roc_plot(labels, scores, os.path.join(out_dir, f"{prefix}roc.png"), title=title),
-        "det": plots.det_plot(labels, scores, os.path.join(out_dir, f"{prefix}det.png"), title=title),
-    }
-    return summary
-
-
-def _table(rows: list[tuple[str, dict]], p_targets) -> list[str]:
-    """Results table: one row per score list, columns named EER, EER(orig), minDCF(p) for each p."""
-    dcf_names = [f"minDCF({p:g})" for p in p_targets]
-    head = f"{'scores':<14} {'trials':>10} {'EER':>9} {'EER(orig)':>10} " + " ".join(
-        f"{n:>14}" for n in dcf_names
-    )
-    lines = [head]
-    for name, s in rows:
-        dcfs = " ".join(f"{s['min_dcf'][f'{p:g}']:>14.4f}" for p in p_targets)
-        eer, orig = 100 * s["eer"], 100 * s["eer_original"]
-        lines.append(f"{name:<14} {s['n']:>10d} {eer:>7.3f} % {orig:>8.3f} % {dcfs}")
-    return lines
-
-
-def _embed_with_net(args, utts: list[str], wav_dir: str, log):
-    from speaker.evaluate import embed, find_run_file, input_frames, voxdata_crops_provider
-
-    run_dir = args.run_dir or guess_run_dir(args.weights)
-    net_path = args.net or find_run_file(run_dir, NET_NAMES, "TEST net prototxt", "--net")
-    log.info("net %s, weights %s, engine %s, gpu %s", net_path, args.weights, args.engine, args.gpu)
-    caffe = load_engine(args.engine, args.gpu)
-    net = caffe.Net(net_path, args.weights, caffe.TEST)
-    frames = input_frames(net, args.data_blob)
-    provider = voxdata_crops_provider(utts, wav_dir, args.crops, frames, args.seed,
-                                      augment=not args.no_augment, cache=args.cache)
-    log.info("embedding %d utterances x %d crops of %d frames, batch %d", len(utts), args.crops, frames,
-             args.batch)
-    return embed(net, utts, provider, batch=args.batch, head_batch=args.head_batch, data_blob=args.data_blob,
-                 pool_blob=args.pool_blob, embed_blob=args.embed_blob, progress=not args.no_progress)
-
-
-def run(args) -> dict:
-    import numpy as np
-
-    from speaker.evaluate import EvalLog
-    from speaker.scoring import all_pairs_scores, cosine_score_trials, read_score_file, write_scores
-
-    p_targets = tuple(args.p_target or (0.01, 0.001))
-    for flag, value in (("--crops", args.crops), ("--batch", args.batch), ("--head-batch", args.head_batch),
-                        ("--bins", args.bins)):
-        if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
-    if not (args.scores or args.embeddings or args.weights):
-        raise ValueError("give one of --weights (net mode), --embeddings FILE or --scores FILE")
-    if args.scores and args.all_pairs:
-        raise ValueError("--all-pairs needs embeddings (net mode or --embeddings), not --scores")
-    source = args.scores or args.embeddings
-    out_dir = args.out or (os.path.dirname(os.path.abspath(source)) if source
-                           else args.run_dir or guess_run_dir(args.weights))
-    result: dict = {"p_targets": list(p_targets)}
-    t0 = time.time()
-    with EvalLog(out_dir, "test_verification") as log:
-        rows = []
-        if args.scores:
-            # Existing scores: nothing but metrics and figures.
-            labels, scores = read_score_file(args.scores)
-            log.info("scores %s: %d trials", args.scores, labels.shape[0])
-            result["source"] = {"scores": os.path.abspath(args.scores)}
-            name = os.path.basename(args.scores)
-            result["trials"] = evaluate_scores(labels, scores, out_dir, "", name, p_targets, args.bins)
-            rows.append((name, result["trials"]))
-        else:
-            import voxdata
-
-            if not args.embeddings and args.data_root is None and args.trials is None:
-                raise ValueError("net mode needs --data-root (audio) or --trials next to the audio")
-            trials_path = args.trials or default_list(args.data_root, "veri_test.txt")
-            missing_log = os.path.join(out_dir, "missing_files_verification.txt")
-            trials = voxdata.read_trials(trials_path, data_root=args.data_root,
-                                         check_files=not args.embeddings, missing_log=missing_log)
-            if trials.missing:
-                log.warning("%d utterances of %s are missing; their trials are dropped (listed in %s)",
-                            len(trials.missing), trials_path, missing_log)
-            if len(trials) == 0:
-                raise ValueError(f"{trials_path}: no trial left whose files exist under {trials.wav_dir}")
-            utts = trials.utterances()
-            log.info("trials %s: %d trials over %d utterances", trials_path, len(trials), len(utts))
-            if args.embeddings:
-                with np.load(args.embeddings, allow_pickle=False) as z:
-                    if "ids" not in z or "embeddings" not in z:
-                        raise ValueError(f"{args.embeddings}: needs arrays 'ids' and 'embeddings'")
-                    ids, emb = [str(u) for u in z["ids"]], np.asarray(z["embeddings"], dtype=np.float32)
-                result["source"] = {"embeddings": os.path.abspath(args.embeddings)}
-            else:
-                ids, emb = _embed_with_net(args, utts, trials.wav_dir, log)
-                emb_path = os.path.join(out_dir, "embeddings.npz")
-                np.savez(emb_path, ids=np.asarray(ids), embeddings=emb)
-                log.info("saved %s (%d x %d)", emb_path, *emb.shape)
-                result["source"] = {"weights": os.path.abspath(args.weights), "embeddings": emb_path}
-            result["source"].update(trials=os.path.abspath(trials_path), n_missing_files=len(trials.missing),
-                                    crops=args.crops, augment=not args.no_augment, seed=args.seed)
-            table = {u: emb[i] for i, u in enumerate(ids)}
-            scores = cosine_score_trials(table, zip(trials.enrol, trials.test))
-            write_scores(os.path.join(out_dir, "scores.txt"), trials.labels, scores,
-                         pairs=list(zip(trials.enrol, trials.test)))
-            name = os.path.basename(trials_path)
-            result["trials"] = evaluate_scores(trials.labels, scores, out_dir, "", name, p_targets, args.bins)
-            rows.append((name, result["trials"]))
-            if args.all_pairs:
-                # Only the trial list's utterances, in the embeddings' order; same speaker = same first
-                # path component (speaker id, or name in the 2017 layout).
-                row_of = {u: i for i, u in enumerate(ids)}
-                idx = [row_of[u] for u in utts]  # every trial utterance was scored above, so all present
-                ap_scores, ap_labels = all_pairs_scores(emb[idx], [_speaker_of(u) for u in utts])
-                log.info("all pairs: %d utterances -> %d pairs", len(utts), ap_scores.shape[0])
-                result["all_pairs"] = evaluate_scores(
-                    ap_labels, ap_scores, out_dir, "all_pairs_", "all pairs", p_targets, args.bins
-                )
-                rows.append(("all pairs", result["all_pairs"]))
-        result["seconds"] = round(time.time() - t0, 1)
-        json_path = os.path.join(out_dir, "verification.json")
-        with open(json_path, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-        for line in _table(rows, p_targets):
-            log.info("%s", line)
-        log.info("saved %s and figures in %s", json_path, out_dir)
-    return result
-
-
 def main(argv=None) -> int:
+    from speaker.verification import run
+
     args = build_parser().parse_args(argv)
     try:
-        run(args)
+        run(args, load_engine)
     except (ValueError, KeyError, FileNotFoundError) as e:
         print(f"test_verification.py: error: {e}", file=sys.stderr)
         return 2

@@ -34,6 +34,8 @@ __all__ = [
     "EvalLog",
     "crop_averaged_forward",
     "embed",
+    "embed_full",
+    "full_utterance_forward",
     "NET_NAMES",
     "default_list",
     "find_run_file",
@@ -42,6 +44,7 @@ __all__ = [
     "identify",
     "input_frames",
     "pool_layer",
+    "voxdata_audio_provider",
     "voxdata_crops_provider",
 ]
 
@@ -255,6 +258,128 @@ def embed(
     return utterances, out[embed_blob]
 
 
+# ---- full-utterance protocol (what today's toolkits do; NOT the paper's 50 crops) ----
+
+AudioProvider = Callable[[str], np.ndarray]
+
+
+def _trunk_end(net, pool_blob: str) -> tuple[str, str]:
+    """(the last layer before the pooling layer, the blob the pooling layer reads): where the trunk ends."""
+    names = _names(net)
+    pool = pool_layer(net, pool_blob)
+    i = names.index(pool)
+    if i == 0:
+        raise ValueError(f"the pooling layer {pool!r} is the net's first layer: there is no trunk to run")
+    return names[i - 1], net.bottom_names[pool][0]
+
+
+def _chunk_bounds(frames: int, max_frames: int) -> list[tuple[int, int]]:
+    """Frame ranges [a, b) splitting ``frames`` into the fewest equal chunks of at most ``max_frames``."""
+    n = -(-frames // max_frames)
+    edges = np.linspace(0, frames, n + 1).round().astype(int)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+
+
+def full_utterance_forward(
+    net,
+    utterances: Sequence[str],
+    audio_provider: AudioProvider,
+    out_blobs: Sequence[str],
+    max_frames: int = 6000,
+    head_batch: int = 64,
+    data_blob: str = "data",
+    pool_blob: str = "res4_3p",
+    progress: bool = True,
+    desc: str = "utterances",
+) -> dict[str, np.ndarray]:
+    """Each utterance once at its whole length; returns ``{blob: (N, ...) float32}`` for ``out_blobs``.
+
+    The nets end in average pooling over all time steps of a fixed-length crop, so for a whole utterance
+    the trunk (every layer before the pooling layer) runs on its full spectrogram (1, 1, frames, 257) and
+    its output (1, C, H, W) is averaged over all H time steps -> (C, 1, W), which is what ``pool_blob``
+    holds for a crop; the head then runs on that, batched as in the crop protocol. An utterance longer than
+    ``max_frames`` is cut into the fewest equal chunks of at most ``max_frames`` frames (each chunk's
+    spectrogram starts at its own first frame; the conv edges at the cut differ from an uncut run); the
+    average weights every trunk time step equally. An utterance shorter than the net's crop is repeated
+    up to the crop length (VoxCeleb1 has none: its utterances are >= 4 s, the paper's crop 3 s).
+    """
+    from voxdata.frontend import crop_length, num_frames
+
+    if head_batch < 1:
+        raise ValueError(f"head_batch must be >= 1, got {head_batch}")
+    if len(utterances) == 0:
+        raise ValueError("no utterances to evaluate")
+    net_sample = tuple(net.blobs[data_blob].data.shape[1:])  # (1, frames, 257) from the prototxt
+    net_frames = int(net_sample[1])
+    if max_frames < 2 * net_frames:
+        raise ValueError(f"max_frames must be >= twice the net's {net_frames} frames (so that no chunk is "
+                         f"shorter than a crop), got {max_frames}")
+    trunk_end, trunk_blob = _trunk_end(net, pool_blob)
+    start = head_layer(net, pool_blob)
+    for b in out_blobs:
+        if b not in net.blobs:
+            raise ValueError(f"net has no blob {b!r} (blobs: {list(net.blobs)})")
+    min_len = crop_length(net_frames)
+    results: dict[str, list[np.ndarray]] = {b: [] for b in out_blobs}
+    pending: list[np.ndarray] = []  # time-averaged trunk outputs, each (C, 1, W)
+
+    def run_head() -> None:
+        _set_batch(net, data_blob, len(pending), net_sample)
+        net.blobs[pool_blob].data[...] = np.stack(pending)
+        net.forward(start=start)
+        for b in out_blobs:
+            out = np.asarray(net.blobs[b].data)
+            results[b].append(out.reshape(out.shape[0], -1).astype(np.float32, copy=True))
+        pending.clear()
+
+    for utt in tqdm(utterances, desc=desc, unit="utt", disable=not progress):
+        x = np.asarray(audio_provider(utt)).reshape(-1)
+        if x.size == 0:
+            raise ValueError(f"{utt}: empty audio")
+        if x.size < min_len:
+            x = np.resize(x, min_len)  # repeated cyclically up to one crop
+        total, steps = None, 0
+        for a, b in _chunk_bounds(num_frames(x.size), max_frames):
+            seg = x[160 * a : 160 * (b - 1) + 401]  # the samples of frames a..b-1 (25 ms windows, 10 ms hop)
+            spec = _spectrogram(seg[None])[:, None]  # (1, 1, b - a, 257)
+            # Only the data blob is reshaped, not the net: the layers after the pooling layer (fc5) cannot
+            # take a longer input, and a forward reshapes each layer it runs (Caffe's Layer::Forward does).
+            blob = net.blobs[data_blob]
+            if tuple(blob.data.shape) != spec.shape:
+                blob.reshape(*spec.shape)
+            blob.data[...] = spec
+            net.forward(end=trunk_end)
+            t = np.asarray(net.blobs[trunk_blob].data, dtype=np.float64)[0]  # (C, H, W)
+            total = t.sum(axis=1) if total is None else total + t.sum(axis=1)
+            steps += t.shape[1]
+        pending.append((total / steps)[:, None, :].astype(np.float32))  # (C, 1, W)
+        if len(pending) == head_batch:
+            run_head()
+    if pending:
+        run_head()
+    _set_batch(net, data_blob, 1, net_sample)  # leave the net at its prototxt geometry
+    return {b: np.concatenate(v) for b, v in results.items()}
+
+
+def embed_full(
+    net,
+    utterances: Sequence[str],
+    audio_provider: AudioProvider,
+    max_frames: int = 6000,
+    head_batch: int = 64,
+    data_blob: str = "data",
+    pool_blob: str = "res4_3p",
+    embed_blob: str = "fc5",
+    progress: bool = True,
+) -> tuple[list[str], np.ndarray]:
+    """Full-utterance embeddings ``(ids, (N, D) float32)``: ``embed_blob`` of the whole-utterance average."""
+    utterances = list(utterances)
+    out = full_utterance_forward(net, utterances, audio_provider, [embed_blob], max_frames=max_frames,
+                                 head_batch=head_batch, data_blob=data_blob, pool_blob=pool_blob,
+                                 progress=progress, desc="embedding (full)")
+    return utterances, out[embed_blob]
+
+
 # ---- glue for the test scripts (test_identification.py, test_verification.py) ----
 
 
@@ -284,6 +409,19 @@ def voxdata_crops_provider(
 
     def provider(utt: str, rng=None) -> np.ndarray:
         return crops.crops(index[utt])  # (n_crops, L) int16
+
+    return provider
+
+
+def voxdata_audio_provider(wav_dir: str, cache=None) -> AudioProvider:
+    """An ``audio_provider`` for the full-utterance protocol: utterance id -> int16 (L,) samples of
+    ``wav_dir/id`` (or from ``cache``, a voxdata WavCache folder keyed by those absolute paths)."""
+    from voxdata import WavCache, read_wav
+
+    read = read_wav if cache is None else (cache if isinstance(cache, WavCache) else WavCache(cache)).get
+
+    def provider(utt: str) -> np.ndarray:
+        return read(os.path.join(wav_dir, utt))
 
     return provider
 

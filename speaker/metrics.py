@@ -215,15 +215,18 @@ def topk_accuracy(scores, labels, k: int) -> float:
     return float(np.mean(ahead.sum(axis=1) < k))
 
 
-def verification_summary(labels, scores, p_targets=(0.01, 0.001)) -> dict:
+def verification_summary(labels, scores, p_targets=(0.01, 0.001), c_miss: float = 1.0, c_fa: float = 1.0) -> dict:
     """Every verification figure of one score list, JSON-ready.
 
     Returns ``{"n", "n_target", "n_nontarget", "eer", "eer_threshold", "eer_original",
-    "min_dcf": {str(p): value}, "min_dcf_threshold": {str(p): threshold}}`` (rates as fractions).
+    "min_dcf": {str(p): value}, "min_dcf_threshold": {str(p): threshold}}`` (rates as fractions; minDCF
+    with costs ``c_miss``, ``c_fa``, normalised as in ``compute_min_dcf``).
     """
     for p in p_targets:
         if not 0.0 < p < 1.0:
             raise ValueError(f"p_target must be in (0, 1), got {p}")
+    if c_miss <= 0 or c_fa <= 0:
+        raise ValueError(f"c_miss and c_fa must be positive, got {c_miss} and {c_fa}")
     labels, scores = check_trials(labels, scores)
     n_target = int(labels.sum())
     # One full ROC shared by every figure (sorting 11.9 M all-pairs scores is the costly part).
@@ -232,7 +235,7 @@ def verification_summary(labels, scores, p_targets=(0.01, 0.001)) -> dict:
     eer_orig, _ = _eer_nearest(*_drop_intermediate(fpr, fnr, thr, n_target, labels.shape[0] - n_target))
     dcf, dcf_thr = {}, {}
     for p in p_targets:
-        dcf[f"{p:g}"], dcf_thr[f"{p:g}"] = _min_dcf_from_roc(fpr, fnr, thr, p)
+        dcf[f"{p:g}"], dcf_thr[f"{p:g}"] = _min_dcf_from_roc(fpr, fnr, thr, p, c_miss, c_fa)
     return {
         "n": int(labels.shape[0]),
         "n_target": n_target,

@@ -16,10 +16,13 @@ from speaker.metrics import _eer_from_roc, roc
 
 __all__ = [
     "det_plot",
+    "det_plot_many",
+    "embedding_projection",
     "probit",
     "read_training_csv",
     "roc_plot",
     "score_histogram",
+    "score_histograms",
     "training_curve",
 ]
 
@@ -118,16 +121,10 @@ def roc_plot(labels, scores, path, title: str | None = None) -> str:
     return _save(fig, path)
 
 
-def det_plot(labels, scores, path, title: str | None = None) -> str:
-    """DET curve: miss rate against false-alarm rate, both on normal-deviate (probit) axes."""
-    fpr, fnr, eer = _curve(labels, scores)
-    fig, ax = _figure(figsize=(5, 5))
-    x, y = probit(fpr), probit(fnr)
-    idx = thin(x, y)
-    ax.plot(x[idx], y[idx], lw=1.5)
-    ax.plot(probit([eer]), probit([eer]), "o", label=f"EER {100 * eer:.2f} %")
+def _det_axes(ax) -> None:
+    """Normal-deviate axes with rate ticks in %, the fpr == fnr diagonal, limits at the clipping eps."""
     lim = probit([_DET_EPS, 1 - _DET_EPS])
-    ax.plot(lim, lim, "k:", lw=0.8)  # the fpr == fnr diagonal
+    ax.plot(lim, lim, "k:", lw=0.8)
     ticks = probit(_DET_TICKS)
     labels_txt = [f"{100 * t:g}" for t in _DET_TICKS]
     ax.set_xticks(ticks, labels_txt)
@@ -137,9 +134,107 @@ def det_plot(labels, scores, path, title: str | None = None) -> str:
     ax.set_xlabel("false-alarm rate (%)")
     ax.set_ylabel("miss rate (%)")
     ax.grid(True, alpha=0.3)
+
+
+def det_plot(labels, scores, path, title: str | None = None) -> str:
+    """DET curve: miss rate against false-alarm rate, both on normal-deviate (probit) axes."""
+    fpr, fnr, eer = _curve(labels, scores)
+    fig, ax = _figure(figsize=(5, 5))
+    x, y = probit(fpr), probit(fnr)
+    idx = thin(x, y)
+    ax.plot(x[idx], y[idx], lw=1.5)
+    ax.plot(probit([eer]), probit([eer]), "o", label=f"EER {100 * eer:.2f} %")
+    _det_axes(ax)
     ax.legend(loc="upper right")
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+def det_plot_many(curves, path, title: str | None = None) -> str:
+    """DET curves of several systems or lists on one normal-deviate plot.
+
+    ``curves``: sequence of ``(name, labels, scores)``; each is drawn with its EER point, the legend
+    reads ``name (EER x.xx %)``.
+    """
+    if not curves:
+        raise ValueError("det_plot_many needs at least one curve")
+    fig, ax = _figure(figsize=(6, 6))
+    for k, (name, labels, scores) in enumerate(curves):
+        fpr, fnr, eer = _curve(labels, scores)
+        x, y = probit(fpr), probit(fnr)
+        idx = thin(x, y)
+        color = f"C{k % 10}"
+        ax.plot(x[idx], y[idx], lw=1.4, color=color, label=f"{name} (EER {100 * eer:.2f} %)")
+        ax.plot(probit([eer]), probit([eer]), "o", color=color, ms=4)
+    _det_axes(ax)
+    ax.legend(loc="upper right", fontsize="small")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def score_histograms(panels, path, bins: int = 100, title: str | None = None) -> str:
+    """Target / non-target score histograms, one panel per ``(name, labels, scores)`` (e.g. per list)."""
+    if not panels:
+        raise ValueError("score_histograms needs at least one panel")
+    n = len(panels)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = _figure(rows, cols, figsize=(4.5 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, (name, labels, scores) in zip(axes.flat, panels):
+        labels = np.asarray(labels).astype(bool)
+        scores = np.asarray(scores, dtype=np.float64)
+        edges = np.histogram_bin_edges(scores, bins=bins)
+        ax.hist(scores[~labels], bins=edges, density=True, alpha=0.6, label=f"non-target ({(~labels).sum():,})")
+        ax.hist(scores[labels], bins=edges, density=True, alpha=0.6, label=f"target ({labels.sum():,})")
+        ax.set_title(name, fontsize="medium")
+        ax.set_xlabel("score")
+        ax.set_ylabel("density")
+        ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def embedding_projection(embeddings, speakers, path, method: str = "pca", seed: int = 0,
+                         title: str | None = None) -> str:
+    """2-D projection of L2-normalised embeddings (N, D), one colour per speaker: PCA or t-SNE
+    (scikit-learn; t-SNE's perplexity is capped below N). Legend only up to 20 speakers."""
+    from matplotlib import colormaps
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    from speaker.scoring import l2_normalize
+
+    x = l2_normalize(embeddings)
+    spk = np.asarray(speakers)
+    if spk.shape != (x.shape[0],):
+        raise ValueError(f"speakers must be ({x.shape[0]},) to match embeddings {x.shape}")
+    if x.shape[0] < 3:
+        raise ValueError(f"a projection needs at least 3 embeddings, got {x.shape[0]}")
+    if method == "pca":
+        xy = PCA(n_components=2, random_state=seed).fit_transform(x)
+    elif method == "tsne":
+        perplexity = float(min(30.0, (x.shape[0] - 1) / 3))
+        xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    else:
+        raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
+    names = np.unique(spk)
+    fig, ax = _figure(figsize=(6.5, 5.5))
+    cmap = "tab20" if names.size <= 20 else "hsv"
+    colors = colormaps[cmap](np.linspace(0, 1, max(names.size, 2), endpoint=False))
+    for k, name in enumerate(names):
+        sel = spk == name
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=8, color=colors[k % len(colors)],
+                   label=str(name) if names.size <= 20 else None)
+    ax.set_xlabel(f"{method.upper()} 1")
+    ax.set_ylabel(f"{method.upper()} 2")
+    if names.size <= 20:
+        ax.legend(fontsize="x-small", markerscale=1.5, ncol=2, loc="best")
+    ax.set_title(title or f"{method.upper()} of {x.shape[0]:,} embeddings, {names.size} speakers")
     return _save(fig, path)
 
 

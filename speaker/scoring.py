@@ -17,8 +17,14 @@ __all__ = [
     "cosine_score_trials",
     "l2_normalize",
     "read_score_file",
+    "speaker_of",
     "write_scores",
 ]
+
+
+def speaker_of(utt: str) -> str:
+    """The speaker of a VoxCeleb utterance path: its first component (an id, or a name in the 2017 layout)."""
+    return utt.replace("\\", "/").split("/", 1)[0]
 
 
 def l2_normalize(x, eps: float = 1e-12) -> np.ndarray:
@@ -32,7 +38,8 @@ def l2_normalize(x, eps: float = 1e-12) -> np.ndarray:
     if not np.isfinite(x).all():
         bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
         raise ValueError(f"embedding row {bad} contains NaN or inf")
-    norms = np.linalg.norm(x.astype(np.float64), axis=1)  # (N,) in float64 so tiny rows don't underflow
+    # (N,) accumulated in float64 so tiny rows don't underflow; einsum casts in buffers, so no (N, D) float64 copy
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
     if (norms <= eps).any():
         bad = int(np.flatnonzero(norms <= eps)[0])
         raise ValueError(f"embedding row {bad} has zero norm; cosine similarity is undefined")

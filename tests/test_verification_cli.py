@@ -155,6 +155,7 @@ def test_verification_net_mode_with_fake_engine(tv, fake, tmp_path, monkeypatch,
     (tmp_path / "veri_test.txt").write_text("".join(trials))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "test.prototxt").write_text("# fake\n")
+    (tmp_path / "run" / "w.caffemodel").write_bytes(b"fake weights")  # hashed into the protocol
     calls = []
     monkeypatch.setattr(tv, "load_engine", fake_engine(fake, calls))
     out = tmp_path / "out"

@@ -1,7 +1,7 @@
-"""Write the shipped prototxt files (prototxt/ and prototxt/demo/) from the paper's description.
+"""Write the shipped prototxt files (prototxt/, prototxt/demo/, prototxt/verification/) from the paper.
 
 The files it writes are ordinary, hand-editable Caffe prototxt: users change losses, widths or dropout by
-editing them, not this script. It exists so that the ten net/solver pairs stay consistent with each other;
+editing them, not this script. It exists so that the fifteen net/solver pairs stay consistent with each other;
 re-run it only to regenerate them all (python tools/make_prototxt.py; --check exits 1 if a file differs).
 
 The network (paper.md, "Network"): ResNet-20 without batch norm. Four stages; each starts with a stride-2
@@ -31,6 +31,10 @@ class Size:
 
 PAPER = Size("paper", batch=50, frames=300, widths=(64, 128, 256, 512), units=(1, 2, 4, 1), embedding=512,
              classes=1251)
+# The paper's verification training: the same nets on the 1,211 speakers outside the 40 verification test
+# speakers (trainAug.py --mode verification), so stage 2 starts from a stage 1 with the same fc6 shape.
+VERIFICATION = Size("verification", batch=50, frames=300, widths=PAPER.widths, units=PAPER.units,
+                    embedding=512, classes=1211)
 # Trains on 2 CPU cores in minutes: same depth and structure, a quarter of the frames, an eighth of the width.
 DEMO = Size("demo", batch=24, frames=100, widths=(8, 16, 32, 64), units=(1, 2, 4, 1), embedding=64, classes=30)
 
@@ -85,7 +89,8 @@ def trunk(size: Size) -> tuple[str, str]:
 
 def _header(size: Size, loss: str, note: str) -> str:
     crop = 160 * (size.frames - 1) + 401
-    return (f'name: "ResNet-20_{loss}{"_demo" if size.name == "demo" else ""}"\n'
+    suffix = {"demo": "_demo", "verification": "_verification"}.get(size.name, "")
+    return (f'name: "ResNet-20_{loss}{suffix}"\n'
             f"# {note}\n"
             f"# Input: {size.batch} spectrograms of {size.frames} frames x 257 bins ({crop}-sample crops);\n"
             f"# the training scripts take batch size and crop length from this layer.\n"
@@ -115,8 +120,9 @@ def _accuracy(scores: str) -> str:
 
 
 def _classes_note(size: Size) -> str:
-    return (f"# ---- classifier: num_output = number of training speakers ({size.classes}"
-            f"{': VoxCeleb1 identification; 1211 for verification training' if size.name == 'paper' else ''})\n")
+    what = {"paper": ": VoxCeleb1 identification; prototxt/verification/ has the 1211-class nets",
+            "verification": ": VoxCeleb1 verification training, the 40 test speakers held out"}.get(size.name, "")
+    return f"# ---- classifier: num_output = number of training speakers ({size.classes}{what})\n"
 
 
 def head(loss: str, size: Size) -> str:
@@ -217,7 +223,7 @@ PREFIX = {"softmax": "ResNet-20_512D", "lm": "LM_512D_30", "amsoftmax": "AM_512D
 
 def solver(loss: str, size: Size, net_file: str) -> str:
     stage1 = loss == "softmax"
-    if size.name == "paper":
+    if size.name != "demo":
         base_lr, stepsize, max_iter = (0.05 if stage1 else 0.005), 2800, 61600
         display, snapshot = 100, 5600
         note = ("# The paper's solver. Original stage 1 snapshotted only at 61600; 5600 here so that a killed\n"
@@ -231,7 +237,10 @@ def solver(loss: str, size: Size, net_file: str) -> str:
             # x50 from the scale, momentum 0.93, batch 24) throw fc6 far off and 300 iterations don't recover
             # (LM: loss 32 -> 87, validation top-1 0.03); the paper's 61,600 iterations have time to.
             note += "# Stage 2 base_lr 0.001 instead of the paper's 0.005: 300 iterations can't absorb the start-up.\n"
-    prefix = PREFIX[loss] if size.name == "paper" else PREFIX[loss].replace("512D", f"{size.embedding}D") + "_demo"
+    if size.name == "demo":
+        prefix = PREFIX[loss].replace("512D", f"{size.embedding}D") + "_demo"
+    else:
+        prefix = PREFIX[loss] + ("_verification" if size.name == "verification" else "")
     return (f"# {NOTES[loss]}\n{note}"
             f'net: "{net_file}"\n'
             "# Validation (top-1/top-5 on split 2) is run by the training script every --test-interval.\n"
@@ -243,7 +252,8 @@ def solver(loss: str, size: Size, net_file: str) -> str:
 
 def files() -> dict[Path, str]:
     out = {}
-    for size, folder in ((PAPER, ROOT / "prototxt"), (DEMO, ROOT / "prototxt" / "demo")):
+    for size, folder in ((PAPER, ROOT / "prototxt"), (DEMO, ROOT / "prototxt" / "demo"),
+                         (VERIFICATION, ROOT / "prototxt" / "verification")):
         for loss in ("softmax", "lm", "amsoftmax", "asoftmax", "aam"):
             net_name = f"ResNet-20_{loss}.prototxt"
             body, _ = trunk(size)

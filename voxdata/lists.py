@@ -9,7 +9,8 @@ Path rules (explicit, so that evaluation finds the same files):
 component (an id or a name).
 
 Verification test speakers: from `vox1_meta.csv` (rows with Set == test; the id and the name both count)
-when one is given or found in data_root; otherwise VoxCeleb1's rule: ids id10270 ... id10309 (current
+when one is given or found (in data_root, else beside the list file, else in the project's lists/);
+otherwise VoxCeleb1's rule: ids id10270 ... id10309 (current
 layout) or names starting with "E" (2017 layout).
 
 Labels are dense 0..K-1 over the sorted speaker keys, so they do not depend on line order or on missing
@@ -29,6 +30,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 TEST_ID_RANGE = (10270, 10309)  # VoxCeleb1 verification test speakers, inclusive
+# The project's lists/ folder (README: lists may live there instead of the data root).
+PROJECT_LISTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lists")
 
 
 class ListFormatError(ValueError):
@@ -135,6 +138,15 @@ def read_meta(path) -> dict[str, str]:
     return out
 
 
+def find_meta(data_root, list_dir) -> str | None:
+    """vox1_meta.csv from the data root, else beside the list file, else the project's lists/ folder."""
+    for folder in (data_root, list_dir, PROJECT_LISTS):
+        cand = os.path.join(folder, "vox1_meta.csv")
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
 def _default_test_speaker(key: str, layout: str) -> bool:
     if layout == "2017":
         return key.startswith("E")
@@ -202,7 +214,7 @@ def read_iden_split(
     held out; train = splits 1 and 3 of every other speaker, val = their split 2, labels over those speakers;
     test = every utterance of the test speakers, labels indexing `test_speakers`.
     data_root: default the list's folder; wav_dir: default <data_root>/wav (current layout) or <data_root>
-    (2017 layout); meta: vox1_meta.csv path, default <data_root>/vox1_meta.csv if it exists.
+    (2017 layout); meta: vox1_meta.csv path, default: find_meta (data_root, the list's folder, lists/).
     check_files: files not found are dropped, counted in Splits.missing, reported once as a warning and, with
     missing_log, all written to that file. A malformed line raises ListFormatError naming file and line.
     """
@@ -221,13 +233,16 @@ def read_iden_split(
         speakers = test_speakers = keys
     else:
         if meta is None:
-            cand = os.path.join(data_root, "vox1_meta.csv")
-            meta = cand if os.path.exists(cand) else None
+            meta = find_meta(data_root, os.path.dirname(os.path.abspath(path)))
         if meta is not None:
             m = read_meta(meta)
             is_test = {k: m.get(k) == "test" for k in keys}
+            log.info("verification test speakers from %s", meta)
         else:
             is_test = {k: _default_test_speaker(k, layout) for k in keys}
+            log.info("no vox1_meta.csv in %s, %s or %s: test speakers by VoxCeleb1's rule (%s)", data_root,
+                     os.path.dirname(os.path.abspath(path)), PROJECT_LISTS,
+                     "names starting with E" if layout == "2017" else "id10270..id10309")
         test_speakers = [k for k in keys if is_test[k]]
         speakers = [k for k in keys if not is_test[k]]
         if not test_speakers:

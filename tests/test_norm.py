@@ -1,0 +1,103 @@
+"""speaker.norm: S-Norm and AS-Norm against a direct per-trial NumPy implementation."""
+
+import numpy as np
+import pytest
+
+from speaker.norm import cohort_matrix, cohort_stats, normalize_scores
+
+
+def unit(v):
+    return v / np.linalg.norm(v)
+
+
+def direct(pairs, emb, cohort_rows, top_n=None):
+    """Per trial, per side: cosine against every cohort row, sort, take the top_n, mean/std; then S-Norm."""
+    out = []
+    for a, b in pairs:
+        s = unit(emb[a]) @ unit(emb[b])
+        z = []
+        for u in (a, b):
+            c = np.array([unit(emb[u]) @ unit(r) for r in cohort_rows])
+            if top_n is not None:
+                c = np.sort(c)[::-1][:top_n]
+            z.append((s - c.mean()) / np.sqrt(((c - c.mean()) ** 2).mean()))
+        out.append(0.5 * (z[0] + z[1]))
+    return np.array(out)
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    emb = {f"id{s}/v/{u}.wav": rng.normal(size=8) + 2 * (s % 3) for s in range(5) for u in range(4)}
+    ids = sorted(emb)
+    pairs = [(ids[i], ids[j]) for i in range(len(ids)) for j in range(i + 1, len(ids), 3)]
+    raw = np.array([unit(emb[a]) @ unit(emb[b]) for a, b in pairs])
+    cohort_emb = rng.normal(size=(30, 8))
+    cohort_spk = [f"c{i % 7}" for i in range(30)]
+    return emb, pairs, raw, cohort_emb, cohort_spk
+
+
+def test_snorm_matches_direct(data):
+    emb, pairs, raw, cohort_emb, _ = data
+    cohort = cohort_matrix(cohort_emb, mode="utterance")
+    got = normalize_scores(raw, pairs, emb, cohort, "snorm")
+    np.testing.assert_allclose(got, direct(pairs, emb, list(cohort_emb)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("top_n", [2, 5, 29, 30])
+def test_asnorm_matches_direct(data, top_n):
+    emb, pairs, raw, cohort_emb, _ = data
+    cohort = cohort_matrix(cohort_emb, mode="utterance")
+    got = normalize_scores(raw, pairs, emb, cohort, "asnorm", top_n=top_n)
+    np.testing.assert_allclose(got, direct(pairs, emb, list(cohort_emb), top_n), rtol=1e-5, atol=1e-5)
+    if top_n == 30:  # the whole cohort: AS-Norm is S-Norm
+        np.testing.assert_allclose(got, normalize_scores(raw, pairs, emb, cohort, "snorm"), atol=1e-9)
+
+
+def test_speaker_averaged_cohort(data):
+    emb, pairs, raw, cohort_emb, cohort_spk = data
+    cohort = cohort_matrix(cohort_emb, cohort_spk, mode="speaker")
+    assert cohort.shape == (7, 8)
+    for k, name in enumerate(sorted(set(cohort_spk))):
+        rows = [unit(cohort_emb[i]) for i, s in enumerate(cohort_spk) if s == name]
+        np.testing.assert_allclose(cohort[k], unit(np.mean(rows, axis=0)), rtol=1e-5, atol=1e-6)
+    got = normalize_scores(raw, pairs, emb, cohort, "asnorm", top_n=3)
+    np.testing.assert_allclose(got, direct(pairs, emb, list(cohort), 3), rtol=1e-5, atol=1e-5)
+
+
+def test_chunking_and_none(data):
+    emb, pairs, raw, cohort_emb, _ = data
+    x = np.stack(list(emb.values()))
+    m1, s1 = cohort_stats(x, cohort_emb, top_n=4, chunk=3)
+    m2, s2 = cohort_stats(x, cohort_emb, top_n=4)
+    np.testing.assert_allclose(m1, m2)
+    np.testing.assert_allclose(s1, s2)
+    np.testing.assert_array_equal(normalize_scores(raw, pairs, emb, cohort_emb, "none"), raw)
+
+
+def test_errors(data):
+    emb, pairs, raw, cohort_emb, cohort_spk = data
+    with pytest.raises(ValueError, match="top_n must be in"):
+        normalize_scores(raw, pairs, emb, cohort_emb, "asnorm", top_n=31)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        normalize_scores(raw, pairs, emb, cohort_emb, "znorm")
+    with pytest.raises(KeyError, match="no embedding for 1"):
+        normalize_scores(raw[:1], [(pairs[0][0], "idX/v/1.wav")], emb, cohort_emb, "snorm")
+    with pytest.raises(ValueError, match="needs the speaker"):
+        cohort_matrix(cohort_emb, mode="speaker")
+    with pytest.raises(ValueError, match="zero spread"):
+        cohort_stats(np.ones((2, 3)), np.ones((4, 3)))
+
+
+def test_shared_stats_over_several_lists(data):
+    from speaker.norm import NormStats
+
+    emb, pairs, raw, cohort_emb, _ = data
+    stats = NormStats(emb, list(emb), cohort_emb, "asnorm", top_n=7)  # every utterance, once
+    half = len(pairs) // 2
+    for sl in (slice(0, half), slice(half, None)):
+        np.testing.assert_allclose(stats.apply(raw[sl], pairs[sl]),
+                                   normalize_scores(raw[sl], pairs[sl], emb, cohort_emb, "asnorm", top_n=7),
+                                   rtol=1e-12)
+    with pytest.raises(KeyError, match="no cohort statistics for utterance 'x'"):
+        stats.apply(raw[:1], [("x", pairs[0][1])])
