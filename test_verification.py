@@ -111,7 +111,10 @@ def _embed_with_net(args, utts: list[str], wav_dir: str, log):
     net_path = args.net or find_run_file(run_dir, NET_NAMES, "TEST net prototxt", "--net")
     log.info("net %s, weights %s, engine %s, gpu %s", net_path, args.weights, args.engine, args.gpu)
     caffe = load_engine(args.engine, args.gpu)
-    net = caffe.Net(net_path, args.weights, caffe.TEST)
+    from speaker.preflight import check_eval_audio, load_test_net
+
+    check_eval_audio([os.path.join(wav_dir, u) for u in utts], os.path.dirname(net_path), "verification", log)
+    net = load_test_net(caffe, net_path, args.weights)
     frames = input_frames(net, args.data_blob)
     provider = voxdata_crops_provider(utts, wav_dir, args.crops, frames, args.seed,
                                       augment=not args.no_augment, cache=args.cache)

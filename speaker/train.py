@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from voxdata.scan import CACHE_NAME
+
 from . import rundir
 from .data_parallel import DataParallel
 from .engine import is_caffe_torch, load_engine
@@ -60,7 +62,6 @@ log = logging.getLogger("train")
 EXIT_INTERRUPTED = 99      # stopped by a signal after writing a snapshot (Grid Engine: "requeue")
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
 REPO = Path(__file__).resolve().parent.parent
-CACHE_NAME = ".audio_check.json"
 BAD_AUDIO_LIST = "bad_audio.txt"
 
 __all__ = ["DataParallel", "EXIT_INTERRUPTED", "TrainingError", "Validator", "build_parser", "main", "train"]
@@ -365,9 +366,10 @@ def preflight(run: Run) -> None:
     listing every problem in <run>/bad_audio.txt, or with --skip-bad-audio leave them out. Then every
     speaker must keep a training utterance (else its class would never be trained)."""
     from voxdata import crop_length, scan_audio
+    from voxdata.scan import default_cache_file
 
     args, splits, ddp = run.args, run.splits, run.ddp
-    cache_file = run.dir.resolve().parent / CACHE_NAME
+    cache_file = default_cache_file(run.dir)
     # without augmentation a training crop cannot repeat a short recording (voxdata.crops)
     min_train = 1 if run.augment else crop_length(run.frames)
     results = []

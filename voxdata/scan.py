@@ -119,3 +119,9 @@ def scan_audio(paths, sample_rate: int = SAMPLE_RATE, progress: bool = False, ca
     if bad:
         log.warning("%d of %d audio files are unusable; first: %s", len(bad), len(set(paths)), bad[0])
     return ScanResult(good, bad, reused, samples)
+
+
+def default_cache_file(run_dir) -> str:
+    """The cache file of a run directory: CACHE_NAME in the folder above it, so the runs of one project
+    (stage 1, stage 2, their tests: runs/softmax, runs/lm, ...) share it."""
+    return os.path.join(os.path.dirname(os.path.abspath(os.fspath(run_dir))), CACHE_NAME)
