@@ -710,7 +710,8 @@ def loop(run: Run, solver, data: Data, stop: StopRequest) -> int:
             if data.validation_due(it, run.args.test_interval):
                 data.progress.validation(it, *data.val.log_run(data.feed, it))
             data.feed(solver.net, *ddp.local_rows(*next(batches)))
-            solver.step(1)
+            with io_step("write the snapshot", run.snap_dir / f"{run.prefix_name}_iter_{it + 1}.*"):
+                solver.step(1)          # the only file it writes: the solver's periodic snapshot
             loss = ddp.loss if ddp.enabled else data.loss(solver.net)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"iteration {it}: loss is {loss}")
