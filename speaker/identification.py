@@ -76,7 +76,10 @@ def run(args) -> dict:
                                        if os.path.join(splits.wav_dir, u) in keep])) if keep else ([], [])
         if not utts:
             raise ValueError(f"{iden_split}: no usable {subset} utterance under {splits.wav_dir}")
-        caffe = engine_for(args.engine, args.gpu)
+        try:
+            caffe = engine_for(args.engine, args.gpu)
+        except RuntimeError as exc:          # no CUDA for --gpu N, no pycaffe for --engine caffe
+            raise ValueError(str(exc)) from None
         net = load_test_net(caffe, net_path, args.weights)
         if args.score_blob is None:
             from .evaluate import accuracy_input

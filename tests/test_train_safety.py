@@ -337,3 +337,18 @@ def test_worker_error_is_one_line_and_a_snapshot_is_kept(own_corpus, tmp_path, m
     err = capsys.readouterr().err
     assert len(error_lines(err)) == 1 and "Traceback" not in err and "unreadable audio file" in err
     assert list((run / "snapshots").glob("wk_iter_*.solverstate"))
+
+
+def test_identification_gpu_without_cuda_is_one_line(corpus, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    solver = write_solver(tmp_path, SOFTMAX_HEAD, "gi", max_iter=1, snapshot=0)
+    run = tmp_path / "run"
+    assert trainAug.main(train_args(solver, corpus, run)) == 0
+    capsys.readouterr()
+    assert test_identification.main(["--weights", str(run / "final.caffemodel"), "--data-root", str(corpus),
+                                     "--crops", "2", "--gpu", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and "Traceback" not in err
