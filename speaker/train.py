@@ -53,7 +53,7 @@ from . import rundir
 from .data_parallel import DataParallel
 from .engine import is_caffe_torch, load_engine
 from .errors import TrainingError
-from .netinfo import accuracy_input, data_geometry, missing_layers, param_input_dims, param_layers, smallest_frames
+from .netinfo import data_geometry, missing_layers, param_input_dims, smallest_frames
 from .rundir import RunIOError, io_step
 from .validation import Validator
 
@@ -180,13 +180,6 @@ def classifier_widths(net_param) -> dict[str, int]:
     return out
 
 
-def score_blob(net_param) -> str:
-    try:
-        return accuracy_input(param_layers(net_param))
-    except ValueError as exc:
-        raise TrainingError(str(exc)) from None
-
-
 # ---------------------------------------------------------------------- snapshots and signals
 
 def snapshots(snapshot_dir: Path, prefix_name: str) -> list[Path]:
@@ -197,11 +190,6 @@ def snapshots(snapshot_dir: Path, prefix_name: str) -> list[Path]:
     found = [(int(m.group(1)), p) for p in snapshot_dir.glob("*.solverstate")
              if (m := pattern.match(p.name)) and p.with_suffix(".caffemodel").exists()]
     return [p for _, p in sorted(found, reverse=True)]
-
-
-def latest_snapshot(snapshot_dir: Path, prefix_name: str) -> Path | None:
-    found = snapshots(snapshot_dir, prefix_name)
-    return found[0] if found else None
 
 
 class StopRequest:
@@ -260,6 +248,7 @@ class Run:
     train: tuple[list[str], np.ndarray] = ((), np.zeros(0))     # usable training (paths, labels)
     val: tuple[list[str], np.ndarray] = ((), np.zeros(0))
     bad_audio: list[str] = field(default_factory=list)
+    validated: set[int] = field(default_factory=set)     # iterations whose validation row the curve keeps
 
     @property
     def snap_dir(self) -> Path:
@@ -475,7 +464,7 @@ def start_from(run: Run, solver) -> None:
         _initial_weights(run, solver)
     if run.ddp.is_main:
         rundir.record_args(run.dir, run.args, run.script, resumed_at=solver.iter if resumed else None)
-        _truncate_curve(run.curve, solver.iter if resumed else 0)
+        run.validated = _truncate_curve(run.curve, solver.iter if resumed else 0)
 
 
 def _initial_weights(run: Run, solver) -> None:
@@ -525,11 +514,12 @@ def _resume(run: Run, solver) -> Path | None:
                         "the warnings above); use --force to start over")
 
 
-def _truncate_curve(path: Path, iteration: int) -> None:
+def _truncate_curve(path: Path, iteration: int) -> set[int]:
     """Keep the curve's rows of the iterations before `iteration` (validation rows up to it): after a
-    kill -9 the rows between the last snapshot and the kill would otherwise appear twice."""
+    kill -9 the rows between the last snapshot and the kill would otherwise appear twice. Returns the
+    iterations of the validation rows kept."""
     if not path.exists():
-        return
+        return set()
     with io_step("rewrite", path):
         rows = list(csv.reader(path.read_text().splitlines()))
         keep = rows[:1] + [r for r in rows[1:] if r and (int(r[0]) < iteration or (int(r[0]) == iteration
@@ -538,6 +528,7 @@ def _truncate_curve(path: Path, iteration: int) -> None:
         with open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(keep)
         os.replace(tmp, path)
+    return {int(r[0]) for r in keep[1:] if r[3] != ""}
 
 
 # ---------------------------------------------------------------------- stage 4: data
@@ -743,7 +734,7 @@ def finish(run: Run, solver, data: Data) -> None:
     model = run.snap_dir / f"{run.prefix_name}_iter_{solver.iter}.caffemodel"
     if not model.exists():
         model = snapshot(run, solver).with_suffix(".caffemodel")
-    if data.val is not None:
+    if data.val is not None and solver.iter not in run.validated:   # (a finished run resumed: done already)
         data.progress.validation(solver.iter, *data.val.log_run(data.feed, solver.iter))
     final = run.dir / "final.caffemodel"
     with io_step(f"copy {model} to", final):

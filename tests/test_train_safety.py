@@ -352,3 +352,25 @@ def test_identification_gpu_without_cuda_is_one_line(corpus, tmp_path, capsys):
                                      "--crops", "2", "--gpu", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "CUDA is not available" in err and "Traceback" not in err
+
+
+def test_rerunning_a_finished_run_with_resume_auto_changes_nothing(corpus, tmp_path):
+    """tools/demo.sh reruns finished stages with --resume auto: same final weights, no repeated curve rows."""
+    solver = write_solver(tmp_path, SOFTMAX_HEAD, "done", max_iter=4, snapshot=2)
+    run = tmp_path / "run"
+    assert trainAug.main(train_args(solver, corpus, run)) == 0
+    curve, final = (run / "training_curve.csv").read_text(), (run / "final.caffemodel").read_bytes()
+    assert trainAug.main(train_args(solver, corpus, run, "--resume", "auto")) == 0
+    assert (run / "training_curve.csv").read_text() == curve and (run / "final.caffemodel").read_bytes() == final
+
+
+def test_net_file_is_found_in_the_repository_from_another_directory(tmp_path, monkeypatch):
+    """sge/train.sge runs in the submit directory: a solver's `net: "prototxt/..."` is looked up there, next
+    to the solver, then in the repository (as the test scripts find lists/)."""
+    from speaker.train import REPO, read_solver_and_net
+
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "prototxt/demo/ResNet-20_softmax.prototxt"\nbase_lr: 0.1\nmax_iter: 1\n')
+    monkeypatch.chdir(tmp_path)
+    _, net_path, _ = read_solver_and_net(str(solver))
+    assert net_path == REPO / "prototxt" / "demo" / "ResNet-20_softmax.prototxt"
