@@ -41,6 +41,7 @@ import math
 import os
 import shutil
 import signal
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,10 +334,13 @@ def load_splits(run: Run) -> None:
     if not Path(args.data_root).is_dir():
         raise TrainingError(f"--data-root {args.data_root}: no such directory")
     run.split_file = _iden_split_path(args)
-    missing_log = run.dir / "missing_files.txt" if run.ddp.is_main else None
-    with io_step("write", run.dir / "missing_files.txt"):
-        run.splits = read_iden_split(run.split_file, mode=args.mode, data_root=args.data_root,
-                                     missing_log=missing_log)
+    with io_step("read", run.split_file):
+        run.splits = read_iden_split(run.split_file, mode=args.mode, data_root=args.data_root)
+    missing_log = run.dir / "missing_files.txt"
+    if run.splits.missing and run.ddp.is_main:
+        with io_step("write", missing_log):
+            missing_log.write_text("\n".join(run.splits.missing) + "\n")
+        log.warning("all %d missing files are listed in %s", len(run.splits.missing), missing_log)
     if len(run.splits.train) == 0:
         raise TrainingError(f"{run.split_file}: no training utterance found under {run.splits.wav_dir} "
                             f"({len(run.splits.missing)} listed files missing)")
@@ -569,9 +573,7 @@ class Progress:
             with io_step("open", run.curve):
                 self.file = open(run.curve, "w" if new else "a", newline="")  # noqa: SIM115 (closed by close())
             self._write([["iteration", "loss", "lr", "val_top1", "val_top5"]] if new else [])
-        import time
-
-        self.clock, self.t0 = time.perf_counter, time.perf_counter()
+        self.t0 = time.perf_counter()
 
     def _write(self, rows) -> None:
         if self.file is not None:
@@ -584,7 +586,7 @@ class Progress:
 
         self.recent.append(loss)
         lr, _ = learning_rate(self.solver_param, it, 0)
-        elapsed = self.clock() - self.t0
+        elapsed = time.perf_counter() - self.t0
         rate = (iterations_done - self.start_iter) * self.run.batch / elapsed if elapsed > 0 else 0.0
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{np.mean(self.recent):.4f}", lr=f"{lr:.3g}", ex_s=f"{rate:.1f}")
@@ -701,8 +703,7 @@ def loop(run: Run, solver, data: Data, stop: StopRequest) -> int:
             if data.validation_due(it, run.args.test_interval):
                 data.progress.validation(it, *data.val.log_run(data.feed, it))
             data.feed(solver.net, *ddp.local_rows(*next(batches)))
-            with io_step("write the snapshot", run.snap_dir / f"{run.prefix_name}_iter_{it + 1}.*"):
-                solver.step(1)          # the only file it writes: the solver's periodic snapshot
+            _step(run, solver, it)
             loss = ddp.loss if ddp.enabled else data.loss(solver.net)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"iteration {it}: loss is {loss}")
@@ -717,6 +718,16 @@ def loop(run: Run, solver, data: Data, stop: StopRequest) -> int:
             log.warning("snapshot %s written before stopping on the error below", snapshot(run, solver))
         raise
     return 0
+
+
+def _step(run: Run, solver, it: int) -> None:
+    """solver.step(1); an OSError of the periodic snapshot it writes after iteration `it` names the file."""
+    every = run.solver_param.snapshot
+    if every and (it + 1) % every == 0:
+        with io_step("write the snapshot", run.snap_dir / f"{run.prefix_name}_iter_{it + 1}.*"):
+            solver.step(1)
+    else:
+        solver.step(1)
 
 
 def snapshot(run: Run, solver) -> Path:
