@@ -443,7 +443,7 @@ def _probe_build(run: Run) -> None:
     import caffe_torch
 
     try:
-        caffe_torch.Net(None, caffe_torch.TRAIN, net_param=run.net_param, device="cpu")
+        caffe_torch.Net(str(run.net_path), caffe_torch.TRAIN, device="cpu")   # errors cite the user's file
     except caffe_torch.CaffeError as exc:
         _explain_input_size(run, exc)
         raise

@@ -374,3 +374,20 @@ def test_net_file_is_found_in_the_repository_from_another_directory(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     _, net_path, _ = read_solver_and_net(str(solver))
     assert net_path == REPO / "prototxt" / "demo" / "ResNet-20_softmax.prototxt"
+
+
+@pytest.mark.caffe
+def test_real_caffe_too_short_input_is_an_error_not_an_abort(corpus, tmp_path, capsys):
+    """A real Caffe CHECK-aborts the process on a negative blob shape; the trainer asks caffe_torch first."""
+    from speaker.engine import try_import_pycaffe
+
+    caffe, why = try_import_pycaffe()
+    if caffe is None:
+        pytest.skip(f"no pycaffe: {why}")
+    net = tmp_path / "short_net.prototxt"
+    net.write_text(TRUNK.format(frames=6, pooled=FRAMES // 2) + SOFTMAX_HEAD.format(classes=4))
+    solver = tmp_path / "short_solver.prototxt"
+    solver.write_text(SOLVER.format(net=net.name, lr=0.1, max_iter=2, snapshot=0, prefix="s"))
+    assert trainAug.main(train_args(solver, corpus, tmp_path / "r", "--engine", "caffe")) == 1
+    err = capsys.readouterr().err
+    assert f"{net}:" in err and "res4_3p" in err and f"at least {FRAMES - 1}" in err
