@@ -15,8 +15,9 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-# what marks a folder as holding a training run (the first two are written at its start)
-RUN_MARKERS = ("args.json", "train.log", "snapshots", "final.caffemodel", "training_curve.csv")
+# what marks a folder as holding a training run: args.json is written once the run is about to train (a start
+# that stopped earlier, e.g. on bad audio, leaves only its log and can simply be retried)
+RUN_MARKERS = ("args.json", "training_curve.csv", "final.caffemodel")
 
 
 class RunIOError(RuntimeError):
@@ -36,7 +37,13 @@ def io_step(operation: str, path):
 
 def existing_run(run: Path) -> list[str]:
     """The run markers present in `run` (empty: no run there)."""
-    return [m for m in RUN_MARKERS if (run / m).exists()] if run.is_dir() else []
+    if not run.is_dir():
+        return []
+    found = [m for m in RUN_MARKERS if (run / m).exists()]
+    snapshots = run / "snapshots"
+    if snapshots.is_dir() and any(snapshots.iterdir()):
+        found.append("snapshots/")
+    return found
 
 
 def claim(run_dir, resume: bool, force: bool, move: bool = True) -> Path | None:
