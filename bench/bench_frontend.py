@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.timing import rate  # noqa: E402
 from voxdata import crop_length, spectrogram, spectrogram_torch, train_loader, write_wav  # noqa: E402
 
 
@@ -49,20 +50,7 @@ def per_crop_frame_loop(x: np.ndarray) -> np.ndarray:
     return ((s - s.mean(axis=0)) / s.std(axis=0)).astype(np.float32)
 
 
-def _rate(fn, n_per_call: int, seconds: float, sync=None) -> float:
-    """Calls fn repeatedly for about `seconds` (after one warm-up call); returns items/s."""
-    fn()
-    if sync:
-        sync()
-    calls, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        if sync:
-            sync()
-        dt = time.perf_counter() - t0
-        if dt >= seconds:
-            return calls * n_per_call / dt
+_rate = rate   # the name bench_all.py imports (the timer itself is bench/timing.py's rate)
 
 
 def bench_frontend(batch: int, length: int, seconds: float) -> list[dict]:

@@ -1,5 +1,6 @@
-"""Side-by-side timing shared by the benchmarks: several candidates measured in interleaved rounds, so that a
-change in machine load during the run falls on all of them alike (report the median round)."""
+"""Timing shared by the benchmarks: several candidates measured in interleaved rounds, so that a change in
+machine load during the run falls on all of them alike (report the median round); and the throughput of
+one candidate over a time budget (`rate`)."""
 
 import time
 from collections.abc import Callable
@@ -25,3 +26,19 @@ def interleaved_times(steps: dict[str, Callable[[], object]], rounds: int, *, wa
             sync()
             times[name].append(time.perf_counter() - t0)
     return times
+
+
+def rate(fn: Callable[[], object], n_per_call: int, seconds: float, sync: Callable[[], object] | None = None) -> float:
+    """Items/s of `fn` (each call handles `n_per_call` items), called repeatedly for about `seconds` after one
+    untimed warm-up call; `sync()` after each call (torch.cuda.synchronize on a GPU)."""
+    sync = sync or (lambda: None)
+    fn()
+    sync()
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        sync()
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return calls * n_per_call / dt

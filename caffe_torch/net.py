@@ -216,6 +216,9 @@ class Net:
                 raise LayerError(lp.name, lp.type, f"gives {len(top_shapes)} top shape(s) for {len(lp.top)} "
                                  "top(s)", where)
             for t, shp in zip(lp.top, top_shapes):
+                if any(int(d) < 0 for d in shp):    # Caffe: CHECK_GE(shape[i], 0) in Blob::Reshape
+                    raise LayerError(lp.name, lp.type, f"top '{t}' would have the negative shape {tuple(shp)} "
+                                     f"from bottom shape(s) {bottom_shapes}: the input is too small", where)
                 shapes[t] = tuple(shp)
                 available[t] = None
                 if t not in self._tensors or tuple(self._tensors[t].shape) != tuple(shp):

@@ -428,20 +428,22 @@ def voxdata_audio_provider(wav_dir: str, cache=None) -> AudioProvider:
 
 def accuracy_input(net) -> str:
     """The blob the net's first Accuracy layer reads: its class scores (fc6, fc6_12, ... by loss)."""
-    for name, layer in zip(net._layer_names, net.layers):
-        if layer.type == "Accuracy":
-            return net.bottom_names[name][0]
-    raise ValueError("the net has no Accuracy layer: give --score-blob")
+    from .netinfo import accuracy_input as first_accuracy_input
+    from .netinfo import net_layers
+
+    try:
+        return first_accuracy_input(net_layers(net))
+    except ValueError:
+        raise ValueError("the net has no Accuracy layer: give --score-blob") from None
 
 
 def input_frames(net, data_blob: str = "data") -> int:
     """Frames per crop the net takes: the time axis of its (N, 1, frames, 257) input blob."""
+    from .netinfo import data_geometry
+
     if data_blob not in net.blobs:
         raise ValueError(f"net has no input blob {data_blob!r} (blobs: {list(net.blobs)})")
-    shape = tuple(net.blobs[data_blob].data.shape)
-    if len(shape) != 4:
-        raise ValueError(f"input blob {data_blob!r} has shape {shape}; expected (N, 1, frames, 257)")
-    return int(shape[2])
+    return data_geometry(net.blobs[data_blob].data.shape, f"input blob {data_blob!r}")[1]
 
 
 # The TEST-phase net of a training run: the run directory's copy of its net (test.prototxt / deploy.prototxt

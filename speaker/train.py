@@ -10,8 +10,14 @@ net's device (only int16 crosses the bus); the batch goes into the net's input b
 itself, no copy); `solver.step(1)` runs Caffe's forward/backward/update. Every --test-interval iterations a
 TEST net sharing the weights measures validation top-1/top-5 (one seeded crop per utterance, as the paper's
 validation curves). SIGTERM/SIGINT/SIGUSR1/SIGUSR2 (Grid Engine's -notify warnings) finish the current
-iteration, write a snapshot and exit with status 99; `--resume auto` continues from the newest snapshot, and
-since batch k is a pure function of (seed, k), the resumed run sees the same batches as an uninterrupted one.
+iteration, write a snapshot and exit with status 99 (later signals are logged and ignored until then);
+`--resume auto` continues from the newest snapshot that loads, and since batch k is a pure function of
+(seed, k), the resumed run sees the same batches as an uninterrupted one.
+
+The stages, in order (train() -> _train()): prepare_run (read the prototxt, claim the run directory,
+logging, lists, the audio pre-flight check) -> build_solver -> start_from (--weights / --resume) ->
+prepare_data (feeder, validator, loader, data parallel, speed options) -> loop -> finish (final weights).
+Any error of a stage is one line on stderr and in train.log, exit status 1 (-v adds the traceback).
 
 Speed options (caffe_torch only, all off by default; see caffe_torch/fast.py): --channels-last, --amp bf16,
 --tf32, --compile; --cache decodes the training audio once into a memory-mapped int16 file (built on first
@@ -33,28 +39,33 @@ import csv
 import logging
 import math
 import os
-import re
 import shutil
 import signal
-import sys
 import time
 from collections import deque
-from datetime import timedelta
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from voxdata.scan import CACHE_NAME
+
 from . import rundir
-from .engine import default_gpu, is_caffe_torch, load_engine
+from .data_parallel import DataParallel
+from .engine import is_caffe_torch, load_engine
+from .errors import TrainingError
+from .netinfo import data_geometry, missing_layers, param_input_dims, smallest_frames
+from .rundir import RunIOError, io_step
+from .validation import Validator
 
 log = logging.getLogger("train")
 
 EXIT_INTERRUPTED = 99      # stopped by a signal after writing a snapshot (Grid Engine: "requeue")
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+REPO = Path(__file__).resolve().parent.parent
+BAD_AUDIO_LIST = "bad_audio.txt"
 
-
-class TrainingError(RuntimeError):
-    """A problem with the inputs of a training run (files, lists, prototxt vs data)."""
+__all__ = ["DataParallel", "EXIT_INTERRUPTED", "TrainingError", "Validator", "build_parser", "main", "train"]
 
 
 def build_parser(augment: bool) -> argparse.ArgumentParser:
@@ -75,17 +86,23 @@ def build_parser(augment: bool) -> argparse.ArgumentParser:
     p.add_argument("--iden-split", help="iden_split.txt (default: <data-root>/iden_split.txt if it exists, "
                    "else lists/iden_split.txt)")
     p.add_argument("--gpu", type=int, default=None,
-                   help="GPU index, -1 for the CPU (default: $SGE_GPU, else GPU 0 if CUDA is present, else CPU)")
+                   help="GPU index, -1 for the CPU (default: $SGE_GPU, else GPU 0 if CUDA is present, else CPU). "
+                   "Under torchrun only --gpu -1 is used: each process takes GPU LOCAL_RANK (or the "
+                   "LOCAL_RANK-th entry of $SGE_GPU) and any other --gpu is ignored")
     p.add_argument("--engine", choices=("torch", "caffe"), default="torch",
                    help="torch = caffe_torch (default); caffe = a real pycaffe build")
     p.add_argument("--seed", type=int, default=1, help="seed of the batch stream and of the weight fillers")
     p.add_argument("--resume", nargs="?", const="auto", metavar="auto|FILE.solverstate",
-                   help="continue from the newest snapshot in the run directory (auto) or from FILE")
+                   help="continue from the newest snapshot in the run directory that loads (auto) or from FILE")
+    p.add_argument("--force", action="store_true",
+                   help="start over in an --out that already holds a run: the old run is moved to "
+                   "<out>.old-N (never deleted). Without --force or --resume such an --out is refused")
     p.add_argument("--test-interval", type=int, default=1000,
                    help="validate every N iterations (0 = only at the end); default %(default)s")
     p.add_argument("--val-utterances", type=int, default=0,
                    help="validate on the first N validation utterances only (0 = all)")
-    p.add_argument("--out", help="run directory (default runs/<solver name>)")
+    p.add_argument("--out", help="run directory (default runs/<solver name>); the audio check cache is "
+                   f"{CACHE_NAME} in the folder above it")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="loader worker processes; default %(default)s")
     p.add_argument("--cache", metavar="DIR",
@@ -105,21 +122,24 @@ def build_parser(augment: bool) -> argparse.ArgumentParser:
                       help="torch.compile the train net's forward (and so its backward); the first iteration "
                       "compiles (tens of seconds); falls back to the interpreted net if compiling fails")
     p.add_argument("--skip-bad-audio", action="store_true",
-                   help="skip (and count) unreadable or wrong-format recordings instead of stopping")
+                   help="leave out unreadable, wrong-format or too short recordings found by the pre-flight "
+                   "check (counted at the start and the end, listed in <out>/bad_audio.txt) instead of "
+                   "refusing to start")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug log; errors with their traceback")
     return p
 
 
 # ---------------------------------------------------------------------- prototxt inspection
 
 def _resolve(path: str, base: Path, what: str, where: str) -> Path:
+    """A file named in a prototxt: as given (the current directory), else next to the prototxt, else in the
+    repository (so `qsub -v REPO=...` from another directory finds prototxt/...), like the test scripts."""
     cand = Path(path)
-    if cand.exists():
-        return cand.resolve()
-    if not cand.is_absolute() and (base / cand).exists():
-        return (base / cand).resolve()
-    raise TrainingError(f"{where}: {what} '{path}' not found (looked in {Path.cwd()} and {base})")
+    for folder in (Path.cwd(), base, REPO):
+        if (folder / cand).exists():
+            return (folder / cand).resolve()
+    raise TrainingError(f"{where}: {what} '{path}' not found (looked in {Path.cwd()}, {base} and {REPO})")
 
 
 def read_solver_and_net(solver_file: str):
@@ -140,22 +160,13 @@ def read_solver_and_net(solver_file: str):
 
 def input_geometry(net_param, net_path) -> tuple[int, int, int]:
     """(batch, frames, frequency bins) from the net's data input (N x 1 x frames x 257)."""
-    for lp in net_param.layer:
-        if lp.type == "Input" and "data" in lp.top:
-            shapes = list(lp.input_param.shape)
-            shape = shapes[list(lp.top).index("data")] if len(shapes) > 1 else shapes[0]
-            dims = list(shape.dim)
-            break
-    else:
-        if "data" in net_param.input:
-            i = list(net_param.input).index("data")
-            dims = list(net_param.input_shape[i].dim) if net_param.input_shape \
-                else list(net_param.input_dim[4 * i:4 * i + 4])
-        else:
-            raise TrainingError(f"{net_path}: no input blob named 'data' (an Input layer with top \"data\")")
-    if len(dims) != 4 or dims[1] != 1:
-        raise TrainingError(f"{net_path}: the data input must be N x 1 x frames x 257, got {dims}")
-    return int(dims[0]), int(dims[2]), int(dims[3])
+    dims = param_input_dims(net_param, "data")
+    if dims is None:
+        raise TrainingError(f"{net_path}: no input blob named 'data' (an Input layer with top \"data\")")
+    try:
+        return data_geometry(dims, str(net_path))
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def classifier_widths(net_param) -> dict[str, int]:
@@ -164,34 +175,36 @@ def classifier_widths(net_param) -> dict[str, int]:
     out = {}
     for lp in net_param.layer:
         if scored & set(lp.top):
-            for field in ("inner_product_param", "margin_inner_product_param"):
-                if lp.HasField(field):
-                    out[lp.name] = getattr(lp, field).num_output
+            for field_name in ("inner_product_param", "margin_inner_product_param"):
+                if lp.HasField(field_name):
+                    out[lp.name] = getattr(lp, field_name).num_output
     return out
 
 
-def score_blob(net_param) -> str:
-    for lp in net_param.layer:
-        if lp.type == "Accuracy":
-            return lp.bottom[0]
-    raise TrainingError("the net has no Accuracy layer; cannot tell which blob holds the class scores")
+# ---------------------------------------------------------------------- snapshots and signals
 
+def snapshots(snapshot_dir: Path, prefix_name: str) -> list[Path]:
+    """The .solverstate files of the run (with their .caffemodel), newest first."""
+    import re
 
-# ---------------------------------------------------------------------- snapshots
-
-def latest_snapshot(snapshot_dir: Path, prefix_name: str) -> Path | None:
     pattern = re.compile(re.escape(prefix_name) + r"_iter_(\d+)\.solverstate$")
     found = [(int(m.group(1)), p) for p in snapshot_dir.glob("*.solverstate")
              if (m := pattern.match(p.name)) and p.with_suffix(".caffemodel").exists()]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found, reverse=True)]
 
 
 class StopRequest:
-    """Turns the stop signals into a flag that the loop checks between iterations."""
+    """Turns the stop signals into a flag that the loop checks between iterations. Installed for the whole
+    run: a second signal (Ctrl-C twice, SIGUSR1 then SIGUSR2) is logged and ignored, so the snapshot is
+    written and the exit status stays 99; after a stop the signals stay ignored while the process exits."""
 
     def __init__(self):
         self.signal_name: str | None = None
         self._old = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
 
     def __enter__(self):
         for name in STOP_SIGNALS:
@@ -201,203 +214,328 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
         if self.signal_name is None:
-            self.signal_name = signal.Signals(signum).name
-            log.warning("%s received: finishing this iteration, then snapshot and exit", self.signal_name)
+            self.signal_name = name
+            log.warning("%s received: finishing this iteration, then snapshot and exit", name)
+        else:
+            log.warning("%s received again: ignored until the snapshot is written (exit status %d)", name,
+                        EXIT_INTERRUPTED)
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
-            signal.signal(sig, old)
+            signal.signal(sig, signal.SIG_IGN if self.requested else old)
 
 
-# ---------------------------------------------------------------------- data
+# ---------------------------------------------------------------------- stage 1: the run
+
+@dataclass
+class Run:
+    """Everything the later stages need, fixed by prepare_run."""
+
+    args: argparse.Namespace
+    augment: bool
+    ddp: DataParallel
+    script: str
+    solver_param: object
+    net_path: Path
+    net_param: object
+    batch: int
+    frames: int
+    gpu: int | None
+    dir: Path
+    splits: object = None
+    split_file: Path | None = None
+    train: tuple[list[str], np.ndarray] = ((), np.zeros(0))     # usable training (paths, labels)
+    val: tuple[list[str], np.ndarray] = ((), np.zeros(0))
+    bad_audio: list[str] = field(default_factory=list)
+    validated: set[int] = field(default_factory=set)     # iterations whose validation row the curve keeps
+
+    @property
+    def snap_dir(self) -> Path:
+        return self.dir / "snapshots"
+
+    @property
+    def prefix_name(self) -> str:
+        return Path(self.solver_param.snapshot_prefix or Path(self.args.solver).stem).name
+
+    @property
+    def curve(self) -> Path:
+        return self.dir / "training_curve.csv"
+
+
+def _check_device(gpu: int | None, engine: str) -> None:
+    if gpu is not None and engine == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise TrainingError(f"GPU {gpu} requested (--gpu or $SGE_GPU) but CUDA is not available here; "
+                                "use --gpu -1 for the CPU")
+
+
+def prepare_run(args, augment: bool, ddp: DataParallel) -> Run:
+    """Read and check the prototxt and the device, claim the run directory, start the log, read the lists
+    and check every recording (pre-flight)."""
+    from caffe_torch.fast import FastOptions
+
+    solver_param, net_path, net_param = read_solver_and_net(args.solver)
+    if args.engine != "torch" and (FastOptions.from_args(args).any() or ddp.enabled):
+        raise TrainingError("--channels-last/--amp/--tf32/--compile and torchrun (data parallel) need the "
+                            "caffe_torch engine (--engine torch)")
+    if args.force and args.resume:
+        raise TrainingError("--force starts the run over, --resume continues it: give one of them")
+    gpu = ddp.gpu(args.gpu, args.engine)
+    _check_device(gpu, args.engine)
+    batch, frames, _ = input_geometry(net_param, net_path)
+    if solver_param.iter_size != 1:
+        raise TrainingError(f"{args.solver}: iter_size {solver_param.iter_size}: the training scripts feed one "
+                            "batch per iteration through Input layers, so only iter_size 1 is supported")
+    if batch % ddp.world:
+        raise TrainingError(f"{net_path}: batch {batch} (the global batch) is not divisible by the {ddp.world} "
+                            "processes of this torchrun launch")
+    run_dir = Path(args.out or Path("runs") / Path(args.solver).stem)
+    aside = rundir.claim(run_dir, resume=bool(args.resume), force=args.force, move=ddp.is_main)
+    if ddp.enabled:
+        ddp.init(gpu)
+    script = "trainAug.py" if augment else "trainNoAug.py"
+    if ddp.is_main:
+        rundir.prepare(run_dir)
+        rundir.setup_logging(run_dir, "train", args.verbose)
+        log.info("run directory %s (git %s)", run_dir, rundir.git_revision())
+        if aside:
+            log.warning("--force: the run that was in %s is now in %s", run_dir, aside)
+    else:
+        logging.basicConfig(level=logging.WARNING, format=f"[rank {ddp.rank}] %(levelname)s %(name)s: %(message)s")
+    ddp.barrier()
+    run = Run(args, augment, ddp, script, solver_param, net_path, net_param, batch, frames, gpu, run_dir)
+    load_splits(run)
+    preflight(run)
+    return run
+
 
 def _iden_split_path(args) -> Path:
-    if args.iden_split:
-        p = Path(args.iden_split)
-        if not p.exists():
+    """--iden-split, else <data-root>/iden_split.txt, else the repository's lists/ (as the test scripts)."""
+    from .evaluate import default_list
+
+    p = Path(args.iden_split or default_list(args.data_root, "iden_split.txt"))
+    if not p.exists():
+        if args.iden_split:
             raise TrainingError(f"--iden-split {p}: no such file")
-        return p
-    for cand in (Path(args.data_root) / "iden_split.txt", Path("lists") / "iden_split.txt"):
-        if cand.exists():
-            return cand
-    raise TrainingError(f"no iden_split.txt in {args.data_root} or lists/: give --iden-split "
-                        "(VoxCeleb1's list; see README)")
+        raise TrainingError(f"no iden_split.txt in {args.data_root} or {REPO / 'lists'}: give --iden-split "
+                            "(VoxCeleb1's list; see README)")
+    return p
 
 
-def load_splits(args, run: Path, write: bool = True):
+def load_splits(run: Run) -> None:
+    """run.splits from the list; the classifier must have one output per training speaker."""
     from voxdata import read_iden_split
 
+    args = run.args
     if not Path(args.data_root).is_dir():
         raise TrainingError(f"--data-root {args.data_root}: no such directory")
-    split_file = _iden_split_path(args)
-    splits = read_iden_split(split_file, mode=args.mode, data_root=args.data_root,
-                             missing_log=run / "missing_files.txt" if write else None)
-    if len(splits.train) == 0:
-        raise TrainingError(f"{split_file}: no training utterance found under {splits.wav_dir} "
-                            f"({len(splits.missing)} listed files missing)")
-    if write:
-        splits.save_labels(run / "labels.json")
-    return splits, split_file
+    run.split_file = _iden_split_path(args)
+    with io_step("read", run.split_file):
+        run.splits = read_iden_split(run.split_file, mode=args.mode, data_root=args.data_root)
+    missing_log = run.dir / "missing_files.txt"
+    if run.splits.missing and run.ddp.is_main:
+        with io_step("write", missing_log):
+            missing_log.write_text("\n".join(run.splits.missing) + "\n")
+        log.warning("all %d missing files are listed in %s", len(run.splits.missing), missing_log)
+    if len(run.splits.train) == 0:
+        raise TrainingError(f"{run.split_file}: no training utterance found under {run.splits.wav_dir} "
+                            f"({len(run.splits.missing)} listed files missing)")
+    for layer, width in classifier_widths(run.net_param).items():
+        if width != len(run.splits.speakers):
+            raise TrainingError(f"{run.net_path}: layer '{layer}' has num_output {width} but {run.split_file} "
+                                f"({args.mode} mode) has {len(run.splits.speakers)} training speakers: edit "
+                                "num_output (or use the matching --mode)")
+    if run.ddp.is_main:
+        with io_step("write", run.dir / "labels.json"):
+            run.splits.save_labels(run.dir / "labels.json")
 
 
-class Validator:
-    """Top-1/top-5 of a TEST net (sharing the train net's weights) on one seeded crop per utterance."""
+def preflight(run: Run) -> None:
+    """Check every training and validation recording once (cached), before iteration 0: refuse to start,
+    listing every problem in <run>/bad_audio.txt, or with --skip-bad-audio leave them out. Then every
+    speaker must keep a training utterance (else its class would never be trained)."""
+    from voxdata import crop_length, scan_audio
+    from voxdata.scan import default_cache_file
 
-    def __init__(self, caffe, net_file: Path, train_net, paths, labels, frames, seed, augment, scores):
-        from voxdata import eval_crops
-
-        self.net = caffe.Net(str(net_file), caffe.TEST)
-        self.net.share_with(train_net)
-        self.labels = np.asarray(labels)
-        self.scores_name = scores
-        self.crops = eval_crops(paths, n_crops=1, frames=frames, seed=seed + 7919, augment=augment)
-        self.batch = self.net.blobs["data"].shape[0]
-
-    def run(self, to_input) -> tuple[float, float]:
-        from .metrics import topk_accuracy
-
-        scores = []
-        pending = []
-        for crops, _ in self.crops:
-            pending.append(crops[0])
-            if len(pending) == self.batch:
-                scores.append(self._forward(pending, to_input))
-                pending = []
-        if pending:
-            scores.append(self._forward(pending, to_input))
-        s = np.concatenate(scores)
-        return topk_accuracy(s, self.labels, 1), topk_accuracy(s, self.labels, min(5, s.shape[1]))
-
-    def _forward(self, crops, to_input) -> np.ndarray:
-        import torch
-
-        batch = torch.stack(crops)
-        n = len(crops)
-        if n != self.net.blobs["data"].shape[0]:
-            self.net.blobs["data"].reshape(n, *self.net.blobs["data"].shape[1:])
-            self.net.blobs["label"].reshape(n, *self.net.blobs["label"].shape[1:])
-            self.net.reshape()
-        to_input(self.net, batch, torch.zeros(n, dtype=torch.int64))
-        self.net.forward()
-        return np.array(self.net.blobs[self.scores_name].data).reshape(n, -1)
-
-
-# ---------------------------------------------------------------------- data parallel
-
-class DataParallel:
-    """torch.distributed state of a torchrun launch (WORLD_SIZE > 1); `enabled` is False otherwise."""
-
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world > 1
-        self.is_main = self.rank == 0
-        self.loss = None           # the last iteration's loss averaged over the processes
-        self.stop = False          # a stop signal reached some process (same value on every process)
-        self.local_stop = None     # callable: has this process received a stop signal?
-        self.gpu_index = None
-
-    def gpu(self, gpu_arg: int | None, engine: str = "torch") -> int | None:
-        """The GPU of this process: --gpu -1 forces the CPU; else the LOCAL_RANK-th entry of $SGE_GPU when
-        it lists enough GPUs, else GPU LOCAL_RANK when CUDA is present; else the CPU."""
-        if not self.enabled:
-            return default_gpu(gpu_arg, engine)
-        if gpu_arg is not None and gpu_arg < 0:
-            return None
-        sge = os.environ.get("SGE_GPU", "").replace(",", " ").split()
-        if len(sge) > self.local_rank:
-            return int(sge[self.local_rank])
-        if default_gpu(gpu_arg) is None:
-            return None
-        return self.local_rank
-
-    def init(self, gpu: int | None) -> None:
-        import torch.distributed as dist
-
-        self.gpu_index = gpu
-        if gpu is None:
-            dist.init_process_group("gloo", timeout=timedelta(minutes=60))
-        else:
-            import torch
-
-            torch.cuda.set_device(gpu)          # before NCCL starts: each process talks from its own GPU
-            dist.init_process_group("nccl", timeout=timedelta(minutes=60), device_id=torch.device("cuda", gpu))
-        if dist.get_world_size() != self.world:
-            raise TrainingError(f"WORLD_SIZE {self.world} but the process group has {dist.get_world_size()}")
-
-    def barrier(self) -> None:
-        if self.enabled:
-            import torch.distributed as dist
-
-            if self.gpu_index is None:
-                dist.barrier()
-            else:
-                dist.barrier(device_ids=[self.gpu_index])
-
-    def broadcast_params(self, net) -> None:
-        """Every process starts from rank 0's weights (they are equal anyway: same seed and files)."""
-        import torch.distributed as dist
-
-        for p, *_ in net.learnable_params():
-            dist.broadcast(p.data, 0)
-
-    def gradient_hook(self, solver, loss: float) -> float:
-        """Solver.gradient_hook: one all-reduce of [all param diffs..., loss, stop flag]; diffs and loss
-        become their mean over the processes."""
-        import torch
-        import torch.distributed as dist
-
-        grads = [p.grad for p, *_ in solver.net.learnable_params() if p.grad is not None]
-        device = grads[0].device if grads else solver.net.device
-        extra = torch.tensor([loss, 1.0 if self.local_stop and self.local_stop() else 0.0], device=device,
-                             dtype=grads[0].dtype if grads else torch.float32)
-        flat = torch.cat([g.reshape(-1) for g in grads] + [extra])
-        dist.all_reduce(flat)
-        flat /= self.world
-        offset = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(flat[offset:offset + n].view(g.shape))
-            offset += n
-        self.loss = float(flat[offset])
-        self.stop = bool(flat[offset + 1] > 0)
-        return self.loss
-
-    def close(self) -> None:
-        if self.enabled:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-
-def _ensure_cache(args, paths, ddp: DataParallel):
-    """The --cache folder: built from the training files on first use (by rank 0), checked to hold them all."""
-    from voxdata import WavCache, build_cache
-    from voxdata.cache import INDEX
-
-    if not args.cache:
-        return None
-    index = Path(args.cache) / INDEX
-    if not index.exists():
-        if ddp.is_main:
-            log.info("building the audio cache %s from %d training files", args.cache, len(paths))
-            build_cache(paths, args.cache, on_error="skip" if args.skip_bad_audio else "raise",
-                        progress=not args.no_progress)
+    args, splits, ddp = run.args, run.splits, run.ddp
+    cache_file = default_cache_file(run.dir)
+    # without augmentation a training crop cannot repeat a short recording (voxdata.crops)
+    min_train = 1 if run.augment else crop_length(run.frames)
+    results = []
+    for rank_turn in (True, False):            # rank 0 first (fills the cache), then the others (reuse it)
+        if ddp.is_main == rank_turn:
+            results = [scan_audio(splits.abspaths(subset), cache_file=cache_file, min_samples=need,
+                                  workers=2 * (os.cpu_count() or 1), progress=not args.no_progress)
+                       for subset, need in ((splits.train, min_train), (splits.val, 1))]
         ddp.barrier()
-    cache = WavCache(args.cache)
-    missing = [p for p in paths if p not in cache]
-    skipped = len(cache.skipped)
-    if missing and not (args.skip_bad_audio and len(missing) <= skipped):
-        raise TrainingError(f"--cache {args.cache}: {len(missing)} training files are not in the cache (first: "
-                            f"{missing[0]}); it was built from another list: delete it or pick another folder")
-    log.info("audio cache %s: %d recordings", args.cache, len(cache))
-    return cache
+    (train, val) = results
+    bad = train.bad + val.bad
+    run.bad_audio = bad
+    n_files = len(splits.train) + len(splits.val)
+    log.info("audio check: %d recordings, %d unusable (%d results reused from %s)", n_files, len(bad),
+             train.reused + val.reused, cache_file)
+    if bad and ddp.is_main:
+        with io_step("write", run.dir / BAD_AUDIO_LIST):
+            (run.dir / BAD_AUDIO_LIST).write_text("\n".join(bad) + "\n")
+    if bad and not args.skip_bad_audio:
+        raise TrainingError(f"{len(bad)} of {n_files} recordings are unusable (first: {bad[0]}; all listed in "
+                            f"{run.dir / BAD_AUDIO_LIST}): fix or remove them, or pass --skip-bad-audio to "
+                            "leave them out")
+    if bad:
+        log.warning("--skip-bad-audio: leaving out %d unusable recordings (listed in %s)", len(bad),
+                    run.dir / BAD_AUDIO_LIST)
+    run.train = _usable(splits.abspaths(splits.train), splits.train.labels, set(train.good))
+    run.val = _usable(splits.abspaths(splits.val), splits.val.labels, set(val.good))
+    counts = np.bincount(run.train[1], minlength=len(splits.speakers))
+    empty = [splits.speakers[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise TrainingError(f"{run.split_file}: {len(empty)} of {len(splits.speakers)} speakers have no usable "
+                            f"training utterance (first: {empty[0]}), so their classes would never be trained: "
+                            "remove them from the list (and from num_output) or restore their recordings")
 
 
-# ---------------------------------------------------------------------- the run
+def _usable(paths, labels, good: set) -> tuple[list[str], np.ndarray]:
+    keep = [i for i, p in enumerate(paths) if p in good]
+    return [paths[i] for i in keep], np.asarray(labels)[keep]
+
+
+# ---------------------------------------------------------------------- stage 2: the solver
+
+def build_solver(run: Run):
+    """(engine module, solver) from a resolved copy of the solver in the run directory (net: the user's file,
+    so that layer errors cite it; snapshots in <run>/snapshots; device; seed)."""
+    from google.protobuf import text_format
+
+    args = run.args
+    solver_copy = run.dir / "solver.prototxt"
+    if run.ddp.is_main:
+        with io_step("create", run.snap_dir):
+            run.snap_dir.mkdir(exist_ok=True)
+        rundir.copy_file(run.net_path, run.dir, "net.prototxt")
+        rundir.copy_file(args.solver, run.dir, "solver.original.prototxt")
+        resolved = type(run.solver_param)()
+        resolved.CopyFrom(run.solver_param)
+        resolved.net = str(run.net_path)
+        resolved.ClearField("train_net")
+        resolved.snapshot_prefix = str((run.snap_dir / run.prefix_name).resolve())
+        resolved.solver_mode = resolved.CPU if run.gpu is None else resolved.GPU
+        resolved.random_seed = args.seed
+        with io_step("write", solver_copy):
+            solver_copy.write_text(text_format.MessageToString(resolved))
+    run.ddp.barrier()
+    if args.engine != "torch":
+        _probe_build(run)              # a real Caffe aborts (CHECK) on a bad shape: ask caffe_torch first
+    caffe = load_engine(args.engine, run.gpu)
+    caffe.set_random_seed(args.seed)
+    try:
+        solver = caffe.get_solver(str(solver_copy))
+    except Exception as exc:
+        _explain_input_size(run, exc)
+        raise
+    return caffe, solver
+
+
+def _probe_build(run: Run) -> None:
+    import caffe_torch
+
+    try:
+        caffe_torch.Net(str(run.net_path), caffe_torch.TRAIN, device="cpu")   # errors cite the user's file
+    except caffe_torch.CaffeError as exc:
+        _explain_input_size(run, exc)
+        raise
+
+
+def _explain_input_size(run: Run, exc: Exception) -> None:
+    """A layer whose top would have a negative size: say which input size the net accepts."""
+    if "negative shape" not in str(exc):
+        return
+    least = smallest_frames(run.net_param, run.frames + 1)
+    if least is not None:
+        raise TrainingError(f"{exc}; its Input 'data' has {run.frames} frames, the net needs at least {least} "
+                            f"(crops of {least} frames or more: edit dim 3 of the Input shape)") from None
+
+
+# ---------------------------------------------------------------------- stage 3: where to start from
+
+def start_from(run: Run, solver) -> None:
+    """--resume (the newest snapshot that loads, or FILE), else --weights; then record the arguments."""
+    resumed = _resume(run, solver) if run.args.resume else None
+    if resumed is None and run.args.weights:
+        _initial_weights(run, solver)
+    if run.ddp.is_main:
+        rundir.record_args(run.dir, run.args, run.script, resumed_at=solver.iter if resumed else None)
+        run.validated = _truncate_curve(run.curve, solver.iter if resumed else 0)
+
+
+def _initial_weights(run: Run, solver) -> None:
+    weights = Path(run.args.weights)
+    if not weights.exists():
+        raise TrainingError(f"--weights {weights}: no such file")
+    missing = missing_layers(solver.net, weights)
+    if len(missing) == len(solver.net.params):
+        raise TrainingError(f"--weights {weights}: holds none of the learnable layers of {run.net_path} "
+                            f"({', '.join(solver.net.params)}): wrong file?")
+    log.info("initialising from %s", weights)
+    solver.net.copy_from(str(weights))
+    if missing:          # stage 2: the new loss layers (expected); anything else is worth a look
+        log.info("--weights %s holds no %d layer(s), which keep their fillers: %s", weights, len(missing),
+                 ", ".join(missing))
+
+
+def _resume(run: Run, solver) -> Path | None:
+    """Restore the newest snapshot that loads completely (auto) or FILE; None when auto finds none."""
+    from caffe_torch.errors import WeightsError
+    from caffe_torch.weights import read_solverstate
+
+    auto = run.args.resume == "auto"
+    candidates = snapshots(run.snap_dir, run.prefix_name) if auto else [Path(run.args.resume)]
+    if not candidates:
+        log.info("--resume auto: no snapshot in %s yet; starting from the beginning", run.snap_dir)
+        return None
+    for state in candidates:
+        try:
+            if not state.exists():
+                raise TrainingError(f"--resume {state}: no such file")
+            learned = read_solverstate(state).learned_net
+            model = Path(learned) if Path(learned).exists() else state.with_suffix(".caffemodel")
+            missing = missing_layers(solver.net, model)
+            if missing:
+                raise TrainingError(f"{model}: holds no weights for layer(s) {', '.join(missing)} of "
+                                    f"{run.net_path}: not a snapshot of this net")
+            solver.restore(str(state))
+        except (WeightsError, TrainingError) as exc:
+            if not auto:
+                raise
+            log.warning("--resume auto: skipping %s (%s)", state.name, exc)
+            continue
+        log.info("resuming from %s (iteration %d)", state, solver.iter)
+        return state
+    raise TrainingError(f"--resume auto: none of the {len(candidates)} snapshots in {run.snap_dir} loads (see "
+                        "the warnings above); use --force to start over")
+
+
+def _truncate_curve(path: Path, iteration: int) -> set[int]:
+    """Keep the curve's rows of the iterations before `iteration` (validation rows up to it): after a
+    kill -9 the rows between the last snapshot and the kill would otherwise appear twice. Returns the
+    iterations of the validation rows kept."""
+    if not path.exists():
+        return set()
+    with io_step("rewrite", path):
+        rows = list(csv.reader(path.read_text().splitlines()))
+        keep = rows[:1] + [r for r in rows[1:] if r and (int(r[0]) < iteration or (int(r[0]) == iteration
+                                                                               and r[3] != ""))]
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(keep)
+        os.replace(tmp, path)
+    return {int(r[0]) for r in keep[1:] if r[3] != ""}
+
+
+# ---------------------------------------------------------------------- stage 4: data
 
 def _input_feeder(caffe, device):
     """A function (net, crops int16 (B, L), labels (B,)) -> None that fills 'data' and 'label'."""
@@ -417,235 +555,271 @@ def _input_feeder(caffe, device):
     return feed
 
 
-def train(args, augment: bool) -> int:
-    ddp = DataParallel()
-    try:
-        return _train(args, augment, ddp)
-    finally:
-        ddp.close()
+class Progress:
+    """The progress bar and training_curve.csv (rank 0 writes it; the other ranks write nothing)."""
+
+    def __init__(self, run: Run, solver):
+        from tqdm import tqdm
+
+        self.run, self.solver_param = run, run.solver_param
+        self.display = max(1, run.solver_param.display or 100)
+        self.recent = deque(maxlen=max(1, run.solver_param.average_loss))
+        self.start_iter = solver.iter
+        self.bar = tqdm(total=run.solver_param.max_iter, initial=solver.iter, unit="it", dynamic_ncols=True,
+                        disable=run.args.no_progress or not run.ddp.is_main)
+        self.file = None
+        if run.ddp.is_main:
+            new = not run.curve.exists() or solver.iter == 0
+            with io_step("open", run.curve):
+                self.file = open(run.curve, "w" if new else "a", newline="")  # noqa: SIM115 (closed by close())
+            self._write([["iteration", "loss", "lr", "val_top1", "val_top5"]] if new else [])
+        self.t0 = time.perf_counter()
+
+    def _write(self, rows) -> None:
+        if self.file is not None:
+            with io_step("write", self.run.curve):
+                csv.writer(self.file).writerows(rows)
+                self.file.flush()
+
+    def step(self, it: int, loss: float, iterations_done: int) -> None:
+        from caffe_torch.solver import learning_rate
+
+        self.recent.append(loss)
+        lr, _ = learning_rate(self.solver_param, it, 0)
+        elapsed = time.perf_counter() - self.t0
+        rate = (iterations_done - self.start_iter) * self.run.batch / elapsed if elapsed > 0 else 0.0
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{np.mean(self.recent):.4f}", lr=f"{lr:.3g}", ex_s=f"{rate:.1f}")
+        if it % self.display == 0:
+            self._write([[it, f"{np.mean(self.recent):.6g}", f"{lr:.6g}", "", ""]])
+
+    def validation(self, it: int, top1: float, top5: float) -> None:
+        self._write([[it, "", "", f"{top1:.6g}", f"{top5:.6g}"]])
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
+            from .plots import training_curve
+
+            try:
+                log.info("training curve: %s", training_curve(self.run.curve, self.run.dir / "training_curve.png"))
+            except Exception as exc:  # a plot must never lose a run's result
+                log.warning("could not plot the training curve: %s", exc)
 
 
-def _train(args, augment: bool, ddp: DataParallel) -> int:
+@dataclass
+class Data:
+    feed: object
+    loader: object
+    val: Validator | None
+    progress: Progress
+    loss_blobs: list[str]
+
+    def validation_due(self, it: int, interval: int) -> bool:
+        return self.val is not None and interval > 0 and it % interval == 0 and it > self.progress.start_iter
+
+    def loss(self, net) -> float:
+        return float(sum(np.asarray(net.blobs[b].data).sum() for b in self.loss_blobs))
+
+
+def prepare_data(run: Run, caffe, solver) -> Data:
+    """The input feeder, the validator (rank 0), the batch loader from solver.iter on, data parallelism and
+    the speed options."""
     import torch
-    from tqdm import tqdm
 
-    from caffe_torch.solver import learning_rate
+    from caffe_torch.fast import FastOptions
     from voxdata import crop_length, train_loader
 
-    from .plots import training_curve
-
-    solver_param, net_path, net_param = read_solver_and_net(args.solver)
-    from caffe_torch.fast import FastOptions
-
-    fast = FastOptions.from_args(args)
-    if args.engine != "torch" and (fast.any() or ddp.enabled):
-        raise TrainingError("--channels-last/--amp/--tf32/--compile and torchrun (data parallel) need the "
-                            "caffe_torch engine (--engine torch)")
-    gpu = ddp.gpu(args.gpu, args.engine)
-    if ddp.enabled:
-        ddp.init(gpu)
-    run_dir = Path(args.out or Path("runs") / Path(args.solver).stem)
-    if ddp.is_main:
-        run = rundir.prepare(run_dir, args, "trainAug.py" if augment else "trainNoAug.py")
-        rundir.setup_logging(run, "train", args.verbose)
-        log.info("run directory %s (git %s)", run, rundir.git_revision())
-    else:
-        run = run_dir
-        logging.basicConfig(level=logging.WARNING, format=f"[rank {ddp.rank}] %(levelname)s %(name)s: %(message)s")
-    ddp.barrier()
-    batch, frames, bins = input_geometry(net_param, net_path)
-    if bins != 257:
-        raise TrainingError(f"{net_path}: the data input has {bins} frequency bins; the spectrogram has 257")
-    if solver_param.iter_size != 1:
-        raise TrainingError(f"{args.solver}: iter_size {solver_param.iter_size}: the training scripts feed one "
-                            "batch per iteration through Input layers, so only iter_size 1 is supported")
-    if batch % ddp.world:
-        raise TrainingError(f"{net_path}: batch {batch} (the global batch) is not divisible by the {ddp.world} "
-                            "processes of this torchrun launch")
-    splits, split_file = load_splits(args, run, write=ddp.is_main)
-    for layer, width in classifier_widths(net_param).items():
-        if width != len(splits.speakers):
-            raise TrainingError(f"{net_path}: layer '{layer}' has num_output {width} but {split_file} "
-                                f"({args.mode} mode) has {len(splits.speakers)} training speakers: edit "
-                                "num_output (or use the matching --mode)")
-
-    # resolved copies in the run directory: the engine reads these (absolute net path, snapshots in run/)
-    snap_dir = run / "snapshots"
-    prefix_name = Path(solver_param.snapshot_prefix or Path(args.solver).stem).name
-    net_copy = run / "net.prototxt"
-    solver_copy = run / "solver.prototxt"
-    if ddp.is_main:
-        snap_dir.mkdir(exist_ok=True)
-        net_copy = rundir.copy_file(net_path, run, "net.prototxt")
-        rundir.copy_file(args.solver, run, "solver.original.prototxt")
-        from google.protobuf import text_format
-
-        resolved = type(solver_param)()
-        resolved.CopyFrom(solver_param)
-        resolved.net = str(net_copy.resolve())
-        resolved.ClearField("train_net")
-        resolved.snapshot_prefix = str((snap_dir / prefix_name).resolve())
-        resolved.solver_mode = resolved.CPU if gpu is None else resolved.GPU
-        resolved.random_seed = args.seed
-        solver_copy.write_text(text_format.MessageToString(resolved))
-    ddp.barrier()
-
-    caffe = load_engine(args.engine, gpu)
-    device = torch.device("cpu") if gpu is None else torch.device("cuda", gpu)
+    args, ddp = run.args, run.ddp
+    device = torch.device("cpu") if run.gpu is None else torch.device("cuda", run.gpu)
     log.info("engine %s on %s; %d training utterances of %d speakers; batch %d, %d frames (%d samples)",
-             args.engine, device, len(splits.train), len(splits.speakers), batch, frames, crop_length(frames))
+             args.engine, device, len(run.train[0]), len(run.splits.speakers), run.batch, run.frames,
+             crop_length(run.frames))
     if ddp.enabled:
         log.info("data parallel: %d processes (%s), %d examples per process and iteration", ddp.world,
-                 "nccl" if gpu is not None else "gloo", batch // ddp.world)
-    caffe.set_random_seed(args.seed)
-    solver = caffe.get_solver(str(solver_copy))
-    if args.weights:
-        if not Path(args.weights).exists():
-            raise TrainingError(f"--weights {args.weights}: no such file")
-        log.info("initialising from %s", args.weights)
-        solver.net.copy_from(str(args.weights))
-    if args.resume:
-        state = latest_snapshot(snap_dir, prefix_name) if args.resume == "auto" else Path(args.resume)
-        if state is None:
-            log.info("--resume auto: no snapshot in %s yet; starting from the beginning", snap_dir)
-        else:
-            if not state.exists():
-                raise TrainingError(f"--resume {state}: no such file")
-            log.info("resuming from %s", state)
-            solver.restore(str(state))
-    if ddp.enabled:
-        local = batch // ddp.world
-        for name in solver.net.inputs:
-            blob = solver.net.blobs[name]
-            blob.reshape(local, *blob.shape[1:])
-        solver.net.reshape()
-        ddp.broadcast_params(solver.net)
-        solver.gradient_hook = ddp.gradient_hook
-        if not ddp.is_main:
-            solver.param.snapshot = 0          # only rank 0 writes snapshots
+                 "nccl" if run.gpu is not None else "gloo", run.batch // ddp.world)
+        ddp.attach(solver, run.batch)
+    fast = FastOptions.from_args(args)
     if fast.any():
         from caffe_torch.fast import apply_to_solver
 
         log.info("speed options: %s", fast.describe())
         apply_to_solver(solver, fast)
-
-    feed = _input_feeder(caffe, device)
     val = None
-    if len(splits.val) and ddp.is_main:
-        n_val = args.val_utterances or len(splits.val)
-        val = Validator(caffe, net_copy, solver.net, splits.abspaths(splits.val)[:n_val],
-                        splits.val.labels[:n_val], frames, args.seed, augment, score_blob(net_param))
+    if len(run.val[0]) and ddp.is_main:
+        n_val = args.val_utterances or len(run.val[0])
+        val = Validator(caffe, run.net_path, solver.net, run.val[0][:n_val], run.val[1][:n_val], run.frames,
+                        args.seed, run.augment)
         if fast.channels_last or fast.amp:
-            from caffe_torch.fast import FastOptions, apply
+            from caffe_torch.fast import apply
 
             apply(val.net, FastOptions(channels_last=fast.channels_last, amp=fast.amp))
-    train_paths = splits.abspaths(splits.train)
-    cache = _ensure_cache(args, train_paths, ddp)
-    loader = train_loader(train_paths, splits.train.labels, batch_size=batch, frames=frames,
-                          seed=args.seed, start_batch=solver.iter, num_workers=args.workers, augment=augment,
-                          cache=cache, on_error="skip" if args.skip_bad_audio else "raise",
-                          pin_memory=gpu is not None)
-    rows = slice(ddp.rank * (batch // ddp.world), (ddp.rank + 1) * (batch // ddp.world))
-    max_iter = solver_param.max_iter
-    display = max(1, solver_param.display or 100)
+    cache = _ensure_cache(args, run.train[0], ddp)
+    loader = train_loader(run.train[0], run.train[1], batch_size=run.batch, frames=run.frames, seed=args.seed,
+                          start_batch=solver.iter, num_workers=args.workers, augment=run.augment, cache=cache,
+                          on_error="skip" if args.skip_bad_audio else "raise", pin_memory=run.gpu is not None)
     loss_name = next(iter(solver.net.outputs), None)
     loss_blobs = [b for b in solver.net.outputs if "loss" in b.lower()] or [loss_name]
-    csv_path = run / "training_curve.csv"
-    if ddp.is_main:
-        new_csv = not csv_path.exists() or not args.resume
-        csv_file = open(csv_path, "w" if new_csv else "a", newline="")  # noqa: SIM115 (closed in the finally below)
-    else:
-        new_csv, csv_file = False, open(os.devnull, "w")  # noqa: SIM115 (closed in the finally below)
-    writer = csv.writer(csv_file)
-    if new_csv:
-        writer.writerow(["iteration", "loss", "lr", "val_top1", "val_top5"])
-    recent = deque(maxlen=max(1, solver_param.average_loss))
-    status = 0
-    bar = tqdm(total=max_iter, initial=solver.iter, disable=args.no_progress or not ddp.is_main, unit="it",
-               dynamic_ncols=True)
-    t_start, it_start = time.perf_counter(), solver.iter
-    try:
-        with StopRequest() as stop:
-            ddp.local_stop = lambda: stop.signal_name is not None
-            batches = iter(loader)
-            while solver.iter < max_iter:
-                it = solver.iter
-                if val is not None and args.test_interval and it % args.test_interval == 0 and it > it_start:
-                    _validate(val, feed, it, writer, csv_file)
-                crops, labels = next(batches)
-                if ddp.enabled:
-                    crops, labels = crops[rows], labels[rows]
-                feed(solver.net, crops, labels)
-                solver.step(1)
-                if ddp.enabled:
-                    loss = ddp.loss
-                else:
-                    loss = float(sum(np.asarray(solver.net.blobs[b].data).sum() for b in loss_blobs))
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"iteration {it}: loss is {loss}")
-                recent.append(loss)
-                lr, _ = learning_rate(solver_param, it, 0)
-                elapsed = time.perf_counter() - t_start
-                rate = (solver.iter - it_start) * batch / elapsed if elapsed > 0 else 0.0
-                bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(recent):.4f}", lr=f"{lr:.3g}", ex_s=f"{rate:.1f}")
-                if it % display == 0:
-                    writer.writerow([it, f"{np.mean(recent):.6g}", f"{lr:.6g}", "", ""])
-                    csv_file.flush()
-                if ddp.stop if ddp.enabled else stop.signal_name:
-                    name = stop.signal_name or "a signal to another process"
-                    if ddp.is_main:
-                        model, state = _snapshot(solver, snap_dir, prefix_name)
-                        log.warning("stopped by %s at iteration %d; snapshot %s; continue with --resume auto",
-                                    name, solver.iter, state)
-                    status = EXIT_INTERRUPTED
-                    break
-        if status == 0 and ddp.is_main:
-            model = snap_dir / f"{prefix_name}_iter_{solver.iter}.caffemodel"
-            if not model.exists():
-                model, _ = _snapshot(solver, snap_dir, prefix_name)
-            if val is not None:
-                _validate(val, feed, solver.iter, writer, csv_file)
-            final = run / "final.caffemodel"
-            shutil.copyfile(model, str(final) + ".tmp")
-            os.replace(str(final) + ".tmp", final)
-            log.info("Optimization Done. final weights: %s", final)
-    finally:
-        bar.close()
-        csv_file.close()
+    return Data(_input_feeder(caffe, device), loader, val, Progress(run, solver), loss_blobs)
+
+
+def _ensure_cache(args, paths, ddp: DataParallel):
+    """The --cache folder: built from the training files on first use (by rank 0), checked to hold them all."""
+    from voxdata import WavCache, build_cache
+    from voxdata.cache import INDEX
+
+    if not args.cache:
+        return None
+    index = Path(args.cache) / INDEX
+    if not index.exists():
         if ddp.is_main:
-            try:
-                png = training_curve(csv_path, run / "training_curve.png")
-                log.info("training curve: %s", png)
-            except Exception as exc:  # a plot must never lose a run's result
-                log.warning("could not plot the training curve: %s", exc)
+            log.info("building the audio cache %s from %d training files", args.cache, len(paths))
+            with io_step("build the audio cache", args.cache):
+                build_cache(paths, args.cache, on_error="skip" if args.skip_bad_audio else "raise",
+                            progress=not args.no_progress)
+        ddp.barrier()
+    cache = WavCache(args.cache)
+    missing = [p for p in paths if p not in cache]
+    skipped = len(cache.skipped)
+    if missing and not (args.skip_bad_audio and len(missing) <= skipped):
+        raise TrainingError(f"--cache {args.cache}: {len(missing)} training files are not in the cache (first: "
+                            f"{missing[0]}); it was built from another list: delete it or pick another folder")
+    log.info("audio cache %s: %d recordings", args.cache, len(cache))
+    return cache
+
+
+# ---------------------------------------------------------------------- stages 5 and 6: loop, finish
+
+def loop(run: Run, solver, data: Data, stop: StopRequest) -> int:
+    """Iterations solver.iter .. max_iter: validate when due, feed batch k, one Caffe step, record. On a stop
+    signal: snapshot, EXIT_INTERRUPTED. On a recording that fails to read: snapshot, then the error."""
+    from voxdata import AudioError, CropError
+
+    ddp, batches = run.ddp, iter(data.loader)
+    try:
+        while solver.iter < run.solver_param.max_iter:
+            it = solver.iter
+            if data.validation_due(it, run.args.test_interval):
+                data.progress.validation(it, *data.val.log_run(data.feed, it))
+            data.feed(solver.net, *ddp.local_rows(*next(batches)))
+            _step(run, solver, it)
+            loss = ddp.loss if ddp.enabled else data.loss(solver.net)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"iteration {it}: loss is {loss}")
+            data.progress.step(it, loss, solver.iter)
+            if ddp.stop if ddp.enabled else stop.requested:
+                if ddp.is_main:
+                    log.warning("stopped by %s at iteration %d; snapshot %s; continue with --resume auto",
+                                stop.signal_name or "a signal to another process", solver.iter, snapshot(run, solver))
+                return EXIT_INTERRUPTED
+    except (AudioError, CropError):
+        if ddp.is_main and solver.iter > data.progress.start_iter:
+            log.warning("snapshot %s written before stopping on the error below", snapshot(run, solver))
+        raise
+    return 0
+
+
+def _step(run: Run, solver, it: int) -> None:
+    """solver.step(1); an OSError of the periodic snapshot it writes after iteration `it` names the file."""
+    every = run.solver_param.snapshot
+    if every and (it + 1) % every == 0:
+        with io_step("write the snapshot", run.snap_dir / f"{run.prefix_name}_iter_{it + 1}.*"):
+            solver.step(1)
+    else:
+        solver.step(1)
+
+
+def snapshot(run: Run, solver) -> Path:
+    """Write <prefix>_iter_<N>.caffemodel/.solverstate; returns the .solverstate."""
+    state = run.snap_dir / f"{run.prefix_name}_iter_{solver.iter}.solverstate"
+    with io_step("write the snapshot", state.with_suffix(".*")):
+        solver.snapshot()
+    return state
+
+
+def finish(run: Run, solver, data: Data) -> None:
+    """The last snapshot (unless the solver just wrote it), the final validation, final.caffemodel."""
+    if not run.ddp.is_main:
+        return
+    model = run.snap_dir / f"{run.prefix_name}_iter_{solver.iter}.caffemodel"
+    if not model.exists():
+        model = snapshot(run, solver).with_suffix(".caffemodel")
+    if data.val is not None and solver.iter not in run.validated:   # (a finished run resumed: done already)
+        data.progress.validation(solver.iter, *data.val.log_run(data.feed, solver.iter))
+    final = run.dir / "final.caffemodel"
+    with io_step(f"copy {model} to", final):
+        shutil.copyfile(model, str(final) + ".tmp")
+        os.replace(str(final) + ".tmp", final)
+    log.info("Optimization Done. final weights: %s", final)
+
+
+# ---------------------------------------------------------------------- the stages in order
+
+def _train(args, augment: bool, ddp: DataParallel, stop: StopRequest) -> int:
+    ddp.local_stop = lambda: stop.requested
+    run = prepare_run(args, augment, ddp)
+    caffe, solver = build_solver(run)
+    start_from(run, solver)
+    data = prepare_data(run, caffe, solver)
+    try:
+        status = loop(run, solver, data, stop)
+        if status == 0:
+            finish(run, solver, data)
+    finally:
+        data.progress.close()
+        if run.bad_audio:
+            log.warning("%d unusable recordings were left out (--skip-bad-audio; listed in %s)",
+                        len(run.bad_audio), run.dir / BAD_AUDIO_LIST)
     ddp.barrier()      # rank 0 has written everything before any process exits (torchrun ends the rest then)
     return status
 
 
-def _snapshot(solver, snap_dir: Path, prefix_name: str):
-    solver.snapshot()
-    model = snap_dir / f"{prefix_name}_iter_{solver.iter}.caffemodel"
-    return model, model.with_suffix(".solverstate")
+def train(args, augment: bool) -> int:
+    """Run the stages; an error is one line on stderr and in train.log (traceback with -v), status 1."""
+    from caffe_torch.errors import CaffeError
+    from voxdata import AudioError, CropError, ListFormatError
+
+    ddp = DataParallel()
+    try:
+        with StopRequest() as stop:
+            return _train(args, augment, ddp, stop)
+    except (TrainingError, RunIOError, CaffeError, AudioError, CropError, ListFormatError, FloatingPointError,
+            OSError) as exc:
+        report_error(exc, args.verbose)
+        return 1
+    finally:
+        ddp.close()
+        rundir.close_logging()
 
 
-def _validate(val: Validator, feed, it: int, writer, csv_file) -> None:
-    top1, top5 = val.run(feed)
-    log.info("Iteration %d, Testing net (#0)", it)
-    log.info("    Test net output #0: top1Accuracy = %.4f", top1)
-    log.info("    Test net output #1: top5Accuracy = %.4f", top5)
-    writer.writerow([it, "", "", f"{top1:.6g}", f"{top5:.6g}"])
-    csv_file.flush()
+def one_line(exc: BaseException) -> str:
+    """The message of an error, one line: an error re-raised from a DataLoader worker carries the worker's
+    traceback in its message (keep its last line); an OSError without our io_step names its file."""
+    text = str(exc).strip()
+    if "\nOriginal Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].replace(".", "").isidentifier() \
+            else last
+    elif isinstance(exc, OSError) and not isinstance(exc, RunIOError):
+        where = f" {exc.filename}" if exc.filename else ""
+        text = f"I/O error{where}: {exc.strerror or exc}"
+    return " ".join(text.split("\n"))
+
+
+def report_error(exc: BaseException, verbose: bool) -> None:
+    msg = f"error: {one_line(exc)}"
+    if rundir.logging_active():
+        log.error("%s", msg, exc_info=exc if verbose else None)
+    else:
+        import sys
+        import traceback
+
+        if verbose:
+            traceback.print_exception(exc)
+        print(msg, file=sys.stderr)
 
 
 def main(argv=None, augment: bool = True) -> int:
-    from caffe_torch.errors import CaffeError
-    from voxdata import AudioError, ListFormatError
-
     args = build_parser(augment).parse_args(argv)
-    try:
-        return train(args, augment)
-    except (TrainingError, CaffeError, AudioError, ListFormatError, FloatingPointError) as exc:
-        logging.getLogger("train").error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return train(args, augment)

@@ -58,8 +58,11 @@ class _NetEmbedder:
         run_dir = args.run_dir or guess_run_dir(args.weights)
         self.net_path = args.net or find_run_file(run_dir, NET_NAMES, "TEST net prototxt", "--net")
         log.info("net %s, weights %s, engine %s, gpu %s", self.net_path, args.weights, args.engine, args.gpu)
+        from speaker.preflight import load_test_net
+
         caffe = load_engine(args.engine, args.gpu)
-        self.net = caffe.Net(self.net_path, args.weights, caffe.TEST)
+        # refuses a missing --weights, or one that leaves any layer of the net at its fillers
+        self.net = load_test_net(caffe, self.net_path, args.weights)
         self.frames = input_frames(self.net, args.data_blob)
         if args.crops == "full" and (args.no_augment or args.seed):
             log.info("--crops full: each utterance as it is; --no-augment and --seed do not apply")
@@ -86,8 +89,12 @@ class _NetEmbedder:
         """Embed ``ids`` (relative to ``wav_dir``), resumably (``out_npz`` + '.partial/'), save ``out_npz``."""
         from speaker.embed_store import EmbedStore, save_embeddings
         from speaker.evaluate import embed, embed_full, voxdata_audio_provider, voxdata_crops_provider
+        from speaker.preflight import check_eval_audio
 
         a = self.args
+        # every recording checked once (cached) before any is embedded: all problems reported together
+        check_eval_audio([os.path.join(wav_dir, u) for u in ids], os.path.dirname(os.path.abspath(out_npz)),
+                         "verification", log)
         protocol = self.protocol()
         store = EmbedStore(out_npz + ".partial", ids, protocol)
         if a.crops == "full":

@@ -109,7 +109,9 @@ def test_argument_errors(tv, tmp_path, capsys):
 
 
 def test_default_list_rule(tv, ti, tmp_path):
-    for mod, name in ((tv, "veri_test.txt"), (ti, "iden_split.txt")):
+    from speaker.evaluate import default_list
+
+    for mod, name in ((tv, "veri_test.txt"), (types.SimpleNamespace(default_list=default_list), "iden_split.txt")):
         assert mod.default_list(str(tmp_path), name) == str(ROOT / "lists" / name)
         (tmp_path / name).write_text("")
         assert mod.default_list(str(tmp_path), name) == str(tmp_path / name)
@@ -144,6 +146,11 @@ def fake_engine(fake, calls):
     return load_engine
 
 
+def fake_load_test_net(caffe, net_path, weights):
+    """speaker.preflight.load_test_net without its weights-coverage check (the fake net has no params)."""
+    return caffe.Net(net_path, weights, caffe.TEST)
+
+
 def test_verification_net_mode_with_fake_engine(tv, fake, tmp_path, monkeypatch, capsys):
     from speaker.evaluate import embed, voxdata_crops_provider
 
@@ -158,6 +165,7 @@ def test_verification_net_mode_with_fake_engine(tv, fake, tmp_path, monkeypatch,
     (tmp_path / "run" / "w.caffemodel").write_bytes(b"fake weights")  # hashed into the protocol
     calls = []
     monkeypatch.setattr(tv, "load_engine", fake_engine(fake, calls))
+    monkeypatch.setattr("speaker.preflight.load_test_net", fake_load_test_net)
     out = tmp_path / "out"
     args = ["--weights", str(tmp_path / "run" / "w.caffemodel"), "--data-root", str(tmp_path),
             "--out", str(out), "--crops", "3", "--batch", "2", "--seed", "4", "--all-pairs", "--gpu", "-1",
@@ -216,7 +224,9 @@ def test_identification_with_fake_engine(ti, fake, tmp_path, monkeypatch, capsys
     order = SPEAKERS[::-1]
     (run / "labels.json").write_text(json.dumps({"mode": "identification", "layout": "current",
                                                  "speakers": order, "test_speakers": order}))
-    monkeypatch.setattr(ti, "load_engine", fake_engine(fake, []))
+    monkeypatch.setattr("speaker.identification.engine_for", fake_engine(fake, []))
+    monkeypatch.setattr("speaker.identification.load_test_net", fake_load_test_net)
+    (run / "w.caffemodel").write_bytes(b"")
     args = ["--weights", str(run / "w.caffemodel"), "--data-root", str(tmp_path), "--crops", "2",
             "--batch", "3", "--seed", "9", "--no-progress", "--score-blob", "fc6"]
     assert ti.main(args) == 0

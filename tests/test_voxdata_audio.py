@@ -66,6 +66,6 @@ def test_scan_audio_counts_bad_files(tmp_path, caplog):
     good = _wav(tmp_path / "a.wav", np.ones(10, np.int16))
     bad = _wav(tmp_path / "b.wav", np.ones(10, np.int16), rate=44100)
     with caplog.at_level("WARNING"):
-        ok, errors = scan_audio([good, bad])
-    assert ok == [str(good)] and len(errors) == 1 and "b.wav" in errors[0] and "44100" in errors[0]
+        res = scan_audio([good, bad])
+    assert res.good == [str(good)] and len(res.bad) == 1 and "b.wav" in res.bad[0] and "44100" in res.bad[0]
     assert "1 of 2" in caplog.text

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voxdata import AudioError, EvalCrops, TrainBatches, build_cache, eval_crops, random_crop, train_loader
-from voxdata.loader import batch_rng
+from voxdata import AudioError, EvalCrops, TrainBatches, build_cache, eval_crops, train_loader
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +33,22 @@ def _take(loader, n):
 
 
 def test_batches_match_an_independent_draw(corpus):
+    """Batch k written from the documented rule alone (loader and crops module docstrings), without the
+    module's batch_rng or random_crop: generator = default_rng(SeedSequence([seed, 0, k])); per row: file
+    index uniform in [0, n_files), then (augmentation) start uniform in [0, n), then reversal with
+    probability 0.5; the crop is L samples of the repeated recording from start, reversed if drawn so."""
     _, paths, labels, signals = corpus
     ds = TrainBatches(paths, labels, batch_size=5, length=1000, seed=7)
     crops, labs = ds.batch(3)
     assert crops.shape == (5, 1000) and crops.dtype == np.int16 and labs.dtype == np.int64
-    rng = batch_rng(7, 3)  # the documented recipe: uniform with replacement, then random_crop
+    rng = np.random.default_rng(np.random.SeedSequence([7, 0, 3]))
     for b in range(5):
         i = int(rng.integers(0, len(paths)))
-        np.testing.assert_array_equal(crops[b], random_crop(signals[paths[i]], 1000, rng))
+        x = signals[paths[i]]
+        start = int(rng.integers(0, len(x)))
+        reverse = rng.random() < 0.5
+        expected = np.array([x[(start + j) % len(x)] for j in range(1000)], dtype=np.int16)
+        np.testing.assert_array_equal(crops[b], expected[::-1] if reverse else expected)
         assert labs[b] == labels[i]
 
 

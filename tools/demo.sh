@@ -41,4 +41,4 @@ echo "   held-out speakers' trials)"
 $PY -m speaker.report "softmax (stage 1)=$DEMO/stage1_softmax" "logistic margin (stage 2)=$DEMO/stage2_lm" \
     --out "$DEMO/results.md"
 echo "plots: $DEMO/*/training_curve.png, score_hist.png, roc.png, det.png"
-echo "demo wall time: $(( $(date +%s) - start )) s"
+echo "demo wall time: $(( $(date +%s) - start )) s (after set-up: tools/setup.sh is not counted)"

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Create the project's virtual environment (.venv) and install requirements.txt into it. Idempotent: a second
-# run only checks. Needs python3 (3.11) with venv; on a bare Debian/Ubuntu it installs python3-venv and
-# libsndfile1 (soundfile's system library) with apt-get when it can.
+# run only checks. The interpreter is $PYTHON (default python3; 3.11 tested), e.g.
+#   PYTHON=python3.11 bash tools/setup.sh
+# used only to create .venv (an existing .venv is kept: delete it to switch interpreters). On a bare
+# Debian/Ubuntu it installs python3-venv with apt-get when it can (as root). libsndfile needs no system
+# package: soundfile's Linux/macOS/Windows wheels bundle it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +25,10 @@ want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $PYTHON ($("$PYTHON" --version 2>&1)); set PYTHON= to use another" >&2
+    "$PYTHON" -m venv .venv
+fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements.txt
 echo "$want" > "$stamp"

@@ -1,7 +1,7 @@
 """VoxCeleb1 data for the reproduction: lists, audio, crops, the paper's spectrogram, loaders, and a
 synthetic corpus in VoxCeleb1's layout. Knows nothing of Caffe. torch is imported only where needed."""
 
-from .audio import SAMPLE_RATE, AudioError, read_wav, scan_audio, wav_info, write_wav
+from .audio import SAMPLE_RATE, AudioError, read_wav, wav_info, write_wav
 from .cache import WavCache, build_cache
 from .crops import CropError, apply_crop, crop_params, random_crop
 from .frontend import crop_length, num_frames, spectrogram, spectrogram_torch
@@ -18,6 +18,7 @@ from .lists import (
     save_labels,
 )
 from .loader import EvalCrops, TrainBatches, batch_rng, eval_crops, train_loader
+from .scan import ScanResult, scan_audio
 from .synth import make_corpus
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "CropError",
     "EvalCrops",
     "ListFormatError",
+    "ScanResult",
     "Splits",
     "TrainBatches",
     "Trials",

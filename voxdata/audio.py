@@ -1,4 +1,11 @@
-"""Reading VoxCeleb wav files: 16 kHz, mono, 16-bit PCM, checked, with errors that name the file."""
+"""Reading VoxCeleb wav files: 16 kHz, mono, checked, with errors that name the file.
+
+Every subtype soundfile reads is returned as int16 samples. Integer and compressed subtypes (PCM_U8/24/32,
+u-law, ...) are converted by libsndfile itself (full scale to full scale). FLOAT and DOUBLE are not: asked for
+int16, libsndfile casts the [-1, 1] floats without scaling, which rounds every sample to 0 (silence). They are
+read as float64 and scaled by 32768 (the inverse of libsndfile's int16 -> float rule), rounded and clipped, so a
+float file holding an int16 recording's samples / 32768 gives back exactly that recording.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,8 @@ import struct
 import numpy as np
 
 SAMPLE_RATE = 16000
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")     # the subtypes libsndfile does not scale when reading int16
+_INT16_SCALE = 32768.0
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +80,8 @@ def read_wav(path, sample_rate: int = SAMPLE_RATE, start: int = 0, stop: int | N
     """Read a 16 kHz mono recording as int16 samples, shape (n,).
 
     start/stop read only a slice (in samples). Raises AudioError (a ValueError) naming the file if it is
-    unreadable, not `sample_rate`, not mono, empty or truncated. Non-16-bit PCM is converted by soundfile.
+    unreadable, not `sample_rate`, not mono, empty or truncated. Other subtypes are converted to int16 (see
+    the module docstring; the paper's per-bin normalisation makes the scale irrelevant).
     """
     import soundfile as sf
 
@@ -82,7 +92,10 @@ def read_wav(path, sample_rate: int = SAMPLE_RATE, start: int = 0, stop: int | N
             if start:
                 f.seek(start)
             n = (f.frames if stop is None else min(stop, f.frames)) - start
-            data = f.read(max(n, 0), dtype="int16", always_2d=False)
+            if f.subtype in FLOAT_SUBTYPES:
+                data = _float_to_int16(f.read(max(n, 0), dtype="float64", always_2d=False))
+            else:
+                data = f.read(max(n, 0), dtype="int16", always_2d=False)
     except AudioError:
         raise
     except Exception as e:
@@ -96,26 +109,14 @@ def read_wav(path, sample_rate: int = SAMPLE_RATE, start: int = 0, stop: int | N
     return data
 
 
+def _float_to_int16(x: np.ndarray) -> np.ndarray:
+    """[-1, 1) float samples -> int16 by libsndfile's scale (x * 32768), rounded; beyond full scale clipped."""
+    return np.clip(np.rint(x * _INT16_SCALE), -32768, 32767).astype(np.int16)
+
+
 def write_wav(path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Write int16 (n,) samples as 16-bit PCM wav, creating parent folders."""
     import soundfile as sf
 
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     sf.write(path, np.asarray(samples, dtype=np.int16), sample_rate, subtype="PCM_16")
-
-
-def scan_audio(paths, sample_rate: int = SAMPLE_RATE, progress: bool = False) -> tuple[list[str], list[str]]:
-    """Check every file's header before a long run. Returns (usable paths, one message per unusable file,
-    naming it); the caller decides whether to stop or to skip them (and reports the count)."""
-    from tqdm import tqdm
-
-    good, bad = [], []
-    for p in tqdm([os.fspath(p) for p in paths], desc="audio check", unit="file", disable=not progress):
-        try:
-            wav_info(p, sample_rate)
-            good.append(p)
-        except AudioError as e:
-            bad.append(str(e))
-    if bad:
-        log.warning("%d of %d audio files are unusable; first: %s", len(bad), len(good) + len(bad), bad[0])
-    return good, bad

@@ -18,6 +18,15 @@ def _labels(label: torch.Tensor, expected: int, layer: Layer) -> torch.Tensor:
     return label.reshape(-1).long()
 
 
+def check_label_range(lab: torch.Tensor, classes: int, layer: Layer, valid: torch.Tensor | None = None) -> None:
+    """Caffe's check 0 <= label < classes on the (non-ignored: `valid`) int64 labels; names the first bad one."""
+    bad = (lab < 0) | (lab >= classes)
+    if valid is not None:
+        bad &= valid
+    if bool(bad.any()):
+        raise layer.error(f"label {lab[bad][0].item()} out of range [0, {classes})")
+
+
 def _normalizer(mode: int, outer: int, inner: int, valid: torch.Tensor) -> torch.Tensor:
     if mode == _Norm.FULL:
         n = torch.tensor(float(outer * inner))
@@ -78,10 +87,8 @@ class SoftmaxWithLoss(Layer):
         valid = torch.ones_like(lab, dtype=torch.bool)
         if self.ignore_label is not None:
             valid = lab != self.ignore_label
+        check_label_range(lab, classes, self, valid)
         safe = torch.where(valid, lab, torch.zeros_like(lab))
-        if ((safe < 0) | (safe >= classes)).any():
-            bad = safe[(safe < 0) | (safe >= classes)][0].item()
-            raise self.error(f"label {bad} out of range [0, {classes})")
         picked = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
         # value as Caffe's log(max(p, FLT_MIN)); gradient of log_softmax (= p - onehot) everywhere
         clamped = picked + (picked.clamp(min=math.log(_FLT_MIN)) - picked).detach()
@@ -126,9 +133,8 @@ class Accuracy(Layer):
             valid = torch.ones_like(lab, dtype=torch.bool)
             if self.ignore_label is not None:
                 valid = lab != self.ignore_label
+            check_label_range(lab, classes, self, valid)
             safe = torch.where(valid, lab, torch.zeros_like(lab))
-            if ((safe < 0) | (safe >= classes)).any():
-                raise self.error(f"label out of range [0, {classes})")
             target = scores.gather(1, safe.unsqueeze(1))
             idx = torch.arange(classes, device=x.device).unsqueeze(0)
             ahead = (scores > target) | ((scores == target) & (idx > safe.unsqueeze(1)))

@@ -71,6 +71,7 @@ import torch
 
 from ..proto import caffe_pb2
 from .base import Layer, canonical_axis, count, register
+from .loss import check_label_range
 
 _MIP = caffe_pb2.MarginInnerProductParameter
 SINGLE, DOUBLE, TRIPLE, QUADRUPLE = _MIP.SINGLE, _MIP.DOUBLE, _MIP.TRIPLE, _MIP.QUADRUPLE
@@ -97,9 +98,7 @@ def _labels(label: torch.Tensor, expected: int, classes: int, layer: Layer) -> t
     if label.numel() != expected:
         raise layer.error(f"label blob has {label.numel()} entries but the data has {expected} samples")
     lab = label.detach().reshape(-1).long()
-    if bool(((lab < 0) | (lab >= classes)).any()):
-        bad = lab[(lab < 0) | (lab >= classes)][0].item()
-        raise layer.error(f"label {bad} out of range [0, {classes})")
+    check_label_range(lab, classes, layer)
     return lab
 
 

@@ -1,0 +1,116 @@
+"""Data parallel training under torchrun (WORLD_SIZE > 1): process group, per-process GPU, one all-reduce of
+the gradients (plus the loss and the stop flag) per iteration. See speaker/train.py for the scheme."""
+
+import os
+from datetime import timedelta
+
+from .engine import default_gpu
+from .errors import TrainingError
+
+
+class DataParallel:
+    """torch.distributed state of a torchrun launch (WORLD_SIZE > 1); `enabled` is False otherwise."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        self.is_main = self.rank == 0
+        self.loss = None           # the last iteration's loss averaged over the processes
+        self.stop = False          # a stop signal reached some process (same value on every process)
+        self.local_stop = None     # callable: has this process received a stop signal?
+        self.gpu_index = None
+
+    def gpu(self, gpu_arg: int | None, engine: str = "torch") -> int | None:
+        """The GPU of this process: --gpu -1 forces the CPU; else the LOCAL_RANK-th entry of $SGE_GPU when
+        it lists enough GPUs, else GPU LOCAL_RANK when CUDA is present; else the CPU."""
+        if not self.enabled:
+            return default_gpu(gpu_arg, engine)
+        if gpu_arg is not None and gpu_arg < 0:
+            return None
+        sge = os.environ.get("SGE_GPU", "").replace(",", " ").split()
+        if len(sge) > self.local_rank:
+            return int(sge[self.local_rank])
+        if default_gpu(gpu_arg) is None:
+            return None
+        return self.local_rank
+
+    def init(self, gpu: int | None) -> None:
+        import torch.distributed as dist
+
+        self.gpu_index = gpu
+        if gpu is None:
+            dist.init_process_group("gloo", timeout=timedelta(minutes=60))
+        else:
+            import torch
+
+            torch.cuda.set_device(gpu)          # before NCCL starts: each process talks from its own GPU
+            dist.init_process_group("nccl", timeout=timedelta(minutes=60), device_id=torch.device("cuda", gpu))
+        if dist.get_world_size() != self.world:
+            raise TrainingError(f"WORLD_SIZE {self.world} but the process group has {dist.get_world_size()}")
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            if self.gpu_index is None:
+                dist.barrier()
+            else:
+                dist.barrier(device_ids=[self.gpu_index])
+
+    def local_rows(self, crops, labels):
+        """This process's rows [r B/K, (r+1) B/K) of global batch k: crops (B, L), labels (B,)."""
+        if not self.enabled:
+            return crops, labels
+        n = crops.shape[0] // self.world
+        rows = slice(self.rank * n, (self.rank + 1) * n)
+        return crops[rows], labels[rows]
+
+    def attach(self, solver, batch: int) -> None:
+        """Make `solver` one process of the launch: its inputs take B/K rows, it starts from rank 0's weights,
+        its gradients are averaged by gradient_hook, and only rank 0 writes snapshots."""
+        for name in solver.net.inputs:
+            blob = solver.net.blobs[name]
+            blob.reshape(batch // self.world, *blob.shape[1:])
+        solver.net.reshape()
+        self.broadcast_params(solver.net)
+        solver.gradient_hook = self.gradient_hook
+        if not self.is_main:
+            solver.param.snapshot = 0
+
+    def broadcast_params(self, net) -> None:
+        """Every process starts from rank 0's weights (they are equal anyway: same seed and files)."""
+        import torch.distributed as dist
+
+        for p, *_ in net.learnable_params():
+            dist.broadcast(p.data, 0)
+
+    def gradient_hook(self, solver, loss: float) -> float:
+        """Solver.gradient_hook: one all-reduce of [all param diffs..., loss, stop flag]; diffs and loss
+        become their mean over the processes."""
+        import torch
+        import torch.distributed as dist
+
+        grads = [p.grad for p, *_ in solver.net.learnable_params() if p.grad is not None]
+        device = grads[0].device if grads else solver.net.device
+        extra = torch.tensor([loss, 1.0 if self.local_stop and self.local_stop() else 0.0], device=device,
+                             dtype=grads[0].dtype if grads else torch.float32)
+        flat = torch.cat([g.reshape(-1) for g in grads] + [extra])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view(g.shape))
+            offset += n
+        self.loss = float(flat[offset])
+        self.stop = bool(flat[offset + 1] > 0)
+        return self.loss
+
+    def close(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
