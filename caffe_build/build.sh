@@ -6,7 +6,9 @@
 #   bash caffe_build/build.sh            # or: make caffe
 #
 # Options: --force (rebuild even when up to date; ignores the cache), --no-apt (never call apt-get),
-#          --no-cache (neither restore from nor save to the cache).
+#          --no-cache (neither restore from nor save to the cache),
+#          --no-pth (leave the venv's .pth alone: a second build beside the one `import caffe` loads;
+#          use it with PYTHONPATH=$CAFFE_PREFIX/python).
 # Environment: CAFFE_PYTHON (default .venv/bin/python), CAFFE_PREFIX (default third_party/caffe),
 #              CAFFE_JOBS (default 2), XDG_CACHE_HOME (cache root, default ~/.cache).
 # See caffe_build/README.md.
@@ -19,7 +21,8 @@ SDIST_VERSION=9.0.2
 SDIST_SHA256=c6410cc60bdd6db685d441b66be7df05410f8850ac88d6b75d48ef9b2315c08a
 APT_PACKAGES=(cmake g++ make patch libboost-system-dev libboost-thread-dev libboost-filesystem-dev
   libboost-python-dev libboost-regex-dev libprotobuf-dev protobuf-compiler libgoogle-glog-dev
-  libgflags-dev libhdf5-dev libopenblas-dev)
+  libgflags-dev libhdf5-dev libopenblas-dev
+  liblmdb-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev)
 # Files of the sdist that this build deletes: the SSD Normalize layer (its type name clashes with
 # the happynear Normalize of ours, which replaces it) and protobuf output generated in 2024 by
 # another protoc, which must not shadow the one generated at build time.
@@ -31,13 +34,14 @@ PY="${CAFFE_PYTHON:-$ROOT/.venv/bin/python}"
 PREFIX="${CAFFE_PREFIX:-$ROOT/third_party/caffe}"
 JOBS="${CAFFE_JOBS:-2}"
 CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/hypersphere-caffe"
-FORCE=0; USE_APT=1; USE_CACHE=1
+FORCE=0; USE_APT=1; USE_CACHE=1; USE_PTH=1
 for arg in "$@"; do
   case "$arg" in
     --force) FORCE=1 ;;
     --no-apt) USE_APT=0 ;;
     --no-cache) USE_CACHE=0 ;;
-    -h|--help) sed -n '2,12p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --no-pth) USE_PTH=0 ;;
+    -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "caffe_build/build.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -92,17 +96,25 @@ install_pth() {
   local sp; sp="$(site_packages)"
   echo "$PREFIX/python" > "$sp/$PTH_NAME"
 }
+pth_in_place() {  # the venv's .pth points at this prefix (always true with --no-pth, which never writes it)
+  [ "$USE_PTH" = 0 ] && return 0
+  [ -f "$(site_packages)/$PTH_NAME" ] && [ "$(cat "$(site_packages)/$PTH_NAME")" = "$PREFIX/python" ]
+}
 
 smoke_test() {
   # Run from / with PYTHONPATH = the repo only (for caffe_torch): `import caffe` must then find this
-  # build through the .pth file, whatever the caller's PYTHONPATH holds.
-  (cd / && PYTHONPATH="$ROOT" "$PY" - "$PREFIX/python" <<'EOF'
+  # build through the .pth file, whatever the caller's PYTHONPATH holds (--no-pth: this build first).
+  local path="$ROOT"
+  [ "$USE_PTH" = 1 ] || path="$PREFIX/python:$ROOT"
+  ldd "$PREFIX/python/caffe/_caffe.so" | grep liblmdb >/dev/null || die "_caffe.so is not linked with LMDB"
+  (cd / && PYTHONPATH="$path" "$PY" - "$PREFIX/python" <<'EOF'
 import os, sys
 want = os.path.realpath(sys.argv[1])
 import caffe
 got = os.path.realpath(os.path.dirname(os.path.dirname(caffe.__file__)))
 types = set(caffe.layer_type_list())
-need = {"MarginInnerProduct", "Normalize", "LabelSpecificAdd", "InnerProduct", "AdditiveAngularMargin"}
+need = {"MarginInnerProduct", "Normalize", "LabelSpecificAdd", "InnerProduct", "AdditiveAngularMargin",
+        "ImageData", "WindowData"}  # the last two exist only when built with OpenCV
 assert need <= types, "layer types missing from this build: %s" % sorted(need - types)
 try:  # our own pb2 (proto package caffe_torch) must load in the same process
     import caffe_torch.proto.caffe_pb2  # noqa: F401
@@ -122,8 +134,7 @@ ensure_apt
 ensure_py_deps
 
 if [ "$FORCE" = 0 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] \
-   && [ -f "$PREFIX/python/caffe/_caffe.so" ] && [ -f "$(site_packages)/$PTH_NAME" ] \
-   && [ "$(cat "$(site_packages)/$PTH_NAME")" = "$PREFIX/python" ]; then
+   && [ -f "$PREFIX/python/caffe/_caffe.so" ] && pth_in_place; then
   log "up to date (key $KEY, $PREFIX/python)"
   exit 0
 fi
@@ -216,9 +227,9 @@ EOF
   [ -f "$PYINC/Python.h" ] || die "Python headers not found at $PYINC (install the -dev package of $PY)"
   ls /usr/lib/"$MULTIARCH"/lib"$BOOSTPY".so >/dev/null 2>&1 \
     || die "lib$BOOSTPY.so not found: Boost.Python must match $PY's version ($PYVER)"
-  log "configure (CPU_ONLY, $PYVER, $BOOSTPY)"
+  log "configure (CPU_ONLY, LMDB, OpenCV core/imgproc/imgcodecs, $PYVER, $BOOSTPY)"
   cmake -S "$PREFIX/src" -B "$PREFIX/build" -DCMAKE_BUILD_TYPE=Release \
-    -DCPU_ONLY=ON -DBUILD_python=ON -DBUILD_docs=OFF \
+    -DCPU_ONLY=ON -DBUILD_python=ON -DBUILD_docs=OFF -DUSE_LMDB=ON -DUSE_OPENCV=ON -DUSE_LEVELDB=OFF \
     -DANACONDA_HOME="$PYBASE" -DPYTHON_VERSION="$PYVER" -DCAFFE_BOOST_PYTHON_LIB="$BOOSTPY" \
     -DCMAKE_CXX_FLAGS="-I$HDF5_INC -I$PYINC -I$NPINC -DWITH_PYTHON_LAYER" \
     -DCMAKE_SHARED_LINKER_FLAGS="-L$HDF5_LIB" -DCMAKE_EXE_LINKER_FLAGS="-L$HDF5_LIB" \
@@ -266,7 +277,11 @@ EOF
   fi
 fi
 
-install_pth
+if [ "$USE_PTH" = 1 ]; then install_pth; fi
 smoke_test
 echo "$KEY" > "$STAMP"
-log "done: pycaffe in $PREFIX/python, $(site_packages)/$PTH_NAME points at it"
+if [ "$USE_PTH" = 1 ]; then
+  log "done: pycaffe in $PREFIX/python, $(site_packages)/$PTH_NAME points at it"
+else
+  log "done: pycaffe in $PREFIX/python (--no-pth: put it on PYTHONPATH to use it)"
+fi

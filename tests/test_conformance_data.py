@@ -5,12 +5,11 @@ Data layers: the tops of three forwards (past the end of the source, so the wrap
 (they copy, crop and compute (x - mean) * scale in float32, as Caffe does). Only what is deterministic in Caffe is
 compared: TEST phase crops (centre), TRAIN with crop_size equal to the image (offset 0), mirror off, shuffle off;
 DummyData's random fillers are compared in shape and in being drawn anew at every forward (the numbers come from
-different generators). The project's real build has no OpenCV (caffe_build runs cmake with USE_OPENCV off), so it
-has no ImageData or WindowData and cannot decode encoded Datums, and this build has USE_LMDB off too, so the Data
-layer's cases skip (they run on a build with LMDB); all of them are tested against NumPy references
-(test_layers_data.py). What the Data layer does to each raw Datum is still compared with the real build: its
-DataTransformer<float> is run from _caffe.so through a small C++ harness compiled by the test (crop TEST/TRAIN,
-mean_file, mean_value, scale, mirror, uint8 and float Datums).
+different generators). The project's real build has LMDB and OpenCV (core, imgproc, imgcodecs; caffe_build
+patch 0005); on a pycaffe built without them the Data (LMDB) and ImageData / encoded-Datum cases skip, and all of
+them are also tested against NumPy references (test_layers_data.py). What the Data layer does to each raw Datum is
+also compared directly: Caffe's DataTransformer<float> is run from _caffe.so through a small C++ harness compiled
+by the test (crop TEST/TRAIN, mean_file, mean_value, scale, mirror, uint8 and float Datums).
 
 caffe.io: the real module's results for the same arguments. Two of its functions do not run as shipped on a
 current scikit-image / this sdist (`load_image` passes the removed `as_grey`; `resize_image` lost its
@@ -37,7 +36,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 from speaker.engine import try_import_pycaffe  # noqa: E402
 
 # The layer types this module compares with the real build (tests/test_conformance.py counts them as covered);
-# ImageData's cases skip on a build without OpenCV, which lacks that type.
+# ImageData's cases skip on a pycaffe built without OpenCV, which lacks that type.
 BUILD_TYPES = frozenset({"DummyData", "MemoryData", "HDF5Data", "HDF5Output", "Data"})
 COVERED_TYPES = BUILD_TYPES | {"ImageData"}
 
@@ -226,7 +225,7 @@ caffe.Net(d + "/n.prototxt", caffe.TEST).forward()
 @pytest.fixture(scope="module")
 def real_lmdb(tmp_path_factory):
     """Skip unless the real build reads LMDB. Probed in a child process: a build without it (cmake USE_LMDB
-    off) aborts the process on "Unknown database backend"."""
+    off, as before caffe_build's patch 0005) aborts the process on "Unknown database backend"."""
     import subprocess
     import sys
 
@@ -235,8 +234,8 @@ def real_lmdb(tmp_path_factory):
                           env={**os.environ, "GLOG_minloglevel": "2"}, timeout=120)
     if done.returncode != 0:
         reason = "Unknown database backend" if "Unknown database backend" in done.stderr else done.stderr[-300:]
-        pytest.skip(f"the real Caffe build cannot read LMDB ({reason}): caffe_build configures it with "
-                    "USE_LMDB off")
+        pytest.skip(f"the real Caffe build cannot read LMDB ({reason}): built with USE_LMDB off "
+                    "(rebuild it: make caffe)")
 
 
 def test_data_raw_uint8_mean_file_centre_crop_scale(tmp_path, real_lmdb):
@@ -266,8 +265,8 @@ def test_data_single_mean_value_no_crop(tmp_path, real_lmdb):
 
 
 # ------------------------------------------------------------------------------------------ DataTransformer
-# The real build cannot run the Data layer here (no LMDB), but its DataTransformer<float>, which the Data layer
-# applies to every record, is in _caffe.so. A few lines of C++ (compiled here against the build's headers and
+# Caffe's DataTransformer<float>, which the Data layer applies to every record, is in _caffe.so (with or
+# without LMDB). A few lines of C++ (compiled here against the build's headers and
 # linked to the loaded _caffe.so) run it on one serialized Datum.
 _HARNESS = r"""
 #include <cstring>
@@ -385,8 +384,8 @@ def test_data_transformer_random_crops_and_mirrors_cover_the_same_outcomes(tmp_p
 @pytest.fixture(scope="module")
 def real_opencv():
     if "ImageData" not in set(caffe.layer_type_list()):
-        pytest.skip("the real Caffe build has no OpenCV (no ImageData layer, no encoded Datums): caffe_build "
-                    "configures it with USE_OPENCV off")
+        pytest.skip("the real Caffe build has no OpenCV (no ImageData layer, no encoded Datums): built with "
+                    "USE_OPENCV off (rebuild it: make caffe)")
 
 
 def png_list(tmp_path, n, size, gray):
