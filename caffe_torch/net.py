@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import layers as _layers  # noqa: F401  (registers the layer types)
-from .blob import Blob, _HostSync, param_blob
+from .blob import Blob, _ActivationBlob, _HostSync, clear_param_diff, param_blob
 from .errors import LayerError, PrototxtError
 from .layers.base import BuildContext, layer_class
 from .mode import MODE
@@ -310,7 +310,7 @@ class Net:
         def set_grad(g):
             self._grads[name] = g
 
-        return Blob(self._sync, get, set_, get_grad, set_grad, peek=lambda: self._tensors[name])
+        return _ActivationBlob(self._sync, get, set_, get_grad, set_grad, peek=lambda: self._tensors[name])
 
     # ------------------------------------------------------------------ pycaffe surface
     @property
@@ -368,6 +368,12 @@ class Net:
         """Run layers start..end (indices, inclusive); return the weighted loss tensor (or None). caffe_torch
         only; `retain_blob_diffs` keeps every blob's gradient for `.diff` after backward (costs memory)."""
         self._sync.flush()
+        loss = self._run_layers(start, end, retain_blob_diffs)
+        self._sync.refresh("data")          # kept views of out-of-place results follow (nothing if none kept)
+        return loss
+
+    def _run_layers(self, start: int, end: int, retain_blob_diffs: bool) -> torch.Tensor | None:
+        """The layer loop of forward_range (what caffe_torch.fast compiles)."""
         self._grads.clear()
         record = self.enable_backward and torch.is_grad_enabled()
         self._first_version: dict[str, torch.Tensor] = {}
@@ -441,6 +447,13 @@ class Net:
             for name, t in self._first_version.items():
                 if t.grad is not None:
                     self._grads[name] = t.grad
+        self._sync.refresh("diff")
+
+    def clear_param_diffs(self) -> None:
+        """Caffe's Net::ClearParamDiffs (caffe_torch only; the solver calls it at the start of each step): every
+        learnable blob's diff becomes zero, and a host copy of it read since is not uploaded."""
+        for p, *_ in self._learnable:
+            clear_param_diff(self._sync, p)
 
     def reshape(self) -> None:
         """Propagate the input blobs' shapes through the net (after `blob.reshape`)."""
@@ -461,6 +474,8 @@ class Net:
 
     def share_with(self, other: "Net") -> None:
         """Use `other`'s learnable blobs for every same-named layer (Caffe's ShareTrainedLayersWith)."""
+        # one group: an operation of either net uploads a host copy of a shared blob read through the other
+        self._sync.join(other._sync)
         mine = dict(zip(self._layer_names, self._layers))
         for lname, src_layer in zip(other._layer_names, other._layers):
             dst = mine.get(lname)

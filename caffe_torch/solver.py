@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .blob import set_param_diff
 from .errors import PrototxtError, WeightsError
 from .mode import set_random_seed
 from .net import TEST, TRAIN, Net
@@ -284,8 +285,7 @@ class Solver:
         self._losses, self.smoothed_loss = [], 0.0
         t0, i0 = time.perf_counter(), self.iter
         while self.iter < stop_iter:
-            for prm, *_ in self._params:
-                prm.grad = None
+            self.net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
                     and (self.iter > 0 or p.test_initialization)):
                 self.test_all()
@@ -410,7 +410,7 @@ class Solver:
         # Net::Update: data -= diff, where the diff now holds the update (as pycaffe shows it after a step)
         for (prm, *_), update in zip(self._params, updates):
             prm.sub_(update)
-            prm.grad = update
+            set_param_diff(prm, update)
         self._after_update()
 
     def _after_update(self) -> None:
