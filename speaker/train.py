@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from . import rundir
-from .engine import default_gpu, is_caffe_torch, load_engine
+from .engine import gpu_for_process, is_caffe_torch, load_engine
 
 log = logging.getLogger("train")
 
@@ -300,18 +300,10 @@ class DataParallel:
         self.gpu_index = None
 
     def gpu(self, gpu_arg: int | None, engine: str = "torch") -> int | None:
-        """The GPU of this process: --gpu -1 forces the CPU; else the LOCAL_RANK-th entry of $SGE_GPU when
-        it lists enough GPUs, else GPU LOCAL_RANK when CUDA is present; else the CPU."""
-        if not self.enabled:
-            return default_gpu(gpu_arg, engine)
-        if gpu_arg is not None and gpu_arg < 0:
-            return None
-        sge = os.environ.get("SGE_GPU", "").replace(",", " ").split()
-        if len(sge) > self.local_rank:
-            return int(sge[self.local_rank])
-        if default_gpu(gpu_arg) is None:
-            return None
-        return self.local_rank
+        """The GPU of this process (speaker.engine.gpu_for_process): --gpu -1 forces the CPU; else the
+        LOCAL_RANK-th entry of $SGE_GPU, else GPU LOCAL_RANK when CUDA is present; else the CPU."""
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world)) if self.enabled else 1
+        return gpu_for_process(gpu_arg, engine, self.local_rank if self.enabled else 0, local_world)
 
     def init(self, gpu: int | None) -> None:
         import torch.distributed as dist

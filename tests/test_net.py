@@ -350,6 +350,7 @@ def test_host_copy_path(tmp_path, host_copies):
     assert stale.shape == (4, 3)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_data_write_reaches_forward(tmp_path):
     path = tmp_path / "net.prototxt"
