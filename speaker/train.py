@@ -104,6 +104,8 @@ def build_parser(augment: bool) -> argparse.ArgumentParser:
     fast.add_argument("--compile", action="store_true",
                       help="torch.compile the train net's forward (and so its backward); the first iteration "
                       "compiles (tens of seconds); falls back to the interpreted net if compiling fails")
+    fast.add_argument("--deterministic", action="store_true",
+                      help="deterministic cuDNN/CUDA algorithms, so a resumed GPU run equals the uninterrupted one")
     p.add_argument("--skip-bad-audio", action="store_true",
                    help="skip (and count) unreadable or wrong-format recordings instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
