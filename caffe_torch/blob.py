@@ -208,21 +208,14 @@ class Blob:
             # through .data: the memory may be saved by autograd (an input); its version counter stays
             mem.host.data.copy_(t)
 
+    # read-only properties, as pycaffe's: write into them (`blob.data[...] = x`), never assign them
     @property
     def data(self) -> np.ndarray:
         return self._array("data")
 
-    @data.setter
-    def data(self, value) -> None:
-        self.data[...] = value
-
     @property
     def diff(self) -> np.ndarray:
         return self._array("diff")
-
-    @diff.setter
-    def diff(self, value) -> None:
-        self.diff[...] = value
 
     @property
     def tensor(self) -> torch.Tensor:
