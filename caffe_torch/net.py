@@ -23,6 +23,7 @@ from . import layers as _layers  # noqa: F401  (registers the layer types)
 from .blob import Blob, _ActivationBlob, _HostSync, clear_param_diff, param_blob
 from .errors import LayerError, PrototxtError
 from .layers.base import BuildContext, layer_class
+from .log import install as install_glog
 from .mode import MODE
 from .proto import caffe_pb2
 from .prototxt import Source, read_net
@@ -124,6 +125,7 @@ class Net:
             net_param = caffe_pb2.NetParameter.FromString(net_param.SerializeToString())
             src = Source(str(network_file or f"<net {net_param.name}>"),
                          [0] * (len(net_param.layer) + (1 if net_param.input else 0)))
+        install_glog()                 # Caffe's log lines on stderr for a script that configured no logging
         self.phase = phase
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else MODE.device()
