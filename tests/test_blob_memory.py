@@ -266,3 +266,21 @@ def test_host_copy_views_follow_on_the_next_read_as_pycaffe_on_a_gpu(tmp_path, h
     batch(net, 2)
     net.forward()
     np.testing.assert_array_equal(net.blobs["out"].data, reference_outputs(tmp_path, 2)[1])
+
+
+def test_tensor_setter_blocks_when_copying_to_the_host(tmp_path, monkeypatch):
+    """`.tensor = t` converts t to the blob's device and dtype; towards the host (this CPU net) the copy must
+    block: non_blocking is only for host-to-device copies."""
+    net = make_net(tmp_path)
+    calls = []
+    real_to = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("non_blocking", False))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    net.blobs["data"].tensor = torch.ones(4, 3, dtype=torch.float32)      # float32 -> the net's float64
+    monkeypatch.undo()
+    assert calls == [False]
+    assert net.blobs["data"].tensor.dtype == torch.float64 and (net.blobs["data"].tensor == 1).all()
