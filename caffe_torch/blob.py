@@ -28,7 +28,13 @@ model here:
   that share it (`share_with`, a solver's test nets, `param { name }`) have one host copy, and nets that
   share parameters share one `_HostSync` (the set of memories whose head is at the host).
 - The caffe_torch-only `.tensor` property reads/replaces the tensor itself, without any copy (the training
-  loop's zero-copy path); assigning it while a view is held copies the value into the memory too.
+  loop's zero-copy path); assigning it while a view is held copies the value into the memory too. On the
+  CPU the memory is whatever tensor the blob had when the view was taken, so a view kept of a blob whose
+  tensor you assigned (or of a layer's top that is its bottom unchanged) aliases that tensor, and later
+  values are copied into it: keep either views or your own tensors, not both.
+- Limits (as in Caffe only where Caffe has them): a partial forward that starts at an in-place layer whose
+  top is viewed copies the result over the memory that layer read; writes through a kept view between a
+  forward and its backward reach the backward only for blobs the forward read from memory (inputs).
 """
 
 import weakref
