@@ -221,7 +221,7 @@ def section_b(args, device, rows):
     crops = np.random.default_rng(0).integers(-32768, 32768, size=(50, length)).astype(np.int16)
     rows.append(row("b", "spectrogram NumPy batched (CPU)", "cpu", _rate(lambda: spectrogram(crops), 50,
                                                                           args.seconds), "spectrograms/s",
-                    note="50 crops of 300 frames"))
+                    note=f"50 crops of 300 frames; {precision(torch.device('cpu'), None)}"))
     t = torch.from_numpy(crops)
     if device.type == "cuda":
         t = t.pin_memory()
@@ -230,8 +230,10 @@ def section_b(args, device, rows):
     else:
         fn = lambda: spectrogram_torch(t)  # noqa: E731
         note = f"50 crops, {torch.get_num_threads()} threads"
-    rows.append(row("b", "spectrogram_torch", device, _rate(fn, 50, args.seconds, _sync(device)),
-                    "spectrograms/s", note=note))
+    note += f"; {precision(device, None)}"
+    with tf32_scope(False):
+        rate = _rate(fn, 50, args.seconds, _sync(device))
+    rows.append(row("b", "spectrogram_torch", device, rate, "spectrograms/s", note=note))
 
 
 def section_c(args, device, rows):
