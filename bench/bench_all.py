@@ -7,7 +7,9 @@
 (a) train step (forward + backward + Caffe SGD update) examples/s of every shipped prototxt net
     (prototxt/*.prototxt and prototxt/demo/*.prototxt), in fp32 and with the fast options (channels_last +
     bf16 trunk autocast, + TF32 on CUDA, + torch.compile with --compile), timed side by side in interleaved
-    rounds (median; robust on a shared machine), with the ratio to fp32; on CUDA also the peak GPU memory
+    rounds (median; robust on a shared machine), with the ratio to fp32 (the fp32 rows run with TF32 off,
+    whatever torch's cuDNN default; bf16 only where the device computes it natively: see
+    caffe_torch.fast.cpu_capability, printed next to every CPU row); on CUDA also the peak GPU memory
     per example (torch.cuda.max_memory_allocated / batch; weights, diffs and solver history included).
 (b) front end: spectrograms/s, NumPy batched (CPU) and voxdata.spectrogram_torch on the device.
 (c) sustained end to end: the training loop's work (train_loader from a memory-mapped int16 cache of wav
@@ -44,7 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import caffe_torch as caffe  # noqa: E402
 from bench.timing import interleaved_times  # noqa: E402
-from caffe_torch.fast import FastOptions, apply_to_solver  # noqa: E402
+from caffe_torch.fast import FastOptions, apply_to_solver, cpu_bf16_native, cpu_capability, tf32_scope  # noqa: E402
 from caffe_torch.proto import caffe_pb2  # noqa: E402
 from caffe_torch.prototxt import read_net  # noqa: E402
 from caffe_torch.solver import SGDSolver  # noqa: E402
@@ -54,8 +56,41 @@ SOLVER = 'type: "SGD" base_lr: 0.001 lr_policy: "fixed" momentum: 0.9 weight_dec
          'display: 0'
 
 
-def _sync(device: torch.device):
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+def _sync(device: torch.device, cuda=torch.cuda):
+    """Waits for the benchmarked device (not the current one)."""
+    return partial(cuda.synchronize, device) if device.type == "cuda" else (lambda: None)
+
+
+def select_device(name: str | None, cuda=torch.cuda) -> torch.device:
+    """The device to benchmark, with its index ("cuda" = the current CUDA device), made the current one.
+    (`cuda` is torch.cuda; tests pass a stand-in.)"""
+    device = torch.device(name or ("cuda" if cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        if not cuda.is_available():
+            raise SystemExit(f"--device {name}: CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", cuda.current_device())
+        cuda.set_device(device.index)
+    return device
+
+
+def precision(device: torch.device, options: FastOptions | None) -> str:
+    """What a row actually ran in, and on a CPU what the CPU can do (bf16 native or emulated)."""
+    text = options.precision() if options is not None else "fp32"
+    return f"{text}; CPU {cpu_capability()}" if device.type == "cpu" else text
+
+
+def timed_step(solver, options: FastOptions | None):
+    """One training step as timed: a config without tf32 runs with TF32 off (torch lets cuDNN use it by
+    default, which would make the fp32 baseline not fp32); with tf32 the net turns it on itself."""
+    tf32 = options is not None and options.tf32
+
+    def step():
+        if tf32:
+            return solver.step(1)
+        with tf32_scope(False):
+            return solver.step(1)
+    return step
 
 
 def _net_param(path: Path, batch: int | None = None, classes: int | None = None):
@@ -126,13 +161,18 @@ def train_step_rates(path: Path, batch: int, device, configs, iters: int, warmup
     """examples/s of each config, measured side by side: every config's solver is built and warmed up, then
     `rounds` rounds each time `iters` steps of every config in turn; the median round counts."""
     solvers = {name: _setup(path, batch, device, opts) for name, opts in configs}
-    times = interleaved_times({name: partial(s.step, 1) for name, s in solvers.items()}, rounds, warmup=warmup,
-                              per_round=iters, sync=_sync(device))
+    options = dict(configs)
+    times = interleaved_times({name: timed_step(s, options[name]) for name, s in solvers.items()}, rounds,
+                              warmup=warmup, per_round=iters, sync=_sync(device))
     return {name: batch * iters / float(np.median(t)) for name, t in times.items()}
 
 
 def fast_options(device, compile_: bool) -> FastOptions:
-    return FastOptions(channels_last=True, amp="bf16", tf32=device.type == "cuda", compile=compile_)
+    """channels_last + bf16 trunk (where the device has bf16: a GPU, or a CPU with AVX512-BF16/AMX; elsewhere
+    bf16 is refused as 15-18x slower) + TF32 on CUDA (+ compile)."""
+    bf16 = device.type == "cuda" or cpu_bf16_native()
+    return FastOptions(channels_last=True, amp="bf16" if bf16 else None, tf32=device.type == "cuda",
+                       compile=compile_)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -158,7 +198,7 @@ def section_a(args, device, rows):
                                 note=f"failed: {type(exc).__name__}: {exc}"[:200]))
                 continue
             for cname, opts in configs:
-                note = f"batch {batch}, median of {args.rounds} x {iters} it"
+                note = f"batch {batch}, median of {args.rounds} x {iters} it; {precision(device, opts)}"
                 if opts is not None:
                     note += f"; {opts.describe()}; x{rates[cname] / rates['fp32']:.2f} vs fp32"
                 rows.append(row("a", f"{group} {path.stem} {cname}", device, rates[cname], "examples/s",
@@ -181,7 +221,7 @@ def section_b(args, device, rows):
     crops = np.random.default_rng(0).integers(-32768, 32768, size=(50, length)).astype(np.int16)
     rows.append(row("b", "spectrogram NumPy batched (CPU)", "cpu", _rate(lambda: spectrogram(crops), 50,
                                                                           args.seconds), "spectrograms/s",
-                    note="50 crops of 300 frames"))
+                    note=f"50 crops of 300 frames; {precision(torch.device('cpu'), None)}"))
     t = torch.from_numpy(crops)
     if device.type == "cuda":
         t = t.pin_memory()
@@ -190,8 +230,10 @@ def section_b(args, device, rows):
     else:
         fn = lambda: spectrogram_torch(t)  # noqa: E731
         note = f"50 crops, {torch.get_num_threads()} threads"
-    rows.append(row("b", "spectrogram_torch", device, _rate(fn, 50, args.seconds, _sync(device)),
-                    "spectrograms/s", note=note))
+    note += f"; {precision(device, None)}"
+    with tf32_scope(False):
+        rate = _rate(fn, 50, args.seconds, _sync(device))
+    rows.append(row("b", "spectrogram_torch", device, rate, "spectrograms/s", note=note))
 
 
 def section_c(args, device, rows):
@@ -215,6 +257,8 @@ def section_c(args, device, rows):
         feed = _input_feeder(caffe, device)
         sync = _sync(device)
 
+        step = timed_step(solver, opts)
+
         def loader():
             return iter(train_loader(paths, labels, batch_size=batch, frames=frames, seed=0,
                                      num_workers=args.workers, cache=cache, pin_memory=device.type == "cuda"))
@@ -223,7 +267,7 @@ def section_c(args, device, rows):
         fixed = next(it)
         for _ in range(args.warmup + 1):
             feed(solver.net, *fixed)
-            solver.step(1)
+            step()
         # the loader alone (its workers are warm: started and prefetching)
         for _ in range(max(2, args.workers)):
             next(it)
@@ -239,13 +283,13 @@ def section_c(args, device, rows):
             for _ in range(args.e2e_iters):
                 crops, lab = next(it)
                 feed(solver.net, crops, lab)
-                solver.step(1)
+                step()
             sync()
             t_e2e.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             for _ in range(args.e2e_iters):
                 feed(solver.net, *fixed)
-                solver.step(1)
+                step()
             sync()
             t_step.append(time.perf_counter() - t0)
         del it
@@ -255,6 +299,7 @@ def section_c(args, device, rows):
            f"{args.workers} loader workers, median of {args.rounds} x {args.e2e_iters} it"
     if opts is not None:
         what += f"; {opts.describe()}"
+    what += f"; {precision(device, opts)}"
     limit = "loader" if load < step * 1.1 else "step (front end + net)"
     rows.append(row("c", "end to end: loader + front end + step", device, e2e, "examples/s", ratio=True,
                     note=what))
@@ -281,15 +326,16 @@ def section_d(args, device, rows):
         def provider(_utt, rng, length=length):
             return rng.integers(-32768, 32768, size=(args.crops, length)).astype(np.int16)
 
-        crop_averaged_forward(net, ["warm"], provider, ["fc5"], rng=0, progress=False)
-        _sync(device)()
-        t0 = time.perf_counter()
-        crop_averaged_forward(net, [f"u{i}" for i in range(n)], provider, ["fc5"], rng=1, progress=False)
-        _sync(device)()
+        with tf32_scope(False):
+            crop_averaged_forward(net, ["warm"], provider, ["fc5"], rng=0, progress=False)
+            _sync(device)()
+            t0 = time.perf_counter()
+            crop_averaged_forward(net, [f"u{i}" for i in range(n)], provider, ["fc5"], rng=1, progress=False)
+            _sync(device)()
         dt = time.perf_counter() - t0
         rows.append(row("d", f"evaluation {group} {path.stem}", device, dt / n * 1000, "s/1000 utterances",
                         note=f"{args.crops} crops of {frames} frames, NumPy front end; measured on {n} "
-                        "utterance(s), extrapolated"))
+                        f"utterance(s), extrapolated; {precision(device, None)}"))
 
 
 def section_e(args, device, rows):
@@ -355,10 +401,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = select_device(args.device)
     gpu = device.type == "cuda"
-    if gpu:
-        torch.cuda.set_device(device)
     args.batch = args.batch or (50 if gpu else 2)
     args.demo_batch = args.demo_batch or (50 if gpu else 24)
     args.iters = args.iters or (20 if gpu else 1)
@@ -369,7 +413,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.iters = min(args.iters, 10 if gpu else 1)
         args.demo_iters = min(args.demo_iters, 10 if gpu else 2)
-    name = torch.cuda.get_device_name(device) if gpu else (platform.processor() or platform.machine())
+    name = torch.cuda.get_device_name(device) if gpu else \
+        f"{platform.processor() or platform.machine()}, {cpu_capability()}"
     header = (f"bench_all on {device} ({name}); torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
               f"{os.cpu_count()} cores; original: {ORIGINAL:g} examples/s")
     print(header, flush=True)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import caffe_torch as caffe  # noqa: E402
 from bench.timing import interleaved_times  # noqa: E402
+from caffe_torch.fast import cpu_capability, tf32_scope  # noqa: E402
 from caffe_torch.prototxt import parse_net_text, read_net  # noqa: E402
 
 WIDTHS, UNITS = (64, 128, 256, 512), (1, 2, 4, 1)
@@ -132,6 +133,14 @@ def build_engine_net(args, device):
     return caffe.Net(str(path), caffe.TRAIN, net_param=param, device=device)
 
 
+def device_sync(device: torch.device, cuda=torch.cuda):
+    """A function that waits for `device` (the benchmarked one, not torch's current device). (`cuda` is
+    torch.cuda; tests pass a stand-in.)"""
+    if device.type != "cuda":
+        return lambda: None
+    return lambda: cuda.synchronize(device)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,7 +158,11 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device.index)
+    sync = device_sync(device)
 
     caffe.set_random_seed(0)
     net = build_engine_net(args, device)
@@ -160,11 +173,9 @@ def main(argv=None) -> int:
     label = torch.randint(0, args.classes, (args.batch,), generator=gen).to(device)
     net.blobs["data"].tensor = x
     net.blobs["label"].tensor = label.to(torch.float32).reshape(args.batch, 1, 1, 1)
-    params = [p for p, *_ in net.learnable_params()]
 
     def engine_step():
-        for p in params:
-            p.grad = None
+        net.clear_param_diffs()              # what Solver::Step does first
         net.forward_range(0, len(net.modules) - 1)
         net.backward_loss()
 
@@ -181,20 +192,23 @@ def main(argv=None) -> int:
         print(f"loss mismatch: engine {engine_loss} vs hand-written {torch_loss}", file=sys.stderr)
         return 1
 
-    times = interleaved_times({"engine": engine_step, "torch": torch_step}, args.iters, warmup=args.warmup,
-                              sync=sync)
+    with tf32_scope(False):            # fp32 as it says, whatever torch's cuDNN default
+        times = interleaved_times({"engine": engine_step, "torch": torch_step}, args.iters, warmup=args.warmup,
+                                  sync=sync)
     t_engine, t_torch = (statistics.median(times[name]) for name in ("engine", "torch"))
     n = args.batch
     result = {
         "device": str(device), "threads": torch.get_num_threads(), "batch": args.batch, "iters": args.iters,
-        "input": [1, args.frames, args.freq], "loss": engine_loss, "timing": "median of alternating iterations",
+        "input": [1, args.frames, args.freq], "loss": engine_loss, "precision": "fp32 (TF32 off)",
+        "cpu": cpu_capability(), "timing": "median of alternating iterations",
         "engine_examples_per_s": n / t_engine, "torch_examples_per_s": n / t_torch,
         "ratio_engine_over_torch": t_torch / t_engine,
         "note": "engine includes its top1/top5 Accuracy layers, as in training" if "top1Accuracy" in
         net._layer_names else "",
     }
     print(f"ResNet-20 forward+backward, batch {args.batch} x 1 x {args.frames} x {args.freq}, median of {args.iters} "
-          f"alternating iters after {args.warmup} warm-up, {device} ({result['threads']} threads)")
+          f"alternating iters after {args.warmup} warm-up, {device} ({result['threads']} threads), fp32; CPU "
+          f"{result['cpu']}")
     print(f"  caffe_torch engine : {result['engine_examples_per_s']:8.2f} examples/s")
     print(f"  hand-written torch : {result['torch_examples_per_s']:8.2f} examples/s")
     print(f"  ratio engine/torch : {result['ratio_engine_over_torch']:8.3f}")

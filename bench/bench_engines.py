@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import caffe_torch  # noqa: E402
 from bench.timing import interleaved_times  # noqa: E402
+from caffe_torch.fast import cpu_capability  # noqa: E402
 from caffe_torch.proto import caffe_pb2  # noqa: E402
 from speaker.engine import try_import_pycaffe  # noqa: E402
 
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
     shape = " x ".join(map(str, data_shape))
     print(f"training step (forward + backward + SGD update), {src.name}, input {shape}, CPU; {args.iters} timed "
           f"step(s) per engine after {args.warmup} warm-up, interleaved; threads: torch {threads['torch']}, "
-          f"OpenBLAS {threads['openblas']}, {os.cpu_count()} cores")
+          f"OpenBLAS {threads['openblas']}, {os.cpu_count()} cores; fp32; CPU {cpu_capability()}")
     print(f"  {'engine':12} {'examples/s':>11} {'median s/step':>14} {'steps (s)':>10}   first-step loss")
     for name, t in times.items():
         e = result["engines"][name]

@@ -1,48 +1,136 @@
-"""pycaffe's Blob: `.data` / `.diff` as NumPy arrays over the net's tensors.
+"""pycaffe's Blob: `.data` / `.diff` as NumPy arrays over the blob's memory, with Caffe's memory model.
 
-On the CPU, `.data` and `.diff` are NumPy views of the tensors themselves (writes land directly). On a GPU,
-they are host copies, as in Caffe's SyncedMemory: a copy handed out is remembered, and the net uploads it
-before its next device-side operation (forward, backward, update), so that `net.blobs['data'].data[...] = x`
-reaches the next forward there too. The caffe_torch-only `.tensor` property reads/replaces the device tensor
-itself, without any copy (the training loop's zero-copy path).
+In pycaffe, `blob.data` / `blob.diff` are no-copy NumPy views of the blob's host memory (`mutable_cpu_data()`):
+an array a script keeps follows the blob, and what it writes reaches the next forward/backward. Our layers
+compute out of place (each forward makes new tensors), so a blob's tensor is not a fixed piece of memory. The
+model here:
+
+- Each blob has, per side (data, diff), a `_Memory`: the persistent host tensor that views are taken of ("the
+  memory"), the set of views handed out (each view hangs off a small anchor object tracked by a weak
+  reference, so a view derived from it, `a[0]`, keeps it alive too), and a head, as Caffe's SyncedMemory.
+- On the CPU (a device in `Blob.zero_copy_devices`) the memory is the tensor itself whenever no view is held:
+  `.data` re-points the memory at the current tensor, no copy. While a view is held, the net keeps it live: at
+  the start of every operation (forward, backward, update) the blob's tensor *is* the memory (so writes
+  through the view are what the layers read), and after a forward/backward the new out-of-place results are
+  copied into it. The net keeps the viewed memories in a set (`_HostSync.viewed`); when it is empty (the
+  training loop's `.tensor` fast path, nothing kept) an operation pays one emptiness test and nothing else.
+  Parameters: `.data` is a view of the parameter tensor itself (the solver updates it in place); `.diff` a
+  view of its `.grad`, which is kept in place (zeroed, accumulated into, overwritten by the update) while a
+  diff view is held, and dropped (`None`, torch's cheapest) when none is.
+- On a GPU (any other device) the memory is a host copy with Caffe's SyncedMemory heads: `head == DEVICE`
+  (the tensor is newest), `HOST` (a view was handed out: pycaffe's `.data` is `mutable_cpu_data`, so the
+  host copy may have been written and is authoritative). `.data` copies device->host only when the head is
+  at the device, then moves it to the host; the next operation of any net that shares the memory uploads it
+  (host->device) and moves the head back. A kept view therefore shows new values after the next `.data` /
+  `.diff` read, as in pycaffe on a GPU. Clearing the parameter diffs at the start of a solver step (Caffe's
+  `ClearParamDiffs`, a `mutable_gpu_diff`) moves the diff's head to the device without uploading: a diff read
+  after a step never leaks into the next one. A parameter's memory lives on the parameter itself, so nets
+  that share it (`share_with`, a solver's test nets, `param { name }`) have one host copy, and nets that
+  share parameters share one `_HostSync` (the set of memories whose head is at the host).
+- The caffe_torch-only `.tensor` property reads/replaces the tensor itself, without any copy (the training
+  loop's zero-copy path); assigning it while a view is held copies the value into the memory too. On the
+  CPU the memory is whatever tensor the blob had when the view was taken, so a view kept of a blob whose
+  tensor you assigned (or of a layer's top that is its bottom unchanged) aliases that tensor, and later
+  values are copied into it: keep either views or your own tensors, not both.
+- Limits (as in Caffe only where Caffe has them): a partial forward that starts at an in-place layer whose
+  top is viewed copies the result over the memory that layer read; writes through a kept view between a
+  forward and its backward reach the backward only for blobs the forward read from memory (inputs).
 """
+
+import weakref
 
 import numpy as np
 import torch
 
+DEVICE, HOST = "device", "host"
 
-class _HostSync:
-    """The set of host copies handed out since the last device-side operation of one net."""
+
+class _Anchor:
+    """What a handed-out array hangs off: NumPy keeps it alive for as long as any view derived from it."""
+
+    __slots__ = ("__array_interface__", "_array", "__weakref__")
+
+    def __init__(self, array: np.ndarray):
+        self._array = array
+        self.__array_interface__ = array.__array_interface__
+
+
+class _Memory:
+    """One side (data or diff) of a blob: the host tensor views are taken of, its views, its head."""
+
+    __slots__ = ("host", "anchors", "head", "__weakref__")
 
     def __init__(self):
-        self.pending: dict[int, tuple[Blob, str, np.ndarray]] = {}
+        self.host: torch.Tensor | None = None
+        self.anchors: weakref.WeakSet = weakref.WeakSet()
+        self.head = DEVICE
 
-    def remember(self, blob: "Blob", which: str, array: np.ndarray) -> None:
-        self.pending[id(array)] = (blob, which, array)
+    def viewed(self) -> bool:
+        return len(self.anchors) > 0
 
-    def forget(self, blob: "Blob", which: str | None = None) -> None:
-        """Drop `blob`'s host copies (all, or only `which`) without uploading them: its tensor was replaced
-        (`.tensor = t`, `reshape`), so the copy no longer describes it."""
-        for key, (b, w, _) in list(self.pending.items()):
-            if b is blob and (which is None or w == which):
-                del self.pending[key]
-                b._host[w] = None
+    def view(self) -> np.ndarray:
+        anchor = _Anchor(self.host.detach().numpy())
+        self.anchors.add(anchor)
+        return np.asarray(anchor)
+
+
+class _HostSync:
+    """The memories of a group of nets that share parameters: those viewed on a zero-copy device (kept live
+    across operations) and those whose head is at the host (uploaded before the next operation)."""
+
+    def __init__(self):
+        self.viewed: dict[int, tuple[Blob, str, _Memory]] = {}
+        self.pending: dict[int, tuple[Blob, str, _Memory]] = {}
+        self.members: list[_HostSync] = [self]
+
+    def join(self, other: "_HostSync") -> None:
+        """Make self and other one group (nets that share parameters): one pending set for all."""
+        if self.viewed is other.viewed:
+            return
+        other.viewed.update(self.viewed)
+        other.pending.update(self.pending)
+        members = other.members + self.members
+        for m in members:
+            m.viewed, m.pending, m.members = other.viewed, other.pending, members
+
+    def watch(self, blob: "Blob", which: str, mem: _Memory) -> None:
+        self.viewed[id(mem)] = (blob, which, mem)
+
+    def to_host(self, blob: "Blob", which: str, mem: _Memory) -> None:
+        mem.head = HOST
+        self.pending[id(mem)] = (blob, which, mem)
+
+    def to_device(self, mem: _Memory) -> None:
+        """The device side was written without reading the host copy (a new tensor was assigned, the diffs
+        cleared): the host copy is no longer authoritative and is not uploaded."""
+        mem.head = DEVICE
+        self.pending.pop(id(mem), None)
 
     def flush(self) -> None:
-        """Upload every host copy (the user may have written into it), then forget them."""
-        with torch.no_grad():
-            for blob, which, array in self.pending.values():
-                target = blob._tensor() if which == "data" else blob._grad_tensor(create=True)
-                if tuple(target.shape) == array.shape:
-                    # detach: the target may be a leaf that requires grad (a force_backward input)
-                    target.detach().copy_(torch.from_numpy(array))
-                blob._host[which] = None
-        self.pending.clear()
+        """Before an operation: upload host-head memories; make viewed memories the blobs' tensors."""
+        if self.pending:
+            with torch.no_grad():
+                for blob, which, mem in self.pending.values():
+                    blob._upload(which, mem)
+                    mem.head = DEVICE
+            self.pending.clear()
+        if self.viewed:
+            for key, (blob, which, mem) in list(self.viewed.items()):
+                if not mem.viewed():
+                    del self.viewed[key]
+                elif which == "data":
+                    blob._adopt_memory(mem)
 
-    def drop(self) -> None:
-        for blob, which, _ in self.pending.values():
-            blob._host[which] = None
-        self.pending.clear()
+    def refresh(self, which: str) -> None:
+        """After an operation that replaced tensors out of place: copy `which` (data or diff) of every viewed
+        blob into its memory, so kept views show the new values."""
+        if self.viewed:
+            with torch.no_grad():
+                for key, (blob, w, mem) in list(self.viewed.items()):
+                    if not mem.viewed():
+                        del self.viewed[key]
+                    elif w == which:
+                        blob._refresh(which, mem)
 
 
 class Blob:
@@ -57,7 +145,7 @@ class Blob:
         self._get, self._set, self._get_grad, self._set_grad = get, set_, get_grad, set_grad
         # `peek` returns the tensor without materialising a storage-less placeholder (for shapes)
         self._peek = peek or get
-        self._host: dict[str, np.ndarray | None] = {"data": None, "diff": None}
+        self._mem = {"data": _Memory(), "diff": _Memory()}
 
     # -- tensors
     def _tensor(self) -> torch.Tensor:
@@ -71,33 +159,69 @@ class Blob:
             self._set_grad(g)
         return g
 
-    def _array(self, which: str) -> np.ndarray:
-        t = self._tensor() if which == "data" else self._grad_tensor(create=True)
-        t = t.detach()
-        if t.device.type in self.zero_copy_devices:
-            return t.numpy()
-        host = self._host[which]
-        if host is None or host.shape != tuple(t.shape):
-            host = t.to("cpu", copy=True).numpy()
-            self._host[which] = host
-            self._sync.remember(self, which, host)
-        return host
+    def _memory(self, which: str) -> _Memory:
+        return self._mem[which]
 
+    def _current(self, which: str) -> torch.Tensor:
+        if which == "diff":
+            return self._grad_tensor(create=True)       # a gradient does not require grad itself
+        return self._tensor().detach()
+
+    def _follows_tensor(self, which: str) -> bool:
+        """Zero-copy path: is the memory always the tensor itself (a parameter's data, updated in place), so
+        that nothing needs to be kept live?"""
+        return False
+
+    def _array(self, which: str) -> np.ndarray:
+        mem = self._memory(which)
+        t = self._current(which)
+        if t.device.type in self.zero_copy_devices:
+            follows = self._follows_tensor(which)
+            if mem.host is None or not mem.viewed() or mem.host.shape != t.shape or \
+                    (follows and mem.host.data_ptr() != t.data_ptr()):
+                # nothing kept (or a new shape): the memory is the tensor itself, no copy
+                mem.host = t
+            if not follows:
+                self._sync.watch(self, which, mem)
+            return mem.view()
+        # host-copy path (Caffe's mutable_cpu_data): download only if the device side is newer
+        if mem.host is None or mem.host.shape != t.shape:
+            mem.host = torch.empty(t.shape, dtype=t.dtype)
+            mem.head = DEVICE
+        if mem.head == DEVICE:
+            mem.host.copy_(t.detach())          # device-to-host: blocking
+        self._sync.to_host(self, which, mem)
+        return mem.view()
+
+    def _upload(self, which: str, mem: _Memory) -> None:
+        """Host copy -> device tensor (host-copy path), before an operation."""
+        t = self._tensor() if which == "data" else self._grad_tensor(create=True)
+        if t.shape == mem.host.shape:
+            # through .data: the target may be a leaf that requires grad (a force_backward input) or saved
+            # by autograd for the coming backward (which then reads the written values, as Caffe's would)
+            t.data.copy_(mem.host)
+
+    def _adopt_memory(self, mem: _Memory) -> None:
+        """Zero-copy path, before an operation: the viewed memory becomes the blob's tensor (activations)."""
+
+    def _refresh(self, which: str, mem: _Memory) -> None:
+        """Zero-copy path, after an operation: copy the new tensor into the viewed memory."""
+        t = self._tensor() if which == "data" else self._get_grad()
+        if t is None or t is mem.host:
+            return
+        t = t.detach()
+        if t.shape == mem.host.shape and t.data_ptr() != mem.host.data_ptr():
+            # through .data: the memory may be saved by autograd (an input); its version counter stays
+            mem.host.data.copy_(t)
+
+    # read-only properties, as pycaffe's: write into them (`blob.data[...] = x`), never assign them
     @property
     def data(self) -> np.ndarray:
         return self._array("data")
 
-    @data.setter
-    def data(self, value) -> None:
-        self.data[...] = value
-
     @property
     def diff(self) -> np.ndarray:
         return self._array("diff")
-
-    @diff.setter
-    def diff(self, value) -> None:
-        self.diff[...] = value
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -109,10 +233,15 @@ class Blob:
     def tensor(self, value: torch.Tensor) -> None:
         cur = self._tensor()
         if value.device != cur.device or value.dtype != cur.dtype:
-            value = value.to(device=cur.device, dtype=cur.dtype, non_blocking=True)
+            # host-to-device may overlap; device-to-host must block (the host tensor is read at once)
+            value = value.to(device=cur.device, dtype=cur.dtype, non_blocking=cur.device.type != "cpu")
+        mem = self._memory("data")
         # a host copy handed out before must not be uploaded over the new tensor at the next flush
-        self._sync.forget(self, "data")
+        self._sync.to_device(mem)
         self._set(value)
+        if mem.viewed() and value.device.type in self.zero_copy_devices and mem.host.shape == value.shape:
+            with torch.no_grad():
+                mem.host.data.copy_(value)          # kept views show the assigned value
 
     # -- shape
     @property
@@ -137,8 +266,11 @@ class Blob:
         cur = self._tensor()
         if tuple(cur.shape) == shape:
             return
-        self._sync.forget(self)
-        self._host = {"data": None, "diff": None}
+        # a new shape is new memory: kept views (and host copies) no longer describe the blob
+        for which in ("data", "diff"):
+            self._sync.to_device(self._memory(which))
+            self._sync.viewed.pop(id(self._memory(which)), None)
+        self._mem = {"data": _Memory(), "diff": _Memory()}
         if cur.numel() == int(np.prod(shape)):
             self._set(cur.detach().reshape(shape).clone())
         else:
@@ -147,6 +279,73 @@ class Blob:
 
     def __repr__(self) -> str:
         return f"<Blob shape={self.shape}>"
+
+
+class _ActivationBlob(Blob):
+    def _adopt_memory(self, mem: _Memory) -> None:
+        t = self._peek()
+        if t is not mem.host and t.shape == mem.host.shape:
+            self._set(mem.host)
+
+
+class _ParamBlob(Blob):
+    """A learnable blob: its memory hangs off the parameter (one per parameter, however many nets share it).
+    On the CPU `.data` is the parameter itself, so there is nothing to keep live; `.diff` is its `.grad`,
+    kept in place while viewed (see `clear_param_diff`, `set_param_diff`)."""
+
+    def __init__(self, sync, module, index, get, set_, get_grad, set_grad):
+        super().__init__(sync, get, set_, get_grad, set_grad)
+        self._module, self._index = module, index
+
+    def _memory(self, which: str) -> _Memory:
+        return param_memory(self._module.blobs[self._index], which)
+
+    def _follows_tensor(self, which: str) -> bool:
+        return which == "data"
+
+    def _refresh(self, which: str, mem: _Memory) -> None:
+        # the data is the parameter itself; the diff is .grad, kept in place: if something replaced it,
+        # copy the new gradient into the kept one and put that back
+        g = self._get_grad()
+        if which == "diff" and g is not mem.host and mem.host is not None:
+            if g is not None and g.shape == mem.host.shape:
+                mem.host.copy_(g)
+            self._set_grad(mem.host)
+
+
+def param_memory(p: torch.Tensor, which: str) -> _Memory:
+    """The memory of side `which` of parameter `p`, created on first use (it lives on the parameter, as
+    Caffe's SyncedMemory lives in the Blob that nets share)."""
+    mems = p.__dict__.get("_caffe_memory")
+    if mems is None:
+        mems = p._caffe_memory = {"data": _Memory(), "diff": _Memory()}
+    return mems[which]
+
+
+def clear_param_diff(sync: _HostSync, p: torch.Tensor) -> None:
+    """Caffe's ClearParamDiffs for one parameter (`mutable_*_diff` + zero): a host copy of the diff is
+    dropped, not uploaded; a kept diff view on the CPU is zeroed in place (it is `.grad`), else `.grad` is
+    dropped (None: torch accumulates into a fresh one)."""
+    mem = p.__dict__.get("_caffe_memory", {}).get("diff")
+    if mem is None:
+        p.grad = None
+        return
+    sync.to_device(mem)
+    if mem.viewed() and p.grad is not None and p.grad is mem.host:
+        p.grad.zero_()
+    else:
+        p.grad = None
+
+
+def set_param_diff(p: torch.Tensor, value: torch.Tensor) -> None:
+    """`p.grad = value`, in place when a diff view of `p` is kept on the CPU (so the view shows it)."""
+    mem = p.__dict__.get("_caffe_memory", {}).get("diff")
+    if mem is not None and mem.viewed() and p.grad is not None and p.grad is mem.host:
+        p.grad.copy_(value)
+    else:
+        p.grad = value
+        if mem is not None:
+            mem.head = DEVICE
 
 
 def param_blob(sync: _HostSync, module, index: int) -> Blob:
@@ -169,4 +368,4 @@ def param_blob(sync: _HostSync, module, index: int) -> Blob:
     def set_grad(g):
         module.blobs[index].grad = g
 
-    return Blob(sync, get, set_, get_grad, set_grad)
+    return _ParamBlob(sync, module, index, get, set_, get_grad, set_grad)

@@ -14,14 +14,24 @@
   (read them with `.tensor`; `.data` of a bfloat16 blob is not a NumPy array); the blobs that leave the
   trunk (e.g. res4_3p) are cast back to float32. Expected deviation: ~1e-2 relative on activations, training
   curves indistinguishable. fp16 is not offered: it needs loss scaling, which Caffe's solver does not have.
-- `tf32`: TensorFloat-32 for float32 convolutions and matrix products on Ampere+ GPUs (a process-wide
-  switch; no effect on the CPU). ~1e-3 relative. Note that PyTorch already lets cuDNN use TF32 for
-  convolutions by default; without this option that default is left alone, with it the matrix products
-  (InnerProduct layers) use TF32 too.
+  On a CPU without native bfloat16 (no AVX512-BF16 / AMX; see `cpu_capability()`) bf16 is 15-18x *slower*
+  than fp32 (measured on an AMD EPYC: the paper net 0.09 vs 1.63 examples/s), so `apply` refuses it there.
+- `tf32`: TensorFloat-32 for float32 convolutions and matrix products on Ampere+ GPUs (torch's switches are
+  process-wide, so they are turned on only while this net runs its forward and backward, and restored
+  after: another net or benchmark in the process keeps full fp32; no effect on the CPU). ~1e-3 relative.
+  Note that PyTorch already lets cuDNN use TF32 for convolutions by default; without this option that
+  default is left alone (bench/ turns it off for its fp32 rows), with it the matrix products (InnerProduct
+  layers) use TF32 too.
 - `compile`: `torch.compile` of the net's forward (the whole layer loop, so consecutive layers fuse; its
   backward is compiled too). The first iteration pays the compile time (tens of seconds); if compiling
-  fails the net falls back to the interpreted forward with a warning. On a CPU it brings nothing measurable
-  (see bench/bench_all.py); it is meant for GPUs, where it removes launch overhead and fuses PReLU/Eltwise.
+  fails, forward or backward, the net falls back to the interpreted one with a warning (a failed backward
+  restores the diffs and layer counters and redoes that forward and backward interpreted). Layers with a
+  per-forward counter (the margin layers' annealing) run outside the compiled graph, so their changing
+  counter does not force a recompile every step. On a CPU it brings nothing measurable (see
+  bench/bench_all.py); it is meant for GPUs, where it removes launch overhead and fuses PReLU/Eltwise.
+- `deterministic`: cuDNN's deterministic algorithms and `torch.use_deterministic_algorithms` (process-wide,
+  as torch has them), so that a resumed GPU run equals the uninterrupted one as it does on the CPU
+  (atomics in some CUDA kernels otherwise change the summation order from run to run). Slower.
 - CUDA graphs are not offered: one iteration has host-side control flow (the Python layer loop, the
   solver's per-blob update with a host-side learning rate, the loss read for logging, variable shapes in
   validation), so graph capture would need the whole step rewritten as a static function; use `compile`
@@ -30,12 +40,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from .errors import CaffeError
+
 log = logging.getLogger("caffe_torch.fast")
+
+
+class UnsuitableOption(CaffeError, ValueError):
+    """A speed option that this device would run slower (the training scripts print it and stop)."""
 
 #: layer types run under autocast with amp (the convolutional trunk); everything else stays in the net dtype
 TRUNK_TYPES = frozenset({"Convolution", "Pooling", "PReLU", "ReLU", "Eltwise"})
@@ -48,6 +67,7 @@ class FastOptions:
     amp: str | None = None            # None or "bf16"
     tf32: bool = False
     compile: bool | str = False       # False, True (default mode), or a torch.compile mode string
+    deterministic: bool = False
 
     def __post_init__(self):
         if self.amp is not None and self.amp not in AMP_DTYPES:
@@ -55,10 +75,11 @@ class FastOptions:
                              "need loss scaling, which Caffe's solver does not have)")
 
     def any(self) -> bool:
-        return bool(self.channels_last or self.amp or self.tf32 or self.compile)
+        return bool(self.channels_last or self.amp or self.tf32 or self.compile or self.deterministic)
 
     def describe(self) -> str:
-        on = [n for n, v in (("channels_last", self.channels_last), ("tf32", self.tf32)) if v]
+        on = [n for n, v in (("channels_last", self.channels_last), ("tf32", self.tf32),
+                             ("deterministic", self.deterministic)) if v]
         if self.amp:
             on.append(f"amp={self.amp}")
         if self.compile:
@@ -67,9 +88,54 @@ class FastOptions:
 
     @classmethod
     def from_args(cls, args) -> FastOptions:
-        """From the training scripts' flags (--channels-last, --amp, --tf32, --compile)."""
+        """From the training scripts' flags (--channels-last, --amp, --tf32, --compile, --deterministic)."""
         return cls(channels_last=bool(getattr(args, "channels_last", False)), amp=getattr(args, "amp", None),
-                   tf32=bool(getattr(args, "tf32", False)), compile=bool(getattr(args, "compile", False)))
+                   tf32=bool(getattr(args, "tf32", False)), compile=bool(getattr(args, "compile", False)),
+                   deterministic=bool(getattr(args, "deterministic", False)))
+
+    def precision(self) -> str:
+        """The arithmetic a net with these options runs in: "fp32", "tf32" or "bf16" (trunk)."""
+        return self.amp or ("tf32" if self.tf32 else "fp32")
+
+
+def _cpu_flags(cpuinfo: str) -> set[str]:
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_bf16_native(cpuinfo: str | None = None) -> bool:
+    """Does this CPU compute bfloat16 natively (AVX512-BF16 or AMX-BF16)? Read from /proc/cpuinfo (Linux);
+    False where that is not available (bf16 is then emulated, much slower than fp32)."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.exists() else ""
+    return bool(_cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_capability(cpuinfo: str | None = None) -> str:
+    """torch's CPU kernel level and whether bf16 is native, e.g. "AVX2, bf16 emulated" (for benchmark rows)."""
+    level = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "unknown"
+    return f"{level}, bf16 {'native' if cpu_bf16_native(cpuinfo) else 'emulated'}"
+
+
+def check_device(options: FastOptions, device: torch.device) -> None:
+    """Refuse options that would make this device slower, with the reason (bf16 on a CPU without it)."""
+    if options.amp == "bf16" and device.type == "cpu" and not cpu_bf16_native():
+        raise UnsuitableOption(f"--amp bf16 on this CPU ({cpu_capability()}): without AVX512-BF16 or AMX, bfloat16 "
+                         "is emulated and 15-18x slower than fp32 (paper net: 0.09 vs 1.63 examples/s on an "
+                         "AMD EPYC); train in fp32 here, or use bf16 on a GPU or a CPU that has it")
+
+
+def set_deterministic(enabled: bool) -> None:
+    """cuDNN's deterministic algorithms, no autotuning, and torch's deterministic-algorithms mode (which needs
+    CUBLAS_WORKSPACE_CONFIG before cuBLAS starts; set here if the user has not)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = bool(enabled)
+    torch.backends.cudnn.benchmark = False if enabled else torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(bool(enabled))
 
 
 def _new_tf32_api() -> bool:
@@ -86,6 +152,17 @@ def set_tf32(enabled: bool) -> None:
     else:
         torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
         torch.backends.cudnn.allow_tf32 = bool(enabled)
+
+
+@contextlib.contextmanager
+def tf32_scope(enabled: bool = True):
+    """TF32 on (or off) for the duration of the block, then the switches as they were."""
+    before = tf32_enabled()
+    set_tf32(enabled)
+    try:
+        yield
+    finally:
+        set_tf32(before)
 
 
 def tf32_enabled() -> bool:
@@ -137,40 +214,111 @@ class _LayerCall:
             return layer(*bottoms)
 
 
+def _stateful_layers_eager(net) -> None:
+    """Run the layers with a per-forward counter (margin annealing) outside the compiled graph: dynamo guards
+    on a Python int attribute, so a counter that changes every forward would otherwise recompile every step
+    (until torch's recompile limit, then the whole forward would run uncompiled)."""
+    stateful = {i for i, m in enumerate(net.modules) if m.get_state() is not None}
+    if not stateful:
+        return
+    inner = net.layer_call
+
+    def plain(i, layer, bottoms):
+        return layer(*bottoms) if inner is None else inner(i, layer, bottoms)
+
+    eager = torch._dynamo.disable(plain)
+
+    def layer_call(i, layer, bottoms):
+        return eager(i, layer, bottoms) if i in stateful else plain(i, layer, bottoms)
+
+    net.layer_call = layer_call
+
+
 def _compile_forward(net, mode) -> None:
-    """Replace net.forward_range by a compiled version that falls back to the interpreted one if compiling
-    (at the first call) fails."""
-    eager = net.forward_range
+    """Replace net's layer loop by a compiled version that falls back to the interpreted one if compiling
+    fails: at the first forward, or at the first backward of a newly compiled graph (then that iteration's
+    forward and backward are redone interpreted, from the diffs and layer counters they started with)."""
+    eager = net._run_layers
+    eager_backward = net.backward_loss
     kw = {} if mode is True else {"mode": mode}
     state = {"ok": True}
+    _stateful_layers_eager(net)
     try:
         compiled = torch.compile(eager, **kw)
     except Exception as exc:  # unknown mode, no compiler for this platform
         log.warning("torch.compile unavailable for net '%s' (%s); using the interpreted forward", net.name, exc)
         state["ok"] = False
         compiled = eager
+    # input shapes whose compiled backward has run once (a new shape compiles a new graph and backward)
+    verified: set[tuple] = set()
+    last: dict = {}
 
-    def forward_range(start, end, retain_blob_diffs=False):
+    def fail(what, exc):
+        state["ok"] = False
+        log.warning("torch.compile of net '%s' failed in %s (%s: %s); using the interpreted forward", net.name,
+                    what, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+
+    def run_layers(start, end, retain_blob_diffs=False):
         if state["ok"]:
+            key = (start, end, tuple(tuple(net.blobs[n].shape) for n in net.inputs))
+            if key not in verified:
+                # what redoing this forward interpreted needs, should its compiled backward fail
+                last.update(key=key, args=(start, end, retain_blob_diffs), states=net.layer_states(),
+                            grads=[None if p.grad is None else p.grad.clone() for p, *_ in net._learnable])
+            else:
+                last.clear()
             try:
                 return compiled(start, end, retain_blob_diffs)
             except Exception as exc:  # any compiler/backend failure: run interpreted from now on
-                state["ok"] = False
-                log.warning("torch.compile of net '%s' failed (%s: %s); using the interpreted forward",
-                            net.name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                fail("the forward", exc)
+                if last:
+                    net.set_layer_states(last["states"])
         return eager(start, end, retain_blob_diffs)
 
-    net.forward_range = forward_range
+    def backward_loss(extra=None, retain_blob_diffs=False):
+        if not (state["ok"] and last):
+            return eager_backward(extra, retain_blob_diffs)
+        try:
+            eager_backward(extra, retain_blob_diffs)
+        except Exception as exc:  # the compiled backward is compiled at its first call
+            fail("the backward", exc)
+            for (p, *_), g in zip(net._learnable, last["grads"]):
+                p.grad = g
+            net.set_layer_states(last["states"])
+            net.forward_range(*last["args"])
+            eager_backward(extra, retain_blob_diffs)
+        else:
+            verified.add(last["key"])
+        last.clear()
+
+    net._run_layers = run_layers
+    net.backward_loss = backward_loss
     net._fast_compile_state = state
+
+
+def _tf32_for(net) -> None:
+    """TF32 on while this net runs its forward and backward only (torch's switches are process-wide)."""
+    forward, backward = net.forward_range, net.backward_loss
+
+    def forward_range(start, end, retain_blob_diffs=False):
+        with tf32_scope():
+            return forward(start, end, retain_blob_diffs)
+
+    def backward_loss(extra=None, retain_blob_diffs=False):
+        with tf32_scope():
+            return backward(extra, retain_blob_diffs)
+
+    net.forward_range, net.backward_loss = forward_range, backward_loss
 
 
 def apply(net, options: FastOptions) -> None:
     """Apply `options` to one caffe_torch Net in place (call once, before training)."""
     if getattr(net, "_fast_options", None) is not None:
         raise RuntimeError(f"fast options already applied to net '{net.name}'")
+    check_device(options, net.device)
     net._fast_options = options
-    if options.tf32:
-        set_tf32(True)
+    if options.deterministic:
+        set_deterministic(True)
     if options.channels_last:
         with torch.no_grad():
             for m in net.modules:
@@ -183,6 +331,8 @@ def apply(net, options: FastOptions) -> None:
         net.layer_call = _LayerCall(net, options)
     if options.compile:
         _compile_forward(net, options.compile)
+    if options.tf32:
+        _tf32_for(net)
 
 
 def apply_to_solver(solver, options: FastOptions) -> None:

@@ -36,7 +36,11 @@ def set_mode_gpu() -> None:
 
 
 def set_device(device_id: int) -> None:
+    """As pycaffe's (Caffe::SetDevice, a cudaSetDevice): nets built from now on use this GPU in GPU mode, and
+    it becomes torch's current CUDA device, so that code that says just "cuda" uses it too."""
     MODE.device_id = int(device_id)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(MODE.device_id)
 
 
 def set_random_seed(seed: int) -> None:

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from . import layers as _layers  # noqa: F401  (registers the layer types)
-from .blob import Blob, _HostSync, param_blob
+from .blob import Blob, _ActivationBlob, _HostSync, clear_param_diff, param_blob
 from .errors import LayerError, PrototxtError
 from .layers.base import BuildContext, layer_class
+from .log import install as install_glog
 from .mode import MODE
 from .proto import caffe_pb2
 from .prototxt import Source, read_net
@@ -124,6 +125,7 @@ class Net:
             net_param = caffe_pb2.NetParameter.FromString(net_param.SerializeToString())
             src = Source(str(network_file or f"<net {net_param.name}>"),
                          [0] * (len(net_param.layer) + (1 if net_param.input else 0)))
+        install_glog()                 # Caffe's log lines on stderr for a script that configured no logging
         self.phase = phase
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else MODE.device()
@@ -168,7 +170,11 @@ class Net:
         self._param_owner: dict[str, tuple[nn.Parameter, str]] = {}
         self._shared_mults: dict[str, tuple[float | None, float | None]] = {}
         self.force_backward = net_param.force_backward
+        # whether forwards record the autograd graph: TRAIN nets and force_backward ones always; a TEST net
+        # starts recording only once a script calls its backward (see backward_loss), so that evaluation pays
+        # nothing for a backward Caffe would allow but nobody runs
         self.enable_backward = self.phase == TRAIN or self.force_backward
+        self._last_forward = None
 
         available: dict[str, None] = OrderedDict()       # blobs not yet consumed, in production order
         shapes: dict[str, tuple[int, ...]] = {}
@@ -230,6 +236,9 @@ class Net:
             self._setup_loss_weights(layer, lp, where)
             self._setup_params(layer, lp, where)
         self.outputs = sorted(available)       # Caffe keeps the leftovers in a std::set: sorted by name
+        # Caffe's Net::Init: a layer needs backward if one of its params learns (lr_mult != 0, or
+        # force_backward) or a bottom needs it; a net with no such layer does nothing on Backward
+        self._needs_backward = self.force_backward or any(p.requires_grad for p, *_ in self._learnable)
 
     def _setup_loss_weights(self, layer, lp, where) -> None:
         weights = list(lp.loss_weight)
@@ -313,7 +322,7 @@ class Net:
         def set_grad(g):
             self._grads[name] = g
 
-        return Blob(self._sync, get, set_, get_grad, set_grad, peek=lambda: self._tensors[name])
+        return _ActivationBlob(self._sync, get, set_, get_grad, set_grad, peek=lambda: self._tensors[name])
 
     # ------------------------------------------------------------------ pycaffe surface
     @property
@@ -371,6 +380,15 @@ class Net:
         """Run layers start..end (indices, inclusive); return the weighted loss tensor (or None). caffe_torch
         only; `retain_blob_diffs` keeps every blob's gradient for `.diff` after backward (costs memory)."""
         self._sync.flush()
+        if not self.enable_backward and self._needs_backward:
+            # what redoing this forward with a graph needs, should the script call backward (TEST nets)
+            self._last_forward = (start, end, retain_blob_diffs, self.layer_states())
+        loss = self._run_layers(start, end, retain_blob_diffs)
+        self._sync.refresh("data")          # kept views of out-of-place results follow (nothing if none kept)
+        return loss
+
+    def _run_layers(self, start: int, end: int, retain_blob_diffs: bool) -> torch.Tensor | None:
+        """The layer loop of forward_range (what caffe_torch.fast compiles)."""
         self._grads.clear()
         record = self.enable_backward and torch.is_grad_enabled()
         self._first_version: dict[str, torch.Tensor] = {}
@@ -435,15 +453,34 @@ class Net:
                                          dtype=t.dtype, device=t.device).reshape(t.shape))
         roots_seeds = [(r, s) for r, s in zip(roots, seeds) if r.requires_grad]
         if not roots_seeds:
-            if not self.enable_backward:
-                raise RuntimeError(f"net '{self.name}' was not set up for backward (a TEST net without "
-                                   "force_backward: true); caffe_torch records no graph for it")
-            return
+            if self._needs_backward and self._last_forward is not None and torch.is_grad_enabled():
+                self._redo_forward_with_graph()
+                return self.backward_loss(extra, retain_blob_diffs)
+            return          # Caffe: no layer needs backward, Backward computes nothing
+
         torch.autograd.backward([r for r, _ in roots_seeds], [s for _, s in roots_seeds])
         if retain_blob_diffs:
             for name, t in self._first_version.items():
                 if t.grad is not None:
                     self._grads[name] = t.grad
+        self._sync.refresh("diff")
+
+    def _redo_forward_with_graph(self) -> None:
+        """A TEST net's first backward: record from now on, and redo the last forward with a graph (from the
+        layer counters it started with; layers without bottoms (sources) keep the tops they gave)."""
+        start, end, retain, states = self._last_forward
+        self.enable_backward = True
+        self._last_forward = None
+        self.set_layer_states(states)
+        while start <= end and not self.bottom_names[self._layer_names[start]]:
+            start += 1
+        self.forward_range(start, end, retain)
+
+    def clear_param_diffs(self) -> None:
+        """Caffe's Net::ClearParamDiffs (caffe_torch only; the solver calls it at the start of each step): every
+        learnable blob's diff becomes zero, and a host copy of it read since is not uploaded."""
+        for p, *_ in self._learnable:
+            clear_param_diff(self._sync, p)
 
     def reshape(self) -> None:
         """Propagate the input blobs' shapes through the net (after `blob.reshape`)."""
@@ -464,6 +501,8 @@ class Net:
 
     def share_with(self, other: "Net") -> None:
         """Use `other`'s learnable blobs for every same-named layer (Caffe's ShareTrainedLayersWith)."""
+        # one group: an operation of either net uploads a host copy of a shared blob read through the other
+        self._sync.join(other._sync)
         mine = dict(zip(self._layer_names, self._layers))
         for lname, src_layer in zip(other._layer_names, other._layers):
             dst = mine.get(lname)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .blob import set_param_diff
 from .errors import PrototxtError, WeightsError
 from .mode import set_random_seed
 from .net import TEST, TRAIN, Net
@@ -129,7 +130,7 @@ class Solver:
         self.test_nets = [self._make_net(TEST, i, dtype, device) for i in range(n_test)]
         for tn in self.test_nets:
             tn.share_with(self.net)
-        self.iter = 0
+        self._iter = 0
         self.current_step = 0
         self._params = self.net.learnable_params()
         # Caffe forces lr_mult 0 on blobs a layer never learns (BatchNorm's statistics): they get no update
@@ -148,6 +149,11 @@ class Solver:
         # caffe_torch extension.
         self.gradient_hook: Callable[[Solver, float], float] | None = None
         self.requested_early_exit = False
+
+    @property
+    def iter(self) -> int:
+        """The iteration count (read-only, as pycaffe's `solver.iter`; `restore` sets it)."""
+        return self._iter
 
     # ------------------------------------------------------------------ checks
     def _check_param(self) -> None:
@@ -267,15 +273,13 @@ class Solver:
             self._losses[idx] = loss
 
     def forward_backward(self) -> float:
-        """One forward + backward of the train net; returns its loss (diffs accumulate)."""
+        """One forward + backward of the train net; returns its loss (diffs accumulate). A NaN or infinite
+        loss is Caffe's business as usual: it shows in the display line and training goes on (the training
+        scripts stop on it themselves)."""
         net = self.net
         net.forward_range(0, len(net._layers) - 1)
         net.backward_loss()
-        value = net.loss_value()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"iteration {self.iter}: the loss is {value} (net '{net.name}'); "
-                                     "lower base_lr or check the data")
-        return value
+        return net.loss_value()
 
     def step(self, iters: int) -> None:
         p = self.param
@@ -284,8 +288,7 @@ class Solver:
         self._losses, self.smoothed_loss = [], 0.0
         t0, i0 = time.perf_counter(), self.iter
         while self.iter < stop_iter:
-            for prm, *_ in self._params:
-                prm.grad = None
+            self.net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
                     and (self.iter > 0 or p.test_initialization)):
                 self.test_all()
@@ -305,7 +308,7 @@ class Solver:
                 self._log_outputs(self.net, "Train")
                 t0, i0 = time.perf_counter(), self.iter
             self.apply_update()
-            self.iter += 1
+            self._iter += 1
             action = self.action_callback(self) if self.action_callback else None
             if (p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot":
                 self.snapshot()
@@ -410,7 +413,7 @@ class Solver:
         # Net::Update: data -= diff, where the diff now holds the update (as pycaffe shows it after a step)
         for (prm, *_), update in zip(self._params, updates):
             prm.sub_(update)
-            prm.grad = update
+            set_param_diff(prm, update)
         self._after_update()
 
     def _after_update(self) -> None:
@@ -436,8 +439,9 @@ class Solver:
     def _labelled_nets(self) -> dict[str, Net]:
         return {"train": self.net} | {f"test{i}": tn for i, tn in enumerate(self.test_nets)}
 
-    def snapshot(self) -> tuple[str, str]:
-        """Write <prefix>_iter_<N>.caffemodel and .solverstate (each atomically); return their paths."""
+    def snapshot(self) -> None:
+        """Write <prefix>_iter_<N>.caffemodel and .solverstate (each atomically, with the umask's permissions);
+        returns None, as pycaffe's (the paths are `snapshot_filename(".caffemodel")` / `(".solverstate")`)."""
         if not self.param.snapshot_prefix:
             # Caffe writes "_iter_<N>.*" into the working directory then; say so.
             log.warning("%s: snapshot_prefix is not set; snapshotting to '_iter_%d.*' in %s", self.path,
@@ -454,7 +458,6 @@ class Solver:
         path = self.snapshot_filename(".solverstate")
         log.info("Snapshotting solver state to binary proto file %s", path)
         write_proto_atomic(state, path)
-        return model, path
 
     def restore(self, state_file) -> None:
         """Continue from a .solverstate: iteration, lr step, history, layer counters and the learned net.
@@ -498,7 +501,7 @@ class Solver:
         with torch.no_grad():
             for h, values in zip(self.history, histories):
                 h.copy_(torch.from_numpy(np.ascontiguousarray(values).reshape(h.shape)).to(h.dtype))
-        self.iter = state.iter
+        self._iter = state.iter
         self.current_step = state.current_step
         for label, states in layer_states.items():
             nets[label].set_layer_states(states)

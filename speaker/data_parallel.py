@@ -4,7 +4,7 @@ the gradients (plus the loss and the stop flag) per iteration. See speaker/train
 import os
 from datetime import timedelta
 
-from .engine import default_gpu
+from .engine import gpu_for_process
 from .errors import TrainingError
 
 
@@ -23,18 +23,10 @@ class DataParallel:
         self.gpu_index = None
 
     def gpu(self, gpu_arg: int | None, engine: str = "torch") -> int | None:
-        """The GPU of this process: --gpu -1 forces the CPU; else the LOCAL_RANK-th entry of $SGE_GPU when
-        it lists enough GPUs, else GPU LOCAL_RANK when CUDA is present; else the CPU."""
-        if not self.enabled:
-            return default_gpu(gpu_arg, engine)
-        if gpu_arg is not None and gpu_arg < 0:
-            return None
-        sge = os.environ.get("SGE_GPU", "").replace(",", " ").split()
-        if len(sge) > self.local_rank:
-            return int(sge[self.local_rank])
-        if default_gpu(gpu_arg) is None:
-            return None
-        return self.local_rank
+        """The GPU of this process (speaker.engine.gpu_for_process): --gpu -1 forces the CPU; else the
+        LOCAL_RANK-th entry of $SGE_GPU, else GPU LOCAL_RANK when CUDA is present; else the CPU."""
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world)) if self.enabled else 1
+        return gpu_for_process(gpu_arg, engine, self.local_rank if self.enabled else 0, local_world)
 
     def init(self, gpu: int | None) -> None:
         import torch.distributed as dist

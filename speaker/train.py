@@ -121,6 +121,8 @@ def build_parser(augment: bool) -> argparse.ArgumentParser:
     fast.add_argument("--compile", action="store_true",
                       help="torch.compile the train net's forward (and so its backward); the first iteration "
                       "compiles (tens of seconds); falls back to the interpreted net if compiling fails")
+    fast.add_argument("--deterministic", action="store_true",
+                      help="deterministic cuDNN/CUDA algorithms, so a resumed GPU run equals the uninterrupted one")
     p.add_argument("--skip-bad-audio", action="store_true",
                    help="leave out unreadable, wrong-format or too short recordings found by the pre-flight "
                    "check (counted at the start and the end, listed in <out>/bad_audio.txt) instead of "

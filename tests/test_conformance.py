@@ -414,7 +414,8 @@ def run_solvers(solver_file: Path, weights: Path, batches: list[dict], loss: str
         flips = kink_flips(ours.net, theirs.net)
         if flips:
             resynced.append(f"step {i}: {', '.join(flips)}")
-            _, state = ours.snapshot()
+            ours.snapshot()
+            state = ours.snapshot_filename(".solverstate")
             theirs.restore(state)
             params_identical(ours.net, theirs.net)
             continue

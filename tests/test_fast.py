@@ -32,6 +32,13 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc6" bottom: "label" top:
 """
 
 
+@pytest.fixture(autouse=True)
+def _bf16_allowed(monkeypatch):
+    """These tests check bf16's numbers, not its speed: let it run on a CPU that emulates bfloat16 too (where
+    caffe_torch.fast.apply refuses it as 15-18x slower)."""
+    monkeypatch.setattr("caffe_torch.fast.cpu_bf16_native", lambda cpuinfo=None: True)
+
+
 def make_solver(tmp_path):
     (tmp_path / "net.prototxt").write_text(NET)
     (tmp_path / "solver.prototxt").write_text(

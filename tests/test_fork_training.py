@@ -164,7 +164,8 @@ def test_snapshot_restore_continues_lambda_schedule(tmp_path, stage1, iter_size)
     a.step(5)                                      # tests ran at iter 3: one TEST forward
     assert a.net.layer_states() == {"fc5_margin": 5 * iter_size}
     assert a.test_nets[0].layer_states() == {"fc5_margin": 1}
-    _, state_file = a.snapshot()
+    a.snapshot()
+    state_file = a.snapshot_filename(".solverstate")
     state = read_solverstate(state_file)
     saved = {(s.net, s.layer): s.counter for s in state.layer_state}
     assert saved == {("train", "fc5_margin"): 5 * iter_size, ("test0", "fc5_margin"): 1}
@@ -195,7 +196,8 @@ def test_snapshot_restore_label_specific_add_counter(tmp_path, stage1):
     a.net.copy_from(model)
     feed(a.net, x, label)
     a.step(6)
-    _, state_file = a.snapshot()
+    a.snapshot()
+    state_file = a.snapshot_filename(".solverstate")
     b = caffe.SGDSolver(path)
     feed(b.net, x, label)
     b.restore(state_file)

@@ -518,12 +518,14 @@ def test_solve_stopped_early_still_snapshots(tmp_path):
     assert (tmp_path / "early_iter_3.solverstate").exists()
 
 
-def test_nan_loss_raises_naming_the_iteration(tmp_path):
-    s = caffe.SGDSolver(write_solver(tmp_path), dtype=torch.float64)
+def test_nan_loss_is_logged_and_training_goes_on_as_caffe(tmp_path, caplog):
+    s = caffe.SGDSolver(write_solver(tmp_path, display=1), dtype=torch.float64)
     s.step(3)
     s.net.params["ip2"][0].data[0, 0] = np.nan
-    with pytest.raises(FloatingPointError, match="iteration 3"):
-        s.step(1)
+    with caplog.at_level(logging.INFO, logger="caffe_torch.solver"):
+        s.step(2)                                   # Caffe neither raises nor stops
+    assert s.iter == 5
+    assert "Iteration 3, loss = nan" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------- snapshots
@@ -579,7 +581,8 @@ def test_solverstate_fields(tmp_path, kind, n_hist):
     cfg = dict(RESUME, type=kind, snapshot_prefix=str(prefix), snapshot=0)
     s = caffe.get_solver(write_solver(tmp_path, net_text=net, **cfg), dtype=torch.float64)
     s.step(6)
-    model, state_path = s.snapshot()
+    assert s.snapshot() is None                                 # as pycaffe's
+    model, state_path = s.snapshot_filename(".caffemodel"), s.snapshot_filename(".solverstate")
     assert (model, state_path) == (f"{prefix}_iter_6.caffemodel", f"{prefix}_iter_6.solverstate")
     state = caffe_pb2.SolverState.FromString(Path(state_path).read_bytes())
     assert state.iter == 6
@@ -621,7 +624,8 @@ def test_atomic_snapshot_leaves_previous_file_intact(tmp_path, monkeypatch):
     cfg = dict(snapshot_prefix=str(tmp_path / "snap" / "a"))
     s = caffe.SGDSolver(write_solver(tmp_path, **cfg))
     s.step(2)
-    model, state = s.snapshot()
+    s.snapshot()
+    model, state = s.snapshot_filename(".caffemodel"), s.snapshot_filename(".solverstate")
     before = (Path(model).read_bytes(), Path(state).read_bytes())
     s.net.params["ip1"][0].data[...] += 1.0
     s.history[0] += 1.0
@@ -641,7 +645,8 @@ def test_restore_errors(tmp_path):
     cfg = dict(snapshot_prefix=str(tmp_path / "s" / "x"))
     sgd = caffe.SGDSolver(write_solver(tmp_path, **cfg))
     sgd.step(1)
-    _, state = sgd.snapshot()
+    sgd.snapshot()
+    state = sgd.snapshot_filename(".solverstate")
     adam = caffe.AdamSolver(write_solver(tmp_path / "adam", type="Adam", **cfg))
     before = weights(adam)
     with pytest.raises(WeightsError, match="history blobs"):
