@@ -98,6 +98,10 @@ class PycaffeNetMixin:
         return [self._blob_index(n) for n in self.top_names[self._layer_names[layer_index]]]
 
     @property
+    def _blob_loss_weights(self) -> list[float]:
+        return list(self.blob_loss_weights.values())
+
+    @property
     def blob_loss_weights(self) -> dict[str, float]:
         """{blob: its loss weight} for every blob (0 for blobs that are not a loss)."""
         return OrderedDict((n, float(self._loss_weights.get(n, 0.0))) for n in self.blobs)

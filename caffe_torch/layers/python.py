@@ -33,6 +33,8 @@ from .base import register
 class Layer:
     """pycaffe's `caffe.Layer`: the base class of Python layers. Override setup, reshape, forward, backward."""
 
+    type = "Python"        # what `net.layers[i].type` says, as in pycaffe
+
     def __init__(self, param=None):
         # pycaffe builds the object itself and sets these; caffe_torch's Python layer sets them too
         self.param_str = param.python_param.param_str if param is not None else ""
