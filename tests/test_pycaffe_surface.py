@@ -393,3 +393,31 @@ def test_run_unmodified_pycaffe_script(tmp_path):
     res = subprocess.run([sys.executable, "-m", "caffe_torch", str(tmp_path / "missing.py")], cwd=tmp_path,
                          capture_output=True, text=True, env={"PYTHONPATH": env_path}, timeout=120)
     assert res.returncode == 2 and "no such script" in res.stderr
+
+
+# ------------------------------------------------------------------------------------------- coord_map
+def test_coord_map_through_conv_pool_deconv_and_crop():
+    from caffe_torch.coord_map import coord_map_from_to, crop
+
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 1, 40, 40]))
+    n.conv = L.Convolution(n.data, num_output=2, kernel_size=5, stride=2, pad=1)   # out = (in + 2 - 5)/2 + 1
+    n.relu = L.ReLU(n.conv)
+    n.up = L.Deconvolution(n.relu, num_output=2, kernel_size=2, stride=2)          # out = 2 * in
+    # conv maps x to (x + pad - (5 - 1)/2) / 2 = (x - 1)/2, the deconv y to 2y + (2 - 1)/2 - 0 = 2y + 0.5:
+    # data x sits at up x - 0.5, and up y at data y + 0.5
+    ax, a, b = coord_map_from_to(n.data, n.up)
+    assert ax == 1 and a == pytest.approx(1.0) and b == pytest.approx(-1 + 0.5)
+    ax, a, b = coord_map_from_to(n.up, n.data)
+    assert ax == 1 and a == pytest.approx(1.0) and b == pytest.approx(0.5)
+    with pytest.raises(AssertionError, match="negative offset"):
+        crop(n.up, n.data)
+    n.ip = L.InnerProduct(n.up, num_output=3)
+    with pytest.raises(RuntimeError, match="connected by spatial layers"):
+        coord_map_from_to(n.ip, n.data)
+    n2 = caffe.NetSpec()
+    n2.data = L.Input(shape=dict(dim=[1, 1, 40, 40]))
+    n2.conv = L.Convolution(n2.data, num_output=2, kernel_size=3, pad=4)         # 46 x 46, shifted by 3
+    n2.crop = crop(n2.conv, n2.data)
+    layer = n2.to_proto().layer[-1]
+    assert layer.type == "Crop" and layer.crop_param.axis == 2 and list(layer.crop_param.offset) == [3]
