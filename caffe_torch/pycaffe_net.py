@@ -150,6 +150,8 @@ class PycaffeNetMixin:
 
     def _backward(self, start: int, end: int) -> None:
         """Caffe's BackwardFromTo(start, end): layers start down to end (indices, start >= end)."""
+        # host copies handed out (a GPU net's .data/.diff) reach the tensors first, and stale ones are dropped
+        self._sync.flush()
         whole = start == len(self._layers) - 1 and end == 0
         if whole and self._recorded_graph():
             extra = {name: self.blobs[name].diff.copy() for name in self.outputs
@@ -213,6 +215,7 @@ class PycaffeNetMixin:
                     grads[name] = grads[name] + g
         for name, g in grads.items():
             self.blobs[name].diff[...] = g.detach().cpu().numpy()
+        self._sync.flush()
 
     def clear_param_diffs(self) -> None:
         """Zero every learnable blob's diff (Caffe's ClearParamDiffs)."""

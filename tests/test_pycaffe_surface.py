@@ -20,6 +20,7 @@ import caffe_torch as caffe
 from caffe_torch import draw
 from caffe_torch import layers as L
 from caffe_torch import params as P
+from caffe_torch.blob import Blob
 from caffe_torch.proto import caffe_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,7 +155,10 @@ def _net(tmp_path, text, phase=caffe.TRAIN, **kw):
     return caffe.Net(str(path), phase, **kw)
 
 
-def test_python_layer_forward_backward_params_phase(pymod):
+@pytest.mark.parametrize("host_copies", [False, True], ids=["zero-copy", "host-copy"])
+def test_python_layer_forward_backward_params_phase(pymod, host_copies, monkeypatch):
+    if host_copies:      # the GPU path (blobs and params as host copies written back), run on the CPU
+        monkeypatch.setattr(Blob, "zero_copy_devices", ())
     net = _net(pymod, PY_NET, dtype=torch.float64)
     x = np.random.default_rng(0).normal(size=(2, 3))
     out = net.forward(x=x)
@@ -240,7 +244,10 @@ def _numpy_net(net, x):
     return h, w1, w2, h @ w2.T + b2
 
 
-def test_backward_with_start_and_end_is_caffes_layer_range(tmp_path):
+@pytest.mark.parametrize("host_copies", [False, True], ids=["zero-copy", "host-copy"])
+def test_backward_with_start_and_end_is_caffes_layer_range(tmp_path, host_copies, monkeypatch):
+    if host_copies:
+        monkeypatch.setattr(Blob, "zero_copy_devices", ())
     net = _net(tmp_path, NET, dtype=torch.float64)
     x = np.random.default_rng(0).normal(size=(4, 3))
     net.forward(data=x, label=np.array([0, 1, 1, 0]))
@@ -256,7 +263,10 @@ def test_backward_with_start_and_end_is_caffes_layer_range(tmp_path):
     np.testing.assert_allclose(net.params["ip"][0].diff, ((g @ w2) * (h > 0)).T @ x)
 
 
-def test_whole_backward_seeds_loss_weight_and_clear_param_diffs(tmp_path):
+@pytest.mark.parametrize("host_copies", [False, True], ids=["zero-copy", "host-copy"])
+def test_whole_backward_seeds_loss_weight_and_clear_param_diffs(tmp_path, host_copies, monkeypatch):
+    if host_copies:
+        monkeypatch.setattr(Blob, "zero_copy_devices", ())
     net = _net(tmp_path, NET, dtype=torch.float64)
     x = np.random.default_rng(2).normal(size=(4, 3))
     label = np.array([1, 0, 1, 1])

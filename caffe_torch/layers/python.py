@@ -26,6 +26,7 @@ import importlib
 import numpy as np
 import torch
 
+from ..blob import Blob
 from .base import Layer as _TorchLayer
 from .base import register
 
@@ -103,7 +104,8 @@ class ArrayBlob:
 
 class _ParamView:
     """`self.blobs[i]` of a Python layer: NumPy views of the layer module's i-th parameter and its gradient.
-    On a device NumPy cannot view, host copies that `sync` writes back after each call into user code."""
+    On a device NumPy cannot view (not in Blob.zero_copy_devices), host copies that `sync` writes back after
+    each call into user code."""
 
     def __init__(self, module: "PythonLayer", index: int):
         self._module = module
@@ -120,7 +122,7 @@ class _ParamView:
 
     def _array(self, which: str) -> np.ndarray:
         t = self._tensor(which)
-        if t.device.type == "cpu":
+        if t.device.type in Blob.zero_copy_devices:
             return t.numpy()
         host = self._host.get(which)
         if host is None or host.shape != tuple(t.shape):
