@@ -66,6 +66,8 @@ class PycaffeNetMixin:
         self.backward_loss = backward_loss
 
     def _record_layer_inputs(self, index: int, module, args, output) -> None:
+        if torch.compiler.is_compiling():
+            return      # inside caffe_torch.fast's compiled forward: keep the graph free of side outputs
         if torch.is_grad_enabled() and self.enable_backward:
             self._layer_inputs[index] = tuple(a.detach() for a in args)
         else:
