@@ -312,8 +312,9 @@ class PycaffeNetMixin:
                     data[layer].create_dataset(str(j), data=blob.data)
 
     def load_hdf5(self, filename) -> None:
-        """Caffe's CopyTrainedLayersFromHDF5: same-named layers get the file's blobs (shapes must match);
-        layers the file lacks keep theirs."""
+        """Caffe's CopyTrainedLayersFromHDF5: same-named layers get the file's blobs; layers the file lacks keep
+        theirs, file layers the net lacks are ignored. A shape that differs is an error here (Caffe would
+        silently reshape the blob)."""
         import h5py
 
         self._sync.flush()
@@ -321,6 +322,10 @@ class PycaffeNetMixin:
             if "data" not in f:
                 raise ValueError(f"{filename}: not a Caffe HDF5 weights file (no 'data' group)")
             data = f["data"]
+            for layer in self._layer_names:
+                if layer in data and len(data[layer]) > len(self.params.get(layer, [])):
+                    raise ValueError(f"{filename}: layer '{layer}' has {len(data[layer])} blobs in the file, "
+                                     f"the net's has {len(self.params.get(layer, []))}")
             for layer, j, blob, owner in self._owned_params():
                 if layer not in data:
                     continue

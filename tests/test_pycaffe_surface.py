@@ -324,6 +324,9 @@ def test_hdf5_weights_layout_and_round_trip(tmp_path):
     bad = _net(tmp_path, NET.replace("num_output: 5", "num_output: 6"))
     with pytest.raises(ValueError, match="layer 'ip' blob 0 has shape"):
         bad.load_hdf5(str(path))
+    no_bias = _net(tmp_path, NET.replace("num_output: 5", "num_output: 5 bias_term: false"))
+    with pytest.raises(ValueError, match="layer 'ip' has 2 blobs in the file, the net's has 1"):
+        no_bias.load_hdf5(str(path))
 
 
 def test_layer_reshape_sets_top_shapes(tmp_path):
