@@ -54,9 +54,12 @@ class PycaffeNetMixin:
         blobs); the training loop's `backward_loss` drops them, so they live only from a forward to its
         backward, as the graph itself does."""
         self._layer_inputs: dict[int, tuple[torch.Tensor, ...]] = {}
+        # the last forward's graph was used by a backward (autograd frees it): a second backward goes layer
+        # by layer, as Caffe allows any number of backward passes
+        self._graph_used = False
         for i, module in enumerate(self._layers):
             module.register_forward_hook(partial(self._record_layer_inputs, i))
-        core_backward_loss = self.backward_loss
+        core_backward_loss = self._core_backward_loss = self.backward_loss
 
         def backward_loss(*args, **kwargs):
             self._layer_inputs.clear()
@@ -66,6 +69,7 @@ class PycaffeNetMixin:
         self.backward_loss = backward_loss
 
     def _record_layer_inputs(self, index: int, module, args, output) -> None:
+        self._graph_used = False
         if torch.compiler.is_compiling():
             return      # inside caffe_torch.fast's compiled forward: keep the graph free of side outputs
         if torch.is_grad_enabled() and self.enable_backward:
@@ -158,13 +162,14 @@ class PycaffeNetMixin:
         if whole and self._recorded_graph():
             extra = {name: self.blobs[name].diff.copy() for name in self.outputs
                      if name not in self._loss_weights}
-            self.backward_loss(extra=extra, retain_blob_diffs=True)
+            self._core_backward_loss(extra=extra, retain_blob_diffs=True)
+            self._graph_used = True
         else:
             self._backward_layerwise(start, end)
 
     def _recorded_graph(self) -> bool:
         """Whether the last forward recorded a graph from which every output's gradient can be taken."""
-        if not self.enable_backward:
+        if not self.enable_backward or self._graph_used:
             return False
         return any(self.blobs[n].tensor.requires_grad for n in self.outputs)
 

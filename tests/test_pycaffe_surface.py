@@ -278,6 +278,9 @@ def test_whole_backward_seeds_loss_weight_and_clear_param_diffs(tmp_path, host_c
     diffs = net.backward()
     np.testing.assert_allclose(net.params["ip2"][0].diff, dz.T @ h)
     np.testing.assert_allclose(diffs["data"], ((dz @ w2) * (h > 0)) @ w1)
+    diffs = net.backward()                               # again: Caffe accumulates the param diffs
+    np.testing.assert_allclose(net.params["ip2"][0].diff, 2 * dz.T @ h)
+    np.testing.assert_allclose(diffs["data"], ((dz @ w2) * (h > 0)) @ w1)
     # a fresh net, never run forward: Caffe's backward runs anyway, from the blobs' current contents
     net2 = _net(tmp_path, NET, dtype=torch.float64)
     for name in ("ip", "ip2"):
