@@ -17,7 +17,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from bvlc_sdist import ROOT, sdist_path
+
+from tests.bvlc_sdist import ROOT, sdist_path
 
 pytestmark = pytest.mark.slow
 

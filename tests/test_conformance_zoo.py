@@ -19,11 +19,10 @@ from google.protobuf import text_format
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from bvlc_sdist import sdist_path  # noqa: E402
-
 import caffe_torch  # noqa: E402
 from caffe_torch.proto import caffe_pb2  # noqa: E402
 from speaker.engine import try_import_pycaffe  # noqa: E402
+from tests.bvlc_sdist import sdist_path  # noqa: E402
 
 caffe, _IMPORT_ERROR = try_import_pycaffe()
 
