@@ -69,9 +69,11 @@ class PycaffeNetMixin:
         self.backward_loss = backward_loss
 
     def _record_layer_inputs(self, index: int, module, args, output) -> None:
-        self._graph_used = False
         if torch.compiler.is_compiling():
-            return      # inside caffe_torch.fast's compiled forward: keep the graph free of side outputs
+            # inside caffe_torch.fast's compiled forward: no side effects in the graph (a pycaffe backward of
+            # such a net then goes layer by layer)
+            return
+        self._graph_used = False
         if torch.is_grad_enabled() and self.enable_backward:
             self._layer_inputs[index] = tuple(a.detach() for a in args)
         else:
@@ -180,6 +182,14 @@ class PycaffeNetMixin:
 
     def _backward_layerwise(self, start: int, end: int) -> None:
         grads: dict[str, torch.Tensor] = {}        # diffs produced in this pass, by blob
+        # names written by layer i or a later one: such a bottom of layer i no longer holds what layer i read
+        # (an in-place chain), so its recorded input is used; any other bottom is read from its blob now, as
+        # Caffe does (a value the user wrote there counts)
+        written_from = [set() for _ in self._layers]
+        later: set[str] = set()
+        for i in range(len(self._layers) - 1, -1, -1):
+            later = later | set(self.top_names[self._layer_names[i]])
+            written_from[i] = later
         for i in range(start, end - 1, -1):
             module = self._layers[i]
             if module.is_source:
@@ -188,8 +198,10 @@ class PycaffeNetMixin:
             bottom_names, top_names = self.bottom_names[lname], self.top_names[lname]
             propagate = self._propagate_down[i]
             recorded = self._layer_inputs.get(i)
-            sources = recorded if recorded is not None and len(recorded) == len(bottom_names) \
-                else tuple(self.blobs[b].tensor.detach() for b in bottom_names)
+            if recorded is not None and len(recorded) != len(bottom_names):
+                recorded = None
+            sources = [recorded[j] if recorded is not None and b in written_from[i] else self.blobs[b].tensor
+                       for j, b in enumerate(bottom_names)]
             bottoms = [s.detach().clone().requires_grad_(bool(p) and s.is_floating_point())
                        for s, p in zip(sources, propagate)]
             params = [p for p in module.blobs if p.requires_grad]

@@ -261,6 +261,12 @@ def test_backward_with_start_and_end_is_caffes_layer_range(tmp_path, host_copies
     assert not net.params["ip"][0].diff.any()           # ip did not run backward
     net.backward(start="relu", end="ip")                # continues from ip's diff, through the in-place ReLU
     np.testing.assert_allclose(net.params["ip"][0].diff, ((g @ w2) * (h > 0)).T @ x)
+    # Caffe reads a layer's bottoms when its backward runs: data written into a blob after the forward counts
+    h_new = np.random.default_rng(6).normal(size=(4, 5))
+    net.blobs["ip"].data[...] = h_new
+    net.clear_param_diffs()
+    net.backward(start="ip2", end="ip2")
+    np.testing.assert_allclose(net.params["ip2"][0].diff, g.T @ h_new)
 
 
 @pytest.mark.parametrize("host_copies", [False, True], ids=["zero-copy", "host-copy"])
