@@ -70,15 +70,17 @@ def main(argv=None) -> int:
         parser.error("give a script (or -m MODULE) to run")
     install_alias()
     if ns.module is not None:
+        # sys.path[0] is already the working directory, as `python -m MODULE` has it
         sys.argv = [ns.module] + list(ns.args)
-        sys.path.insert(0, str(Path.cwd()))
         runpy.run_module(ns.module, run_name="__main__", alter_sys=True)
         return 0
     script = Path(ns.script)
     if not script.is_file():
         parser.error(f"no such script: {script}")
+    # as `python SCRIPT` has them: argv[0] the script, sys.path[0] its folder (instead of the working
+    # directory that `python -m caffe_torch` put there; caffe_torch is already imported)
     sys.argv = [str(script)] + list(ns.args)
-    sys.path.insert(0, str(script.resolve().parent))
+    sys.path[0] = str(script.resolve().parent)
     runpy.run_path(str(script), run_name="__main__")
     return 0
 

@@ -15,6 +15,9 @@ As in pycaffe: `setup` runs once when the net is built, `reshape` before every f
 other layer's). `bottom[i]` / `top[i]` have `.data`, `.diff` (NumPy arrays), `.reshape(*shape)`, `.shape`,
 `.count` and `num/channels/height/width`.
 
+`python_param.share_in_parallel` is accepted and has no effect: caffe_torch builds one layer object per net,
+as Caffe does without multi-GPU sharing.
+
 The user's forward and backward become one `torch.autograd.Function`: autograd calls the user's backward with
 the top diffs, and the bottom diffs it writes flow on to earlier layers. The parameter diffs the user writes
 go straight into the parameters' gradients (Caffe's blob diffs), accumulating across backward passes only if
