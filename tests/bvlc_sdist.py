@@ -6,6 +6,7 @@ build's extracted source tree (third_party/caffe/src), else extracted from the b
 import os
 import re
 import tarfile
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,9 +26,10 @@ def cached_tarball() -> Path:
     return cache / "hypersphere-caffe" / "sdist" / f"{_sdist_name()}.tar.gz"
 
 
-def sdist_path(relative: str, scratch: Path) -> Path | None:
+def sdist_path(relative: str, scratch: Path | None = None) -> Path | None:
     """The sdist's file or folder `relative` (e.g. "python/caffe/test"): in the build's source tree, else
-    extracted from the cached tarball under `scratch`; None when neither exists."""
+    extracted from the cached tarball under `scratch` (default: a new temporary folder); None when neither
+    exists."""
     built = ROOT / "third_party" / "caffe" / "src" / relative
     if built.exists():
         return built
@@ -39,5 +41,6 @@ def sdist_path(relative: str, scratch: Path) -> Path | None:
         members = [m for m in tar.getmembers() if m.name == prefix or m.name.startswith(prefix + "/")]
         if not members:
             return None
+        scratch = Path(scratch) if scratch is not None else Path(tempfile.mkdtemp(prefix="bvlc-sdist-"))
         tar.extractall(scratch, members=members, filter="data")
     return scratch / _sdist_name() / relative

@@ -12,7 +12,6 @@ import ast
 import shutil
 import subprocess
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -22,8 +21,7 @@ from tests.bvlc_sdist import ROOT, sdist_path
 
 pytestmark = pytest.mark.slow
 
-_SCRATCH = Path(tempfile.mkdtemp(prefix="bvlc-pycaffe-suite-"))
-SUITE = sdist_path("python/caffe/test", _SCRATCH)
+SUITE = sdist_path("python/caffe/test")
 
 
 def _suite_test_ids(folder: Path | None) -> list[str]:
