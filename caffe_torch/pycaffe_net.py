@@ -4,7 +4,7 @@ the blobs and the autograd backward of the training loop).
 pycaffe names: `_blob_names`, `_blobs`, `_inputs`, `_outputs` (blob indices), `_bottom_ids(i)`,
 `_top_ids(i)`, `blob_loss_weights`, `layers` / `layer_dict` (with `setup` / `reshape`), `_forward`,
 `_backward`, `backward` (with `start=` / `end=`), `forward_all`, `forward_backward_all`, `clear_param_diffs`,
-`save_hdf5`, `load_hdf5`.
+`set_input_arrays` (MemoryData), `save_hdf5`, `load_hdf5`.
 
 Backward has Caffe's meaning: every layer's Backward runs from the current top diffs, so a diff the user
 writes into an output blob (`net.blobs['prob'].diff[...] = g`) is what flows back, loss tops flow back their
@@ -235,6 +235,20 @@ class PycaffeNetMixin:
         for name, g in grads.items():
             self.blobs[name].diff[...] = g.detach().cpu().numpy()
         self._sync.flush()
+
+    def set_input_arrays(self, data, labels) -> None:
+        """pycaffe's Net.set_input_arrays: hand (N, C, H, W) data and N labels to the net's first layer, which
+        must be a MemoryData layer (implemented with the data layers, caffe_torch/layers/data.py)."""
+        try:
+            from .layers.data import set_input_arrays
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.layers.data":
+                raise
+            raise RuntimeError("set_input_arrays may only be called if the first layer is a MemoryDataLayer "
+                               "(this caffe_torch has no data layers)") from None
+        set_input_arrays(self, data, labels)
+
+    _set_input_arrays = set_input_arrays
 
     def clear_param_diffs(self) -> None:
         """Zero every learnable blob's diff (Caffe's ClearParamDiffs)."""

@@ -338,6 +338,12 @@ def test_hdf5_weights_layout_and_round_trip(tmp_path):
         no_bias.load_hdf5(str(path))
 
 
+def test_set_input_arrays_needs_a_memory_data_first_layer(tmp_path):
+    net = _net(tmp_path, NET)
+    with pytest.raises(RuntimeError, match="first layer is a MemoryDataLayer"):
+        net.set_input_arrays(np.zeros((4, 3, 1, 1), np.float32), np.zeros(4, np.float32))
+
+
 def test_layer_reshape_sets_top_shapes(tmp_path):
     net = _net(tmp_path, NET)
     net.blobs["data"].reshape(7, 3)
