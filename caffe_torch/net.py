@@ -27,6 +27,7 @@ from .log import install as install_glog
 from .mode import MODE
 from .proto import caffe_pb2
 from .prototxt import Source, read_net
+from .pycaffe_net import PycaffeNetMixin
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
@@ -90,19 +91,7 @@ def upgrade_inputs(param, src: Source) -> None:
     src.layer_lines.insert(0, 0)
 
 
-class _LayerView:
-    """What pycaffe's `net.layers[i]` offers: `.type`, `.blobs` (list of Blob), `.reshape()`."""
-
-    def __init__(self, module, blobs: list[Blob]):
-        self.module = module
-        self.type = module.type_name
-        self.blobs = blobs
-
-    def __repr__(self) -> str:
-        return f"<Layer {self.module.name!r} type={self.type}>"
-
-
-class Net:
+class Net(PycaffeNetMixin):
     """pycaffe-compatible net. `Net(prototxt, phase)`, `Net(prototxt, weights, phase)`, or keywords
     `weights=`, `level=`, `stages=`; caffe_torch extensions: `dtype=` (default float32), `device=` (default
     from set_mode_cpu/gpu and set_device), `net_param=` (an already parsed NetParameter instead of a file)."""
@@ -149,6 +138,7 @@ class Net:
         upgrade_inputs(net_param, src)
         self._net_param = net_param
         self._build(net_param, state, src)
+        self._init_pycaffe()
         if weights is not None:
             self.copy_from(weights)
 
@@ -189,8 +179,9 @@ class Net:
             names_seen.add(lp.name)
             try:
                 cls = layer_class(lp.type)
-            except KeyError as exc:
-                raise PrototxtError(f"{where}: layer '{lp.name}': {exc.args[0]}") from None
+            except KeyError:
+                raise PrototxtError(f"{where}: layer '{lp.name}' has type '{lp.type}', which caffe_torch does "
+                                    "not implement; the real Caffe build runs it (--engine caffe)") from None
             for b in lp.bottom:
                 if b not in shapes:
                     raise LayerError(lp.name, lp.type, f"unknown bottom blob '{b}' (not produced by any "
@@ -205,6 +196,8 @@ class Net:
             except LayerError:
                 raise
             except (ValueError, RuntimeError, IndexError) as exc:
+                if getattr(exc, "caffe_torch_user_code", False):
+                    raise     # a Python layer's own exception: pycaffe raises it as it is (it names the layer)
                 raise LayerError(lp.name, lp.type, str(exc), where) from None
             self._layers.append(layer)
             self._layer_names.append(lp.name)
@@ -326,14 +319,6 @@ class Net:
 
     # ------------------------------------------------------------------ pycaffe surface
     @property
-    def layers(self) -> list[_LayerView]:
-        return [_LayerView(m, self.params.get(n, [])) for m, n in zip(self._layers, self._layer_names)]
-
-    @property
-    def layer_dict(self) -> dict[str, _LayerView]:
-        return OrderedDict(zip(self._layer_names, self.layers))
-
-    @property
     def modules(self) -> nn.ModuleList:
         """The layers as torch modules (caffe_torch only)."""
         return self._layers
@@ -428,16 +413,6 @@ class Net:
     def loss_value(self) -> float:
         """The weighted loss of the last forward (Caffe's Net::Forward return value)."""
         return 0.0 if self._loss is None else float(self._loss.detach())
-
-    def backward(self, diffs: Sequence[str] | None = None, start=None, end=None, **kwargs):
-        """Back-propagate the loss (and any `kwargs` diffs given for output blobs); parameter diffs
-        accumulate as in Caffe; returns {input blob: diff}."""
-        if start is not None or end is not None:
-            raise NotImplementedError("caffe_torch: backward(start=, end=) is not supported; "
-                                      "backward always runs through the whole recorded forward")
-        self.backward_loss(extra={k: v for k, v in kwargs.items()}, retain_blob_diffs=True)
-        names = list(self.inputs) + list(diffs or [])
-        return {n: self.blobs[n].diff for n in names}
 
     def backward_loss(self, extra=None, retain_blob_diffs: bool = False) -> None:
         """caffe_torch only: autograd from the last forward's loss (and `extra` {blob: diff})."""

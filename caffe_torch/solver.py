@@ -33,6 +33,7 @@ from .mode import set_random_seed
 from .net import TEST, TRAIN, Net
 from .proto import caffe_pb2
 from .prototxt import read_solver
+from .pycaffe_solver import PycaffeSolverMixin
 from .weights import array_to_blob, blob_to_array, read_solverstate, write_proto_atomic
 
 log = logging.getLogger("caffe_torch.solver")
@@ -99,7 +100,7 @@ def _history_to_blob(t: torch.Tensor, blob) -> None:
         array_to_blob(t, blob)
 
 
-class Solver:
+class Solver(PycaffeSolverMixin):
     """Base of the Caffe solvers. `Solver(solver_prototxt)`; caffe_torch extensions: `solver_param=` (a parsed
     SolverParameter), `dtype=`, `device=`, `base_dir=` (where relative net paths are also looked up)."""
 
@@ -292,6 +293,7 @@ class Solver:
             if (p.test_interval and self.iter % p.test_interval == 0
                     and (self.iter > 0 or p.test_initialization)):
                 self.test_all()
+            self._run_on_start()
             display = p.display and self.iter % p.display == 0
             loss = 0.0
             for _ in range(p.iter_size):
@@ -307,6 +309,7 @@ class Solver:
                 log.debug("Iteration %d: %.3g iter/s", self.iter, rate)
                 self._log_outputs(self.net, "Train")
                 t0, i0 = time.perf_counter(), self.iter
+            self._run_on_gradients()
             self.apply_update()
             self._iter += 1
             action = self.action_callback(self) if self.action_callback else None

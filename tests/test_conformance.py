@@ -1069,7 +1069,9 @@ def test_every_layer_type_is_covered():
     from caffe_torch.layers.base import layer_class
     from tests.test_conformance_data import COVERED_TYPES as DATA_LAYERS_COVERED
 
-    covered = {"Input"} | DATA_LAYERS_COVERED
+    # Python: compared with real Caffe in tests/test_pycaffe_scripts.py (a Python layer subclasses its own
+    # engine's caffe.Layer, so one process cannot run the same layer module in both engines)
+    covered = {"Input", "Python"} | DATA_LAYERS_COVERED
     for case in CASES:
         covered |= {lp.type for lp in text_format.Parse(case.layer, caffe_pb2.NetParameter()).layer}
     ours = {t for t in caffe_torch.known_types() if layer_class(t).__module__.startswith("caffe_torch.")}

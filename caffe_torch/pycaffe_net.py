@@ -1,0 +1,256 @@
+"""The rest of pycaffe's Net surface, as a mixin of `caffe_torch.Net` (which provides construction, forward,
+the blobs and the autograd backward of the training loop).
+
+pycaffe names: `_blob_names`, `_blobs`, `_inputs`, `_outputs` (blob indices), `_bottom_ids(i)`,
+`_top_ids(i)`, `blob_loss_weights`, `layers` / `layer_dict` (with `setup` / `reshape`), `_forward`,
+`_backward`, `backward` (with `start=` / `end=`), `forward_all`, `forward_backward_all`,
+`set_input_arrays` (MemoryData), `save_hdf5`, `load_hdf5`.
+
+Backward has Caffe's meaning: every layer's Backward runs from the current top diffs, so a diff the user
+writes into an output blob (`net.blobs['prob'].diff[...] = g`) is what flows back, loss tops flow back their
+loss weight, and a layer with learnable blobs gets its param diffs even when no loss depends on it. Two ways:
+- The whole net after a forward that recorded a graph: one autograd pass from the net's outputs seeded with
+  those diffs (what Caffe's layer-by-layer pass computes, with the forward's own dropout masks).
+- A range (`start=` / `end=`), or a net with no recorded forward: layer by layer in reverse, each layer run
+  again on detached copies of its bottoms (the ones of its last forward when they were recorded, else the
+  blobs' current data) so that gradients stop at the range's bottoms, as Caffe's do. A stochastic layer
+  (Dropout) draws a new mask there, and a layer that updates state in forward (BatchNorm's running
+  averages in TRAIN) updates it again: use the whole-net backward for those.
+"""
+
+from collections import OrderedDict
+from functools import partial
+
+import numpy as np
+import torch
+
+
+class PycaffeLayerView:
+    """pycaffe's `net.layers[i]`: `.type`, `.blobs` (the layer's learnable blobs as Blob), `.setup(bottom, top)`
+    and `.reshape(bottom, top)` with lists of the net's Blobs (reshape sets the tops' shapes from the bottoms')."""
+
+    def __init__(self, module, blobs: list):
+        self.module = module
+        self.type = module.type_name
+        self.blobs = blobs
+
+    def reshape(self, bottom, top) -> None:
+        shapes = self.module.top_shapes([tuple(b.shape) for b in bottom])
+        for blob, shape in zip(top, shapes):
+            blob.reshape(*shape)
+
+    def setup(self, bottom, top) -> None:
+        # caffe_torch builds a layer (its LayerSetUp) when the net is built; what remains is the Reshape
+        self.reshape(bottom, top)
+
+    def __repr__(self) -> str:
+        return f"<Layer {self.module.name!r} type={self.type}>"
+
+
+class PycaffeNetMixin:
+    # ------------------------------------------------------------------ set-up (called by Net.__init__)
+    def _init_pycaffe(self) -> None:
+        """Record each layer's bottoms while a forward records a graph (for a ranged backward on in-place
+        blobs); the training loop's `backward_loss` drops them, so they live only from a forward to its
+        backward, as the graph itself does."""
+        self._layer_inputs: dict[int, tuple[torch.Tensor, ...]] = {}
+        # the last forward's graph was used by a backward (autograd frees it): a second backward goes layer
+        # by layer, as Caffe allows any number of backward passes
+        self._graph_used = False
+        for i, module in enumerate(self._layers):
+            module.register_forward_hook(partial(self._record_layer_inputs, i))
+        core_backward_loss = self._core_backward_loss = self.backward_loss
+
+        def backward_loss(*args, **kwargs):
+            self._layer_inputs.clear()
+            return core_backward_loss(*args, **kwargs)
+
+        backward_loss.__doc__ = core_backward_loss.__doc__
+        self.backward_loss = backward_loss
+
+    def _record_layer_inputs(self, index: int, module, args, output) -> None:
+        if torch.compiler.is_compiling():
+            # inside caffe_torch.fast's compiled forward: no side effects in the graph (a pycaffe backward of
+            # such a net then goes layer by layer)
+            return
+        self._graph_used = False
+        if torch.is_grad_enabled() and self.enable_backward:
+            self._layer_inputs[index] = tuple(a.detach() for a in args)
+        else:
+            self._layer_inputs.pop(index, None)
+
+    # ------------------------------------------------------------------ names and indices
+    @property
+    def _blob_names(self) -> list[str]:
+        return list(self.blobs)
+
+    @property
+    def _blobs(self) -> list:
+        return list(self.blobs.values())
+
+    def _blob_index(self, name: str) -> int:
+        return self._blob_names.index(name)
+
+    @property
+    def _inputs(self) -> list[int]:
+        return [self._blob_index(n) for n in self.inputs]
+
+    @property
+    def _outputs(self) -> list[int]:
+        return [self._blob_index(n) for n in self.outputs]
+
+    def _bottom_ids(self, layer_index: int) -> list[int]:
+        return [self._blob_index(n) for n in self.bottom_names[self._layer_names[layer_index]]]
+
+    def _top_ids(self, layer_index: int) -> list[int]:
+        return [self._blob_index(n) for n in self.top_names[self._layer_names[layer_index]]]
+
+    @property
+    def _blob_loss_weights(self) -> list[float]:
+        return list(self.blob_loss_weights.values())
+
+    @property
+    def blob_loss_weights(self) -> dict[str, float]:
+        """{blob: its loss weight} for every blob (0 for blobs that are not a loss)."""
+        return OrderedDict((n, float(self._loss_weights.get(n, 0.0))) for n in self.blobs)
+
+    @property
+    def layers(self) -> list:
+        """The layers as pycaffe shows them; a Python layer is the user's own object, as in pycaffe."""
+        views = []
+        for module, name in zip(self._layers, self._layer_names):
+            user = getattr(module, "user", None) if module.type_name == "Python" else None
+            views.append(user if user is not None else PycaffeLayerView(module, self.params.get(name, [])))
+        return views
+
+    @property
+    def layer_dict(self) -> dict:
+        return OrderedDict(zip(self._layer_names, self.layers))
+
+    # ------------------------------------------------------------------ forward / backward
+    def _forward(self, start: int, end: int) -> float:
+        """Run layers start..end (indices, inclusive); return the loss (pycaffe's Net._forward)."""
+        self.forward_range(start, end, retain_blob_diffs=True)
+        return self.loss_value()
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs) -> dict[str, np.ndarray]:
+        """pycaffe's Net.backward: copy `kwargs` (one diff per net output) into the outputs' diffs, run
+        backward from layer `start` down to layer `end` (names; default all), return {blob: diff} of the
+        inputs (or of `end`'s bottoms) and of `diffs`."""
+        start_i = self._index(start, "backward(start=)") if start is not None else len(self._layers) - 1
+        if end is not None:
+            end_i = self._index(end, "backward(end=)")
+            names = list(self.bottom_names[end]) + list(diffs or [])
+        else:
+            end_i = 0
+            names = list(self.inputs) + list(diffs or [])
+        if kwargs:
+            if set(kwargs) != set(self.outputs):
+                raise ValueError(f"top diff arguments {sorted(kwargs)} do not match net outputs {self.outputs}")
+            for top, diff in kwargs.items():
+                diff = np.asarray(diff)
+                if diff.shape[:1] != self.blobs[top].shape[:1]:
+                    raise ValueError(f"diff for '{top}' is not batch sized: {diff.shape} vs blob "
+                                     f"{self.blobs[top].shape}")
+                self.blobs[top].diff[...] = diff
+        self._backward(start_i, end_i)
+        return {n: self.blobs[n].diff for n in dict.fromkeys(names)}
+
+    def _backward(self, start: int, end: int) -> None:
+        """Caffe's BackwardFromTo(start, end): layers start down to end (indices, start >= end)."""
+        # host copies handed out (a GPU net's .data/.diff) reach the tensors first, and stale ones are dropped
+        self._sync.flush()
+        whole = start == len(self._layers) - 1 and end == 0
+        if whole and self._recorded_graph():
+            extra = {name: self.blobs[name].diff.copy() for name in self.outputs
+                     if name not in self._loss_weights}
+            self._core_backward_loss(extra=extra, retain_blob_diffs=True)
+            self._graph_used = True
+        else:
+            self._backward_layerwise(start, end)
+
+    def _recorded_graph(self) -> bool:
+        """Whether the last forward recorded a graph from which every output's gradient can be taken."""
+        if not self.enable_backward or self._graph_used:
+            return False
+        return any(self.blobs[n].tensor.requires_grad for n in self.outputs)
+
+    def _diff_tensor(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        if name in self._loss_weights:          # Caffe keeps a loss top's diff at its loss weight
+            return torch.full_like(like, self._loss_weights[name])
+        return torch.as_tensor(self.blobs[name].diff, dtype=like.dtype, device=like.device).reshape(like.shape)
+
+    def _backward_layerwise(self, start: int, end: int) -> None:
+        grads: dict[str, torch.Tensor] = {}        # diffs produced in this pass, by blob
+        # names written by layer i or a later one: such a bottom of layer i no longer holds what layer i read
+        # (an in-place chain), so its recorded input is used; any other bottom is read from its blob now, as
+        # Caffe does (a value the user wrote there counts)
+        written_from = [set() for _ in self._layers]
+        later: set[str] = set()
+        for i in range(len(self._layers) - 1, -1, -1):
+            later = later | set(self.top_names[self._layer_names[i]])
+            written_from[i] = later
+        for i in range(start, end - 1, -1):
+            module = self._layers[i]
+            if module.is_source:
+                continue
+            lname = self._layer_names[i]
+            bottom_names, top_names = self.bottom_names[lname], self.top_names[lname]
+            propagate = self._propagate_down[i]
+            recorded = self._layer_inputs.get(i)
+            if recorded is not None and len(recorded) != len(bottom_names):
+                recorded = None
+            sources = [recorded[j] if recorded is not None and b in written_from[i] else self.blobs[b].tensor
+                       for j, b in enumerate(bottom_names)]
+            bottoms = [s.detach().clone().requires_grad_(bool(p) and s.is_floating_point())
+                       for s, p in zip(sources, propagate)]
+            params = [p for p in module.blobs if p.requires_grad]
+            with torch.enable_grad():
+                out = module(*bottoms)
+            outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+            roots, seeds = [], []
+            for name, t in zip(top_names, outs):
+                seed = grads[name] if name in grads else self._diff_tensor(name, t)
+                self.blobs[name].diff[...] = seed.detach().cpu().numpy()
+                if t.requires_grad:
+                    roots.append(t)
+                    seeds.append(seed)
+            wanted = [b for b in bottoms if b.requires_grad] + params
+            if not roots or not wanted:
+                continue
+            got = torch.autograd.grad(roots, wanted, seeds, allow_unused=True)
+            bottom_grads = dict(zip([id(b) for b in bottoms if b.requires_grad], got))
+            with torch.no_grad():
+                for p, g in zip(params, got[len(got) - len(params):]):
+                    if g is None:
+                        continue
+                    if p.grad is None:
+                        p.grad = g.clone()
+                    else:               # in place: a kept .diff view of the param follows (caffe_torch/blob.py)
+                        p.grad.add_(g)
+            for name, b in zip(bottom_names, bottoms):
+                g = bottom_grads.get(id(b))
+                if g is None:
+                    continue
+                if name in top_names or name not in grads:      # in place: the bottom's diff replaces the top's
+                    grads[name] = g
+                else:                                           # read by several layers: Caffe's Split sums
+                    grads[name] = grads[name] + g
+        for name, g in grads.items():
+            self.blobs[name].diff[...] = g.detach().cpu().numpy()
+        self._sync.flush()
+        self._sync.refresh("diff")          # kept param diff views show the new diffs (caffe_torch/blob.py)
+
+    def set_input_arrays(self, data, labels) -> None:
+        """pycaffe's Net.set_input_arrays: hand (N, C, H, W) data and N labels to the net's first layer, which
+        must be a MemoryData layer (implemented with the data layers, caffe_torch/layers/data.py)."""
+        try:
+            from .layers.data import set_input_arrays
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.layers.data":
+                raise
+            raise RuntimeError("set_input_arrays may only be called if the first layer is a MemoryDataLayer "
+                               "(this caffe_torch has no data layers)") from None
+        set_input_arrays(self, data, labels)
+
+    _set_input_arrays = set_input_arrays
