@@ -517,6 +517,18 @@ class Net(PycaffeNetMixin):
                 raise ValueError(f"snapshot has state for layer '{name}', which net '{self.name}' lacks")
             mine[name].set_state(int(value))
 
+    def layer_rng_states(self) -> dict[str, bytes]:
+        """{layer: state of its own random generator} (Dropout's masks), saved in a .solverstate."""
+        return {n: s for n, m in zip(self._layer_names, self._layers) if (s := m.get_rng_state()) is not None}
+
+    def set_layer_rng_states(self, states: dict[str, bytes]) -> None:
+        mine = dict(zip(self._layer_names, self._layers))
+        for name, value in states.items():
+            if name not in mine:
+                raise ValueError(f"snapshot has a generator state for layer '{name}', which net '{self.name}' "
+                                 "lacks")
+            mine[name].set_rng_state(value)
+
     def __repr__(self) -> str:
         return f"<caffe_torch.Net '{self.name}' phase={'TRAIN' if self.phase == TRAIN else 'TEST'} " \
                f"{len(self._layers)} layers on {self.device}>"

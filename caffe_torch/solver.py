@@ -456,14 +456,20 @@ class Solver(PycaffeSolverMixin):
         for h in self.history:
             _history_to_blob(h, state.history.add())
         for net_label, net in self._labelled_nets().items():
-            for layer, counter in net.layer_states().items():
-                state.layer_state.add(layer=layer, net=net_label, counter=counter)
+            counters, rngs = net.layer_states(), net.layer_rng_states()
+            for layer in [n for n in net._layer_names if n in counters or n in rngs]:
+                entry = state.layer_state.add(layer=layer, net=net_label)
+                if layer in counters:
+                    entry.counter = counters[layer]
+                if layer in rngs:
+                    entry.rng_state = rngs[layer]
         path = self.snapshot_filename(".solverstate")
         log.info("Snapshotting solver state to binary proto file %s", path)
         write_proto_atomic(state, path)
 
     def restore(self, state_file) -> None:
-        """Continue from a .solverstate: iteration, lr step, history, layer counters and the learned net.
+        """Continue from a .solverstate: iteration, lr step, history, layer counters and generator states, and the
+        learned net.
         Everything is read and checked before anything changes, so a bad file leaves the solver as it was
         (except for a learned net that fails half-way through its own copy)."""
         state_file = str(state_file)
@@ -481,6 +487,7 @@ class Solver(PycaffeSolverMixin):
             histories.append(values)
         nets = self._labelled_nets()
         layer_states: dict[str, dict[str, int]] = {}
+        rng_states: dict[str, dict[str, bytes]] = {}
         skipped = 0
         for ls in state.layer_state:
             if ls.net not in nets:
@@ -489,7 +496,10 @@ class Solver(PycaffeSolverMixin):
             if ls.layer not in nets[ls.net]._layer_names:
                 raise WeightsError(f"{state_file}: holds state for layer '{ls.layer}', which the {ls.net} "
                                    f"net '{nets[ls.net].name}' lacks")
-            layer_states.setdefault(ls.net, {})[ls.layer] = int(ls.counter)
+            if ls.HasField("counter"):
+                layer_states.setdefault(ls.net, {})[ls.layer] = int(ls.counter)
+            if ls.HasField("rng_state"):
+                rng_states.setdefault(ls.net, {})[ls.layer] = bytes(ls.rng_state)
         if skipped:
             log.warning("%s: ignored %d layer state(s) of test nets this solver does not have", state_file,
                         skipped)
@@ -508,6 +518,8 @@ class Solver(PycaffeSolverMixin):
         self.current_step = state.current_step
         for label, states in layer_states.items():
             nets[label].set_layer_states(states)
+        for label, states in rng_states.items():
+            nets[label].set_layer_rng_states(states)
 
 
 class SGDSolver(Solver):

@@ -19,7 +19,7 @@ A layer is a `torch.nn.Module` that the net builds from its `LayerParameter`:
   from autograd; a layer whose Caffe backward is not the derivative of its forward uses a
   `torch.autograd.Function`.
 - Layers with state that must survive a snapshot (e.g. an iteration counter) override `get_state` /
-  `set_state`.
+  `set_state`; a layer that owns a random generator (Dropout) overrides `get_rng_state` / `set_rng_state`.
 """
 
 from collections.abc import Callable, Sequence
@@ -127,6 +127,13 @@ class Layer(nn.Module):
 
     def set_state(self, value: int) -> None:
         raise self.error("has no state to restore")
+
+    def get_rng_state(self) -> bytes | None:
+        """The state of a random generator the layer owns (saved in a snapshot), or None if it owns none."""
+        return None
+
+    def set_rng_state(self, state: bytes) -> None:
+        raise self.error("has no random generator state to restore")
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"

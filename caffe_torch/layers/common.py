@@ -256,6 +256,17 @@ class Dropout(Layer):
         keep = torch.rand(x.shape, generator=self._mask_gen, device=x.device, dtype=x.dtype) >= self.ratio
         return x * keep.to(x.dtype) * (1.0 / (1.0 - self.ratio))
 
+    def get_rng_state(self) -> bytes:
+        # a CPU generator's state is its Mersenne Twister (5 kB), a CUDA one's its seed and offset (16 bytes)
+        return self._mask_gen.get_state().numpy().tobytes()
+
+    def set_rng_state(self, state: bytes) -> None:
+        try:
+            self._mask_gen.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+        except RuntimeError as exc:
+            raise self.error(f"snapshot's mask generator state does not fit this device's generator "
+                             f"({self._mask_gen.device}): {exc}") from None
+
 
 @register("Split")
 class Split(Layer):
