@@ -127,6 +127,21 @@ def _set_batch(net, data_blob: str, n: int, sample_shape: tuple[int, ...] | None
                 net.blobs[name].data[...] = 0
 
 
+def _run_head(net, data_blob: str, net_sample: tuple[int, ...], pool_blob: str, start: str,
+              pending: list[np.ndarray], results: dict[str, list[np.ndarray]]) -> None:
+    """The rest of the net once for a batch of pooled features: the shapes follow from the data blob, so it is
+    reshaped to len(pending) samples, the pooled blob is overwritten with `pending` (each (C, H, W)) and the
+    net runs from `start`, the first layer that reads it; each output blob's rows are appended to `results`
+    (copied out of the blob: a later forward overwrites it) and `pending` is emptied."""
+    _set_batch(net, data_blob, len(pending), net_sample)
+    net.blobs[pool_blob].data[...] = np.stack(pending)
+    net.forward(start=start)
+    for b in results:
+        out = np.asarray(net.blobs[b].data)
+        results[b].append(out.reshape(out.shape[0], -1).astype(np.float32, copy=True))
+    pending.clear()
+
+
 def crop_averaged_forward(
     net,
     utterances: Sequence[str],
@@ -162,15 +177,8 @@ def crop_averaged_forward(
     pending: list[np.ndarray] = []  # crop-averaged pooled features, each (C, H, W)
 
     def run_head() -> None:
-        # Step 4 on the pending averages: shapes follow from the data blob, so reshape it to the number of
-        # utterances, then overwrite the pooled blob and run from the first layer that reads it.
-        _set_batch(net, data_blob, len(pending), net_sample)
-        net.blobs[pool_blob].data[...] = np.stack(pending)
-        net.forward(start=start)
-        for b in out_blobs:
-            out = np.asarray(net.blobs[b].data)
-            results[b].append(out.reshape(out.shape[0], -1).astype(np.float32, copy=True))
-        pending.clear()
+        # Step 4 on the pending averages
+        _run_head(net, data_blob, net_sample, pool_blob, start, pending, results)
 
     for path in tqdm(utterances, desc=desc, unit="utt", disable=not progress):
         crops = np.asarray(crops_provider(path, rng))
@@ -324,13 +332,7 @@ def full_utterance_forward(
     pending: list[np.ndarray] = []  # time-averaged trunk outputs, each (C, 1, W)
 
     def run_head() -> None:
-        _set_batch(net, data_blob, len(pending), net_sample)
-        net.blobs[pool_blob].data[...] = np.stack(pending)
-        net.forward(start=start)
-        for b in out_blobs:
-            out = np.asarray(net.blobs[b].data)
-            results[b].append(out.reshape(out.shape[0], -1).astype(np.float32, copy=True))
-        pending.clear()
+        _run_head(net, data_blob, net_sample, pool_blob, start, pending, results)
 
     for utt in tqdm(utterances, desc=desc, unit="utt", disable=not progress):
         x = np.asarray(audio_provider(utt)).reshape(-1)
