@@ -22,7 +22,7 @@ from torch import nn
 from . import layers as _layers  # noqa: F401  (registers the layer types)
 from .blob import Blob, _ActivationBlob, _HostSync, clear_param_diff, param_blob
 from .errors import LayerError, PrototxtError
-from .layers.base import BuildContext, layer_class
+from .layers.base import BuildContext, known_types, layer_class
 from .log import install as install_glog
 from .mode import MODE
 from .proto import caffe_pb2
@@ -151,6 +151,7 @@ class Net(PycaffeNetMixin):
         self.top_names: dict[str, list[str]] = OrderedDict()
         self._propagate_down: list[list[bool]] = []
         self._tensors: dict[str, torch.Tensor] = {}
+        self._graph_tensors: dict[str, torch.Tensor] = {}     # see _run_layers
         self._grads: dict[str, torch.Tensor | None] = {}
         self.blobs: dict[str, Blob] = OrderedDict()
         self.params: dict[str, list[Blob]] = OrderedDict()
@@ -180,8 +181,10 @@ class Net(PycaffeNetMixin):
             try:
                 cls = layer_class(lp.type)
             except KeyError:
+                # a misspelt type and a type of some other Caffe build look the same here: say both
                 raise PrototxtError(f"{where}: layer '{lp.name}' has type '{lp.type}', which caffe_torch does "
-                                    "not implement; the real Caffe build runs it (--engine caffe)") from None
+                                    "not implement; if a real Caffe build has it, that build runs it (--engine "
+                                    f"caffe). Types caffe_torch implements: {', '.join(known_types())}") from None
             for b in lp.bottom:
                 if b not in shapes:
                     raise LayerError(lp.name, lp.type, f"unknown bottom blob '{b}' (not produced by any "
@@ -402,6 +405,9 @@ class Net(PycaffeNetMixin):
                     self._tensors[tname] = t
                     if record and retain_blob_diffs and t.requires_grad:
                         t.retain_grad()
+        # the blobs' tensors as this forward left them, for backward: a kept view makes the next operation swap
+        # a blob's tensor for its (graph-less) memory (caffe_torch/blob.py), and the graph must outlive that
+        self._graph_tensors = dict(self._tensors) if record else {}
         loss = None
         for name, w in self._loss_weights.items():
             t = self._tensors[name]
@@ -422,7 +428,7 @@ class Net(PycaffeNetMixin):
             roots.append(self._loss)
             seeds.append(torch.ones_like(self._loss))
         for name, diff in (extra or {}).items():
-            t = self._tensors[name]
+            t = self._graph_tensors.get(name, self._tensors[name])
             roots.append(t)
             seeds.append(torch.as_tensor(np.asarray(diff) if not isinstance(diff, torch.Tensor) else diff,
                                          dtype=t.dtype, device=t.device).reshape(t.shape))

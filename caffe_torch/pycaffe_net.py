@@ -173,15 +173,31 @@ class PycaffeNetMixin:
         """Whether the last forward recorded a graph from which every output's gradient can be taken."""
         if not self.enable_backward or self._graph_used:
             return False
-        return any(self.blobs[n].tensor.requires_grad for n in self.outputs)
+        graph = self._graph_tensors
+        return any(n in graph and graph[n].requires_grad for n in self.outputs)
 
     def _diff_tensor(self, name: str, like: torch.Tensor) -> torch.Tensor:
         if name in self._loss_weights:          # Caffe keeps a loss top's diff at its loss weight
             return torch.full_like(like, self._loss_weights[name])
         return torch.as_tensor(self.blobs[name].diff, dtype=like.dtype, device=like.device).reshape(like.shape)
 
+    def _bottom_needs_backward(self) -> list[list[bool]]:
+        """Caffe's Net::Init rule, per layer and bottom: a blob needs backward when the layer that produced it
+        did, and a layer does when one of its bottoms does or it learns a param (lr_mult != 0); net inputs only
+        with force_backward. Bottoms that need none get no diff, as in Caffe."""
+        needs = {name: bool(self.force_backward) for name in self.inputs}
+        per_layer = []
+        for module, lname in zip(self._layers, self._layer_names):
+            bottoms = self.bottom_names[lname]
+            per_layer.append([needs.get(b, False) for b in bottoms])
+            need = (self.force_backward or any(per_layer[-1]) or any(p.requires_grad for p in module.blobs))
+            for t in self.top_names[lname]:
+                needs[t] = need
+        return per_layer
+
     def _backward_layerwise(self, start: int, end: int) -> None:
         grads: dict[str, torch.Tensor] = {}        # diffs produced in this pass, by blob
+        bottom_needs = self._bottom_needs_backward()
         # names written by layer i or a later one: such a bottom of layer i no longer holds what layer i read
         # (an in-place chain), so its recorded input is used; any other bottom is read from its blob now, as
         # Caffe does (a value the user wrote there counts)
@@ -202,8 +218,9 @@ class PycaffeNetMixin:
                 recorded = None
             sources = [recorded[j] if recorded is not None and b in written_from[i] else self.blobs[b].tensor
                        for j, b in enumerate(bottom_names)]
-            bottoms = [s.detach().clone().requires_grad_(bool(p) and s.is_floating_point())
-                       for s, p in zip(sources, propagate)]
+            needed = bottom_needs[i]
+            bottoms = [s.detach().clone().requires_grad_(bool(p) and need and s.is_floating_point())
+                       for s, p, need in zip(sources, propagate, needed)]
             params = [p for p in module.blobs if p.requires_grad]
             with torch.enable_grad():
                 out = module(*bottoms)
@@ -244,13 +261,119 @@ class PycaffeNetMixin:
     def set_input_arrays(self, data, labels) -> None:
         """pycaffe's Net.set_input_arrays: hand (N, C, H, W) data and N labels to the net's first layer, which
         must be a MemoryData layer (implemented with the data layers, caffe_torch/layers/data.py)."""
-        try:
-            from .layers.data import set_input_arrays
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.layers.data":
-                raise
-            raise RuntimeError("set_input_arrays may only be called if the first layer is a MemoryDataLayer "
-                               "(this caffe_torch has no data layers)") from None
+        from .layers.data import set_input_arrays
+
         set_input_arrays(self, data, labels)
 
     _set_input_arrays = set_input_arrays
+
+    def _batches(self, arrays: dict[str, np.ndarray]):
+        """Split {blob: array} into batch-sized chunks of the net's batch size, the last one zero-padded."""
+        if not arrays:
+            return
+        batch = self.blobs[next(iter(self.blobs)) if not self.inputs else self.inputs[0]].shape[0]
+        total = len(next(iter(arrays.values())))
+        for lo in range(0, total, batch):
+            chunk = {}
+            for name, a in arrays.items():
+                part = np.asarray(a[lo:lo + batch])
+                if len(part) < batch:
+                    pad = np.zeros((batch - len(part),) + part.shape[1:], dtype=part.dtype)
+                    part = np.concatenate([part, pad])
+                chunk[name] = part
+            yield chunk
+
+    def forward_all(self, blobs=None, **kwargs) -> dict[str, np.ndarray]:
+        """Forward a whole data set given as {input: array} in batches; {output: array} with the padding of
+        the last batch removed (pycaffe's Net.forward_all)."""
+        outs: dict[str, list] = {name: [] for name in dict.fromkeys(list(self.outputs) + list(blobs or []))}
+        for batch in self._batches(kwargs):
+            for name, value in self.forward(blobs=blobs, **batch).items():
+                outs[name].extend(value.copy())
+        result = {name: np.asarray(v) for name, v in outs.items()}
+        if kwargs:
+            pad = len(next(iter(result.values()))) - len(next(iter(kwargs.values())))
+            if pad:
+                result = {name: v[:-pad] for name, v in result.items()}
+        return result
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """Forward and backward a whole data set: `kwargs` holds the inputs and the output diffs; returns
+        ({output: array}, {input: diff}) without the padding (pycaffe's Net.forward_backward_all)."""
+        forward_in = {k: v for k, v in kwargs.items() if k in self.inputs}
+        backward_in = {k: v for k, v in kwargs.items() if k in self.outputs}
+        unknown = set(kwargs) - set(forward_in) - set(backward_in)
+        if unknown:
+            raise ValueError(f"forward_backward_all: {sorted(unknown)} are neither inputs {self.inputs} nor "
+                             f"outputs {self.outputs}")
+        outs = {name: [] for name in dict.fromkeys(list(self.outputs) + list(blobs or []))}
+        grads = {name: [] for name in dict.fromkeys(list(self.inputs) + list(diffs or []))}
+        fwd = self._batches(forward_in) if forward_in else iter(lambda: {}, None)
+        bwd = self._batches(backward_in) if backward_in else iter(lambda: {}, None)
+        n_batches = -(-len(next(iter(kwargs.values()))) // self.blobs[self.inputs[0]].shape[0]) \
+            if kwargs and self.inputs else 1
+        for _, fb, bb in zip(range(n_batches), fwd, bwd):
+            for name, value in self.forward(blobs=blobs, **fb).items():
+                outs[name].extend(value.copy())
+            for name, value in self.backward(diffs=diffs, **bb).items():
+                grads[name].extend(value.copy())
+        out_arrays = {k: np.asarray(v) for k, v in outs.items()}
+        diff_arrays = {k: np.asarray(v) for k, v in grads.items()}
+        if kwargs:
+            pad = len(next(iter(out_arrays.values()))) - len(next(iter(kwargs.values())))
+            if pad:
+                out_arrays = {k: v[:-pad] for k, v in out_arrays.items()}
+                diff_arrays = {k: v[:-pad] for k, v in diff_arrays.items()}
+        return out_arrays, diff_arrays
+
+    # ------------------------------------------------------------------ HDF5 weights
+    def _owned_params(self):
+        """(layer name, index, Blob, owns it) for every learnable blob in layer order; a blob shared from an
+        earlier layer (ParamSpec name) is not its owner."""
+        seen = set()
+        for module, name in zip(self._layers, self._layer_names):
+            for j, p in enumerate(module.blobs):
+                yield name, j, self.params[name][j], id(p) not in seen
+                seen.add(id(p))
+
+    def save_hdf5(self, filename) -> None:
+        """Caffe's Net::ToHDF5: group data/<layer>/ per layer, dataset "<j>" per learnable blob it owns."""
+        import h5py
+
+        self._sync.flush()
+        with h5py.File(filename, "w") as f:
+            data = f.create_group("data")
+            for name in self._layer_names:
+                data.create_group(name)
+            for layer, j, blob, owner in self._owned_params():
+                if owner:
+                    data[layer].create_dataset(str(j), data=blob.data)
+
+    def load_hdf5(self, filename) -> None:
+        """Caffe's CopyTrainedLayersFromHDF5: same-named layers get the file's blobs; layers the file lacks keep
+        theirs, file layers the net lacks are ignored. A shape that differs is an error here (Caffe would
+        silently reshape the blob)."""
+        import h5py
+
+        self._sync.flush()
+        with h5py.File(filename, "r") as f:
+            if "data" not in f:
+                raise ValueError(f"{filename}: not a Caffe HDF5 weights file (no 'data' group)")
+            data = f["data"]
+            for layer in self._layer_names:
+                if layer in data and len(data[layer]) > len(self.params.get(layer, [])):
+                    raise ValueError(f"{filename}: layer '{layer}' has {len(data[layer])} blobs in the file, "
+                                     f"the net's has {len(self.params.get(layer, []))}")
+            for layer, j, blob, owner in self._owned_params():
+                if layer not in data:
+                    continue
+                if str(j) not in data[layer]:
+                    if owner:
+                        raise ValueError(f"{filename}: layer '{layer}' has no blob {j} (the net has "
+                                         f"{len(self.params[layer])})")
+                    continue
+                values = np.asarray(data[layer][str(j)])
+                if values.shape != blob.shape:
+                    raise ValueError(f"{filename}: layer '{layer}' blob {j} has shape {values.shape}, the net "
+                                     f"expects {blob.shape}")
+                blob.data[...] = values

@@ -449,3 +449,24 @@ def test_coord_map_through_conv_pool_deconv_and_crop():
     n2.crop = crop(n2.conv, n2.data)
     layer = n2.to_proto().layer[-1]
     assert layer.type == "Crop" and layer.crop_param.axis == 2 and list(layer.crop_param.offset) == [3]
+
+
+@pytest.mark.parametrize("force_backward", [False, True])
+def test_ranged_backward_gives_inputs_a_diff_only_with_force_backward(tmp_path, force_backward):
+    """The layer-by-layer backward (start=/end=) follows Caffe's need_backward: a net input gets a diff only
+    with force_backward (then d(x) = g @ W for y = x @ W.T + b, in NumPy); the layer's param diff either way."""
+    path = tmp_path / "ip.prototxt"
+    path.write_text(("force_backward: true\n" if force_backward else "") +
+                    'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+                    'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+                    'inner_product_param { num_output: 4 weight_filler { type: "gaussian" } } }\n')
+    net = caffe.Net(str(path), caffe.TRAIN, dtype=torch.float64)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3))
+    net.forward(x=x)
+    g = rng.standard_normal((2, 4))
+    net.blobs["y"].diff[...] = g
+    out = net.backward(start="ip", end="ip")
+    w = net.params["ip"][0].data
+    np.testing.assert_allclose(out["x"], g @ w if force_backward else np.zeros((2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(net.params["ip"][0].diff, g.T @ x, rtol=1e-12)
