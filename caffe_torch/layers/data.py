@@ -325,6 +325,17 @@ class HDF5Output(Layer):
 
 
 # ------------------------------------------------------------------------------------------ ImageData
+def _add_to_batch(layer, images: list[np.ndarray], chw: np.ndarray, where: str, hint: str) -> None:
+    """Append the transformed (C, H, W) image to the batch being assembled; an image the transformer refuses,
+    or of another size than the batch's first, is an error naming `where` (a file, or an LMDB key)."""
+    try:
+        images.append(layer.transformer(chw))
+    except TransformError as exc:
+        raise layer.error(f"{where}: {exc}") from None
+    if images[-1].shape != images[0].shape:
+        raise layer.error(f"{where} gives a {images[-1].shape} image in a batch of {images[0].shape} ({hint})")
+
+
 @register("ImageData")
 class ImageData(_DataLayer):
     """Images listed in `source` as `path label` lines (the label after the last space), read from
@@ -402,14 +413,8 @@ class ImageData(_DataLayer):
     def forward(self):
         images, labels = [], []
         for _ in range(self.batch_size):
-            chw = self._read(self.pos)
-            try:
-                images.append(self.transformer(chw))
-            except TransformError as exc:
-                raise self.error(f"{self.root + self.lines[self.pos][0]}: {exc}") from None
-            if images[-1].shape != images[0].shape:
-                raise self.error(f"{self.root + self.lines[self.pos][0]} gives a {images[-1].shape} image in "
-                                 f"a batch of {images[0].shape} (set new_height/new_width or crop_size)")
+            _add_to_batch(self, images, self._read(self.pos), self.root + self.lines[self.pos][0],
+                          "set new_height/new_width or crop_size")
             labels.append(self.lines[self.pos][1])
             self.pos += 1
             if self.pos >= len(self.lines):
@@ -512,13 +517,8 @@ class Data(_DataLayer):
         for _ in range(self.batch_size):
             key, value = self._next_value()
             chw, label = self._decode(value, key)
-            try:
-                images.append(self.transformer(chw))
-            except TransformError as exc:
-                raise self.error(f"{self.source}: key {key!r}: {exc}") from None
-            if images[-1].shape != images[0].shape:
-                raise self.error(f"{self.source}: key {key!r} gives a {images[-1].shape} image in a batch of "
-                                 f"{images[0].shape} (records of one batch must have one size)")
+            _add_to_batch(self, images, chw, f"{self.source}: key {key!r}",
+                          "records of one batch must have one size")
             labels.append(label)
         data = self._tensor(np.stack(images))
         if len(self.param.top) == 1:
