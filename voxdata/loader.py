@@ -45,6 +45,8 @@ class TrainBatches:
     length: crop length in samples (or give frames: length = crop_length(frames)).
     on_error: 'raise' (AudioError / CropError naming the file) or 'skip' (count it, log it, draw another
     utterance from the same generator, so the stream stays deterministic).
+    augmenter: a voxdata.augment.Augmenter (noise / reverberation) applied to each batch's crops; its
+    randomness is seeded per example by (seed, k, row), apart from the batch generator.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class TrainBatches:
         repeat_short: bool = False,
         cache=None,
         on_error: str = "raise",
+        augmenter=None,
     ):
         if length is None:
             length = crop_length(frames if frames is not None else 300)
@@ -70,7 +73,7 @@ class TrainBatches:
             raise ValueError(f"need as many labels as paths (>0), got {len(self.paths)} and {len(self.labels)}")
         self.batch_size, self.length, self.seed = int(batch_size), int(length), int(seed)
         self.augment, self.repeat_short, self.on_error = augment, repeat_short, on_error
-        self.cache = cache
+        self.cache, self.augmenter = cache, augmenter
         self.skipped = 0  # draws skipped in this process (on_error='skip')
         self._bad: set[int] = set()
         self._read = None
@@ -110,6 +113,8 @@ class TrainBatches:
             else:
                 raise AudioError(f"100 unusable files in a row while building batch {k}; last: {self.paths[i]}")
             labels[b] = self.labels[i]
+        if self.augmenter is not None:
+            crops = self.augmenter(crops, self.seed, k)
         return crops, labels
 
     def __getitem__(self, k: int):
@@ -164,16 +169,18 @@ def train_loader(
     on_error: str = "raise",
     pin_memory: bool | None = None,
     prefetch_factor: int = 4,
+    augmenter=None,
 ):
     """Infinite DataLoader of training batches k = start_batch, start_batch + 1, ...
 
     Yields (crops int16 tensor (B, L), labels int64 tensor (B,)). cache: a cache folder or WavCache
-    (paths must be its keys). pin_memory defaults to torch.cuda.is_available().
+    (paths must be its keys). pin_memory defaults to torch.cuda.is_available(). augmenter: see TrainBatches.
     """
     import torch
     from torch.utils.data import DataLoader
 
-    ds = TrainBatches(paths, labels, batch_size, length, frames, seed, augment, repeat_short, cache, on_error)
+    ds = TrainBatches(paths, labels, batch_size, length, frames, seed, augment, repeat_short, cache, on_error,
+                      augmenter)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     kw = {}
