@@ -7,9 +7,10 @@ missing or shorter than the index says (ffmpeg flags it corrupt). `read_m4a` dec
 decodes to float samples in [-1, 1], which become int16 by the same rule as float wavs (x 32768, rounded,
 clipped: voxdata.audio._float_to_int16).
 
-The sample count in the header is the stream's duration (in samples when the time base is 1/rate). For files
-with an edit list (ffmpeg writes one: the encoder's 1,024 priming samples are cut) the decoder returns exactly
-that many samples; the audio cache keeps what decoding returns either way.
+The sample count m4a_info returns is where the last packet ends (its timestamp plus duration): for files with
+an edit list (ffmpeg writes one: the encoder's 1,024 priming samples are cut, and the padding of the last
+frame) the decoder returns exactly that many samples; the header's own duration (movie time scale, ms) may be
+a few samples longer. The audio cache keeps what decoding returns either way.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .audio import SAMPLE_RATE, AudioError, _float_to_int16
 
 EXTENSIONS = (".m4a", ".mp4", ".aac")
 _TAIL = 2048                    # samples before the end whose index entries m4a_info reads
+_HEADER_TICK = 0.002            # s: the coarsest movie time scale we allow for (ffmpeg writes 1 ms, QuickTime 1/600 s)
 
 
 def is_m4a(path) -> bool:
@@ -46,11 +48,16 @@ def _reason(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e)       # FFmpegError's strerror: the reason without the path
 
 
+def _samples(stream, t) -> int:
+    """A time in the stream's time base as a sample count."""
+    return int(round(t * stream.time_base * stream.sample_rate))
+
+
 def _stream_samples(stream) -> int:
     """The stream's length in samples from its header (duration in its time base)."""
     if stream.duration is None or stream.time_base is None:
         return 0
-    return int(round(stream.duration * stream.time_base * stream.sample_rate))
+    return _samples(stream, stream.duration)
 
 
 def _check(path: str, stream, sample_rate: int) -> int:
@@ -86,9 +93,12 @@ def m4a_info(path, sample_rate: int = SAMPLE_RATE) -> int:
                 end = packet.pts + packet.duration if packet.pts is not None else end
         except av.error.FFmpegError as e:
             raise AudioError(f"{path}: unreadable audio file ({_reason(e)})") from None
-        if end is None or end < stream.duration:
+        # The header's duration is in the movie's time scale (ffmpeg: 1 ms), so it may exceed the audio by up
+        # to one tick; the last packet's end is exact (the decoded length).
+        slack = int(np.ceil(_HEADER_TICK * stream.sample_rate))
+        if end is None or _samples(stream, end) < n - slack:
             raise AudioError(f"{path}: truncated: the packets end before the {n} samples its header declares")
-    return n
+    return _samples(stream, end)
 
 
 def read_m4a(path, sample_rate: int = SAMPLE_RATE, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -100,18 +110,24 @@ def read_m4a(path, sample_rate: int = SAMPLE_RATE, start: int = 0, stop: int | N
     with _open(path) as container:
         stream = container.streams.audio[0]
         _check(path, stream, sample_rate)
-        parts = []
+        parts, first, end = [], None, None
         try:
             for packet in container.demux(stream):
                 if packet.size and packet.is_corrupt:
                     raise AudioError(f"{path}: truncated: the packet at byte {packet.pos} is cut off")
+                if packet.size and packet.pts is not None:
+                    end = max(end or 0, _samples(stream, packet.pts + packet.duration))
                 for frame in packet.decode():
+                    if first is None and frame.pts is not None:
+                        first = _samples(stream, frame.pts)
                     parts.append(frame.to_ndarray().reshape(-1))     # fltp mono: (1, samples) -> (samples,)
         except av.error.FFmpegError as e:
             raise AudioError(f"{path}: corrupt audio data ({_reason(e)})") from None
     if not parts:
         raise AudioError(f"{path}: empty recording (0 samples)")
     data = np.concatenate(parts)
+    if end is not None:
+        data = data[: end - (first or 0)]     # the decoder returns the last frame whole; its packet says how much
     if data.dtype.kind == "f":
         data = _float_to_int16(data)
     else:                        # an integer sample format (not AAC's): ffmpeg's s16 as is

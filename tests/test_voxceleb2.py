@@ -1,0 +1,170 @@
+"""Today's recipe end to end on synthetic data: a VoxCeleb2-layout m4a corpus (data_utils.py synth --format m4a) is
+scanned or read through a train list, alone or beside a VoxCeleb1 root; a tiny net trains on it with noise + RIR
+augmentation (synth-noise folders) and --cache, and test_verification scores its trials; a resumed run with
+augmentation equals the uninterrupted one bit for bit, and two data-parallel processes equal one."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_e2e import FRAMES, SOFTMAX_HEAD, SOLVER, TRUNK, params_of
+
+import data_utils
+import test_verification
+import trainAug
+from voxdata import ListFormatError, make_corpus, read_wav
+from voxdata.roots import read_train_list, scan_folder, training_splits
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV, TEST = 4, 2             # speakers of the m4a corpus: dev (trained on) and test (trials)
+
+
+@pytest.fixture(scope="module")
+def vox2(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vox2")
+    assert data_utils.main(["synth", "--format", "m4a", "--out", str(root), "--speakers", str(DEV + TEST),
+                            "--utterances", "5", "--test-speakers", str(TEST), "--seed", "6", "--min-videos", "3",
+                            "--max-videos", "3", "--min-dur", "1.0", "--max-dur", "1.5", "--trials", "20",
+                            "--workers", "1", "--quiet"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def vox1(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vox1")
+    make_corpus(root, speakers=5, utterances=5, test_speakers=2, seed=8, min_videos=3, max_videos=3, min_dur=1.0,
+                max_dur=1.5, trials=10, workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def noise(tmp_path_factory):
+    out = tmp_path_factory.mktemp("noise")
+    assert data_utils.main(["synth-noise", "--out", str(out), "--noise", "2", "--music", "2", "--speech", "4",
+                            "--rooms", "1", "--rirs-per-room", "2"]) == 0
+    return ["--noise", str(out / "musan"), "--rir", str(out / "simulated_rirs")]
+
+
+def test_layout_scan_and_lists(vox2, vox1, tmp_path):
+    dev = vox2 / "dev" / "aac"
+    assert scan_folder(vox2) == str(dev)
+    files = sorted(str(p) for p in dev.rglob("*.m4a"))
+    assert len(files) == DEV * 5 and all(read_wav(p).dtype == np.int16 for p in files[:2])
+    splits = training_splits([str(vox2)], "verification")
+    assert splits.speakers == [f"id{i:05d}" for i in range(1, DEV + 1)]
+    assert sorted(splits.train.paths) == files and len(splits.val) == 0
+    for p, label in zip(splits.train.paths, splits.train.labels):
+        assert Path(p).relative_to(dev).parts[0] == splits.speakers[label]
+    with pytest.raises(ListFormatError, match="--mode verification"):
+        training_splits([str(vox2)], "identification")
+
+    # voxceleb_trainer's train_list.txt names converted wavs: the m4a of the same name is read
+    listed = (vox2 / "train_list.txt").read_text().replace(".m4a", ".wav")
+    (tmp_path / "train_list.txt").write_text(listed + "id00001 id00001/nosuchvideo/00001.wav\n")
+    src = read_train_list(tmp_path / "train_list.txt", [str(vox2)])
+    assert sorted(p for _, p in src.train) == files and src.missing == ["id00001/nosuchvideo/00001.wav"]
+    (tmp_path / "bad_list.txt").write_text("id00001\n")
+    with pytest.raises(ListFormatError, match=r"bad_list.txt:1: expected"):
+        read_train_list(tmp_path / "bad_list.txt", [str(vox2)])
+
+    # VoxCeleb1 (its iden_split.txt, verification mode: test speakers held out) + VoxCeleb2 dev (scanned)
+    both = training_splits([str(vox1), str(vox2)], "verification",
+                           {str(vox1): str(vox1 / "iden_split.txt")})
+    vox1_train = ["id10001", "id10002", "id10003"]
+    assert both.speakers == sorted(vox1_train + splits.speakers)
+    rows = [line.split() for line in (vox1 / "iden_split.txt").read_text().splitlines()]
+    mine = [(split, rel) for split, rel in rows if rel.split("/")[0] in vox1_train]
+    assert len(both.train) == len(splits.train) + sum(split != "2" for split, _ in mine)
+    assert sorted(both.val.paths) == sorted(str(vox1 / "wav" / rel) for split, rel in mine if split == "2")
+    assert {both.speakers[label] for label in both.val.labels} == set(vox1_train)
+    assert all(os.path.isabs(p) and os.path.isfile(p) for p in both.train.paths + both.val.paths)
+    with pytest.raises(ListFormatError, match="listed by both"):
+        training_splits([str(vox2), str(vox2)], "verification")
+
+    # a VoxCeleb1 folder without its list is scanned too; its test speakers (vox1_meta.csv) are left out
+    bare = tmp_path / "vox1_bare"
+    shutil.copytree(vox1 / "wav", bare / "wav")
+    shutil.copy(vox1 / "vox1_meta.csv", bare)
+    assert training_splits([str(bare)], "verification").speakers == vox1_train
+
+
+def tiny_solver(folder: Path, classes: int, max_iter: int, snapshot: int, prefix: str) -> Path:
+    net = folder / f"{prefix}_net.prototxt"
+    net.write_text(TRUNK.format(frames=FRAMES, pooled=FRAMES // 2) + SOFTMAX_HEAD.format(classes=classes))
+    solver = folder / f"{prefix}_solver.prototxt"
+    solver.write_text(SOLVER.format(net=net.name, lr=0.05, max_iter=max_iter, snapshot=snapshot, prefix=prefix))
+    return solver
+
+
+def train_args(solver, roots, out, *extra):
+    return ["--solver", str(solver), "--data-root", *map(str, roots), "--mode", "verification", "--out", str(out),
+            "--gpu", "-1", "--workers", "0", "--test-interval", "0", "--no-progress", "--seed", "3", *extra]
+
+
+def test_m4a_corpus_trains_with_augmentation_and_cache_and_verifies(vox2, noise, tmp_path):
+    solver = tiny_solver(tmp_path, DEV, max_iter=6, snapshot=3, prefix="v2")
+    run = tmp_path / "run"
+    assert trainAug.main(train_args(solver, [vox2], run, "--cache", str(tmp_path / "cache"), *noise)) == 0
+    log = (run / "train.log").read_text()
+    assert "augmentation beside the paper's: reverberation p=0.2" in log and "noise p=0.6" in log
+    assert "Optimization Done" in log
+    labels = json.loads((run / "labels.json").read_text())
+    assert labels["speakers"] == [f"id{i:05d}" for i in range(1, DEV + 1)]
+    saved = (run / "train_list.txt").read_text().splitlines()
+    assert len(saved) == DEV * 5 and all(line.split()[1].endswith(".m4a") for line in saved)
+    recorded = json.loads((run / "args.json").read_text())["args"]
+    assert (recorded["noise"], recorded["rir"]) == (noise[1], noise[3])
+    assert recorded["noise_prob"] == 0.6 and recorded["snr_babble"] == [13.0, 20.0]
+    cache = json.loads((tmp_path / "cache" / "index.json").read_text())
+    assert sorted(cache["paths"]) == sorted(line.split()[1] for line in saved)
+
+    out = tmp_path / "verify"
+    assert test_verification.main(["--weights", str(run / "final.caffemodel"), "--data-root", str(vox2),
+                                   "--crops", "2", "--gpu", "-1", "--out", str(out), "--no-progress"]) == 0
+    veri = json.loads((out / "verification.json").read_text())
+    assert veri["trials"]["n"] == 20 and 0 <= veri["trials"]["eer"] <= 1
+
+
+def test_resume_with_augmentation_is_bit_identical(vox2, vox1, noise, tmp_path):
+    classes = DEV + 3                                      # VoxCeleb2 dev + VoxCeleb1's training speakers
+    solver = tiny_solver(tmp_path, classes, max_iter=8, snapshot=4, prefix="aug")
+    roots = [vox1, vox2]
+    full, cut, plain = tmp_path / "full", tmp_path / "cut", tmp_path / "plain"
+    assert trainAug.main(train_args(solver, roots, full, *noise, "--noise-prob", "0.8", "--rir-prob", "0.5")) == 0
+    assert trainAug.main(train_args(solver, roots, cut, *noise, "--noise-prob", "0.8", "--rir-prob", "0.5")) == 0
+    # as after a kill just before the last snapshot: resume from iteration 4 (with 2 loader workers this time)
+    for f in (cut / "snapshots").glob("aug_iter_8.*"):
+        f.unlink()
+    (cut / "final.caffemodel").unlink()
+    assert trainAug.main(train_args(solver, roots, cut, *noise, "--noise-prob", "0.8", "--rir-prob", "0.5",
+                                    "--resume", "auto", "--workers", "2")) == 0
+    assert "training list: " in (cut / "train.log").read_text()       # read back from the run directory
+    a, b = params_of(full / "final.caffemodel"), params_of(cut / "final.caffemodel")
+    for name in a:
+        for x, y in zip(a[name], b[name]):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+    assert trainAug.main(train_args(solver, roots, plain)) == 0       # the augmentation changed the training
+    c = params_of(plain / "final.caffemodel")
+    assert not np.array_equal(a["fc5"][0], c["fc5"][0])
+
+
+@pytest.mark.slow
+def test_data_parallel_with_augmentation_equals_one_process(vox2, noise, tmp_path):
+    solver = tiny_solver(tmp_path, DEV, max_iter=4, snapshot=0, prefix="dp")
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert trainAug.main(train_args(solver, [vox2], single, *noise)) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+           str(ROOT / "trainAug.py"), *train_args(solver, [vox2], ddp, *noise)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    a, b = params_of(single / "final.caffemodel"), params_of(ddp / "final.caffemodel")
+    for name in a:       # equal up to float summation order (the gradient average over 2 processes)
+        for x, y in zip(a[name], b[name]):
+            np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-7, err_msg=name)
