@@ -58,12 +58,36 @@ def test_parallel_build_equals_reading_the_files(corpus, tmp_path):
 
 
 KILL_SCRIPT = textwrap.dedent("""
-    import json, os, signal, sys
+    import json, multiprocessing, os, signal, sys
     from voxdata.cache import build_cache
     paths, out, k = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    build_cache(paths, out, progress=False, workers=2,
-                on_file=lambda n: os.kill(os.getpid(), signal.SIGKILL) if n == k else None)
+
+    def kill(n):
+        if n == k:
+            print(json.dumps([p.pid for p in multiprocessing.active_children()]), flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    build_cache(paths, out, progress=False, workers=2, on_file=kill)
 """)
+
+
+def wait_gone(pids, limit=60.0):
+    """Wait until none of `pids` exists (each polls every 0.05 s; `limit` only bounds a failure)."""
+    import time
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            return []
+        time.sleep(0.05)
+    return alive
 
 
 @pytest.mark.parametrize("k", [1, 9])
@@ -73,6 +97,8 @@ def test_parent_killed_after_k_files_then_resumed(corpus, tmp_path, k):
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(paths), str(out), str(k)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
+    workers = json.loads(proc.stdout)
+    assert len(workers) == 2 and wait_gone(workers) == []           # orphaned workers exit by themselves
     assert not (out / vc.INDEX).exists()                          # nothing looks complete
     with pytest.raises(CacheError, match="did not finish"):
         WavCache(out)
@@ -111,8 +137,12 @@ def test_exception_in_the_parent_keeps_the_work(corpus, tmp_path, caplog):
         if n == 4:
             raise RuntimeError("disk on fire")
 
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
     with pytest.raises(RuntimeError, match="disk on fire"):
         build_cache(paths, tmp_path / "c", progress=False, workers=2, on_file=boom)
+    assert set(multiprocessing.active_children()) <= before          # the workers were terminated
     stopped = [r.getMessage() for r in caplog.records if "stopped" in r.getMessage()]
     assert len(stopped) == 1 and "after 4 of" in stopped[0] and "RuntimeError: disk on fire" in stopped[0]
     cache = build_cache(paths, tmp_path / "c", progress=False, workers=2)
@@ -121,12 +151,14 @@ def test_exception_in_the_parent_keeps_the_work(corpus, tmp_path, caplog):
 
 
 SIGNAL_SCRIPT = textwrap.dedent("""
-    import functools, os, signal, sys
+    import functools, multiprocessing, os, signal, sys
     import data_utils
     k, sig = int(sys.argv[1]), getattr(signal, sys.argv[2])
     data_utils.build_cache = functools.partial(
         data_utils.build_cache, on_file=lambda n: os.kill(os.getpid(), sig) if n == k else None)
-    sys.exit(data_utils.main(sys.argv[3:]))
+    rc = data_utils.main(sys.argv[3:])
+    print("workers left:", len(multiprocessing.active_children()))
+    sys.exit(rc)
 """)
 
 
@@ -138,6 +170,7 @@ def test_cli_stops_at_once_on_a_signal_with_one_line_and_continues(corpus, tmp_p
     proc = subprocess.run([sys.executable, "-c", SIGNAL_SCRIPT, "3", sig, *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 128 + getattr(signal, sig), proc.stderr
+    assert proc.stdout.strip() == "workers left: 0"
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"stopped ({sig}) after 3 of" in lines[0] and "build again" in lines[0], lines
     assert not (tmp_path / "c" / vc.INDEX).exists()

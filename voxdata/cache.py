@@ -20,7 +20,8 @@ recorded, which catches a file replaced with its old mtime); changed files are d
 refuses (StaleCacheError, one line naming the file) a recording whose file changed since, so a stale cache is
 never served silently.
 
-Decoding runs in `workers` processes (fork; each exits if its parent dies), the parent appends and journals;
+Decoding runs in `workers` processes (fork; each exits if its parent dies; a dead one is an error, never a
+hang), the parent appends and journals;
 progress (tqdm) shows files/s and hours of audio per second, and the build logs both at the end.
 """
 
@@ -36,9 +37,7 @@ import signal
 import threading
 import time
 import zlib
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +60,10 @@ class CacheError(RuntimeError):
 
 class StaleCacheError(AudioError):
     """A cached recording whose file changed since it was decoded (names the file)."""
+
+
+class _WorkerDied(Exception):
+    pass
 
 
 @dataclass
@@ -96,14 +99,21 @@ def _watch_parent(parent: int) -> None:
         time.sleep(0.5)
 
 
-def _worker_init(parent: int) -> None:
+def _worker(conn, parent: int) -> None:
+    """A decoding process: tasks (path, old stamp, want_hash) in, _decode's tuples out, until the pipe closes."""
     # Ctrl-C and `kill -- -PGID` reach the whole process group: the parent decides, and kills the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(_decode(*task))
 
 
-def _decode(path: str, old_stamp: list | None, want_hash: bool, sample_rate: int):
+def _decode(path: str, old_stamp: list | None, want_hash: bool, sample_rate: int = SAMPLE_RATE):
     """-> (path, stamp, samples int16 (n,) or None, crc32, error message or None); samples None and error None
     means the cached recording is still current (only reached with want_hash: the stamps matched before)."""
     try:
@@ -285,7 +295,9 @@ class BuildStats:
     def audio_hours_per_s(self) -> float:
         return self.hours / self.seconds if self.seconds > 0 else 0.0
 
-    def describe(self) -> str:
+    def describe(self, seconds: float | None = None) -> str:
+        if seconds is not None:
+            self.seconds = seconds
         return (f"decoded {self.decoded} files ({self.hours:.2f} h of audio) in {self.seconds:.1f} s with "
                 f"{self.workers} workers: {self.files_per_s:.1f} files/s, {self.audio_hours_per_s:.3f} h of audio/s")
 
@@ -324,28 +336,27 @@ def build_cache(paths, cache_dir, on_error: str = "raise", progress: bool = True
                 os.path.exists(os.path.join(cache_dir, INDEX)):
             return WavCache(cache_dir, build_stats=stats)
         writer = _Writer(cache_dir, state)
-        bar = tqdm(total=len(todo), desc="cache: decode", unit="file", disable=not progress)
         t0 = time.perf_counter()
+        pool = _Pool(min(workers, len(todo))) if todo else None      # forked before the progress bar's thread
+        bar = tqdm(total=len(todo), desc="cache: decode", unit="file", disable=not progress)
         try:
-            _run(todo, state, writer, stats, bar, on_error, hash_sources, should_stop, on_file)
-        except BrokenProcessPool:
-            stats.seconds = time.perf_counter() - t0
-            writer.close()
-            bar.close()
+            if pool is not None:
+                _run(pool, todo, state, writer, stats, bar, on_error, hash_sources, should_stop, on_file)
+        except _WorkerDied:
             raise CacheError(f"cache {cache_dir}: a decoding worker died (killed, or out of memory) after "
                              f"{stats.decoded + stats.skipped} of {len(todo)} files; every decoded file is kept: "
                              "build again to continue") from None
         except BaseException as exc:
+            log.warning("cache %s: stopped (%s) after %d of %d files to decode (%s); every decoded file is kept: "
+                        "build again to continue", cache_dir, _why(exc), stats.decoded + stats.skipped, len(todo),
+                        stats.describe(time.perf_counter() - t0))
+            raise
+        finally:
+            if pool is not None:
+                pool.close()
             stats.seconds = time.perf_counter() - t0
             writer.close()
             bar.close()
-            log.warning("cache %s: stopped (%s) after %d of %d files to decode (%s); every decoded file is kept: "
-                        "build again to continue", cache_dir, _why(exc), stats.decoded + stats.skipped, len(todo),
-                        stats.describe())
-            raise
-        stats.seconds = time.perf_counter() - t0
-        writer.close()
-        bar.close()
         _write_index(cache_dir, state)
     if todo:
         log.info("cache %s: %s; %d reused, %d skipped", cache_dir, stats.describe(), stats.reused,
@@ -387,56 +398,85 @@ def _plan(paths: list[str], state: _State, want_hash: bool, stats: BuildStats):
     return todo, changed
 
 
-def _kill_workers(pool: ProcessPoolExecutor) -> None:
-    for proc in list(getattr(pool, "_processes", {}).values()):
-        with contextlib.suppress(OSError, ValueError):
-            proc.kill()
-    pool.shutdown(wait=True, cancel_futures=True)
+class _Pool:
+    """`n` forked decoding processes, each with its own pipe and up to 2 tasks in flight. A worker that dies
+    (even in the middle of sending a result) is an EOF on its pipe, never a hang; close() kills them all at
+    once and reaps them. (concurrent.futures' pool can hang in shutdown when a worker is killed mid-send.)"""
+
+    def __init__(self, n: int):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        self.workers = []
+        try:
+            for _ in range(n):
+                mine, theirs = ctx.Pipe()
+                proc = ctx.Process(target=_worker, args=(theirs, os.getpid()), daemon=True)
+                proc.start()
+                theirs.close()                 # only the worker holds its end: its death is our EOF
+                self.workers.append((proc, mine))
+        except BaseException:
+            self.close()
+            raise
+
+    def map(self, tasks) -> Iterator[tuple]:
+        """_decode's results for `tasks` (in completion order)."""
+        from multiprocessing.connection import wait
+
+        tasks = iter(tasks)
+        busy: dict = {}
+        for _, conn in self.workers:
+            for task in [t for t in (next(tasks, None), next(tasks, None)) if t is not None]:
+                conn.send(task)
+                busy[conn] = busy.get(conn, 0) + 1
+        while busy:
+            for conn in wait(list(busy)):
+                try:
+                    result = conn.recv()
+                except (EOFError, OSError):
+                    raise _WorkerDied() from None
+                busy[conn] -= 1
+                task = next(tasks, None)
+                if task is not None:
+                    conn.send(task)
+                    busy[conn] += 1
+                if not busy[conn]:
+                    del busy[conn]
+                yield result
+
+    def close(self) -> None:
+        for proc, _ in self.workers:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                proc.kill()
+        for proc, conn in self.workers:
+            proc.join()
+            conn.close()
+        self.workers = []
 
 
-def _run(todo, state, writer, stats, bar, on_error, want_hash, should_stop, on_file) -> None:
-    import multiprocessing
-
-    if not todo:
-        return
-    ctx = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(stats.workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
-    queue, pending, done = iter(todo), set(), 0
-    try:
-        for path, old in queue:
-            pending.add(pool.submit(_decode, path, old, want_hash, SAMPLE_RATE))
-            if len(pending) >= 4 * stats.workers:
-                break
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                path, stamp, x, crc, error = fut.result()
-                if error is not None:
-                    if on_error == "raise":
-                        raise AudioError(error)
-                    writer.skip(path, stamp, error)
-                    stats.skipped += 1
-                elif x is None:
-                    stats.reused += 1
-                    state.entries[path].stamp = stamp          # with the digest of this build
-                else:
-                    writer.add(path, stamp, x, crc)
-                    stats.decoded += 1
-                    stats.samples += len(x)
-                done += 1
-                bar.update(1)
-                if on_file is not None:
-                    on_file(done)
-                if should_stop is not None and should_stop():
-                    raise KeyboardInterrupt("stop requested")
-                nxt = next(queue, None)
-                if nxt is not None:
-                    pending.add(pool.submit(_decode, nxt[0], nxt[1], want_hash, SAMPLE_RATE))
-            elapsed = bar.format_dict.get("elapsed") or 0
-            if elapsed > 0:
-                bar.set_postfix(audio_h_s=f"{stats.samples / SAMPLE_RATE / 3600 / elapsed:.3f}", refresh=False)
-    finally:
-        _kill_workers(pool)
+def _run(pool, todo, state, writer, stats, bar, on_error, want_hash, should_stop, on_file) -> None:
+    results = pool.map((path, old, want_hash) for path, old in todo)
+    for done, (path, stamp, x, crc, error) in enumerate(results, start=1):
+        if error is not None:
+            if on_error == "raise":
+                raise AudioError(error)
+            writer.skip(path, stamp, error)
+            stats.skipped += 1
+        elif x is None:
+            stats.reused += 1
+            state.entries[path].stamp = stamp          # with the digest of this build
+        else:
+            writer.add(path, stamp, x, crc)
+            stats.decoded += 1
+            stats.samples += len(x)
+        bar.update(1)
+        elapsed = bar.format_dict.get("elapsed") or 0
+        if elapsed > 0:
+            bar.set_postfix(audio_h_s=f"{stats.samples / SAMPLE_RATE / 3600 / elapsed:.3f}", refresh=False)
+        if on_file is not None:
+            on_file(done)
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt("stop requested")
 
 
 # ---------------------------------------------------------------------- the read side
