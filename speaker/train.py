@@ -19,6 +19,11 @@ logging, lists, the audio pre-flight check) -> build_solver -> start_from (--wei
 prepare_data (feeder, validator, loader, data parallel, speed options) -> loop -> finish (final weights).
 Any error of a stage is one line on stderr and in train.log, exit status 1 (-v adds the traceback).
 
+Today's recipe beside the paper's: several --data-root folders (VoxCeleb1 through its iden_split.txt,
+VoxCeleb2 dev's m4a scanned, or --train-list; voxdata/roots.py; the derived list is saved as
+<run>/train_list.txt and read back on --resume) and --noise / --rir augmentation on the loader side
+(voxdata/augment.py, seeded per example, so resumed and data-parallel runs see the same crops).
+
 Speed options (caffe_torch only, all off by default; see caffe_torch/fast.py): --channels-last, --amp bf16,
 --tf32, --compile; --cache decodes the training audio once into a memory-mapped int16 file (built on first
 use) so that the loader only slices.

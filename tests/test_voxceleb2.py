@@ -130,6 +130,21 @@ def test_m4a_corpus_trains_with_augmentation_and_cache_and_verifies(vox2, noise,
     assert veri["trials"]["n"] == 20 and 0 <= veri["trials"]["eer"] <= 1
 
 
+def test_corrupt_m4a_is_refused_before_iteration_0_or_skipped(vox2, tmp_path, capsys):
+    own = shutil.copytree(vox2, tmp_path / "vox2")
+    victim = sorted((own / "dev" / "aac").rglob("*.m4a"))[3]
+    victim.write_bytes(victim.read_bytes()[:200])
+    solver = tiny_solver(tmp_path, DEV, max_iter=2, snapshot=0, prefix="bad")
+    assert trainAug.main(train_args(solver, [own], tmp_path / "refused")) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error: " in line]
+    assert len(errors) == 1 and "1 of 20 recordings are unusable" in errors[0] and str(victim) in errors[0]
+    assert not (tmp_path / "refused" / "snapshots").exists() or not any((tmp_path / "refused" / "snapshots").iterdir())
+    assert trainAug.main(train_args(solver, [own], tmp_path / "skipped", "--skip-bad-audio")) == 0
+    log = (tmp_path / "skipped" / "train.log").read_text()
+    assert "--skip-bad-audio: leaving out 1 unusable recordings" in log
+    assert (tmp_path / "skipped" / "bad_audio.txt").read_text().startswith(f"{victim}: ")
+
+
 def test_resume_with_augmentation_is_bit_identical(vox2, vox1, noise, tmp_path):
     classes = DEV + 3                                      # VoxCeleb2 dev + VoxCeleb1's training speakers
     solver = tiny_solver(tmp_path, classes, max_iter=8, snapshot=4, prefix="aug")
