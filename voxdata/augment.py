@@ -12,8 +12,9 @@ Per example, with its own probability each:
   when shorter, as voxdata.crops does without augmentation), scaled so that
   10 log10(P_speech / P_noise_crop_scaled) = its SNR, where P is the mean square over the crop and P_speech is
   the (reverberated) crop's. A silent noise crop adds nothing.
-Defaults: reverberation 0.2, noise 0.6, so each of voxceleb_trainer's five cases (none, reverb, noise, music,
-babble: uniform there) has about its marginal probability here (the two can also combine here).
+Defaults: reverberation 0.2, noise 0.6 (a third each for noise, music, babble), so each of the four
+augmentations has voxceleb_trainer's probability 0.2 (there the five cases none / reverb / noise / music /
+babble are exclusive and equally likely; here reverberation and noise may combine, and 32 % stay clean).
 
 Randomness: example b of training batch k draws everything from its own generator seeded by (seed, k, b), in a
 fixed order (reverb coin, RIR; noise coin, category, file count, files, and per file its start and SNR), so
