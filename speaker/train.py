@@ -750,7 +750,7 @@ def _ensure_cache(args, paths, ddp: DataParallel):
         raise TrainingError(f"--cache {args.cache}: {exc}") from None
     except KeyboardInterrupt:
         raise TrainingError(f"--cache {args.cache}: stopped by a signal while building the cache; what it decoded "
-                            "is kept: the same command continues it") from None
+                            "is kept: the same command with --resume auto continues it") from None
     log.info("audio cache %s: %d recordings (%d unusable left out)", args.cache, len(cache), len(cache.skipped))
     return cache
 

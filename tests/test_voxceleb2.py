@@ -130,6 +130,35 @@ def test_m4a_corpus_trains_with_augmentation_and_cache_and_verifies(vox2, noise,
     assert veri["trials"]["n"] == 20 and 0 <= veri["trials"]["eer"] <= 1
 
 
+def test_stop_signal_during_the_cache_build_stops_it_at_once_and_resume_continues(vox2, tmp_path, monkeypatch,
+                                                                                  capsys):
+    import functools
+    import signal
+
+    import voxdata
+
+    solver = tiny_solver(tmp_path, DEV, max_iter=2, snapshot=0, prefix="cs")
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    real = voxdata.build_cache
+    monkeypatch.setattr(voxdata, "build_cache", functools.partial(
+        real, on_file=lambda n: os.kill(os.getpid(), signal.SIGTERM) if n == 5 else None))
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+    try:
+        assert trainAug.main(train_args(solver, [vox2], run, "--cache", str(cache))) == 1
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error: " in line]
+    assert len(errors) == 1 and "stopped by a signal while building the cache" in errors[0]
+    log = (run / "train.log").read_text()
+    assert "stopped (stop requested) after 5 of 20 files" in log       # at once: the file it was on
+    assert not (cache / "index.json").exists()
+    monkeypatch.setattr(voxdata, "build_cache", real)
+    assert trainAug.main(train_args(solver, [vox2], run, "--cache", str(cache), "--resume", "auto")) == 0
+    assert "continuing an unfinished build (5 files already decoded)" in (run / "train.log").read_text()
+    assert len(json.loads((cache / "index.json").read_text())["paths"]) == 20
+
+
 def test_corrupt_m4a_is_refused_before_iteration_0_or_skipped(vox2, tmp_path, capsys):
     own = shutil.copytree(vox2, tmp_path / "vox2")
     victim = sorted((own / "dev" / "aac").rglob("*.m4a"))[3]
