@@ -93,8 +93,9 @@ def scanned_source(root, mode: str, progress: bool = False) -> Source:
     root = os.fspath(root)
     folder = scan_folder(root)
     if mode != "verification":
-        raise ListFormatError(f"--data-root {root}: no iden_split.txt, so its utterances are scanned and have no "
-                              "identification split; train on it with --mode verification")
+        raise ListFormatError(f"--data-root {root}: no iden_split.txt (VoxCeleb1's identification split: put it "
+                              "there or in lists/, or give --iden-split); without one the root's utterances are "
+                              "scanned, which trains with --mode verification (VoxCeleb2 dev)")
     pairs = scan_utterances(folder, progress)
     if not pairs:
         raise ListFormatError(f"--data-root {root}: no <speaker>/<video>/<file>.m4a or .wav under {folder}")
