@@ -21,6 +21,8 @@ def speech():
 
 def ffmpeg_s16(path) -> np.ndarray:
     """Reference decode: ffmpeg's resampler converts the decoder's float samples to s16 itself."""
+    import gc
+
     out = []
     with av.open(str(path)) as c:
         resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
@@ -29,6 +31,8 @@ def ffmpeg_s16(path) -> np.ndarray:
                 out.append(f.to_ndarray().reshape(-1))
         for f in resampler.resample(None):
             out.append(f.to_ndarray().reshape(-1))
+    del resampler, c
+    gc.collect()     # its filter graph owns a thread pool: freed here, not by the GC of a process forked later
     return np.concatenate(out)
 
 

@@ -20,8 +20,8 @@ recorded, which catches a file replaced with its old mtime); changed files are d
 refuses (StaleCacheError, one line naming the file) a recording whose file changed since, so a stale cache is
 never served silently.
 
-Decoding runs in `workers` processes (fork; each exits if its parent dies; a dead one is an error, never a
-hang), the parent appends and journals;
+Decoding runs in `workers` processes (started from the forkserver; each exits when its parent dies; a dead
+one is an error, never a hang), the parent appends and journals;
 progress (tqdm) shows files/s and hours of audio per second, and the build logs both at the end.
 """
 
@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -92,25 +91,17 @@ def _same_source(old: list, new: list) -> bool:
 
 # ---------------------------------------------------------------------- worker side
 
-def _watch_parent(parent: int) -> None:
-    while True:
-        if os.getppid() != parent:       # the parent died (kill -9): nobody will read our results
-            os._exit(1)
-        time.sleep(0.5)
-
-
-def _worker(conn, parent: int) -> None:
-    """A decoding process: tasks (path, old stamp, want_hash) in, _decode's tuples out, until the pipe closes."""
+def _worker(conn) -> None:
+    """A decoding process: tasks (path, old stamp, want_hash) in, _decode's tuples out, until the pipe closes
+    (the parent closed it, or died: it holds the only other end)."""
     # Ctrl-C and `kill -- -PGID` reach the whole process group: the parent decides, and kills the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     while True:
         try:
-            task = conn.recv()
+            conn.send(_decode(*conn.recv()))
         except (EOFError, OSError):
             return
-        conn.send(_decode(*task))
 
 
 def _decode(path: str, old_stamp: list | None, want_hash: bool, sample_rate: int = SAMPLE_RATE):
@@ -314,7 +305,9 @@ def build_cache(paths, cache_dir, on_error: str = "raise", progress: bool = True
     every file; True stops the build like an interrupt (KeyboardInterrupt). on_file(n): called
     after the n-th file of this build is journaled (tests use it to kill at a chosen point). Whatever stops the
     build (an exception, Ctrl-C, SIGTERM turned into an exception, a dead worker) terminates the workers at
-    once, keeps every journaled file and logs one line saying what was done."""
+    once, keeps every journaled file and logs one line saying what was done. The workers start from
+    multiprocessing's forkserver, which imports the main script: a script calling build_cache needs the usual
+    `if __name__ == "__main__":` guard (ours have it)."""
     from tqdm import tqdm
 
     if on_error not in ("raise", "skip"):
@@ -336,8 +329,8 @@ def build_cache(paths, cache_dir, on_error: str = "raise", progress: bool = True
                 os.path.exists(os.path.join(cache_dir, INDEX)):
             return WavCache(cache_dir, build_stats=stats)
         writer = _Writer(cache_dir, state)
-        t0 = time.perf_counter()
-        pool = _Pool(min(workers, len(todo))) if todo else None      # forked before the progress bar's thread
+        pool = _Pool(min(workers, len(todo))) if todo else None
+        t0 = time.perf_counter()               # the decode rate, without the workers' start (~1 s, once)
         bar = tqdm(total=len(todo), desc="cache: decode", unit="file", disable=not progress)
         try:
             if pool is not None:
@@ -399,19 +392,24 @@ def _plan(paths: list[str], state: _State, want_hash: bool, stats: BuildStats):
 
 
 class _Pool:
-    """`n` forked decoding processes, each with its own pipe and up to 2 tasks in flight. A worker that dies
-    (even in the middle of sending a result) is an EOF on its pipe, never a hang; close() kills them all at
-    once and reaps them. (concurrent.futures' pool can hang in shutdown when a worker is killed mid-send.)"""
+    """`n` decoding processes, each with its own pipe and up to 2 tasks in flight. A worker that dies (even in
+    the middle of sending a result) is an EOF or a broken pipe, never a hang; close() kills them all at once
+    and reaps them. (concurrent.futures' pool can hang in shutdown when a worker is killed mid-send.) They
+    start from the forkserver, not by forking this process: a fork would inherit its threads' locks and its
+    garbage, which a child's GC may free (ffmpeg objects whose thread pools do not exist there: a deadlock)."""
+
+    NAME = "voxdata-cache-worker"
 
     def __init__(self, n: int):
         import multiprocessing
 
-        ctx = multiprocessing.get_context("fork")
+        ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                          else "spawn")
         self.workers = []
         try:
             for _ in range(n):
                 mine, theirs = ctx.Pipe()
-                proc = ctx.Process(target=_worker, args=(theirs, os.getpid()), daemon=True)
+                proc = ctx.Process(target=_worker, args=(theirs,), daemon=True, name=self.NAME)
                 proc.start()
                 theirs.close()                 # only the worker holds its end: its death is our EOF
                 self.workers.append((proc, mine))
@@ -425,24 +423,24 @@ class _Pool:
 
         tasks = iter(tasks)
         busy: dict = {}
-        for _, conn in self.workers:
-            for task in [t for t in (next(tasks, None), next(tasks, None)) if t is not None]:
-                conn.send(task)
-                busy[conn] = busy.get(conn, 0) + 1
-        while busy:
-            for conn in wait(list(busy)):
-                try:
-                    result = conn.recv()
-                except (EOFError, OSError):
-                    raise _WorkerDied() from None
-                busy[conn] -= 1
-                task = next(tasks, None)
-                if task is not None:
+        try:
+            for _, conn in self.workers:
+                for task in [t for t in (next(tasks, None), next(tasks, None)) if t is not None]:
                     conn.send(task)
-                    busy[conn] += 1
-                if not busy[conn]:
-                    del busy[conn]
-                yield result
+                    busy[conn] = busy.get(conn, 0) + 1
+            while busy:
+                for conn in wait(list(busy)):
+                    result = conn.recv()
+                    busy[conn] -= 1
+                    task = next(tasks, None)
+                    if task is not None:
+                        conn.send(task)
+                        busy[conn] += 1
+                    if not busy[conn]:
+                        del busy[conn]
+                    yield result
+        except (EOFError, OSError):          # a worker's end closed: it died
+            raise _WorkerDied() from None
 
     def close(self) -> None:
         for proc, _ in self.workers:
