@@ -1,0 +1,87 @@
+"""python -m caffe_torch.export NET.prototxt WEIGHTS.caffemodel -o model.onnx [--torchscript model.pt] ..."""
+
+import argparse
+import logging
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m caffe_torch.export",
+        description="Export a Caffe net (prototxt + .caffemodel) to ONNX and/or TorchScript, computing what "
+        "caffe_torch (and Caffe) compute in the chosen phase. Data layers become graph inputs; the outputs are "
+        "named after the Caffe blobs; a layer type without an export rule is refused, naming the layer.")
+    p.add_argument("net", nargs="?", help="net prototxt")
+    p.add_argument("weights", nargs="?", help=".caffemodel (its layers fill the same-named layers, as Caffe)")
+    p.add_argument("-o", "--onnx", metavar="MODEL.onnx", help="write the ONNX model here")
+    p.add_argument("--torchscript", metavar="MODEL.pt", help="write a TorchScript module here (torch.jit.load)")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=N,C,H,W",
+                   help="shape of an input blob (repeatable); needed where the prototxt does not fix it (Data, "
+                   "ImageData, HDF5Data layers); overrides an Input layer's shape")
+    p.add_argument("--output", action="append", metavar="BLOB",
+                   help="export only what this blob needs and make it an output (repeatable; default: the "
+                   "net's outputs, the blobs no layer consumes)")
+    p.add_argument("--dynamic-batch", action="store_true", help="the inputs' first axis is dynamic")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (13 to 21; default 17)")
+    p.add_argument("--phase", choices=("TEST", "TRAIN"), default="TEST",
+                   help="which phase's layers and behaviour to export (default TEST: a deployed net)")
+    p.add_argument("--list-types", action="store_true", help="print which layer types export, and exit")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log = logging.getLogger("caffe_torch.export")
+    try:
+        from . import ExportError, build_net, export_table, make_plan, parse_shape, to_onnx, to_torchscript
+    except ImportError as exc:
+        print(f"caffe_torch.export needs the export extras (pip install -r requirements-export.txt): {exc}",
+              file=sys.stderr)
+        return 2
+    if args.list_types:
+        for type_name, status, note in export_table():
+            print(f"{type_name:26} {status:12} {note}")
+        return 0
+    if not args.net or not args.weights:
+        print("python -m caffe_torch.export: give NET.prototxt and WEIGHTS.caffemodel", file=sys.stderr)
+        return 2
+    if not (args.onnx or args.torchscript):
+        print("python -m caffe_torch.export: give -o MODEL.onnx and/or --torchscript MODEL.pt", file=sys.stderr)
+        return 2
+    try:
+        shapes = dict(parse_shape(s) for s in args.input)
+        net, where = build_net(args.net, args.weights, args.phase, shapes)
+        dynamic = {t: frozenset({0}) for t in net.inputs} if args.dynamic_batch else None
+        plan = make_plan(net, where, args.output, dynamic)
+        if plan.left_out:
+            log.info("left out (no output needs them): %s",
+                     ", ".join(f"{n} ({t})" for n, t in plan.left_out))
+        if args.onnx:
+            import onnx
+
+            model = to_onnx(plan, args.opset, net.name or "caffe_net")
+            onnx.save(model, args.onnx)
+            log.info("wrote %s: %d layers as %d ONNX nodes (opset %d)", args.onnx, len(plan.steps),
+                     len(model.graph.node), args.opset)
+        if args.torchscript:
+            to_torchscript(plan).save(args.torchscript)
+            log.info("wrote %s (TorchScript, traced at the input shapes%s)", args.torchscript,
+                     "; batch dynamic" if args.dynamic_batch else "")
+    except (ExportError, ValueError, OSError) as exc:
+        print(f"caffe_torch.export: {exc}", file=sys.stderr)
+        return 1
+    for t in plan.inputs:
+        log.info("input  %s %s", t, _shape(plan.input_shapes[t], plan.input_dynamic[t]))
+    shapes_out = {t: (s, d) for st in plan.steps for t, s, d in zip(st.tops, st.out_shapes, st.out_dynamic)}
+    for o in plan.outputs:
+        log.info("output %s %s", o, _shape(*shapes_out.get(o, (plan.input_shapes.get(o), frozenset()))))
+    return 0
+
+
+def _shape(shape, dyn) -> str:
+    return "(" + ", ".join("N" if a in dyn else str(d) for a, d in enumerate(shape)) + ")"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
