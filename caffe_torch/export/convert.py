@@ -8,7 +8,7 @@ ONNX graph or a TorchScript module.
    they depend on. Every such layer needs an export rule; one without is refused with one line naming it.
    Layers that no output depends on are listed as left out, never silently.
 3. Shapes come from caffe_torch's own shape rules, at the given input shapes and again with each dynamic input
-   axis one larger: the top axes that change are the dynamic ones.
+   axis of size d at 2d + 1: the top axes that change are the dynamic ones.
 """
 
 import logging
@@ -205,7 +205,8 @@ def make_plan(net: Net, where: dict[str, str], outputs: list[str] | None = None,
     input_shapes = {t: tuple(net.blobs[t].shape) for t in inputs}
     dynamic = {t: frozenset((dynamic or {}).get(t, ())) for t in inputs}
     shapes_a = _propagate(net, input_shapes)
-    grown = {t: tuple(d + 1 if a in dynamic[t] else d for a, d in enumerate(s)) for t, s in input_shapes.items()}
+    # 2d + 1: a size that no chain of strided layers maps back onto the original's
+    grown = {t: tuple(2 * d + 1 if a in dynamic[t] else d for a, d in enumerate(s)) for t, s in input_shapes.items()}
     shapes_b = _propagate(net, grown) if any(dynamic.values()) else shapes_a
     _propagate(net, input_shapes)            # leave shape caches (SPP) at the export's shapes
     steps, left_out = [], []
