@@ -10,8 +10,8 @@ optional packages of requirements-export.txt (onnx; onnxruntime to run the resul
 """
 
 from . import refused, rules_common, rules_fork, rules_neuron, rules_utility, rules_vision  # noqa: F401
-from .convert import ExportedNet, Plan, build_net, make_plan, parse_shape, to_onnx, to_torchscript
+from .convert import ExportedNet, Plan, build_net, deploy_net, make_plan, parse_shape, to_onnx, to_torchscript
 from .registry import ExportError, export_table
 
-__all__ = ["ExportError", "ExportedNet", "Plan", "build_net", "export_table", "make_plan", "parse_shape",
+__all__ = ["ExportError", "ExportedNet", "Plan", "build_net", "deploy_net", "export_table", "make_plan", "parse_shape",
            "to_onnx", "to_torchscript"]

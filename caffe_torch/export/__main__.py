@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (13 to 21; default 17)")
     p.add_argument("--phase", choices=("TEST", "TRAIN"), default="TEST",
                    help="which phase's layers and behaviour to export (default TEST: a deployed net)")
+    p.add_argument("--deploy-prototxt", metavar="FILE", help="also write what was exported as a Caffe deploy "
+                   "prototxt (Input layers, the exported layers; same weights), e.g. for other Caffe readers")
     p.add_argument("--list-types", action="store_true", help="print which layer types export, and exit")
     return p
 
@@ -34,7 +36,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     log = logging.getLogger("caffe_torch.export")
     try:
-        from . import ExportError, build_net, export_table, make_plan, parse_shape, to_onnx, to_torchscript
+        from . import ExportError, build_net, deploy_net, export_table, make_plan, parse_shape, to_onnx, to_torchscript
     except ImportError as exc:
         print(f"caffe_torch.export needs the export extras (pip install -r requirements-export.txt): {exc}",
               file=sys.stderr)
@@ -64,6 +66,12 @@ def main(argv=None) -> int:
             onnx.save(model, args.onnx)
             log.info("wrote %s: %d layers as %d ONNX nodes (opset %d)", args.onnx, len(plan.steps),
                      len(model.graph.node), args.opset)
+        if args.deploy_prototxt:
+            from google.protobuf import text_format
+
+            with open(args.deploy_prototxt, "w") as f:
+                f.write(text_format.MessageToString(deploy_net(plan)))
+            log.info("wrote %s (the exported layers as a deploy prototxt)", args.deploy_prototxt)
         if args.torchscript:
             to_torchscript(plan).save(args.torchscript)
             log.info("wrote %s (TorchScript, traced at the input shapes%s)", args.torchscript,

@@ -201,16 +201,21 @@ def make_plan(net: Net, where: dict[str, str], outputs: list[str] | None = None,
             continue
         needed.add(i)
         stack.extend(j for j in reads[i] if j is not None)
-    inputs = [t for i in sorted(needed) if net.modules[i].is_source for t in net.top_names[names[i]]]
-    input_shapes = {t: tuple(net.blobs[t].shape) for t in inputs}
-    dynamic = {t: frozenset((dynamic or {}).get(t, ())) for t in inputs}
-    shapes_a = _propagate(net, input_shapes)
+    # the graph inputs: the tops of needed source layers that a needed layer reads or an output names
+    read = {b for i in needed for b, j in zip(net.bottom_names[names[i]], reads[i]) if j is not None
+            and net.modules[j].is_source} | set(outputs)
+    inputs = [t for i in sorted(needed) if net.modules[i].is_source for t in net.top_names[names[i]] if t in read]
+    sources = [t for i in range(end) if net.modules[i].is_source for t in net.top_names[names[i]]]
+    all_shapes = {t: tuple(net.blobs[t].shape) for t in sources}
+    dynamic = {t: frozenset((dynamic or {}).get(t, ())) for t in sources}
+    shapes_a = _propagate(net, all_shapes)
     # 2d + 1: a size that no chain of strided layers maps back onto the original's
-    grown = {t: tuple(2 * d + 1 if a in dynamic[t] else d for a, d in enumerate(s)) for t, s in input_shapes.items()}
+    grown = {t: tuple(2 * d + 1 if a in dynamic[t] else d for a, d in enumerate(s)) for t, s in all_shapes.items()}
     shapes_b = _propagate(net, grown) if any(dynamic.values()) else shapes_a
-    _propagate(net, input_shapes)            # leave shape caches (SPP) at the export's shapes
+    _propagate(net, all_shapes)              # leave shape caches (SPP) at the export's shapes
+    input_shapes = {t: all_shapes[t] for t in inputs}
     steps, left_out = [], []
-    cur_a: dict[str, tuple] = dict(input_shapes)
+    cur_a: dict[str, tuple] = dict(all_shapes)
     cur_dyn: dict[str, frozenset] = dict(dynamic)
     for i in range(end):
         name, layer = names[i], net.modules[i]
@@ -233,7 +238,24 @@ def make_plan(net: Net, where: dict[str, str], outputs: list[str] | None = None,
         for t, s, d in zip(step.tops, step.out_shapes, step.out_dynamic):
             cur_a[t], cur_dyn[t] = s, d
         steps.append(step)
-    return Plan(net, inputs, input_shapes, dynamic, outputs, steps, left_out)
+    return Plan(net, inputs, input_shapes, {t: dynamic[t] for t in inputs}, outputs, steps, left_out)
+
+
+def deploy_net(plan: Plan) -> "caffe_pb2.NetParameter":
+    """What the plan exports as a Caffe deploy net: an Input layer for its inputs (at the export's shapes) and
+    the exported layers as they were read (phase rules dropped), the Split layers Caffe inserts left out."""
+    param = caffe_pb2.NetParameter(name=plan.net.name)
+    inp = param.layer.add(name="input", type="Input", top=plan.inputs)
+    for t in plan.inputs:
+        inp.input_param.shape.add().dim.extend(plan.input_shapes[t])
+    for step in plan.steps:
+        if step.layer.param.type == "Split" and "_split_" in (step.tops[0] if step.tops else ""):
+            continue
+        lp = param.layer.add()
+        lp.CopyFrom(step.layer.param)
+        del lp.include[:], lp.exclude[:]
+        lp.ClearField("phase")
+    return param
 
 
 def layer_export(g: Graph | None, step: Step, x: list[str], tops: list[str]) -> LayerExport:
