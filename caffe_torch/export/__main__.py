@@ -1,7 +1,6 @@
 """python -m caffe_torch.export NET.prototxt WEIGHTS.caffemodel -o model.onnx [--torchscript model.pt] ..."""
 
 import argparse
-import logging
 import sys
 
 
@@ -33,8 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    log = logging.getLogger("caffe_torch.export")
     try:
         from . import ExportError, build_net, deploy_net, export_table, make_plan, parse_shape, to_onnx, to_torchscript
     except ImportError as exc:
@@ -57,33 +54,32 @@ def main(argv=None) -> int:
         dynamic = {t: frozenset({0}) for t in net.inputs} if args.dynamic_batch else None
         plan = make_plan(net, where, args.output, dynamic)
         if plan.left_out:
-            log.info("left out (no output needs them): %s",
-                     ", ".join(f"{n} ({t})" for n, t in plan.left_out))
+            print("left out (no output needs them): " + ", ".join(f"{n} ({t})" for n, t in plan.left_out))
         if args.onnx:
             import onnx
 
             model = to_onnx(plan, args.opset, net.name or "caffe_net")
             onnx.save(model, args.onnx)
-            log.info("wrote %s: %d layers as %d ONNX nodes (opset %d)", args.onnx, len(plan.steps),
-                     len(model.graph.node), args.opset)
+            print(f"wrote {args.onnx}: {len(plan.steps)} layers as {len(model.graph.node)} ONNX nodes (opset "
+                  f"{args.opset})")
         if args.deploy_prototxt:
             from google.protobuf import text_format
 
             with open(args.deploy_prototxt, "w") as f:
                 f.write(text_format.MessageToString(deploy_net(plan)))
-            log.info("wrote %s (the exported layers as a deploy prototxt)", args.deploy_prototxt)
+            print(f"wrote {args.deploy_prototxt} (the exported layers as a deploy prototxt)")
         if args.torchscript:
             to_torchscript(plan).save(args.torchscript)
-            log.info("wrote %s (TorchScript, traced at the input shapes%s)", args.torchscript,
-                     "; batch dynamic" if args.dynamic_batch else "")
+            print(f"wrote {args.torchscript} (TorchScript, traced at the input shapes"
+                  f"{'; batch dynamic' if args.dynamic_batch else ''})")
     except (ExportError, ValueError, OSError) as exc:
         print(f"caffe_torch.export: {exc}", file=sys.stderr)
         return 1
     for t in plan.inputs:
-        log.info("input  %s %s", t, _shape(plan.input_shapes[t], plan.input_dynamic[t]))
+        print(f"input  {t} {_shape(plan.input_shapes[t], plan.input_dynamic[t])}")
     shapes_out = {t: (s, d) for st in plan.steps for t, s, d in zip(st.tops, st.out_shapes, st.out_dynamic)}
     for o in plan.outputs:
-        log.info("output %s %s", o, _shape(*shapes_out.get(o, (plan.input_shapes.get(o), frozenset()))))
+        print(f"output {o} {_shape(*shapes_out.get(o, (plan.input_shapes.get(o), frozenset())))}")
     return 0
 
 

@@ -11,6 +11,7 @@ ONNX graph or a TorchScript module.
    axis of size d at 2d + 1: the top axes that change are the dynamic ones.
 """
 
+import io
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -98,7 +99,10 @@ def read_for_export(prototxt: str, phase: str, given: dict[str, tuple]):
     state = caffe_pb2.NetState(phase=_PHASES[phase])
     where = {}
     kept = filter_layers(net_param, state, src)
-    unknown = set(given)
+    unknown = set(given) - {t for _, lp in kept if lp.type in DATA_LAYERS for t in lp.top}
+    if unknown:
+        raise ExportError(f"--input names {sorted(unknown)}, which no data layer of {prototxt} produces in "
+                          f"phase {phase}")
     for file_index, lp in kept:
         w = where[lp.name] = src.where(file_index)
         if lp.type not in known_types():
@@ -106,16 +110,12 @@ def read_for_export(prototxt: str, phase: str, given: dict[str, tuple]):
                                 f"implements: {', '.join(known_types())})")
         if lp.type in DATA_LAYERS:
             shapes = _data_shapes(lp, given, w)
-            unknown -= set(lp.top)
             new = caffe_pb2.LayerParameter(name=lp.name, type="Input", top=list(lp.top))
             new.include.extend(lp.include)
             new.exclude.extend(lp.exclude)
             for s in shapes:
                 new.input_param.shape.add().dim.extend(s)
             lp.CopyFrom(new)
-    if unknown:
-        raise ExportError(f"--input names {sorted(unknown)}, which no data layer of {prototxt} produces in "
-                          f"phase {phase}")
     return net_param, where
 
 
@@ -356,4 +356,12 @@ def to_torchscript(plan: Plan):
     example = tuple(torch.zeros(plan.input_shapes[t], dtype=plan.net.dtype) for t in plan.inputs)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")       # torch.jit's deprecation notices and TracerWarnings
-        return torch.jit.trace(module, example, check_trace=False, strict=False)
+        traced = torch.jit.trace(module, example, check_trace=False, strict=False)
+        # a copy (the trace shares the net's parameters) whose outputs need no gradient
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+        buffer.seek(0)
+        script = torch.jit.load(buffer)
+    for p in script.parameters():
+        p.requires_grad_(False)
+    return script

@@ -2,7 +2,9 @@
 Threshold, Swish). Constants are the ones caffe_torch's forward computes from the fields (Exp's base^shift,
 Log's 1 / ln(base), ...)."""
 
-from .registry import LayerExport, onnx_rule
+import torch
+
+from .registry import LayerExport, TorchForward, onnx_rule, torch_rule
 
 
 def _unary(op_type: str, doc: str, **attrs_of):
@@ -83,6 +85,22 @@ def power(e: LayerExport) -> list[str]:
     if layer.power == 1:
         return [x if layer.shift != 0 else e.op("Identity", [x], e.tops[0])]
     return [e.op("Pow", [x, e.const(layer.power, "power")], e.tops[0])]
+
+
+@torch_rule("Power")
+def power_torch(e: LayerExport) -> TorchForward:
+    """The forward of caffe_torch's Power without its custom backward (an autograd Function: not traceable)."""
+    layer = e.layer
+
+    def forward(m, x):
+        if layer.power * layer.scale == 0:
+            return torch.full_like(x, 1.0 if layer.power == 0 else layer.shift ** layer.power)
+        base = x * layer.scale if layer.scale != 1 else x
+        if layer.shift != 0:
+            base = base + layer.shift
+        return torch.pow(base, layer.power) if layer.power != 1 else base
+
+    return TorchForward(forward)
 
 
 @onnx_rule("Threshold")
