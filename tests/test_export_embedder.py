@@ -129,3 +129,22 @@ def test_bad_arguments_are_one_line_errors(run, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("export_embedder.py: ") for line in err)
     assert "--run-dir" in err[0] and "test.prototxt" in err[1]
+
+
+@pytest.mark.slow
+def test_bench_export_runs(tmp_path, capsys):
+    """bench/bench_export.py at a tiny size: both figures finite, the two engines' embeddings equal."""
+    import json
+    import math
+
+    spec = importlib.util.spec_from_file_location("bench_export", ROOT / "bench" / "bench_export.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--net", str(NET), "--seconds-audio", "1.5", "--rounds", "1", "--threads", "1",
+                       "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["ms_per_utterance"]) == {"onnxruntime", "caffe_torch"}
+    assert all(math.isfinite(v) and v > 0 for v in res["ms_per_utterance"].values())
+    assert res["max_abs_difference"] <= TOL
+    assert "ms per utterance" in capsys.readouterr().out

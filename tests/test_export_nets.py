@@ -32,7 +32,7 @@ ort = pytest.importorskip("onnxruntime", reason="export extras not installed "
 import caffe_torch  # noqa: E402
 from caffe_torch.export import build_net, deploy_net, export_table, make_plan, to_onnx, to_torchscript  # noqa: E402
 from speaker.engine import try_import_pycaffe  # noqa: E402
-from tests.test_conformance import NETS, reduced_net  # noqa: E402
+from tests.test_conformance import NETS, _engines, reduced_net  # noqa: E402, F401  (_engines: CPU, 1 thread)
 from tests.test_conformance_zoo import MODELS, _deploy_at_batch, _random_weights  # noqa: E402
 
 caffe, _IMPORT_ERROR = try_import_pycaffe({"MarginInnerProduct", "Normalize", "LabelSpecificAdd"})
@@ -72,17 +72,6 @@ def rel_err(a, b) -> float:
     scale = float(np.abs(b).max()) if b.size else 0.0
     diff = float(np.abs(a - b).max()) if b.size else 0.0
     return diff / scale if scale else diff
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    caffe_torch.set_mode_cpu()
-    if caffe is not None:
-        caffe.set_mode_cpu()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _exportable_blobs(net) -> list[str]:

@@ -15,6 +15,16 @@ MAX_OPSET = 21
 DEFAULT_OPSET = 17      # the embedder's STFT needs 17
 
 
+def _unique(name: str, taken: set[str]) -> str:
+    """`name`, or `name_1`, `name_2`, ... if taken; added to `taken`."""
+    cand, i = name, 0
+    while cand in taken:
+        i += 1
+        cand = f"{name}_{i}"
+    taken.add(cand)
+    return cand
+
+
 class Graph:
     """Nodes and initializers of one ONNX graph under construction, for opset `opset`."""
 
@@ -36,12 +46,7 @@ class Graph:
     # ------------------------------------------------------------------ names and tensors
     def fresh(self, name: str) -> str:
         """`name`, or `name_1`, `name_2`, ... if taken."""
-        cand, i = name, 0
-        while cand in self._names:
-            i += 1
-            cand = f"{name}_{i}"
-        self._names.add(cand)
-        return cand
+        return _unique(name, self._names)
 
     def claim(self, name: str) -> str:
         if name in self._names:
@@ -84,18 +89,10 @@ class Graph:
             outs = [self.fresh(name) for _ in range(outputs)]
         else:
             outs = [self.claim(o) for o in outputs]
-        self.nodes.append(self.helper.make_node(op_type, list(inputs), outs, name=self._node_name(name),
+        # node names live in their own namespace; unique too
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), outs, name=_unique(name, self._node_names),
                                                 **attrs))
         return outs[0] if len(outs) == 1 else outs
-
-    def _node_name(self, name: str) -> str:
-        # node names live in their own namespace; keep them unique too
-        base, i = name, 0
-        while name in self._node_names:
-            i += 1
-            name = f"{base}_{i}"
-        self._node_names.add(name)
-        return name
 
     def reduce(self, op_type: str, x: str, axes: Sequence[int], name: str, keepdims: bool = True,
                outputs=1) -> str:
