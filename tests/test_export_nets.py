@@ -255,3 +255,53 @@ def test_opencv_reads_the_same_files(setups, case, tmp_path):
     status = opencv_status(s, caffe_outputs(s, tmp_path))
     print(f"\n{case}: OpenCV {cv2.__version__} {status}")
     assert status.startswith(OPENCV[case]), status
+
+
+FORK_NET = """name: "fork_test"
+layer { name: "data" type: "Input" top: "x" top: "label"
+  input_param { shape { dim: 6 dim: 4 dim: 2 dim: 2 } shape { dim: 6 } } }
+layer { name: "fc5" type: "InnerProduct" bottom: "x" top: "fc5"
+  inner_product_param { num_output: 8 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "norm" type: "Normalize" bottom: "fc5" top: "fc5_norm" }
+layer { name: "cos" type: "InnerProduct" bottom: "fc5_norm" top: "cos"
+  inner_product_param { num_output: 5 bias_term: false normalize: true weight_filler { type: "xavier" } } }
+layer { name: "aam" type: "AdditiveAngularMargin" bottom: "cos" bottom: "label" top: "cos_m" }
+layer { name: "lsa" type: "LabelSpecificAdd" bottom: "cos_m" bottom: "label" top: "logits"
+  label_specific_add_param { bias: -0.3 } }
+layer { name: "mip" type: "MarginInnerProduct" bottom: "fc5" bottom: "label" top: "margin" top: "lambda"
+  margin_inner_product_param { num_output: 5 type: QUADRUPLE base: 1000 gamma: 0.12 power: 1 lambda_min: 5
+    iteration: 40 weight_filler { type: "xavier" } } }
+"""
+
+
+@pytest.mark.caffe
+@pytest.mark.skipif(caffe is None, reason=f"real pycaffe not built (run `make caffe`): {_IMPORT_ERROR}")
+def test_fork_layers_at_test_equal_caffe(tmp_path):
+    """The fork layers' TEST forward, exported, against Caffe's first TEST forward of the same net (the
+    MarginInnerProduct lambda and the in-place weight normalisations of that forward): every blob."""
+    proto = tmp_path / "fork.prototxt"
+    proto.write_text(FORK_NET)
+    caffe_torch.set_random_seed(4)
+    weights = tmp_path / "fork.caffemodel"
+    caffe_torch.Net(str(proto), caffe_torch.TEST).save(str(weights))
+    net, where = build_net(str(proto), str(weights), "TEST")
+    outputs = ["fc5", "fc5_norm", "cos", "cos_m", "logits", "margin", "lambda"]
+    plan = make_plan(net, where, outputs, {"x": frozenset({0}), "label": frozenset({0})})
+    session = ort.InferenceSession(to_onnx(plan, 17, "fork").SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    script = to_torchscript(plan)
+    rng = np.random.default_rng(6)
+    inputs = {"x": rng.standard_normal((6, 4, 2, 2)).astype(np.float32),
+              "label": rng.integers(0, 5, size=6).astype(np.float32)}
+    got = dict(zip(outputs, session.run(outputs, inputs)))
+    with torch.no_grad():
+        traced = dict(zip(outputs, (t.numpy() for t in script(*[torch.from_numpy(inputs[n]) for n in plan.inputs]))))
+    theirs = caffe.Net(str(proto), str(weights), caffe.TEST)
+    for n, v in inputs.items():
+        theirs.blobs[n].data[...] = v
+    theirs.forward()
+    for o in outputs:
+        want = theirs.blobs[o].data
+        assert rel_err(got[o], want) <= RTOL, f"ONNX Runtime: '{o}' differs by {rel_err(got[o], want):.3g}"
+        assert rel_err(traced[o], want) <= RTOL, f"TorchScript: '{o}' differs by {rel_err(traced[o], want):.3g}"
+    assert float(theirs.blobs["lambda"].data[0]) == pytest.approx(1000 / (1 + 0.12 * 41), rel=1e-6)

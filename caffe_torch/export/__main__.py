@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from . import ExportError, build_net, deploy_net, export_table, make_plan, parse_shape, to_onnx, to_torchscript
+
+        if args.onnx:
+            import onnx  # noqa: F401  (the one package ONNX export needs beyond torch)
     except ImportError as exc:
         print(f"caffe_torch.export needs the export extras (pip install -r requirements-export.txt): {exc}",
               file=sys.stderr)
