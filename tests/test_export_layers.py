@@ -131,3 +131,42 @@ def test_every_type_has_a_rule_or_a_refusal():
     """The exporter's table covers every layer type caffe_torch implements."""
     listed = {t for t, _, _ in export_table()}
     assert set(caffe_torch.known_types()) - listed == set()
+
+
+OPSET_CASES = [c for c in ALL if c.id in ("MVN", "Normalize-L2-2x3x2x5-2top", "Normalize-L1-4x6-1top",
+                                          "BatchNorm-TEST-batch-stats", "Reduction-MEAN-last-axis",
+                                          "Reduction-ASUM-axis1", "Slice-points", "Pooling-MAX-k3-s2-p1",
+                                          "MarginInnerProduct-QUADRUPLE-TEST")]
+
+
+@pytest.mark.parametrize("opset", [13, 21])
+@pytest.mark.parametrize("case", OPSET_CASES, ids=[c.id for c in OPSET_CASES])
+def test_lowest_and_highest_opset(tmp_path, case, opset):
+    """The ops whose form changed between opsets (Reduce* axes an attribute before 18, an input from 18; Split,
+    Pad) at the ends of the supported range."""
+    proto = tmp_path / "layer.prototxt"
+    proto.write_text(case_net_text(case))
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))
+    caffe_torch.set_random_seed(9)
+    net, where = build_net(str(proto), None, "TEST")
+    randomise_params(net, rng)
+    plan = make_plan(net, where, list(net.blobs))
+    session = ort.InferenceSession(to_onnx(plan, opset, "layer").SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    inputs = make_inputs(case, rng)
+    net.set_layer_states(net.layer_states())
+    for name, value in inputs.items():
+        net.blobs[name].data[...] = value
+    net.forward()
+    got = session.run([output_name(plan, o) for o in plan.outputs], {i.name: inputs[i.name] for i in
+                                                                      session.get_inputs()})
+    for o, y in zip(plan.outputs, got):
+        assert rel_err(y, net.blobs[o].data) <= RTOL, f"opset {opset}: top '{o}'"
+
+
+def test_opset_out_of_range(tmp_path):
+    proto = tmp_path / "layer.prototxt"
+    proto.write_text(case_net_text(ALL[0]))
+    net, where = build_net(str(proto), None, "TEST")
+    with pytest.raises(ValueError, match="--opset 12: the exporter writes opsets 13 to 21"):
+        to_onnx(make_plan(net, where), 12, "x")
