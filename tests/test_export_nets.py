@@ -78,6 +78,8 @@ def _exportable_blobs(net) -> list[str]:
     """Every blob the export can compute: the tops of layers of exported types, and the inputs they read."""
     blobs = []
     for name, layer in zip(net._layer_names, net.modules):
+        if layer.type_name == "Split" and all("_split_" in t for t in net.top_names[name]):
+            continue          # Caffe's inserted copies: the blob itself is compared
         if layer.type_name not in REFUSED and not layer.is_source:
             blobs += [b for b in net.bottom_names[name] + net.top_names[name] if b not in blobs]
     return blobs
@@ -199,6 +201,11 @@ def caffe_outputs(s: Setup, tmp: Path) -> dict:
     return {o: theirs.blobs[o].data.copy() for o in s.outputs}
 
 
+def _not_inserted(blobs: list[str]) -> list[str]:
+    """The blobs but the tops of the Split layers Caffe inserts (a deploy prototxt has none)."""
+    return [b for b in blobs if "_split_" not in b]
+
+
 def opencv_outputs(s: Setup, plan, deploy: str) -> dict:
     """OpenCV's result for every blob the plan exports: the output of the layer that writes its last version."""
     net = cv2.dnn.readNetFromCaffe(deploy, s.caffemodel)
@@ -209,7 +216,7 @@ def opencv_outputs(s: Setup, plan, deploy: str) -> dict:
         for t in step.tops:
             writer[t] = step.layer.param.name
     got = {}
-    for o in plan.outputs:
+    for o in _not_inserted(plan.outputs):
         if o in writer:       # one blob per call (several at once trips an assertion of OpenCV 4.11)
             y = np.asarray(net.forward(writer[o]))
             got[o] = y.reshape(s.caffe_torch[o].shape) if y.size == s.caffe_torch[o].size else y
@@ -232,7 +239,7 @@ def opencv_status(s: Setup, reference: dict) -> str:
             names = [st.layer.param.name for st in plan.steps]
             before = plan.steps[:names.index(match.group(1))]
             prefix += f"refuses {match.group(1)} ({match.group(2)}); before it "
-            outputs = [o for o in plan.outputs if any(o in st.tops for st in before)]
+            outputs = [o for o in _not_inserted(plan.outputs) if any(o in st.tops for st in before)]
             plan = make_plan(s.net, s.where, outputs, {n: frozenset({0}) for n in s.net.inputs})
             deploy = s.write_deploy(plan, f"_before_{match.group(1)}")
     bad = []

@@ -244,17 +244,25 @@ def make_plan(net: Net, where: dict[str, str], outputs: list[str] | None = None,
 def deploy_net(plan: Plan) -> "caffe_pb2.NetParameter":
     """What the plan exports as a Caffe deploy net: an Input layer for its inputs (at the export's shapes) and
     the exported layers as they were read (phase rules dropped), the Split layers Caffe inserts left out."""
-    param = caffe_pb2.NetParameter(name=plan.net.name)
-    inp = param.layer.add(name="input", type="Input", top=plan.inputs)
-    for t in plan.inputs:
-        inp.input_param.shape.add().dim.extend(plan.input_shapes[t])
+    layers = []
+    inserted: dict[str, str] = {}          # a top of an inserted Split -> the blob it copies
     for step in plan.steps:
-        if step.layer.param.type == "Split" and "_split_" in (step.tops[0] if step.tops else ""):
+        if step.layer.param.type == "Split" and all("_split_" in t for t in step.tops):
+            inserted.update({t: inserted.get(step.bottoms[0], step.bottoms[0]) for t in step.tops})
             continue
-        lp = param.layer.add()
+        lp = caffe_pb2.LayerParameter()
         lp.CopyFrom(step.layer.param)
         del lp.include[:], lp.exclude[:]
         lp.ClearField("phase")
+        lp.bottom[:] = [inserted.get(b, b) for b in lp.bottom]
+        layers.append(lp)
+    read = {b for lp in layers for b in lp.bottom} | set(plan.outputs)
+    param = caffe_pb2.NetParameter(name=plan.net.name)
+    inputs = [t for t in plan.inputs if t in read]
+    inp = param.layer.add(name="input", type="Input", top=inputs)
+    for t in inputs:
+        inp.input_param.shape.add().dim.extend(plan.input_shapes[t])
+    param.layer.extend(layers)
     return param
 
 
