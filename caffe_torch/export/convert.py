@@ -134,7 +134,7 @@ def build_net(prototxt: str, weights: str | None, phase: str = "TEST", inputs: d
         try:
             net.copy_from(weights)
         except (CaffeError, OSError) as exc:
-            raise ExportError(f"{weights}: {exc}") from None
+            raise ExportError(str(exc) if str(weights) in str(exc) else f"{weights}: {exc}") from None
         _warn_missing(net, weights)
     return net, where
 
