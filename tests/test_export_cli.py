@@ -14,6 +14,7 @@ ort = pytest.importorskip("onnxruntime", reason="export extras not installed "
 
 import caffe_torch  # noqa: E402
 from caffe_torch.export.__main__ import main  # noqa: E402
+from tests.test_export_layers import ours  # noqa: E402
 
 NET = """name: "small"
 layer { name: "data" type: "Input" top: "data" top: "label"
@@ -137,5 +138,5 @@ def test_list_types(capsys):
     assert main(["--list-types"]) == 0
     lines = capsys.readouterr().out.splitlines()
     kinds = {line.split()[0]: line.split()[1] for line in lines}
-    assert set(kinds) == set(caffe_torch.known_types())
+    assert set(kinds) == ours()
     assert kinds["Convolution"] == "exported" and kinds["Python"] == "refused" and kinds["Data"] == "graph"
