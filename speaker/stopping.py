@@ -93,7 +93,8 @@ class StopRequest:
         if not self.training:
             done = ", ".join(self.done) or "nothing yet"
             return (f"stopped by {stop.signal_name} while {self.stage}, before training (done: {done}); no file "
-                    "was left half-written: run the same command with --resume auto to go on")
+                    "was left half-written: run the command again (--resume auto continues a run that had "
+                    "started training)")
         last = (f"the snapshot {self.last_snapshot.name} stays valid" if self.last_snapshot else
                 "no earlier snapshot exists (--resume auto starts from the beginning)")
         if self.writing is not None:

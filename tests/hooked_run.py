@@ -143,10 +143,14 @@ def install_ddp_events(folder: Path) -> callable:
     lock_log.setLevel(logging.INFO)          # (rank 1's log shows warnings only)
     real_build = voxdata.build_cache
 
+    launcher = os.getppid()
+
     def build(*a, **kw):
         seen = None
-        while seen is None:          # the other rank's next event decides; the launch's timeout bounds it
+        while seen is None:          # the other rank's next event decides (or the launcher's end: the test gave up)
             seen = next((e for e in ("waiting", "init") if (folder / f"{e}-rank{other}").exists()), None)
+            if os.getppid() != launcher:
+                raise SystemExit("hooked_run: the launcher is gone")
             time.sleep(0.02)
         (folder / f"observed-rank{rank}").write_text(seen)
         return real_build(*a, **kw)

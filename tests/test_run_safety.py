@@ -142,6 +142,44 @@ def test_restore_takes_the_caffemodel_beside_the_state_and_checks_its_digest(tmp
         fresh.restore(moved / "s_iter_2.solverstate")
 
 
+@pytest.mark.caffe
+def test_real_caffe_snapshots_restore_with_their_own_weights(corpus, tmp_path, capsys):
+    """What real Caffe writes (no digest, learned_net as its snapshot_prefix made it) restores in caffe_torch
+    from the .caffemodel beside it; and a --engine caffe run moved aside by --force resumes with its own
+    weights (real Caffe reads learned_net as written: the trainer hands it a copy naming the right file)."""
+    from speaker.engine import try_import_pycaffe
+
+    caffe, why = try_import_pycaffe()
+    if caffe is None:
+        pytest.skip(f"no pycaffe: {why}")
+    import caffe_torch
+    from caffe_torch.weights import read_solverstate
+
+    solver = write_solver(tmp_path, SOFTMAX_HEAD, "rc", max_iter=4, snapshot=2)
+    run = tmp_path / "run"
+    assert trainAug.main(train_args(solver, corpus, run, "--engine", "caffe")) == 0
+    uninterrupted = (run / "final.caffemodel").read_bytes()
+    state = run / "snapshots" / "rc_iter_2.solverstate"
+    written = read_solverstate(state)
+    assert not written.HasField("learned_net_sha256") and Path(written.learned_net).is_absolute()
+    ours = caffe_torch.get_solver(str(run / "solver.prototxt"))
+    ours.restore(state)
+    assert ours.iter == 2
+    want = params_of(state.with_suffix(".caffemodel"))
+    for name, blobs in want.items():
+        for got, expected in zip(ours.net.params[name], blobs):
+            np.testing.assert_array_equal(got.data, expected)
+
+    other = write_solver(tmp_path, SOFTMAX_HEAD, "rc", max_iter=4, snapshot=2, name="o")
+    assert trainAug.main(train_args(other, corpus, run, "--engine", "caffe", "--force", "--seed", "9")) == 0
+    old = tmp_path / "run.old-1"
+    capsys.readouterr()
+    status = trainAug.main(train_args(solver, corpus, old, "--engine", "caffe", "--resume",
+                                      str(old / "snapshots" / "rc_iter_2.solverstate")))
+    assert status == 0, capsys.readouterr().err
+    assert (old / "final.caffemodel").read_bytes() == uninterrupted
+
+
 # ---------------------------------------------------------------- one process per run directory
 
 def test_a_second_process_on_a_run_in_use_exits_2_naming_it_and_a_dead_holder_frees_it(corpus, tmp_path, capsys):
@@ -263,7 +301,7 @@ def test_stop_during_the_audio_check_exits_at_once_keeping_what_it_checked(corpu
     checked = json.loads((tmp_path / ".audio_check.json").read_text())["files"]
     assert len(checked) < 24                                             # it stopped: not all checked
     monkeypatch.undo()
-    assert trainAug.main(train_args(solver, corpus, run, "--resume", "auto")) == 0      # as the line says
+    assert trainAug.main(train_args(solver, corpus, run, "--resume", "auto")) == 0      # it can go on
 
 
 def test_stop_during_the_cache_build_exits_at_once(corpus, tmp_path, monkeypatch, capsys, signals):
