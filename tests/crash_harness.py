@@ -27,25 +27,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.test_ddp import NET as _DDP_NET
+from tests.test_ddp import SPEAKERS, TEST_SPEAKERS
+
 ROOT = Path(__file__).resolve().parent.parent
-FRAMES, SPEAKERS, TEST_SPEAKERS, BATCH = 20, 6, 2, 6
-NET = f"""name: "crash"
-layer {{ name: "data" type: "Input" top: "data" top: "label"
-  input_param {{ shape {{ dim: {BATCH} dim: 1 dim: {FRAMES} dim: 257 }}
-                shape {{ dim: {BATCH} dim: 1 dim: 1 dim: 1 }} }} }}
-layer {{ name: "conv1_1" type: "Convolution" bottom: "data" top: "conv1_1"
-  convolution_param {{ num_output: 4 kernel_size: 3 stride: 2 pad: 1 weight_filler {{ type: "xavier" }} }} }}
-layer {{ name: "relu1_1" type: "PReLU" bottom: "conv1_1" top: "conv1_1" }}
-layer {{ name: "res4_3p" type: "Pooling" bottom: "conv1_1" top: "res4_3p"
-  pooling_param {{ pool: AVE kernel_h: {FRAMES // 2} kernel_w: 1 stride: 1 }} }}
-layer {{ name: "fc5" type: "InnerProduct" bottom: "res4_3p" top: "fc5"
-  inner_product_param {{ num_output: 8 weight_filler {{ type: "xavier" }} }} }}
-layer {{ name: "drop5" type: "Dropout" bottom: "fc5" top: "fc5" dropout_param {{ dropout_ratio: 0.5 }} }}
-layer {{ name: "fc6" type: "InnerProduct" bottom: "fc5" top: "fc6"
-  inner_product_param {{ num_output: {SPEAKERS - TEST_SPEAKERS} weight_filler {{ type: "xavier" }} }} }}
-layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc6" bottom: "label" top: "loss" }}
-layer {{ name: "top1Accuracy" type: "Accuracy" bottom: "fc6" bottom: "label" top: "top1Accuracy" }}
-"""
+# test_ddp's tiny net (batch 6, 20 frames, 4 classes) with Dropout on fc5
+NET = _DDP_NET.replace('layer { name: "fc6"', 'layer { name: "drop5" type: "Dropout" bottom: "fc5" top: "fc5" '
+                       'dropout_param { dropout_ratio: 0.5 } }\nlayer { name: "fc6"')
 MAX_ITER, SNAPSHOT, TEST_INTERVAL = 30, 3, 6
 SOLVER = f"""net: "net.prototxt"
 base_lr: 0.05 lr_policy: "step" gamma: 0.5 stepsize: 12 momentum: 0.9 weight_decay: 0.0005
