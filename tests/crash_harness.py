@@ -187,15 +187,20 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.kills < 1:
         p.error("--kills must be at least 1")
+    if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
+        p.error(f"--workdir {args.workdir} is not empty (the harness compares fresh runs)")
     with tempfile.TemporaryDirectory(prefix="crash_harness_") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         report = harness(args.kills, args.seed, workdir)
     for problem in report.problems:
         print(f"FAILED: {problem}")
-    verdict = "passed" if not report.problems else "FAILED"
-    print(f"crash harness {verdict}: {len(report.kills)}/{args.kills} kills (seed {args.seed}), "
-          f"{report.runs_checked} finished run(s) equal to the uninterrupted one bit for bit")
+    if report.problems:
+        print(f"crash harness FAILED: {len(report.problems)} problem(s) after {len(report.kills)}/{args.kills} kills "
+              f"(seed {args.seed}), {report.runs_checked} finished run(s) checked")
+    else:
+        print(f"crash harness passed: {len(report.kills)}/{args.kills} kills (seed {args.seed}), "
+              f"{report.runs_checked} finished run(s) equal to the uninterrupted one bit for bit, no partial file")
     return 0 if not report.problems else 1
 
 
