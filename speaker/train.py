@@ -798,14 +798,16 @@ def save_after_failure(run: Run, solver, data: Data, stop: StopRequest, it: int,
         why = "it came during the weight update" if state_known else "the engine's state inside a step is unknown"
     elif stop.writing is not None:
         why = "writing the snapshot failed"
-    elif solver.iter <= data.progress.start_iter or run.snapshot_state(solver.iter) == stop.last_snapshot:
+    elif solver.iter == 0:
+        return f"no iteration was completed: {resume}"
+    elif run.snapshot_state(solver.iter) == stop.last_snapshot:
         return f"the snapshot of iteration {solver.iter} exists: {resume}"
     else:
         if solver.iter == it and before is not None:
             before.put_back(solver)            # the failed step's forward changed these
         try:
             state = snapshot(run, solver, stop)
-        except Exception as failed:             # noqa: BLE001 (report the original error; this one in the log)
+        except Exception as failed:             # the original error is the one to report; this one is logged
             log.warning("could not write a snapshot of iteration %d: %s", solver.iter, one_line(failed))
             return f"no snapshot of iteration {solver.iter} (writing it failed): {resume}"
         return f"snapshot {state} of iteration {solver.iter} written: continue with --resume auto"
