@@ -161,6 +161,15 @@ def test_real_caffe_snapshots_restore_with_their_own_weights(corpus, tmp_path, c
     for name, blobs in want.items():
         for got, expected in zip(ours.net.params[name], blobs):
             np.testing.assert_array_equal(got.data, expected)
+    # and back: a caffe_torch snapshot (with its digest field, which Caffe skips) restores in real Caffe
+    ours.param.snapshot_prefix = str(tmp_path / "ours" / "rc")
+    ours.snapshot()
+    theirs = caffe.get_solver(str(run / "solver.prototxt"))
+    theirs.restore(str(tmp_path / "ours" / "rc_iter_2.solverstate"))
+    assert theirs.iter == 2
+    for name, blobs in want.items():
+        for got, expected in zip(theirs.net.params[name], blobs):
+            np.testing.assert_array_equal(got.data, expected)
 
     other = write_solver(tmp_path, SOFTMAX_HEAD, "rc", max_iter=4, snapshot=2, name="o")
     assert trainAug.main(train_args(other, corpus, run, "--engine", "caffe", "--force", "--seed", "9")) == 0
