@@ -47,14 +47,7 @@ def _save(fig, path) -> str:
     if parent:
         os.makedirs(parent, exist_ok=True)
     fig.tight_layout()
-    tmp = f"{path}.tmp"          # renamed into place: an interrupted plot never leaves half a PNG
-    try:
-        fig.savefig(tmp, dpi=120, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    fig.savefig(path, dpi=120, format="png")
     return path
 
 
