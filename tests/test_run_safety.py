@@ -251,8 +251,10 @@ def test_two_processes_checking_audio_into_one_cache_keep_both_results(corpus, t
                 b_moved.set()
 
     monkeypatch.setattr(scan, "_check_one", check)
-    handler = BWaits()
-    logging.getLogger("voxdata.lockfile").addHandler(handler)
+    handler, lock_log = BWaits(), logging.getLogger("voxdata.lockfile")
+    old_level = lock_log.level
+    lock_log.addHandler(handler)
+    lock_log.setLevel(logging.INFO)          # the "waiting" line is INFO, whatever level the root logger has here
     results = {}
 
     def scan_into(name, paths):
@@ -271,7 +273,8 @@ def test_two_processes_checking_audio_into_one_cache_keep_both_results(corpus, t
         b.join()
     finally:
         a_go.set()
-        logging.getLogger("voxdata.lockfile").removeHandler(handler)
+        lock_log.removeHandler(handler)
+        lock_log.setLevel(old_level)
     assert len(results["a"].good) == 6 and len(results["b"].good) == 6
     files = json.loads(cache.read_text())["files"]
     assert set(map(os.path.abspath, a_paths + b_paths)) <= set(files)
