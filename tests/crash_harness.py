@@ -5,7 +5,8 @@
 
 The run: a tiny net with Dropout on a synthetic corpus, --cache (built by the run), snapshots every 3
 iterations, a validation every 6, a curve row every iteration, one loader worker. Each start is a separate
-process (tests/hooked_run.py) killed at an event drawn from the seeded generator: the k-th rename of a snapshot
+process (tests/hooked_run.py) killed at an event drawn from the seeded generator (the first kills take each
+kind once, the cache build first, then the kinds are drawn too): the k-th rename of a snapshot
 file, the k-th curve append (half of the row written first), the k-th recording the cache build decodes, the
 k-th validation forward, the k-th solver step; or, for "random" kills, after a delay drawn uniformly from the
 time an uninterrupted start takes (where that lands is up to the machine; what the run holds afterwards is
@@ -136,9 +137,11 @@ def harness(kills: int, seed: int, workdir: Path, say=print) -> Report:
                            f"{tail(logs / 'reference.err')}")
     report, sequence, starts = Report(), 0, 0
     run, cache = workdir / "run0", workdir / "cache0"
+    # the first kills take every kind once (the cache build first: only a run's first starts build it)
+    planned = ["cache", *rng.sample([k for k in KINDS if k != "cache"], len(KINDS) - 1)]
     while len(report.kills) < kills:
         kinds = [k for k in KINDS if k != "cache" or not (cache / "index.json").exists()]
-        kind = rng.choice(kinds)
+        kind = planned.pop(0) if planned else rng.choice(kinds)
         args = train_args(solver, corpus, run, cache)
         starts += 1
         err = logs / f"start{starts}.err"
