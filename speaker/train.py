@@ -742,7 +742,7 @@ def loop(run: Run, solver, data: Data, stop: StopRequest) -> int:
             solver.step(1)
             loss = ddp.loss if ddp.enabled else data.loss(solver.net)
             if not math.isfinite(loss):
-                raise FloatingPointError(f"iteration {it}: loss is {loss}")
+                raise FloatingPointError(f"the loss is {loss}")
             data.progress.step(it, loss, solver.iter)
             if ddp.is_main and every and solver.iter % every == 0:
                 snapshot(run, solver, stop)
@@ -753,7 +753,7 @@ def loop(run: Run, solver, data: Data, stop: StopRequest) -> int:
             if ddp.is_main:
                 log.warning("stopped by %s at iteration %d; snapshot %s; continue with --resume auto",
                             stop.signal_name or "a signal to another process", solver.iter,
-                            snapshot(run, solver, stop))
+                            last_snapshot(run, solver, stop))
             stop.settled = True
             return EXIT_INTERRUPTED
     return 0
@@ -825,14 +825,17 @@ def snapshot(run: Run, solver, stop: StopRequest) -> Path:
     return state
 
 
+def last_snapshot(run: Run, solver, stop: StopRequest) -> Path:
+    """The snapshot of the current iteration: written unless this process just wrote or restored it."""
+    state = run.snapshot_state(solver.iter)
+    return state if stop.last_snapshot == state else snapshot(run, solver, stop)
+
+
 def finish(run: Run, solver, data: Data, stop: StopRequest) -> None:
-    """The last snapshot (unless this process just wrote or restored it), the final validation,
-    final.caffemodel."""
+    """The last snapshot, the final validation, final.caffemodel."""
     if not run.ddp.is_main:
         return
-    state = run.snapshot_state(solver.iter)
-    if stop.last_snapshot != state:
-        snapshot(run, solver, stop)
+    state = last_snapshot(run, solver, stop)
     if data.val is not None and solver.iter not in run.validated:   # (a finished run resumed: done already)
         data.progress.validation(solver.iter, *data.val.log_run(data.feed, solver.iter))
     model, final = state.with_suffix(".caffemodel"), run.dir / "final.caffemodel"
