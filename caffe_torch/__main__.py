@@ -98,9 +98,9 @@ def _not_runnable(module: str) -> str | None:
     error of a module found but failing inside stays its own."""
     try:
         spec = importlib.util.find_spec(module)
-        if spec is not None and spec.submodule_search_locations is not None:
-            if importlib.util.find_spec(f"{module}.__main__") is None:
-                return f"-m {module}: a package without __main__.py, so it cannot be run"
+        package = spec is not None and spec.submodule_search_locations is not None
+        if package and importlib.util.find_spec(f"{module}.__main__") is None:
+            return f"-m {module}: a package without __main__.py, so it cannot be run"
     except (ImportError, ValueError) as exc:      # a parent package missing, an empty or relative name
         return f"-m {module}: {exc}"
     if spec is None:

@@ -80,8 +80,7 @@ class _NetEmbedder:
     def embed_all(self, ids: list[str], wav_dir: str, out_npz: str, log, speakers=None) -> np.ndarray:
         """Embed ``ids`` (relative to ``wav_dir``), resumably (``out_npz`` + '.partial/'), save ``out_npz``."""
         from speaker.embed_store import EmbedStore, save_embeddings
-        from speaker.evaluate import (crop_min_samples, embed, embed_full, voxdata_audio_provider,
-                                      voxdata_crops_provider)
+        from speaker.evaluate import crop_min_samples, embed, embed_full, voxdata_audio_provider, voxdata_crops_provider
         from speaker.preflight import check_eval_audio
 
         a = self.args

