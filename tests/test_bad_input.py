@@ -23,24 +23,6 @@ SCRIPTS = {"test_identification.py": test_identification, "test_verification.py"
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from voxdata import make_corpus
-
-    root = tmp_path_factory.mktemp("corpus")
-    make_corpus(root, speakers=SPEAKERS, utterances=6, test_speakers=TEST_SPEAKERS, seed=3, min_videos=3,
-                max_videos=3, min_dur=1.0, max_dur=1.5, trials=30, workers=1, progress=False)
-    return root
-
-
-@pytest.fixture
-def own_corpus(corpus, tmp_path):
-    """A copy of the corpus that a test may change."""
-    import shutil
-
-    return shutil.copytree(corpus, tmp_path / "corpus")
-
-
-@pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory):
     """A finished tiny run (verification mode): its folder holds final.caffemodel, net.prototxt, labels.json."""
     folder = tmp_path_factory.mktemp("trained")

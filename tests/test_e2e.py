@@ -8,7 +8,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import test_identification
 import test_verification
@@ -52,16 +51,6 @@ base_lr: {lr} lr_policy: "step" gamma: 0.5 stepsize: 4 momentum: 0.9 weight_deca
 max_iter: {max_iter} display: 2 average_loss: 2 snapshot: {snapshot} snapshot_prefix: "result/{prefix}"
 """
 SPEAKERS, TEST_SPEAKERS = 6, 2
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from voxdata import make_corpus
-
-    root = tmp_path_factory.mktemp("corpus")
-    make_corpus(root, speakers=SPEAKERS, utterances=6, test_speakers=TEST_SPEAKERS, seed=3, min_videos=3,
-                max_videos=3, min_dur=1.0, max_dur=1.5, trials=30, workers=1, progress=False)
-    return root
 
 
 def write_solver(folder: Path, head: str, prefix: str, max_iter=8, snapshot=4, lr=0.05, name="s") -> Path:
