@@ -230,7 +230,9 @@ def test_training_curve(tmp_path, figures):
     np.testing.assert_allclose(top1.get_ydata(), [0.1, 0.3, 0.5, 0.7], rtol=1e-12)
     np.testing.assert_allclose(top5.get_ydata(), [0.3, 0.5, 0.7, 0.9], rtol=1e-12)
     img = png_pixels(out, (7, 6))
-    assert pixels_of(img, "C0") > 200 and pixels_of(img, "C3") > 100     # the loss and the lr curves
+    top, bottom = img[: img.shape[0] // 2], img[img.shape[0] // 2 :]
+    assert pixels_of(top, "C0") > 200 and pixels_of(top, "C3") > 100          # loss and learning rate
+    assert pixels_of(bottom, "C0") > 50 and pixels_of(bottom, "C1") > 50      # validation top-1, top-5
 
 
 def test_training_curve_errors(tmp_path):
