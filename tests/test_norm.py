@@ -11,10 +11,10 @@ z = (s - mu) / sigma moves by at most EPS_COS (1 + |z|) / sigma, and S-Norm by h
 
 import numpy as np
 import pytest
+from fp import U32, assert_within
 
 from speaker.norm import cohort_matrix, cohort_stats, normalize_scores
 
-U32 = np.finfo(np.float32).eps / 2          # float32 unit roundoff
 DIM = 8                                     # embedding size of the fixture
 EPS_COS = (DIM + 6) * U32
 
@@ -43,9 +43,6 @@ def direct(pairs, emb, cohort_rows, top_n=None):
     return np.array(out), np.array(bound)
 
 
-def assert_within(got, reference):
-    want, bound = reference
-    assert np.all(np.abs(got - want) <= bound), np.max(np.abs(got - want) / bound)
 
 
 @pytest.fixture
@@ -64,7 +61,7 @@ def test_snorm_matches_direct(data):
     emb, pairs, raw, cohort_emb, _ = data
     cohort = cohort_matrix(cohort_emb, mode="utterance")
     got = normalize_scores(raw, pairs, emb, cohort, "snorm")
-    assert_within(got, direct(pairs, emb, list(cohort_emb)))
+    assert_within(got, *direct(pairs, emb, list(cohort_emb)))
 
 
 @pytest.mark.parametrize("top_n", [2, 5, 29, 30])
@@ -72,7 +69,7 @@ def test_asnorm_matches_direct(data, top_n):
     emb, pairs, raw, cohort_emb, _ = data
     cohort = cohort_matrix(cohort_emb, mode="utterance")
     got = normalize_scores(raw, pairs, emb, cohort, "asnorm", top_n=top_n)
-    assert_within(got, direct(pairs, emb, list(cohort_emb), top_n))
+    assert_within(got, *direct(pairs, emb, list(cohort_emb), top_n))
     if top_n == 30:  # the whole cohort: AS-Norm is S-Norm, the same float32 scores in the same order
         np.testing.assert_array_equal(got, normalize_scores(raw, pairs, emb, cohort, "snorm"))
 
@@ -85,7 +82,7 @@ def test_speaker_averaged_cohort(data):
         rows = [unit(cohort_emb[i]) for i, s in enumerate(cohort_spk) if s == name]
         np.testing.assert_allclose(cohort[k], unit(np.mean(rows, axis=0)), rtol=1e-5, atol=1e-6)
     got = normalize_scores(raw, pairs, emb, cohort, "asnorm", top_n=3)
-    assert_within(got, direct(pairs, emb, list(cohort), 3))
+    assert_within(got, *direct(pairs, emb, list(cohort), 3))
 
 
 def test_chunking_and_none(data):
@@ -125,8 +122,8 @@ def test_shared_stats_over_several_lists(data):
     half = len(pairs) // 2
     for sl in (slice(0, half), slice(half, None)):
         got = stats.apply(raw[sl], pairs[sl])
-        assert_within(got, direct(pairs[sl], emb, list(cohort_emb), 7))
+        assert_within(got, *direct(pairs[sl], emb, list(cohort_emb), 7))
         # reversed: each pair's own sides, not its position
-        assert_within(stats.apply(raw[sl][::-1], pairs[sl][::-1]), direct(pairs[sl][::-1], emb, list(cohort_emb), 7))
+        assert_within(stats.apply(raw[sl][::-1], pairs[sl][::-1]), *direct(pairs[sl][::-1], emb, list(cohort_emb), 7))
     with pytest.raises(KeyError, match="no cohort statistics for utterance 'x'"):
         stats.apply(raw[:1], [("x", pairs[0][1])])
