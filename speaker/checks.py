@@ -113,27 +113,26 @@ def train_inputs(args, solver_param) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
+def _arg(args, flag: str):
+    """The value of --some-flag (None when the script has no such argument)."""
+    return getattr(args, flag[2:].replace("-", "_"), None)
+
+
 def _eval_common(args) -> None:
     seed("--seed", args.seed)
     for flag in ("--batch", "--head-batch"):
-        at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
-    for flag in ("--weights", "--net", "--iden-split"):
-        value = getattr(args, flag[2:].replace("-", "_"), None)
-        if value:
-            input_file(flag, value)
-    for flag in ("--data-root", "--run-dir"):
-        value = getattr(args, flag[2:].replace("-", "_"), None)
-        if value:
-            input_dir(flag, value)
-    if args.cache:
-        input_dir("--cache", args.cache)
+        at_least(flag, _arg(args, flag), 1)
+    for flag in ("--weights", "--net", "--iden-split", "--labels", "--scores", "--embeddings", "--cohort"):
+        if _arg(args, flag):
+            input_file(flag, _arg(args, flag))
+    for flag in ("--data-root", "--run-dir", "--cache"):
+        if _arg(args, flag):
+            input_dir(flag, _arg(args, flag))
 
 
 def identification_inputs(args) -> None:
     """test_identification.py's arguments."""
     at_least("--crops", args.crops, 1)
-    if args.labels:
-        input_file("--labels", args.labels)
     _eval_common(args)
 
 
@@ -141,7 +140,7 @@ def verification_inputs(args) -> None:
     """test_verification.py's arguments: numbers, the files read (--scores, --embeddings, --cohort, every
     --trials) and the places written (--out, --make-cohort)."""
     for flag in ("--bins", "--save-every", "--top-n", "--projection-max", "--cohort-per-speaker"):
-        at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
+        at_least(flag, _arg(args, flag), 1)
     if args.crops != "full":
         at_least("--crops", int(args.crops), 1)
     if args.c_miss <= 0 or args.c_fa <= 0:
@@ -149,10 +148,6 @@ def verification_inputs(args) -> None:
     for p in args.p_target or ():
         if not 0 < p < 1:
             raise InputError(f"--p-target {p}: must be in (0, 1)")
-    for flag in ("--scores", "--embeddings", "--cohort"):
-        value = getattr(args, flag[2:])
-        if value:
-            input_file(flag, value)
     for path in args.trials or ():
         input_file("--trials", path, "trial list")
     for run in args.compare or ():
