@@ -4,6 +4,7 @@ against NumPy references of Caffe's semantics, and gradcheck (float64) w.r.t. in
 import numpy as np
 import pytest
 import torch
+from fp import assert_within, matmul_bound
 from google.protobuf import text_format
 from torch.func import functional_call
 
@@ -72,7 +73,9 @@ def test_inner_product(text, shape):
     ref = ref.reshape(*shape[:axis], layer.num_output)
     y = layer(x)
     assert tuple(y.shape) == layer.top_shapes([shape])[0] == ref.shape
-    np.testing.assert_allclose(y.detach().numpy(), ref, rtol=1e-12)
+    bias = layer.blobs[1].detach().numpy() if layer.bias_term else None
+    bound = matmul_bound(flat, w if layer.transpose else w.T, extra_terms=bias)   # signed k-term sums
+    assert_within(y.detach().numpy(), ref, bound.reshape(ref.shape))
     gradcheck_layer(layer, [x])
     with pytest.raises(Exception, match="incompatible"):
         layer.top_shapes([(*shape[:-1], shape[-1] + 1)])
