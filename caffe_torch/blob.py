@@ -282,6 +282,15 @@ class Blob:
 
 
 class _ActivationBlob(Blob):
+    def _current(self, which: str) -> torch.Tensor:
+        t = self._tensor() if which == "data" else self._grad_tensor(create=True)
+        if not t.is_contiguous():
+            # pycaffe hands out C-ordered arrays only: a strided result (a layer's view, a channels_last
+            # activation) is replaced by a C-ordered copy, which is then the blob's memory
+            t = t.contiguous()
+            (self._set if which == "data" else self._set_grad)(t)
+        return t.detach()
+
     def _adopt_memory(self, mem: _Memory) -> None:
         t = self._peek()
         if t is not mem.host and t.shape == mem.host.shape:

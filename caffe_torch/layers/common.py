@@ -252,7 +252,7 @@ class Dropout(Layer):
 
     def forward(self, x):
         if self.phase != caffe_pb2.TRAIN or self.ratio == 0:
-            return x
+            return self.unchanged(x)
         keep = torch.rand(x.shape, generator=self._mask_gen, device=x.device, dtype=x.dtype) >= self.ratio
         return x * keep.to(x.dtype) * (1.0 / (1.0 - self.ratio))
 
@@ -270,12 +270,18 @@ class Dropout(Layer):
 
 @register("Split")
 class Split(Layer):
-    """Copies its bottom to every top; their gradients are summed (autograd does that)."""
+    """Caffe's SplitLayer (what InsertSplits adds where several layers read one top, see caffe_torch/splits.py):
+    every top shares the bottom's data (Caffe's ShareData), each has its own diff, and the bottom's diff is their
+    sum. Each top is its own view of the bottom, so that autograd keeps one gradient per top (a pycaffe
+    backward shows them); the training loop, which keeps no blob diffs, skips the layer and hands the bottom
+    tensor itself to the readers (Net._run_layers)."""
 
     num_tops = (1, None)
+    is_split = True
+    allows_in_place = False
 
     def forward(self, x):
-        return tuple(x for _ in self.param.top)
+        return tuple(x.view_as(x) for _ in self.param.top)
 
 
 @register("Silence")
