@@ -20,7 +20,15 @@ import numpy as np
 import pytest
 
 import caffe_torch
-from tests.test_caffe_semantics import ACCEPTED, REFUSED, SHARE_NET, STEP_NET, STEP_SOLVER, _inputs
+from tests.test_caffe_semantics import (
+    ACCEPTED,
+    REFUSED,
+    SHARE_NET,
+    STEP_NET,
+    STEP_SOLVER,
+    _inputs,
+    changed_when_writing,
+)
 from tests.test_conformance import (
     CASES,
     Compare,
@@ -116,22 +124,6 @@ def test_shared_param_mults_match_caffe(tmp_path, a, b):
     cmp.check()
 
 
-def _changed_when_writing(net) -> dict:
-    """{top: [other blobs whose data changed]} writing into each top (not in place, not an Input's) in turn."""
-    out = {}
-    for lname, layer in zip(net._layer_names, net.layers):
-        if layer.type == "Input":
-            continue
-        for top in net.top_names[lname]:
-            if top in net.bottom_names[lname] or not net.blobs[top].data.size:
-                continue
-            before = {b: net.blobs[b].data.copy() for b in net.blobs if b != top}
-            net.blobs[top].data[...] = 12345.0
-            out[top] = sorted(b for b, v in before.items() if not np.array_equal(net.blobs[b].data, v,
-                                                                                    equal_nan=True))
-    return out
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_memory_ownership_matches_caffe(tmp_path, case):
     proto = tmp_path / "layer.prototxt"
@@ -142,7 +134,7 @@ def test_memory_ownership_matches_caffe(tmp_path, case):
         net = engine.Net(str(proto), phase(engine, case.phase))
         feed(net, inputs)
         net.forward()
-        changed.append(_changed_when_writing(net))
+        changed.append(changed_when_writing(net, net._layer_names))
     assert changed[0] == changed[1]
 
 
