@@ -400,6 +400,7 @@ def test_rate_of_a_step_uses_iter_before_increment(tmp_path, caplog):
 def test_multistep_through_the_solver_and_restore(tmp_path):
     cfg = dict(base_lr=0.5, lr_policy="multistep", gamma=0.5, stepvalue=[2, 3], snapshot=3,
                snapshot_prefix=str(tmp_path / "snap" / "ms"))
+    (tmp_path / "snap").mkdir()          # a solver with `snapshot` needs its folder (Caffe checks at construction)
     s = caffe.SGDSolver(write_solver(tmp_path, **cfg), dtype=torch.float64)
     lrs = []
     for _ in range(5):
@@ -495,6 +496,7 @@ def test_no_test_at_iteration_zero_without_test_initialization(tmp_path, caplog)
 def test_solve_snapshots_after_train_and_runs_final_display_and_test(tmp_path, caplog):
     cfg = dict(test_iter=1, test_interval=3, max_iter=6, display=3, snapshot=4,
                snapshot_prefix=str(tmp_path / "out" / "run"))
+    (tmp_path / "out").mkdir()
     s = caffe.SGDSolver(write_solver(tmp_path, **cfg), dtype=torch.float64)
     with caplog.at_level(logging.INFO, logger="caffe_torch.solver"):
         s.solve()
@@ -606,6 +608,7 @@ def test_solverstate_fields(tmp_path, kind, n_hist):
 
 def test_restore_finds_moved_snapshot_and_layer_state_round_trip(tmp_path):
     cfg = dict(RESUME, snapshot_prefix=str(tmp_path / "orig" / "x"))
+    (tmp_path / "orig").mkdir()
     s = caffe.SGDSolver(write_solver(tmp_path, **cfg))
     s.step(5)
     moved = tmp_path / "moved"
