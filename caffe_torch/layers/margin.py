@@ -102,7 +102,7 @@ def _labels(label: torch.Tensor, expected: int, classes: int, layer: Layer) -> t
     return lab
 
 
-def _check_label_count(layer: Layer, bottom_shapes, samples: int) -> None:
+def _check_one_label_per_sample(layer: Layer, bottom_shapes, samples: int) -> None:
     """The fork layers' CHECK in Reshape: bottom[1] holds one label per sample."""
     if count(bottom_shapes[1]) != samples:
         raise layer.error(f"one label per sample expected: label blob {tuple(bottom_shapes[1])} for {samples} "
@@ -241,7 +241,7 @@ class MarginInnerProduct(Layer):
         self.top_shapes(bottom_shapes)
 
     def top_shapes(self, bottom_shapes):
-        _check_label_count(self, bottom_shapes, count(bottom_shapes[0], 0, self.axis))
+        _check_one_label_per_sample(self, bottom_shapes, count(bottom_shapes[0], 0, self.axis))
         k = count(bottom_shapes[0], self.axis)
         if k != self.blobs[0].shape[1]:
             raise self.error(f"input size {k} incompatible with the weights ({self.blobs[0].shape[1]})")
@@ -343,7 +343,7 @@ class LabelSpecificAdd(Layer):
         self._iter = int(p.iteration)                        # default 0
 
     def top_shapes(self, bottom_shapes):
-        _check_label_count(self, bottom_shapes, bottom_shapes[0][0])
+        _check_one_label_per_sample(self, bottom_shapes, bottom_shapes[0][0])
         shapes = [tuple(bottom_shapes[0])]
         if len(self.param.top) > 1:
             shapes.append((1,))
@@ -397,7 +397,7 @@ class AdditiveAngularMargin(Layer):
             raise self.error(f"margin {self.margin} must lie in [0, pi/2)")
 
     def top_shapes(self, bottom_shapes):
-        _check_label_count(self, bottom_shapes, bottom_shapes[0][0])
+        _check_one_label_per_sample(self, bottom_shapes, bottom_shapes[0][0])
         return [tuple(bottom_shapes[0])]
 
     def forward(self, x, label):
