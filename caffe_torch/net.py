@@ -252,7 +252,11 @@ class Net(PycaffeNetMixin):
             if len(top_shapes) != len(lp.top):
                 raise LayerError(lp.name, lp.type, f"gives {len(top_shapes)} top shape(s) for {len(lp.top)} "
                                  "top(s)", where)
-            for t, shp in zip(lp.top, top_shapes):
+            for j, (t, shp) in enumerate(zip(lp.top, top_shapes)):
+                if j < len(lp.bottom) and lp.bottom[j] == t and tuple(shp) != tuple(bottom_shapes[j]):
+                    # Caffe reshapes the bottom itself, and the next forward reads it at the new shape
+                    raise LayerError(lp.name, lp.type, f"computes top '{t}' in place but changes its shape "
+                                     f"{tuple(bottom_shapes[j])} -> {tuple(shp)}: give the top another name", where)
                 if any(int(d) < 0 for d in shp):    # Caffe: CHECK_GE(shape[i], 0) in Blob::Reshape
                     raise LayerError(lp.name, lp.type, f"top '{t}' would have the negative shape {tuple(shp)} "
                                      f"from bottom shape(s) {bottom_shapes}: the input is too small", where)

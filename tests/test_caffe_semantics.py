@@ -368,15 +368,22 @@ REFUSED = [
     ("AdditiveAngularMargin-label-count", XL, _layer("AdditiveAngularMargin", "", ("x", "label")), "label"),
     ("MarginInnerProduct-label-count", {"x": (4, 6), "label": (4, 2)},
      _layer("MarginInnerProduct", "margin_inner_product_param { num_output: 3 }", ("x", "label")), "label"),
+    ("BatchNorm-1D", {"x": (4,)}, _layer("BatchNorm"), "channel axis"),
+    ("Flatten-end_axis-two-before-axis", X4, _layer("Flatten", "flatten_param { axis: 3 end_axis: 0 }"), "end_axis"),
+    ("Slice-in-place", {"x": (2, 4)}, _layer("Slice", "slice_param { axis: 1 }", tops=("x", "q")), "in place"),
     ("in-place-after-a-reader", {"x": (2, 3)},
      _layer("ReLU", bottoms=("x",), tops=("r",)).replace('"bad"', '"reader"') + "\n" + _layer("ReLU", tops=("x",)),
      "produced by multiple sources"),
 ]
-# what Caffe accepts although it looks odd: kernel_size with a lone kernel_h (kernel_size wins)
+# what Caffe accepts although it looks odd, with the top shape it gives: kernel_size with a lone kernel_h
+# (kernel_size wins), a Flatten whose end_axis is just before its axis (an axis of 1 is inserted)
 ACCEPTED = [
-    ("Pooling-kernel_size-and-lone-kernel_h", X4, _layer("Pooling", "pooling_param { kernel_size: 2 kernel_h: 3 }")),
-    ("Slice-one-top", {"x": (2, 4)}, _layer("Slice", "slice_param { axis: 1 }")),
-    ("Concat-one-bottom", {"x": (2, 4)}, _layer("Concat")),
+    ("Pooling-kernel_size-and-lone-kernel_h", X4, _layer("Pooling", "pooling_param { kernel_size: 2 kernel_h: 3 }"),
+     (2, 3, 3, 4)),
+    ("Slice-one-top", {"x": (2, 4)}, _layer("Slice", "slice_param { axis: 1 }"), (2, 4)),
+    ("Concat-one-bottom", {"x": (2, 4)}, _layer("Concat"), (2, 4)),
+    ("Flatten-end_axis-one-before-axis", X4, _layer("Flatten", "flatten_param { axis: 2 end_axis: 1 }"),
+     (2, 3, 1, 4, 5)),
 ]
 
 
@@ -389,13 +396,23 @@ def test_caffe_setup_checks_are_one_line_errors(tmp_path, case_id, shapes, layer
     assert re.search(r"bad\.prototxt:\d+: layer '\w+' \(type \w+\)", msg), msg
 
 
-@pytest.mark.parametrize("case_id, shapes, layer", ACCEPTED, ids=[c[0] for c in ACCEPTED])
-def test_what_caffe_accepts_builds(tmp_path, case_id, shapes, layer):
+@pytest.mark.parametrize("case_id, shapes, layer, top_shape", ACCEPTED, ids=[c[0] for c in ACCEPTED])
+def test_what_caffe_accepts_builds(tmp_path, case_id, shapes, layer, top_shape):
     net = net_from(tmp_path, _inputs(shapes) + layer + "\n")
-    if "Pooling" in case_id:
-        assert net.blobs["y"].shape == (2, 3, 3, 4)        # the 2 x 2 kernel of kernel_size
-    else:
-        assert net.blobs["y"].shape == shapes["x"]
+    assert net.blobs["y"].shape == top_shape
+    net.blobs["x"].data[...] = np.arange(net.blobs["x"].count).reshape(shapes["x"])
+    net.forward()
+    assert net.blobs["y"].data.shape == top_shape
+
+
+@pytest.mark.parametrize("layer", [_layer("Pooling", "pooling_param { kernel_size: 2 }", tops=("x",)),
+                                   _layer("InnerProduct", "inner_product_param { num_output: 2 }", tops=("x",)),
+                                   _layer("ArgMax", tops=("x",))], ids=["Pooling", "InnerProduct", "ArgMax"])
+def test_in_place_top_that_changes_shape_is_refused(tmp_path, layer):
+    """Deliberately stricter than Caffe, which builds such a net and then runs every later forward on a bottom it
+    reshaped itself (garbage, or an abort at the next Reshape): one line naming the layer and the shapes."""
+    with pytest.raises(caffe.LayerError, match=r"in place but changes its shape .* give the top another name"):
+        net_from(tmp_path, _inputs({"x": (2, 3, 4, 4)}) + layer + "\n")
 
 
 # ------------------------------------------------------------------------- Split layers (InsertSplits)

@@ -179,7 +179,7 @@ def test_setup_checks_match_caffe(tmp_path):
     for case_id, shapes, layer, _ in REFUSED:
         items.append((case_id, "net", tmp_path / f"{case_id}.prototxt"))
         items[-1][2].write_text(_inputs(shapes) + layer + "\n")
-    for case_id, shapes, layer in ACCEPTED:
+    for case_id, shapes, layer, _ in ACCEPTED:
         items.append((case_id, "net", tmp_path / f"{case_id}.prototxt"))
         items[-1][2].write_text(_inputs(shapes) + layer + "\n")
     built = caffe_builds(items)

@@ -215,7 +215,9 @@ class BatchNorm(Layer):
             else ctx.phase == caffe_pb2.TEST
         self.maf = bp.moving_average_fraction                    # default 0.999
         self.eps = bp.eps                                        # default 1e-5
-        channels = bottom_shapes[0][1] if len(bottom_shapes[0]) > 1 else 1
+        if len(bottom_shapes[0]) < 2:           # Caffe's Reshape reads shape(1): it aborts on a 1-D bottom
+            raise self.error(f"needs a bottom with a channel axis (at least 2-D), got shape {bottom_shapes[0]}")
+        channels = bottom_shapes[0][1]
         for shape in ((channels,), (channels,), (1,)):
             self.add_blob(shape, None, learnable=False)
 

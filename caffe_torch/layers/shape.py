@@ -18,8 +18,10 @@ class Flatten(Layer):
         nd = len(bottom_shapes[0])
         self.start = canonical_axis(fp.axis, nd, self)           # default 1
         self.end = canonical_axis(fp.end_axis, nd, self)         # default -1
-        if self.end < self.start:
-            raise self.error(f"end_axis {fp.end_axis} is before axis {fp.axis}")
+        # Caffe: count(axis, end_axis + 1) CHECKs axis <= end_axis + 1; end_axis = axis - 1 inserts an axis of 1
+        if self.end < self.start - 1:
+            raise self.error(f"flatten_param: end_axis {fp.end_axis} is before axis {fp.axis} (at most one axis "
+                             "before it: an axis of 1 is inserted)")
 
     def top_shapes(self, bottom_shapes):
         s = tuple(bottom_shapes[0])
