@@ -438,8 +438,8 @@ class Net(PycaffeNetMixin):
                     self._tensors[b] = torch.zeros(self._tensors[b].shape, dtype=self.dtype, device=self.device)
 
     def _run_layers(self, start: int, end: int, retain_blob_diffs: bool) -> torch.Tensor | None:
-        """The layer loop of forward_range (what caffe_torch.fast compiles)."""
-        self._grads.clear()
+        """The layer loop of forward_range (what caffe_torch.fast compiles). A forward leaves the blobs' diffs as
+        they are (Caffe's Forward writes data only): `.diff` shows the last backward's until the next one."""
         record = self.enable_backward and torch.is_grad_enabled()
         self._first_version: dict[str, torch.Tensor] = {}
         # debug_info: every layer's bottoms and tops, for Caffe's [Forward] / [Backward] lines (debug_info.py)
@@ -531,8 +531,14 @@ class Net(PycaffeNetMixin):
                 return self.backward_loss(extra, retain_blob_diffs)
             return          # Caffe: no layer needs backward, Backward computes nothing
 
+        keep = retain_blob_diffs or self._debug_record is not None
+        if keep:
+            # the diffs this backward replaces are dropped first, so that two sets never live at once
+            for name, t in self._first_version.items():
+                if t.requires_grad:
+                    self._grads.pop(name, None)
         torch.autograd.backward([r for r, _ in roots_seeds], [s for _, s in roots_seeds])
-        if retain_blob_diffs or self._debug_record is not None:
+        if keep:
             for name, t in self._first_version.items():
                 if t.grad is not None:
                     self._grads[name] = t.grad

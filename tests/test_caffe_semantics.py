@@ -91,6 +91,29 @@ def test_activation_diffs_after_solver_step_as_pycaffe(tmp_path):
     assert not s.net.blobs["data"].diff.any()
 
 
+FWD_NET = """force_backward: true
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+        inner_product_param { num_output: 2 weight_filler { type: "constant" value: 1 } } }
+layer { name: "relu" type: "ReLU" bottom: "y" top: "z" }
+"""
+
+
+def test_forward_leaves_the_diffs_of_the_last_backward(tmp_path):
+    """Caffe's Forward writes data only: after forward, backward, forward every diff is still the backward's."""
+    net = net_from(tmp_path, FWD_NET, dtype=F64)
+    net.blobs["x"].data[...] = 1
+    net.forward()
+    net.backward(z=np.full((2, 2), 2.0))
+    net.blobs["x"].data[...] = -1            # the second forward computes other data...
+    net.forward()
+    assert (net.blobs["z"].data == 0).all()
+    np.testing.assert_array_equal(net.blobs["z"].diff, 2)          # ...and keeps every diff
+    np.testing.assert_array_equal(net.blobs["y"].diff, 2)          # relu'(3) = 1 at the first forward
+    np.testing.assert_array_equal(net.blobs["x"].diff, 4)
+    np.testing.assert_array_equal(net.params["ip"][0].diff, 4)
+
+
 def test_training_loop_choice_keeps_no_activation_diffs(tmp_path):
     """blob_diffs=False (what speaker/train.py asks for): same update, no activation diff kept."""
     rng = np.random.default_rng(0)

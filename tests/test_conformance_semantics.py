@@ -22,6 +22,7 @@ import pytest
 import caffe_torch
 from tests.test_caffe_semantics import (
     ACCEPTED,
+    FWD_NET,
     REFUSED,
     SHARE_NET,
     STEP_NET,
@@ -73,6 +74,24 @@ def test_activation_diffs_after_step_match_caffe(tmp_path):
             cmp(f"kept diff view after step {i}", b, kept[0][b], kept[1][b])
             cmp(f"kept diff view after step {i} (Caffe's own)", b, kept[1][b], theirs.net.blobs[b].diff)
         assert np.abs(theirs.net.blobs["ip1"].diff).max() > 1e-3
+    cmp.check()
+
+
+def test_forward_leaves_diffs_as_caffe(tmp_path):
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(FWD_NET)
+    cmp = Compare("forward after backward")
+    nets = [engine.Net(str(proto), engine.TRAIN) for engine in (caffe_torch, caffe)]
+    for x in (1.0, -1.0):
+        for net in nets:
+            net.blobs["x"].data[...] = x
+            net.forward()
+        if x > 0:
+            nets[1].blobs["z"].diff[...] = 2
+            nets[1].backward()
+            nets[0].backward(z=np.full((2, 2), 2.0, np.float32))
+    compare_blobs(cmp, *nets, "forward after backward", diffs=True)
+    compare_params(cmp, *nets, "forward after backward")
     cmp.check()
 
 
