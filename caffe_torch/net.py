@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import layers as _layers  # noqa: F401  (registers the layer types)
-from .blob import Blob, _ActivationBlob, _HostSync, clear_param_diff, param_blob
+from .blob import Blob, _ActivationBlob, _HostSync, clear_param_diff, param_blob, share_param_data
 from .debug_info import backward_debug_info, forward_debug_info
 from .errors import LayerError, PrototxtError
 from .layers.base import BuildContext, known_types, layer_class
@@ -588,7 +588,8 @@ class Net(PycaffeNetMixin):
                     self._grads.pop(t, None)
 
     def share_with(self, other: "Net") -> None:
-        """Use `other`'s learnable blobs for every same-named layer (Caffe's ShareTrainedLayersWith)."""
+        """Use `other`'s learnable blobs' data for every same-named layer (Caffe's ShareTrainedLayersWith:
+        ShareData, so each net keeps its own diffs: a backward of this net leaves `other`'s diffs alone)."""
         # one group: an operation of either net uploads a host copy of a shared blob read through the other
         self._sync.join(other._sync)
         mine = dict(zip(self._layer_names, self._layers))
@@ -603,7 +604,8 @@ class Net(PycaffeNetMixin):
                 if tuple(dst.blobs[i].shape) != tuple(p.shape):
                     raise ValueError(f"share_with: layer '{lname}' blob {i} shape {tuple(dst.blobs[i].shape)}"
                                      f" != {tuple(p.shape)}")
-                dst.blobs[i] = p
+                if dst.blobs[i] is not p:
+                    share_param_data(dst.blobs[i], p)
 
     def copy_from(self, path) -> None:
         """Copy blobs from a .caffemodel into same-named layers (Caffe's CopyTrainedLayersFrom)."""

@@ -137,8 +137,9 @@ class Solver(PycaffeSolverMixin):
         n_test = self._num_test_nets()
         self.test_nets = [self._make_net(TEST, i, dtype, device) for i in range(n_test)]
         for tn in self.test_nets:
-            tn.share_with(self.net)
-            tn.debug_info = p.debug_info          # Caffe's InitTestNets: set_debug_info(debug_info)
+            # Caffe's InitTestNets: debug_info; the trained weights are shared when a test runs (test_all), as
+            # Caffe's Solver::Test does: before the first test a test net has its own filled weights
+            tn.debug_info = p.debug_info
         self._iter = 0
         self.current_step = 0
         self._params = self.net.learnable_params()
@@ -384,6 +385,9 @@ class Solver(PycaffeSolverMixin):
         results = []
         for i, tn in enumerate(self.test_nets):
             log.info("Iteration %d, Testing net (#%d)", self.iter, i)
+            # Caffe's Solver::Test: ShareTrainedLayersWith before every test (the train net's storage may also have
+            # been replaced since, e.g. by caffe_torch.fast's channels_last)
+            tn.share_with(self.net)
             sums: dict[str, torch.Tensor] = {}
             n = self.param.test_iter[i]
             loss = 0.0

@@ -267,6 +267,37 @@ def test_shared_param_conflicting_mults_are_refused(tmp_path, a, b, field):
     assert f"mismatched {field}" in msg and f"layer '{other}'" in msg
 
 
+SHARE_TEST_NET = """
+layer { name: "in" type: "Input" top: "x" top: "t" input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+        inner_product_param { num_output: 2 weight_filler { type: "constant" value: 0.5 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }
+"""
+SHARE_TEST_SOLVER = 'base_lr: 0.1 lr_policy: "fixed" test_iter: 1 test_interval: 100 test_initialization: false ' \
+    "max_iter: 10"
+
+
+def test_test_nets_share_trained_weights_from_their_first_test_and_keep_their_diffs(tmp_path):
+    """Caffe's Solver::Test calls ShareTrainedLayersWith (ShareData only) before each test: until then a test net
+    has its own filled weights, and a pycaffe backward of a test net never touches the train net's diffs."""
+    s = solver_from(tmp_path, SHARE_TEST_NET, SHARE_TEST_SOLVER, dtype=F64)
+    tn = s.test_nets[0]
+    for net in (s.net, tn):
+        net.blobs["x"].data[...] = 1
+        net.blobs["t"].data[...] = 0
+    s.step(1)                                   # no test yet: the test net keeps its filler values
+    np.testing.assert_array_equal(tn.params["ip"][0].data, 0.5)
+    np.testing.assert_allclose(s.net.params["ip"][0].data, 0.5 - 0.1 * 1.5 / 4 * 4, rtol=1e-6)   # dy = 1.5 / 4
+    train_diff = s.net.params["ip"][0].diff.copy()
+    s.test_all()                                # shares the data
+    assert np.shares_memory(tn.params["ip"][0].data, s.net.params["ip"][0].data)
+    tn.forward()
+    tn.backward()
+    y = 3 * s.net.params["ip"][0].data[0, 0] + s.net.params["ip"][1].data[0]
+    np.testing.assert_allclose(tn.params["ip"][0].diff, np.full((2, 3), 4 * y / 4), rtol=1e-12)
+    np.testing.assert_array_equal(s.net.params["ip"][0].diff, train_diff)        # the train net's, untouched
+
+
 # ------------------------------------------------------------------------- memory ownership
 # The layers whose Caffe implementation shares a top's memory with a bottom (ShareData): Flatten, Reshape,
 # Split, Parameter (its blob), a one-bottom Concat and a one-top Slice. Every other top is the layer's own.

@@ -25,6 +25,8 @@ from tests.test_caffe_semantics import (
     FWD_NET,
     REFUSED,
     SHARE_NET,
+    SHARE_TEST_NET,
+    SHARE_TEST_SOLVER,
     STEP_NET,
     STEP_SOLVER,
     _inputs,
@@ -92,6 +94,23 @@ def test_forward_leaves_diffs_as_caffe(tmp_path):
             nets[0].backward(z=np.full((2, 2), 2.0, np.float32))
     compare_blobs(cmp, *nets, "forward after backward", diffs=True)
     compare_params(cmp, *nets, "forward after backward")
+    cmp.check()
+
+
+def test_test_net_sharing_matches_caffe(tmp_path):
+    ours, theirs = solvers(tmp_path, SHARE_TEST_NET, SHARE_TEST_SOLVER)
+    cmp = Compare("test net weights and diffs")
+    for s in (ours, theirs):
+        for net in (s.net, s.test_nets[0]):
+            feed(net, {"x": np.ones((4, 3), np.float32), "t": np.zeros((4, 2), np.float32)})
+        s.step(1)
+    compare_params(cmp, ours.test_nets[0], theirs.test_nets[0], "test net before its first test")
+    for s in (ours, theirs):
+        s.test_all() if s is ours else s.test_nets[0].share_with(s.net)     # pycaffe has no test_all
+        s.test_nets[0].forward()
+        s.test_nets[0].backward()
+    compare_params(cmp, ours.test_nets[0], theirs.test_nets[0], "test net after a test and a backward")
+    compare_params(cmp, ours.net, theirs.net, "train net after the test net's backward")
     cmp.check()
 
 

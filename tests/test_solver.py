@@ -451,15 +451,17 @@ def test_test_nets_interval_initialization_and_output_lines(tmp_path, caplog):
     s = caffe.SGDSolver(write_solver(tmp_path, **cfg), dtype=torch.float64)
     assert len(s.test_nets) == 1
     tn = s.test_nets[0]
-    # the test net shares the train net's learnable blobs
-    for layer in ("ip1", "ip2"):
-        for p, q in zip(s.net.params[layer], tn.params[layer]):
-            assert p.tensor.data_ptr() == q.tensor.data_ptr()
     ws = [weights(s)]
     with caplog.at_level(logging.INFO, logger="caffe_torch.solver"):
         for _ in range(4):
             s.step(1)
             ws.append(weights(s))
+    # since its first test the test net shares the train net's weights (Caffe's ShareTrainedLayersWith: the
+    # data; each net keeps its own diffs)
+    for layer in ("ip1", "ip2"):
+        for p, q in zip(s.net.params[layer], tn.params[layer]):
+            assert p.tensor.data_ptr() == q.tensor.data_ptr()
+            assert q.diff.shape == p.diff.shape and not np.shares_memory(q.diff, p.diff)
     # tested before the updates of iterations 0 and 3, test_iter forwards each
     assert tn.layer_states() == {"data": 4}
     tested = [int(m.group(1)) for r in caplog.records
@@ -737,6 +739,7 @@ def test_net_sources_and_relative_paths(tmp_path, monkeypatch):
                                                     base_lr=0.1, lr_policy="fixed")))
     s2 = caffe.SGDSolver(str(d / "s2.prototxt"))
     assert [tn.name for tn in s2.test_nets] == ["the_test"]
+    s2.test_all()                        # shares the trained weights, as Caffe's Solver::Test
     assert s2.test_nets[0].params["ip1"][0].tensor.data_ptr() == s2.net.params["ip1"][0].tensor.data_ptr()
     # inline net_param / train_net_param
     body = NET.strip()
