@@ -370,6 +370,14 @@ layer { name: "aam" type: "AdditiveAngularMargin" bottom: "x" bottom: "label" to
         net.blobs[top].data[...] = -1
         np.testing.assert_array_equal(net.blobs["x"].data, x.astype(np.float32))
     np.testing.assert_array_equal(net.blobs["q"].data, -1)          # p's write did not reach its sibling q
+    crop = net_from(tmp_path, 'layer { name: "in" type: "Input" top: "x" top: "r" '
+                    'input_param { shape { dim: 2 dim: 4 } shape { dim: 2 dim: 4 } } }\n'
+                    'layer { name: "crop" type: "Crop" bottom: "x" bottom: "r" top: "c" crop_param { axis: 1 } }\n',
+                    name="crop.prototxt")            # found on the way: a Crop that crops nothing
+    crop.blobs["x"].data[...] = x
+    crop.forward()
+    crop.blobs["c"].data[...] = -1
+    np.testing.assert_array_equal(crop.blobs["x"].data, x.astype(np.float32))
     net2 = net_from(tmp_path, 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 4 } } }\n'
                     'layer { name: "drop" type: "Dropout" bottom: "x" top: "d" dropout_param { dropout_ratio: 0 } }\n',
                     name="train.prototxt")
