@@ -442,10 +442,10 @@ def voxdata_audio_provider(wav_dir: str, cache=None) -> AudioProvider:
 def accuracy_input(net) -> str:
     """The blob the net's first Accuracy layer reads: its class scores (fc6, fc6_12, ... by loss)."""
     from .netinfo import accuracy_input as first_accuracy_input
-    from .netinfo import net_layers
+    from .netinfo import net_layers, split_source
 
     try:
-        return first_accuracy_input(net_layers(net))
+        return split_source(net, first_accuracy_input(net_layers(net)))
     except ValueError:
         raise ValueError("the net has no Accuracy layer: give --score-blob") from None
 

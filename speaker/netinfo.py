@@ -56,6 +56,15 @@ def net_layers(net) -> list[tuple[str, list[str]]]:
     return [(layer.type, list(net.bottom_names[name])) for name, layer in zip(net._layer_names, net.layers)]
 
 
+def split_source(net, blob: str) -> str:
+    """The blob that `blob` is a Split top of (Caffe's InsertSplits names it <blob>_<layer>_<i>_split_<k>), or
+    `blob` itself: the name the prototxt gives the data."""
+    for name, layer in zip(net._layer_names, net.layers):
+        if layer.type == "Split" and blob in net.top_names[name]:
+            return split_source(net, net.bottom_names[name][0])
+    return blob
+
+
 def smallest_frames(net_param, start: int = 1, phase: str = "TRAIN", limit: int = 4096) -> int | None:
     """The smallest frame count >= start (time axis of 'data') for which the net builds: doubling, then
     bisection, over caffe_torch builds at batch 1 (the net failed at start - 1, or start is 1); None when it

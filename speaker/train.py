@@ -422,7 +422,11 @@ def build_solver(run: Run):
     caffe = load_engine(args.engine, run.gpu)
     caffe.set_random_seed(args.seed)
     try:
-        solver = caffe.get_solver(str(solver_copy))
+        if args.engine == "torch":
+            # the loop reads no activation diff: caffe_torch keeps none after a step (pycaffe's default keeps them)
+            solver = caffe.get_solver(str(solver_copy), blob_diffs=False)
+        else:
+            solver = caffe.get_solver(str(solver_copy))
     except Exception as exc:
         _explain_input_size(run, exc)
         raise

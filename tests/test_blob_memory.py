@@ -225,6 +225,7 @@ def test_host_copy_test_net_read_does_not_write_old_weights_back(tmp_path, host_
     """Issue 13 (b): reading a test net's shared weights, then training (test_interval forwards included)
     must not upload the old weights over the trained ones."""
     plain, reading = make_solver(tmp_path, "a"), make_solver(tmp_path, "b")
+    reading.test_all()                          # the test net shares the weights from its first test (Caffe's)
     old = reading.test_nets[0].params["fc"][0].data
     old_copy = old.copy()
     plain.step(5)
@@ -240,6 +241,7 @@ def test_host_copy_test_net_read_does_not_write_old_weights_back(tmp_path, host_
 
 def test_host_copy_shared_params_have_one_host_copy(tmp_path, host_copies):
     s = make_solver(tmp_path)
+    s.test_all()                                # the test net shares the weights from its first test (Caffe's)
     train_w, test_w = s.net.params["fc"][0].data, s.test_nets[0].params["fc"][0].data
     assert np.shares_memory(train_w, test_w)
     test_w[...] = 0.0                           # written through the test net's view ...

@@ -329,7 +329,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "f" bottom: "label" top: "l
 
 def test_margin_inner_product_in_net_renormalises_params_and_counts_forwards():
     net = net_from_text(MIP_NET)
-    layer = net.modules[1]
+    layer = net.layer_dict["mip"].module
     assert layer.get_state() == 0                 # building (shape inference) did not count
     net.reshape()
     assert layer.get_state() == 0
