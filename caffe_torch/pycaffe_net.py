@@ -187,10 +187,10 @@ class PycaffeNetMixin:
         with force_backward. Bottoms that need none get no diff, as in Caffe."""
         needs = {name: bool(self.force_backward) for name in self.inputs}
         per_layer = []
-        for module, lname in zip(self._layers, self._layer_names):
+        for lname, propagate in zip(self._layer_names, self._param_propagate):
             bottoms = self.bottom_names[lname]
             per_layer.append([needs.get(b, False) for b in bottoms])
-            need = (self.force_backward or any(per_layer[-1]) or any(p.requires_grad for p in module.blobs))
+            need = self.force_backward or any(per_layer[-1]) or any(propagate)
             for t in self.top_names[lname]:
                 needs[t] = need
         return per_layer
@@ -221,9 +221,10 @@ class PycaffeNetMixin:
             needed = bottom_needs[i]
             bottoms = [s.detach().clone().requires_grad_(bool(p) and need and s.is_floating_point())
                        for s, p, need in zip(sources, propagate, needed)]
-            params = [p for p in module.blobs if p.requires_grad]
+            params = [p for p, flag in zip(module.blobs, self._param_propagate[i]) if flag and p.requires_grad]
             with torch.enable_grad():
-                out = module(*bottoms)
+                out = (module(*bottoms) if i not in self._detached_params
+                       else self._call_detached(module, self._detached_params[i], bottoms))
             outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
             roots, seeds = [], []
             for name, t in zip(top_names, outs):

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_e2e import FRAMES, SOFTMAX_HEAD, SOLVER, TRUNK, params_of
+from test_bad_input import one_error_line
+from test_e2e import FRAMES, SOFTMAX_HEAD, SOLVER, SPEAKERS, TEST_SPEAKERS, TRUNK, params_of
 
 import data_utils
 import test_verification
 import trainAug
-from voxdata import ListFormatError, make_corpus, read_wav
+from voxdata import ListFormatError, TrainBatches, read_wav
+from voxdata.m4a import write_m4a
 from voxdata.roots import read_train_list, scan_folder, training_splits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,11 +37,9 @@ def vox2(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def vox1(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vox1")
-    make_corpus(root, speakers=5, utterances=5, test_speakers=2, seed=8, min_videos=3, max_videos=3, min_dur=1.0,
-                max_dur=1.5, trials=10, workers=1, progress=False)
-    return root
+def vox1(corpus):
+    """The shared tiny VoxCeleb1-layout corpus (tests/conftest.py) as the VoxCeleb1 root beside VoxCeleb2's."""
+    return corpus
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_layout_scan_and_lists(vox2, vox1, tmp_path):
     # VoxCeleb1 (its iden_split.txt, verification mode: test speakers held out) + VoxCeleb2 dev (scanned)
     both = training_splits([str(vox1), str(vox2)], "verification",
                            {str(vox1): str(vox1 / "iden_split.txt")})
-    vox1_train = ["id10001", "id10002", "id10003"]
+    vox1_train = [f"id{10001 + i}" for i in range(SPEAKERS - TEST_SPEAKERS)]
     assert both.speakers == sorted(vox1_train + splits.speakers)
     rows = [line.split() for line in (vox1 / "iden_split.txt").read_text().splitlines()]
     mine = [(split, rel) for split, rel in rows if rel.split("/")[0] in vox1_train]
@@ -130,35 +130,6 @@ def test_m4a_corpus_trains_with_augmentation_and_cache_and_verifies(vox2, noise,
     assert veri["trials"]["n"] == 20 and 0 <= veri["trials"]["eer"] <= 1
 
 
-def test_stop_signal_during_the_cache_build_stops_it_at_once_and_resume_continues(vox2, tmp_path, monkeypatch,
-                                                                                  capsys):
-    import functools
-    import signal
-
-    import voxdata
-
-    solver = tiny_solver(tmp_path, DEV, max_iter=2, snapshot=0, prefix="cs")
-    cache, run = tmp_path / "cache", tmp_path / "run"
-    real = voxdata.build_cache
-    monkeypatch.setattr(voxdata, "build_cache", functools.partial(
-        real, on_file=lambda n: os.kill(os.getpid(), signal.SIGTERM) if n == 5 else None))
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
-    try:
-        assert trainAug.main(train_args(solver, [vox2], run, "--cache", str(cache))) == 1
-    finally:
-        for s, h in saved.items():
-            signal.signal(s, h)
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error: " in line]
-    assert len(errors) == 1 and "stopped by a signal while building the cache" in errors[0]
-    log = (run / "train.log").read_text()
-    assert "stopped (stop requested) after 5 of 20 files" in log       # at once: the file it was on
-    assert not (cache / "index.json").exists()
-    monkeypatch.setattr(voxdata, "build_cache", real)
-    assert trainAug.main(train_args(solver, [vox2], run, "--cache", str(cache), "--resume", "auto")) == 0
-    assert "continuing an unfinished build (5 files already decoded)" in (run / "train.log").read_text()
-    assert len(json.loads((cache / "index.json").read_text())["paths"]) == 20
-
-
 def test_corrupt_m4a_is_refused_before_iteration_0_or_skipped(vox2, tmp_path, capsys):
     own = shutil.copytree(vox2, tmp_path / "vox2")
     victim = sorted((own / "dev" / "aac").rglob("*.m4a"))[3]
@@ -174,8 +145,56 @@ def test_corrupt_m4a_is_refused_before_iteration_0_or_skipped(vox2, tmp_path, ca
     assert (tmp_path / "skipped" / "bad_audio.txt").read_text().startswith(f"{victim}: ")
 
 
+def test_bad_recipe_arguments_are_one_line_before_the_run_folder_is_taken(vox2, noise, tmp_path, capsys):
+    solver = tiny_solver(tmp_path, DEV, max_iter=2, snapshot=0, prefix="args")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    half = tmp_path / "half_musan"            # noise/ and music/ but no speech/ (no babble)
+    for cat in ("noise", "music"):
+        shutil.copytree(Path(noise[1]) / cat, half / cat)
+    nowhere = tmp_path / "nowhere"
+    cases = [
+        (["--noise", str(nowhere)], f"--noise {nowhere}: no such directory"),
+        (["--rir", str(nowhere)], f"--rir {nowhere}: no such directory"),
+        (["--noise", str(empty)], f"--noise {empty}: no .wav files under noise/"),
+        (["--noise", str(half)], f"--noise {half}: no .wav files under speech/"),
+        (["--rir", str(empty)], f"--rir {empty}: no .wav files below it"),
+        ([*noise, "--noise-prob", "1.5"], "--noise-prob 1.5: must be in [0, 1]"),
+        (["--train-list", str(nowhere)], f"--train-list {nowhere}: no such training list"),
+    ]
+    for extra, message in cases:
+        run = tmp_path / "run"
+        assert trainAug.main(train_args(solver, [vox2], run, *extra)) == 1, extra
+        assert message in one_error_line(capsys.readouterr().err, "trainAug.py")
+        assert not run.exists(), extra                                 # refused before anything was written
+
+
+def test_wrong_rate_m4a_and_missing_listed_files(vox2, tmp_path, capsys):
+    solver = tiny_solver(tmp_path, DEV, max_iter=2, snapshot=0, prefix="rate")
+    own = shutil.copytree(vox2, tmp_path / "vox2")
+    victim = sorted((own / "dev" / "aac").rglob("*.m4a"))[2]
+    write_m4a(victim, read_wav(victim)[:44100], sample_rate=44100)   # a 44.1 kHz recording (1 s)
+    assert trainAug.main(train_args(solver, [own], tmp_path / "r44")) == 1
+    line = one_error_line(capsys.readouterr().err, "trainAug.py")
+    assert f"{victim}: sample rate 44100 Hz, expected 16000 Hz" in line and "1 of 20 recordings" in line
+    assert not (tmp_path / "r44" / "snapshots").exists() or not any((tmp_path / "r44" / "snapshots").iterdir())
+
+    # a --train-list naming a missing file: counted and named, the rest trains; naming only missing ones: refused
+    listed = tmp_path / "list.txt"
+    listed.write_text((vox2 / "train_list.txt").read_text() + "id00001 id00001/novideo/00001.m4a\n")
+    assert trainAug.main(train_args(solver, [vox2], tmp_path / "r1", "--train-list", str(listed))) == 0
+    log = (tmp_path / "r1" / "train.log").read_text()
+    assert f"1 files listed in {listed} were not found (first: id00001/novideo/00001.m4a)" in log
+    gone = tmp_path / "gone.txt"
+    gone.write_text("id00001 id00001/novideo/00001.m4a\n")
+    capsys.readouterr()
+    assert trainAug.main(train_args(solver, [vox2], tmp_path / "r2", "--train-list", str(gone))) == 1
+    line = one_error_line(capsys.readouterr().err, "trainAug.py")
+    assert f"{gone}: no training utterance found" in line and "1 listed files missing" in line
+
+
 def test_resume_with_augmentation_is_bit_identical(vox2, vox1, noise, tmp_path):
-    classes = DEV + 3                                      # VoxCeleb2 dev + VoxCeleb1's training speakers
+    classes = DEV + SPEAKERS - TEST_SPEAKERS               # VoxCeleb2 dev + VoxCeleb1's training speakers
     solver = tiny_solver(tmp_path, classes, max_iter=8, snapshot=4, prefix="aug")
     roots = [vox1, vox2]
     full, cut, plain = tmp_path / "full", tmp_path / "cut", tmp_path / "plain"
@@ -198,17 +217,34 @@ def test_resume_with_augmentation_is_bit_identical(vox2, vox1, noise, tmp_path):
 
 
 @pytest.mark.slow
-def test_data_parallel_with_augmentation_equals_one_process(vox2, noise, tmp_path):
+def test_data_parallel_with_augmentation_trains_on_the_rows_of_one_process(vox2, noise, tmp_path):
+    """torchrun with 2 gloo processes and noise + RIR augmentation: each process's batch rows are, bit for bit,
+    its half of the batch one process trains on (every draw made for every row, only the own rows read and
+    augmented). test_ddp.py checks that equal batches give equal weights."""
     solver = tiny_solver(tmp_path, DEV, max_iter=4, snapshot=0, prefix="dp")
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    assert trainAug.main(train_args(solver, [vox2], single, *noise)) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-           str(ROOT / "trainAug.py"), *train_args(solver, [vox2], ddp, *noise)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    a, b = params_of(single / "final.caffemodel"), params_of(ddp / "final.caffemodel")
-    for name in a:       # equal up to float summation order (the gradient average over 2 processes)
-        for x, y in zip(a[name], b[name]):
-            np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-7, err_msg=name)
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(name, None)
+    runs = {}
+    for name, launch in (("single", []), ("ddp", ["-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+                                                 "--nproc_per_node=2"])):
+        events = tmp_path / f"{name}_events"
+        events.mkdir()
+        cmd = [sys.executable, *launch, "-m", "tests.hooked_run", "--ddp-events", str(events), "--",
+               *train_args(solver, [vox2], tmp_path / name, *noise)]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=1800)      # a hang guard only
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        runs[name] = [np.load(events / f"batches-rank{r}.npz") for r in ((0,) if name == "single" else (0, 1))]
+    assert "data parallel: 2 processes (gloo), 3 examples per process" in (tmp_path / "ddp" / "train.log").read_text()
+    (one,), (r0, r1) = runs["single"], runs["ddp"]
+    assert sorted(one.files) == sorted(r0.files) == sorted(r1.files) == sorted(
+        f"{kind}{k}" for kind in ("crops", "labels") for k in range(4))
+    for key in one.files:
+        assert r0[key].shape[0] == r1[key].shape[0] == one[key].shape[0] // 2
+        np.testing.assert_array_equal(np.concatenate([r0[key], r1[key]]), one[key], err_msg=key)
+    splits = training_splits([str(vox2)], "verification")
+    clean = TrainBatches(splits.abspaths(splits.train), splits.train.labels, batch_size=6, frames=FRAMES,
+                         seed=3).batch(0)
+    np.testing.assert_array_equal(clean[1], one["labels0"])       # the same draws of utterances ...
+    assert not np.array_equal(clean[0], one["crops0"])             # ... and the augmentation changed the crops

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from voxdata import AudioError, TrainBatches, make_corpus, read_iden_split, read_wav, write_wav
+from voxdata import AudioError, TrainBatches, read_iden_split, read_wav, write_wav
 from voxdata.augment import AugmentConfig, Augmenter, load_augmenter, reverberate, scan_bank
 from voxdata.crops import apply_crop
 from voxdata.synth_noise import make_noise_folders
@@ -97,19 +97,16 @@ def test_each_example_is_seeded_by_batch_and_row_alone(folders, crops):
     full = aug(crops, seed=7, k=3)
     assert not np.array_equal(full, crops)
     # a process building rows 5..9 of the global batch (data parallel) gets exactly those rows
-    np.testing.assert_array_equal(aug(crops[5:9], seed=7, k=3, first_row=5), full[5:9])
+    np.testing.assert_array_equal(aug(crops[5:9], seed=7, k=3, rows=(5, 9), batch_size=len(crops)), full[5:9])
     # another batch, another seed: other draws
     assert not np.array_equal(aug(crops, seed=7, k=4), full)
     assert not np.array_equal(aug(crops, seed=8, k=3), full)
 
 
-def test_loader_batches_are_the_same_for_any_worker_count_and_resume(folders, tmp_path):
+def test_loader_batches_are_the_same_for_any_worker_count_and_resume(folders, corpus):
     from voxdata import train_loader
 
-    root = tmp_path / "corpus"
-    make_corpus(root, speakers=3, utterances=3, test_speakers=2, seed=0, min_videos=3, max_videos=3, min_dur=0.5,
-                max_dur=0.6, trials=4, workers=1, progress=False)
-    splits = read_iden_split(root / "iden_split.txt")
+    splits = read_iden_split(corpus / "iden_split.txt")
     paths, labels = splits.abspaths(splits.train), splits.train.labels
     aug = augmenter(folders)
 
@@ -164,3 +161,26 @@ def test_bad_folders_and_files_are_one_line(folders, tmp_path):
     aug, bad = load_augmenter(AugmentConfig(rir_dir=str(rirs)), skip_bad=True)
     assert len(aug.bank.rirs) == 1 and len(bad) == 1 and bad[0].startswith(str(rirs / "bad.wav"))
     assert isinstance(aug, Augmenter) and issubclass(AudioError, ValueError)
+
+
+def test_a_process_slice_of_the_batch_equals_those_rows_of_the_whole_batch(folders, corpus):
+    """Data parallel: a process building rows lo..hi-1 (from the recordings' lengths, reading only its rows) gets
+    exactly those rows of the whole augmented batch, for every split of the batch."""
+    from voxdata import scan_audio
+
+    splits = read_iden_split(corpus / "iden_split.txt")
+    paths, labels = splits.abspaths(splits.train), splits.train.labels
+    samples = scan_audio(paths, workers=1).samples
+    lengths = [samples[p] for p in paths]
+    aug = augmenter(folders, noise_prob=0.7, rir_prob=0.5)
+    whole = TrainBatches(paths, labels, batch_size=6, frames=30, seed=4, augmenter=aug)
+    for k in range(3):
+        crops, labs = whole.batch(k)
+        for lo, hi in ((0, 3), (3, 6), (0, 1), (1, 6), (5, 6)):
+            part = TrainBatches(paths, labels, batch_size=6, frames=30, seed=4, augmenter=aug, rows=(lo, hi),
+                                lengths=lengths)
+            got, got_labels = part.batch(k)
+            np.testing.assert_array_equal(got, crops[lo:hi], err_msg=f"batch {k} rows {lo}..{hi - 1}")
+            np.testing.assert_array_equal(got_labels, labs[lo:hi])
+    plain = TrainBatches(paths, labels, batch_size=6, frames=30, seed=4)
+    assert not np.array_equal(plain.batch(0)[0], whole.batch(0)[0])     # the augmentation did something

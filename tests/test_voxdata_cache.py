@@ -17,7 +17,7 @@ import pytest
 
 import data_utils
 import voxdata.cache as vc
-from voxdata import AudioError, make_corpus, read_iden_split, read_wav
+from voxdata import AudioError, read_iden_split, read_wav
 from voxdata.cache import CacheError, StaleCacheError, WavCache, build_cache
 from voxdata.m4a import write_m4a
 
@@ -25,16 +25,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    make_corpus(root, speakers=4, utterances=5, test_speakers=2, seed=2, min_videos=3, max_videos=3,
-                min_dur=0.5, max_dur=0.8, trials=4, workers=1, progress=False)
-    splits = read_iden_split(root / "iden_split.txt")
+def files(corpus, tmp_path_factory):
+    """(the shared corpus' root, every recording of its list) and two of them also as m4a (in a folder of
+    their own): the cache holds whatever read_wav decodes."""
+    splits = read_iden_split(corpus / "iden_split.txt")
     paths = splits.abspaths(splits.train) + splits.abspaths(splits.val) + splits.abspaths(splits.test)
-    # two of them also as m4a: the cache holds whatever read_wav decodes
-    for p in paths[:2]:
-        write_m4a(p.replace(".wav", ".m4a"), read_wav(p))
-    return root, paths + [p.replace(".wav", ".m4a") for p in paths[:2]]
+    m4a = tmp_path_factory.mktemp("m4a")
+    for i, p in enumerate(paths[:2]):
+        write_m4a(m4a / f"{i}.m4a", read_wav(p))
+    return corpus, paths + [str(m4a / f"{i}.m4a") for i in range(2)]
 
 
 def assert_complete(cache_dir, paths):
@@ -45,8 +44,8 @@ def assert_complete(cache_dir, paths):
     assert not (Path(cache_dir) / vc.JOURNAL).exists()
 
 
-def test_parallel_build_equals_reading_the_files(corpus, tmp_path):
-    _, paths = corpus
+def test_parallel_build_equals_reading_the_files(files, tmp_path):
+    _, paths = files
     cache = build_cache(paths, tmp_path / "c", progress=False, workers=2)
     assert_complete(tmp_path / "c", paths)
     s = cache.build_stats
@@ -92,8 +91,8 @@ def wait_gone(pids, limit=60.0):
 
 
 @pytest.mark.parametrize("k", [1, 9])
-def test_parent_killed_after_k_files_then_resumed(corpus, tmp_path, k):
-    _, paths = corpus
+def test_parent_killed_after_k_files_then_resumed(files, tmp_path, k):
+    _, paths = files
     out = tmp_path / "c"
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(paths), str(out), str(k)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -111,10 +110,10 @@ def test_parent_killed_after_k_files_then_resumed(corpus, tmp_path, k):
     assert_complete(out, paths)
 
 
-def test_a_killed_worker_is_one_error_and_the_build_resumes(corpus, tmp_path):
+def test_a_killed_worker_is_one_error_and_the_build_resumes(files, tmp_path):
     import multiprocessing
 
-    _, paths = corpus
+    _, paths = files
 
     def kill_a_worker(n):            # every worker has tasks in flight then: its death cannot go unnoticed
         if n == 5:
@@ -130,8 +129,8 @@ def test_a_killed_worker_is_one_error_and_the_build_resumes(corpus, tmp_path):
     assert_complete(tmp_path / "c", paths)
 
 
-def test_exception_in_the_parent_keeps_the_work(corpus, tmp_path, caplog):
-    _, paths = corpus
+def test_exception_in_the_parent_keeps_the_work(files, tmp_path, caplog):
+    _, paths = files
 
     def boom(n):
         if n == 4:
@@ -163,8 +162,8 @@ SIGNAL_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_cli_stops_at_once_on_a_signal_with_one_line_and_continues(corpus, tmp_path, sig):
-    root, paths = corpus
+def test_cli_stops_after_the_current_file_on_a_signal_with_one_line_and_continues(files, tmp_path, sig):
+    root, paths = files
     args = ["cache", "--iden-split", str(root / "iden_split.txt"), "--out", str(tmp_path / "c"), "--quiet",
             "--workers", "2"]
     proc = subprocess.run([sys.executable, "-c", SIGNAL_SCRIPT, "3", sig, *args], cwd=ROOT, capture_output=True,
@@ -179,8 +178,8 @@ def test_cli_stops_at_once_on_a_signal_with_one_line_and_continues(corpus, tmp_p
     assert_complete(tmp_path / "c", wavs)
 
 
-def test_changed_file_is_refused_then_decoded_again(corpus, tmp_path):
-    _, paths = corpus
+def test_changed_file_is_refused_then_decoded_again(files, tmp_path):
+    _, paths = files
     own = tmp_path / "x.wav"
     own.write_bytes(Path(paths[0]).read_bytes())
     cache = build_cache([str(own)], tmp_path / "c", progress=False, workers=1)
@@ -200,8 +199,8 @@ def test_changed_file_is_refused_then_decoded_again(corpus, tmp_path):
     assert not np.array_equal(before, data[::-1])
 
 
-def test_hash_catches_a_file_replaced_with_its_old_mtime(corpus, tmp_path):
-    _, paths = corpus
+def test_hash_catches_a_file_replaced_with_its_old_mtime(files, tmp_path):
+    _, paths = files
     own = tmp_path / "x.wav"
     own.write_bytes(Path(paths[0]).read_bytes())
     build_cache([str(own)], tmp_path / "c", progress=False, workers=1, hash_sources=True)
@@ -218,9 +217,9 @@ def test_hash_catches_a_file_replaced_with_its_old_mtime(corpus, tmp_path):
     np.testing.assert_array_equal(hashed.get(str(own)), read_wav(own))
 
 
-def test_unsynced_tail_is_checked_and_a_damaged_entry_decoded_again(corpus, tmp_path):
+def test_unsynced_tail_is_checked_and_a_damaged_entry_decoded_again(files, tmp_path):
     """As after a power cut: journal lines after the last sync whose samples did not reach the disk."""
-    _, paths = corpus
+    _, paths = files
     out = tmp_path / "c"
 
     def stop(n):
@@ -242,8 +241,8 @@ def test_unsynced_tail_is_checked_and_a_damaged_entry_decoded_again(corpus, tmp_
     assert_complete(out, paths)
 
 
-def test_bad_files_raise_or_are_skipped_and_kept_skipped(corpus, tmp_path):
-    _, paths = corpus
+def test_bad_files_raise_or_are_skipped_and_kept_skipped(files, tmp_path):
+    _, paths = files
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF....WAVEfmt garbage")
     with pytest.raises(AudioError, match=str(bad)):
@@ -254,8 +253,8 @@ def test_bad_files_raise_or_are_skipped_and_kept_skipped(corpus, tmp_path):
     assert again.build_stats.decoded == 0 and len(again.skipped) == 1
 
 
-def test_one_build_per_folder_and_old_formats_refused(corpus, tmp_path):
-    _, paths = corpus
+def test_one_build_per_folder_and_old_formats_refused(files, tmp_path):
+    _, paths = files
     out = tmp_path / "c"
     out.mkdir()
     with open(out / vc.LOCK, "w") as f:

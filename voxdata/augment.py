@@ -19,9 +19,10 @@ babble are exclusive and equally likely; here reverberation and noise may combin
 Randomness: example b of training batch k draws everything from its own generator seeded by (seed, k, b), in a
 fixed order (reverb coin, RIR; noise coin, category, file count, files, and per file its start and SNR), so
 an example is augmented the same way whichever process builds it, with however many workers, and a resumed
-run sees the augmentation an uninterrupted one would. The arithmetic is batched: one FFT convolution for all
-reverberated rows (float32, scipy.fft), the noise crops of the batch stacked and summed per example, one
-rounding to int16 (clipped to its range).
+run sees the augmentation an uninterrupted one would. Every process draws the plans of every row of the batch
+and reads and augments only its own rows. The arithmetic: an FFT convolution per reverberated row (float32,
+scipy.fft, of a size fixed by the RIR bank, so no row depends on the others), the noise crops of the batch
+stacked and summed per example, one rounding to int16 (clipped to its range).
 """
 
 from __future__ import annotations
@@ -125,13 +126,9 @@ class Bank:
     bad: list[str] = field(default_factory=list)
 
 
-def scan_bank(config: AugmentConfig, cache_file=None, progress: bool = False) -> Bank:
-    """List and check (voxdata.scan_audio: header, rate, mono, truncation; cached) the noise and RIR files.
-    A missing folder or an empty category is a ValueError naming it; unusable files are in Bank.bad (the
-    caller refuses them or, with --skip-bad-audio, leaves them out)."""
-    from .scan import scan_audio
-
-    bank = Bank()
+def list_bank(config: AugmentConfig) -> dict[str, list[str]]:
+    """The noise files per category ("noise", "music", "speech") and the RIR files ("rir") of the configured
+    folders, without opening them. A missing folder or an empty category is a ValueError naming it."""
     groups: dict[str, list[str]] = {}
     if config.noise_dir is not None:
         if not os.path.isdir(config.noise_dir):
@@ -141,12 +138,25 @@ def scan_bank(config: AugmentConfig, cache_file=None, progress: bool = False) ->
             if not groups[cat]:
                 raise ValueError(f"--noise {config.noise_dir}: no .wav files under {cat}/ (MUSAN's layout: "
                                  "noise/, music/ and speech/ folders)")
+        if len(groups["speech"]) < config.babble_files[0]:
+            raise ValueError(f"--noise {config.noise_dir}: babble needs {config.babble_files[0]} different speech "
+                             f"files, speech/ has {len(groups['speech'])}")
     if config.rir_dir is not None:
         if not os.path.isdir(config.rir_dir):
             raise ValueError(f"--rir {config.rir_dir}: no such directory")
         groups["rir"] = _wavs_below(config.rir_dir)
         if not groups["rir"]:
             raise ValueError(f"--rir {config.rir_dir}: no .wav files below it")
+    return groups
+
+
+def scan_bank(config: AugmentConfig, cache_file=None, progress: bool = False) -> Bank:
+    """List (list_bank) and check (voxdata.scan_audio: header, rate, mono, truncation; cached) the noise and RIR
+    files. Unusable files are in Bank.bad (the caller refuses them or, with --skip-bad-audio, leaves them out)."""
+    from .scan import scan_audio
+
+    bank = Bank()
+    groups = list_bank(config)
     for name, paths in groups.items():
         result = scan_audio(paths, cache_file=cache_file, progress=progress)
         bank.bad += result.bad
@@ -180,8 +190,9 @@ def example_rng(seed: int, k: int, row: int) -> np.random.Generator:
 
 
 class Augmenter:
-    """Callable (crops int16 (B, L), seed, k, first_row=0) -> augmented int16 (B, L); row b of the input is
-    example first_row + b of batch k (a process building a slice of the global batch passes its offset)."""
+    """Callable (crops int16 (n, L), seed, k, rows=None, batch_size=None) -> augmented int16 (n, L). With
+    rows=(lo, hi) the crops are rows lo..hi-1 of batch k of batch_size rows (one process's slice of the global
+    batch): the draws of every row of the batch are made, the files read and the arithmetic done for these."""
 
     def __init__(self, config: AugmentConfig, bank: Bank):
         config.check()
@@ -209,8 +220,9 @@ class Augmenter:
                 plan.files.append((int(i), start, wraps, float(rng.uniform(lo_db, hi_db))))
         return plan
 
-    def plans(self, n: int, length: int, seed: int, k: int, first_row: int = 0) -> list[Plan]:
-        return [self.plan(length, example_rng(seed, k, first_row + b)) for b in range(n)]
+    def plans(self, n: int, length: int, seed: int, k: int) -> list[Plan]:
+        """The plans of examples 0..n-1 of batch k."""
+        return [self.plan(length, example_rng(seed, k, b)) for b in range(n)]
 
     def noise_crop(self, category: str, index: int, start: int, wraps: bool, length: int) -> np.ndarray:
         path, n = self.bank.noise[category][index]
@@ -218,10 +230,15 @@ class Augmenter:
             return apply_crop(read_wav(path), length, start, False, True)
         return read_wav(path, start=start, stop=start + length)
 
-    def __call__(self, crops: np.ndarray, seed: int, k: int, first_row: int = 0) -> np.ndarray:
+    def __call__(self, crops: np.ndarray, seed: int, k: int, rows: tuple[int, int] | None = None,
+                 batch_size: int | None = None) -> np.ndarray:
         crops = np.asarray(crops)
-        plans = self.plans(len(crops), crops.shape[1], seed, k, first_row)
-        return self.apply(crops, plans)
+        lo, hi = (0, len(crops)) if rows is None else rows
+        n = len(crops) if batch_size is None else int(batch_size)
+        if hi - lo != len(crops) or not 0 <= lo <= hi <= n:
+            raise ValueError(f"rows {lo}..{hi - 1} of a batch of {n} do not match {len(crops)} crops")
+        plans = self.plans(n, crops.shape[1], seed, k)
+        return self.apply(crops, plans[lo:hi])
 
     def apply(self, crops: np.ndarray, plans: list[Plan]) -> np.ndarray:
         """The augmented int16 crops (B, L) for the given plans (one per row)."""
@@ -231,7 +248,7 @@ class Augmenter:
         rows = [b for b, p in enumerate(plans) if p.rir is not None]
         if rows:
             rirs = [read_wav(self.bank.rirs[plans[b].rir][0]) for b in rows]
-            x[rows] = reverberate(x[rows], rirs)
+            x[rows] = reverberate(x[rows], rirs, taps=max(n for _, n in self.bank.rirs))
         noisy = [b for b, p in enumerate(plans) if p.files]
         if noisy:
             length = x.shape[1]
@@ -245,19 +262,23 @@ class Augmenter:
         return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
 
 
-def reverberate(x: np.ndarray, rirs: list[np.ndarray]) -> np.ndarray:
-    """x float32 (R, L) convolved row by row with the energy-normalised rirs[r] (any lengths), the first L
-    samples of each full convolution: (R, L) float32. One batched real FFT of the smallest fast size."""
+def reverberate(x: np.ndarray, rirs: list[np.ndarray], taps: int | None = None) -> np.ndarray:
+    """x float32 (R, L) convolved row by row with the energy-normalised rirs[r] (any lengths up to `taps`,
+    default the longest given), the first L samples of each full convolution: (R, L) float32. A real FFT of the
+    smallest fast size for L + taps - 1, one row at a time: with a fixed `taps` (the longest RIR of the bank) a
+    row's result does not depend on the other rows of the call (nor on how an FFT library groups rows), so a
+    process computing some rows of a batch gets those rows of the whole batch bit for bit."""
     import scipy.fft
 
     length = x.shape[1]
-    h = np.zeros((len(rirs), max(len(r) for r in rirs)), dtype=np.float32)
+    taps = max(len(r) for r in rirs) if taps is None else int(taps)
+    n = scipy.fft.next_fast_len(length + taps - 1, real=True)
+    y = np.empty_like(x, dtype=np.float32)
     for r, rir in enumerate(rirs):
         rir = np.asarray(rir, dtype=np.float64)
-        h[r, : len(rir)] = rir / np.sqrt(np.sum(rir**2))
-    n = scipy.fft.next_fast_len(length + h.shape[1] - 1, real=True)
-    y = scipy.fft.irfft(scipy.fft.rfft(x, n, axis=1) * scipy.fft.rfft(h, n, axis=1), n, axis=1)
-    return y[:, :length].astype(np.float32, copy=False)
+        h = (rir / np.sqrt(np.sum(rir**2))).astype(np.float32)
+        y[r] = scipy.fft.irfft(scipy.fft.rfft(x[r], n) * scipy.fft.rfft(h, n), n)[:length]
+    return y
 
 
 def noise_gains(speech: np.ndarray, noise: np.ndarray, snr_db: np.ndarray) -> np.ndarray:

@@ -302,7 +302,8 @@ def build_cache(paths, cache_dir, on_error: str = "raise", progress: bool = True
     on_error 'raise' (AudioError naming the file) or 'skip' (bad files are left out, counted, logged and listed
     under "skipped" in index.json). workers: decoding processes (default: the usable cores). hash_sources: compare
     (and record) each file's BLAKE2b digest, which reads every source file once more. should_stop: polled after
-    every file; True stops the build like an interrupt (KeyboardInterrupt). on_file(n): called
+    every file; a true value (e.g. the name of the signal that asked) stops the build like an interrupt
+    (KeyboardInterrupt, with that name). on_file(n): called
     after the n-th file of this build is journaled (tests use it to kill at a chosen point). Whatever stops the
     build (an exception, Ctrl-C, SIGTERM turned into an exception, a dead worker) terminates the workers at
     once, keeps every journaled file and logs one line saying what was done. The workers start from
@@ -473,8 +474,9 @@ def _run(pool, todo, state, writer, stats, bar, on_error, want_hash, should_stop
             bar.set_postfix(audio_h_s=f"{stats.samples / SAMPLE_RATE / 3600 / elapsed:.3f}", refresh=False)
         if on_file is not None:
             on_file(done)
-        if should_stop is not None and should_stop():
-            raise KeyboardInterrupt("stop requested")
+        stop = should_stop() if should_stop is not None else None
+        if stop:
+            raise KeyboardInterrupt(stop if isinstance(stop, str) else "stop requested")
 
 
 # ---------------------------------------------------------------------- the read side

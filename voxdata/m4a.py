@@ -129,7 +129,7 @@ def read_m4a(path, sample_rate: int = SAMPLE_RATE, start: int = 0, stop: int | N
     if end is not None:
         data = data[: end - (first or 0)]     # the decoder returns the last frame whole; its packet says how much
     if data.dtype.kind == "f":
-        data = _float_to_int16(data)
+        data = _float_to_int16(data, path)
     else:                        # an integer sample format (not AAC's): ffmpeg's s16 as is
         data = data.astype(np.int16)
     return data[start:stop]

@@ -176,13 +176,10 @@ def merge(sources: list[Source], mode: str, missing_log=None) -> Splits:
     return Splits(train, val, UttSet([], np.zeros(0, dtype=np.int64)), speakers, [], mode, "", "current", missing)
 
 
-def write_train_list(path, splits: Splits) -> None:
+def train_list_text(splits: Splits) -> str:
     """The training utterances as `<speaker> <absolute path>` lines (read back by read_train_list), so that
     a resumed run trains on the list it started with even if the folders changed since."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.writelines(f"{splits.speakers[label]} {p}\n" for p, label in zip(splits.train.paths, splits.train.labels))
-    os.replace(tmp, path)
+    return "".join(f"{splits.speakers[label]} {p}\n" for p, label in zip(splits.train.paths, splits.train.labels))
 
 
 def training_splits(roots, mode: str, split_files: dict | None = None, train_list=None, progress: bool = False,

@@ -17,7 +17,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 from .m4a import write_m4a
-from .synth import make_speaker, make_trials, plan_corpus, synth_utterance
+from .synth import check_corpus_args, make_speaker, make_trials, plan_corpus, synth_utterance
 
 
 def _job(args) -> str:
@@ -33,10 +33,7 @@ def make_vox2_corpus(out, speakers: int = 40, utterances: int = 30, test_speaker
     Returns a summary dict like voxdata.synth.make_corpus."""
     from tqdm import tqdm
 
-    if speakers < 2 or utterances < 1:
-        raise ValueError("need at least 2 speakers and 1 utterance per speaker")
-    if not 2 <= test_speakers < speakers:
-        raise ValueError(f"test_speakers must be in 2..{speakers - 1}, got {test_speakers}")
+    check_corpus_args(speakers, utterances, test_speakers, min_dur, max_dur)
     out = os.fspath(out)
     plan = plan_corpus(seed, speakers, utterances, max(1, min_videos), max(min_videos, max_videos))
     jobs, dev_lines, test_utts = [], [], {}
