@@ -18,6 +18,8 @@ class ArgMax(Layer):
     channel 0 the indices, channel 1 the values), padded with trailing 1s to the bottom's number of axes.
     Ties: the larger index first (Caffe sorts (value, index) pairs with std::greater). No backward."""
 
+    backward_not_implemented = True     # need_backward.py
+
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         ap = param.argmax_param
@@ -64,6 +66,8 @@ class ArgMax(Layer):
 class BatchReindex(Layer):
     """top[i] = bottom[0][bottom[1][i]] along the first axis; the gradient is summed back into the picked rows.
     bottom[1] is a 1-D blob of item indices (floats holding integers)."""
+
+    no_backward_to = (1,)           # "Cannot backprop to index." (need_backward.py)
 
     num_bottoms = (2, 2)
 
@@ -160,6 +164,8 @@ class Filter(Layer):
     bottom; tops are those bottoms filtered, so their first axis depends on the data (built full size, as Caffe's
     first Reshape). Items not kept get a zero gradient; the selector gets none."""
 
+    no_backward_to = (-1,)          # the selector: Caffe aborts (need_backward.py)
+
     num_bottoms = (2, None)
     num_tops = (1, None)
 
@@ -239,6 +245,8 @@ class Parameter(Layer):
 class Embed(Layer):
     """Lookup table: top = W[index] + b, W input_dim x num_output, b num_output; the top has the bottom's shape
     plus an axis of num_output. The bottom holds integer ids in [0, input_dim) and gets no gradient."""
+
+    no_backward_to = (0,)           # "Can't backpropagate to EmbedLayer input." (need_backward.py)
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
