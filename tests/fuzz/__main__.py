@@ -27,7 +27,7 @@ from caffe_torch.layers.base import known_types
 
 from ..caffe_facts import NOT_IN_BUILD
 from .compare import class_reason
-from .netgen import GENERATED_TYPES
+from .makers import GENERATED_TYPES
 from .runner import Engines, Outcome, Score, case_program, net_types, shrink_and_save
 from .shrink import signature
 

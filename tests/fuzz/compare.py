@@ -31,7 +31,7 @@ from google.protobuf import text_format
 from caffe_torch.proto import caffe_pb2
 
 from ..caffe_facts import QUIRKS, RTOL, rel_err
-from .netgen import SHARING_TYPES
+from .builder import SHARING_TYPES
 from .program import STALE_VIEW_TYPES, Program
 from .worker import EngineResult
 
