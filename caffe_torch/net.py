@@ -25,6 +25,7 @@ from .errors import LayerError, PrototxtError
 from .layers.base import BuildContext, known_types, layer_class
 from .log import install as install_glog
 from .mode import MODE
+from .need_backward import plan as backward_plan
 from .proto import caffe_pb2
 from .prototxt import Source, read_net
 from .pycaffe_net import PycaffeNetMixin
@@ -166,13 +167,15 @@ class Net(PycaffeNetMixin):
         # nothing for a backward Caffe would allow but nobody runs
         self.enable_backward = self.phase == TRAIN or self.force_backward
         self._last_forward = None
+        self._replaying = False          # _redo_forward_with_graph is running
 
         available: dict[str, None] = OrderedDict()       # blobs not yet consumed, in production order
         shapes: dict[str, tuple[int, ...]] = {}
         names_seen: set[str] = set()
         for file_index, lp in filter_layers(net_param, state, src):
             where = src.where(file_index)
-            lp.phase = state.phase
+            if not lp.HasField("phase"):       # Caffe's Net::Init: a layer inherits the net's phase if unset
+                lp.phase = state.phase
             if not lp.name:
                 raise PrototxtError(f"{where}: a layer has no name")
             if lp.name in names_seen:
@@ -192,7 +195,7 @@ class Net(PycaffeNetMixin):
             if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
                 raise LayerError(lp.name, lp.type, "propagate_down must be given once per bottom", where)
             bottom_shapes = [shapes[b] for b in lp.bottom]
-            ctx = BuildContext(self.dtype, self.device, state.phase, MODE.generator, where)
+            ctx = BuildContext(self.dtype, self.device, lp.phase, MODE.generator, where)
             try:
                 layer = cls(lp, bottom_shapes, ctx)
                 top_shapes = layer.top_shapes(bottom_shapes)
@@ -207,7 +210,6 @@ class Net(PycaffeNetMixin):
             self._layer_params.append(lp)
             self.bottom_names[lp.name] = list(lp.bottom)
             self.top_names[lp.name] = list(lp.top)
-            self._propagate_down.append(list(lp.propagate_down) or [True] * len(lp.bottom))
             for b in lp.bottom:
                 available.pop(b, None)
             for j, t in enumerate(lp.top):
@@ -227,11 +229,20 @@ class Net(PycaffeNetMixin):
                     self._tensors[t] = self._placeholder(shp, real=lp.type == "Input")
                 if t not in self.blobs:
                     self.blobs[t] = self._activation_blob(t)
+            initial = layer.initial_tops()
+            if initial is not None:
+                for t, value in zip(lp.top, initial):
+                    self._tensors[t] = value
             if lp.type == "Input":
                 self.inputs.extend(lp.top)
             self._setup_loss_weights(layer, lp, where)
             self._setup_params(layer, lp, where)
         self.outputs = sorted(available)       # Caffe keeps the leftovers in a std::set: sorted by name
+        self._backward_plan = backward_plan(self._layer_params, self._layers, self._loss_weights,
+                                            self.force_backward)
+        # per layer and bottom, whether Caffe's backward gives that bottom a diff (its bottom_need_backward: the
+        # prototxt's propagate_down, overridden by force_backward): the forward records no gradient for the others
+        self._propagate_down = [list(b) for b in self._backward_plan.bottom_needs]
         # Caffe's Net::Init: a layer needs backward if one of its params learns (lr_mult != 0, or
         # force_backward) or a bottom needs it; a net with no such layer does nothing on Backward
         self._needs_backward = self.force_backward or any(p.requires_grad for p, *_ in self._learnable)
@@ -313,7 +324,13 @@ class Net(PycaffeNetMixin):
             self._tensors[name] = t
 
         def get_grad():
-            return self._grads.get(name)
+            g = self._grads.get(name)
+            if g is None and name in self._loss_weights:
+                # Caffe writes a loss top's weight into its diff when the net is built (SetLossWeights), and
+                # backward reads it from there: until a backward or the script writes it, that is its diff
+                t = get()
+                g = self._grads[name] = torch.full_like(t, self._loss_weights[name])
+            return g
 
         def set_grad(g):
             self._grads[name] = g
@@ -389,9 +406,9 @@ class Net(PycaffeNetMixin):
                 self._first_version[name] = t
             for i in range(start, end + 1):
                 layer = self._layers[i]
-                if layer.is_source:
-                    continue
                 lname = self._layer_names[i]
+                if layer.is_source or (self._replaying and not self.top_names[lname]):
+                    continue
                 bottoms = []
                 for b, prop in zip(self.bottom_names[lname], self._propagate_down[i]):
                     t = self._tensors[b]
@@ -420,11 +437,26 @@ class Net(PycaffeNetMixin):
         """The weighted loss of the last forward (Caffe's Net::Forward return value)."""
         return 0.0 if self._loss is None else float(self._loss.detach())
 
+    def refuse_backward(self, start: int = -1, end: int = 0) -> None:
+        """Raise what Caffe's Net::Backward aborts on when it runs layers start..end (need_backward.py)."""
+        start = len(self._layers) - 1 if start < 0 else start
+        for i, why in reversed(self._backward_plan.refusals):
+            if end <= i <= start:
+                raise LayerError(self._layer_names[i], self._layer_params[i].type, why)
+
     def backward_loss(self, extra=None, retain_blob_diffs: bool = False) -> None:
-        """caffe_torch only: autograd from the last forward's loss (and `extra` {blob: diff})."""
+        """caffe_torch only: autograd from the last forward's loss (and `extra` {blob: diff}). A loss top given
+        in `extra` is seeded with that diff instead of its loss weight (pycaffe's backward reads a top's diff)."""
+        self.refuse_backward()
         self._sync.flush()
         roots, seeds = [], []
-        if self._loss is not None and self._loss.requires_grad:
+        if extra and set(extra) & set(self._loss_weights):
+            for name, w in self._loss_weights.items():
+                t = self._graph_tensors.get(name, self._tensors[name])
+                if name not in extra and t.requires_grad:
+                    roots.append(t)
+                    seeds.append(torch.full_like(t, w))
+        elif self._loss is not None and self._loss.requires_grad:
             roots.append(self._loss)
             seeds.append(torch.ones_like(self._loss))
         for name, diff in (extra or {}).items():
@@ -455,7 +487,13 @@ class Net(PycaffeNetMixin):
         self.set_layer_states(states)
         while start <= end and not self.bottom_names[self._layer_names[start]]:
             start += 1
-        self.forward_range(start, end, retain)
+        # layers without tops (HDF5Output, Silence) add nothing to the graph, and an HDF5Output must not write the
+        # batch a second time
+        self._replaying = True
+        try:
+            self.forward_range(start, end, retain)
+        finally:
+            self._replaying = False
 
     def clear_param_diffs(self) -> None:
         """Caffe's Net::ClearParamDiffs (caffe_torch only; the solver calls it at the start of each step): every

@@ -162,8 +162,11 @@ class PycaffeNetMixin:
         self._sync.flush()
         whole = start == len(self._layers) - 1 and end == 0
         if whole and self._recorded_graph():
+            # every output whose layer Caffe's Net::Backward runs (need_backward.py) passes its diff on, a loss
+            # top its loss weight unless the script wrote another
+            needs, producer = self._backward_plan.layer_needs, self._producers()
             extra = {name: self.blobs[name].diff.copy() for name in self.outputs
-                     if name not in self._loss_weights}
+                     if name in producer and needs[producer[name]]}
             self._core_backward_loss(extra=extra, retain_blob_diffs=True)
             self._graph_used = True
         else:
@@ -177,27 +180,16 @@ class PycaffeNetMixin:
         return any(n in graph and graph[n].requires_grad for n in self.outputs)
 
     def _diff_tensor(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        if name in self._loss_weights:          # Caffe keeps a loss top's diff at its loss weight
-            return torch.full_like(like, self._loss_weights[name])
         return torch.as_tensor(self.blobs[name].diff, dtype=like.dtype, device=like.device).reshape(like.shape)
 
-    def _bottom_needs_backward(self) -> list[list[bool]]:
-        """Caffe's Net::Init rule, per layer and bottom: a blob needs backward when the layer that produced it
-        did, and a layer does when one of its bottoms does or it learns a param (lr_mult != 0); net inputs only
-        with force_backward. Bottoms that need none get no diff, as in Caffe."""
-        needs = {name: bool(self.force_backward) for name in self.inputs}
-        per_layer = []
-        for module, lname in zip(self._layers, self._layer_names):
-            bottoms = self.bottom_names[lname]
-            per_layer.append([needs.get(b, False) for b in bottoms])
-            need = (self.force_backward or any(per_layer[-1]) or any(p.requires_grad for p in module.blobs))
-            for t in self.top_names[lname]:
-                needs[t] = need
-        return per_layer
+    def _producers(self) -> dict[str, int]:
+        """{blob: index of the last layer writing it}."""
+        return {t: i for i, lname in enumerate(self._layer_names) for t in self.top_names[lname]}
 
     def _backward_layerwise(self, start: int, end: int) -> None:
+        self.refuse_backward(start, end)
         grads: dict[str, torch.Tensor] = {}        # diffs produced in this pass, by blob
-        bottom_needs = self._bottom_needs_backward()
+        layer_needs, bottom_needs = self._backward_plan.layer_needs, self._backward_plan.bottom_needs
         # names written by layer i or a later one: such a bottom of layer i no longer holds what layer i read
         # (an in-place chain), so its recorded input is used; any other bottom is read from its blob now, as
         # Caffe does (a value the user wrote there counts)
@@ -208,19 +200,18 @@ class PycaffeNetMixin:
             written_from[i] = later
         for i in range(start, end - 1, -1):
             module = self._layers[i]
-            if module.is_source:
+            if module.is_source or not layer_needs[i]:      # Caffe's BackwardFromTo skips it
                 continue
             lname = self._layer_names[i]
             bottom_names, top_names = self.bottom_names[lname], self.top_names[lname]
-            propagate = self._propagate_down[i]
             recorded = self._layer_inputs.get(i)
             if recorded is not None and len(recorded) != len(bottom_names):
                 recorded = None
             sources = [recorded[j] if recorded is not None and b in written_from[i] else self.blobs[b].tensor
                        for j, b in enumerate(bottom_names)]
             needed = bottom_needs[i]
-            bottoms = [s.detach().clone().requires_grad_(bool(p) and need and s.is_floating_point())
-                       for s, p, need in zip(sources, propagate, needed)]
+            bottoms = [s.detach().clone().requires_grad_(need and s.is_floating_point())
+                       for s, need in zip(sources, needed)]
             params = [p for p in module.blobs if p.requires_grad]
             with torch.enable_grad():
                 out = module(*bottoms)

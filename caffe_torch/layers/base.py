@@ -127,6 +127,10 @@ class Layer(nn.Module):
     def top_shapes(self, bottom_shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
         return [tuple(bottom_shapes[0])] * len(self.param.top)
 
+    def initial_tops(self) -> list[torch.Tensor] | None:
+        """Values the tops hold once the net is built (what Caffe's LayerSetUp writes into them), or None."""
+        return None
+
     def get_state(self) -> int | None:
         """An integer counter to save in a snapshot, or None if the layer has no such state."""
         return None
