@@ -412,6 +412,13 @@ class Net(PycaffeNetMixin):
                 bottoms = []
                 for b, prop in zip(self.bottom_names[lname], self._propagate_down[i]):
                     t = self._tensors[b]
+                    if prop and record and not t.requires_grad and t.is_floating_point():
+                        # Caffe gives this bottom a diff though nothing before it learns (a data layer's top under
+                        # force_backward, an input with propagate_down: true): a leaf that collects it
+                        leaf = self._tensors[b] = t.detach().requires_grad_(True)
+                        if self._first_version.get(b) is t:
+                            self._first_version[b] = leaf
+                        t = leaf
                     bottoms.append(t if prop else t.detach())
                 out = layer(*bottoms) if self.layer_call is None else self.layer_call(i, layer, bottoms)
                 if isinstance(out, torch.Tensor):
@@ -445,20 +452,26 @@ class Net(PycaffeNetMixin):
                 raise LayerError(self._layer_names[i], self._layer_params[i].type, why)
 
     def backward_loss(self, extra=None, retain_blob_diffs: bool = False) -> None:
-        """caffe_torch only: autograd from the last forward's loss (and `extra` {blob: diff}). A loss top given
-        in `extra` is seeded with that diff instead of its loss weight (pycaffe's backward reads a top's diff)."""
+        """caffe_torch only: autograd from the last forward's loss tops (and `extra` {blob: diff}). Each loss top
+        is seeded with its diff (Caffe's backward reads it there: its loss weight unless the script wrote
+        another), or with the diff `extra` gives it."""
         self.refuse_backward()
         self._sync.flush()
         roots, seeds = [], []
-        if extra and set(extra) & set(self._loss_weights):
+        written = {n: g for n, w in self._loss_weights.items()
+                   if (g := self._grads.get(n)) is not None and not bool((g == w).all())}
+        if not written and not (extra and set(extra) & set(self._loss_weights)):
+            if self._loss is not None and self._loss.requires_grad:       # every loss top at its loss weight
+                roots.append(self._loss)
+                seeds.append(torch.ones_like(self._loss))
+        else:
             for name, w in self._loss_weights.items():
                 t = self._graph_tensors.get(name, self._tensors[name])
-                if name not in extra and t.requires_grad:
-                    roots.append(t)
-                    seeds.append(torch.full_like(t, w))
-        elif self._loss is not None and self._loss.requires_grad:
-            roots.append(self._loss)
-            seeds.append(torch.ones_like(self._loss))
+                if extra and name in extra or not t.requires_grad:
+                    continue
+                g = written.get(name)
+                roots.append(t)
+                seeds.append(g.to(t) if g is not None and g.shape == t.shape else torch.full_like(t, w))
         for name, diff in (extra or {}).items():
             t = self._graph_tensors.get(name, self._tensors[name])
             roots.append(t)

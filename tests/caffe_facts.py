@@ -144,10 +144,16 @@ QUIRKS = {q.id: q for q in [
     Quirk("eltwise-in-place", "BVLC bug, not reproduced: Eltwise SUM and MAX computed in place (top = bottom 0) "
           "clear the top (0, or -FLT_MAX) before reading bottom 0, so bottom 0 counts as 0 (SUM) or is lost "
           "(MAX); caffe_torch computes the operation on the bottoms as given"),
-    Quirk("in-place-on-shared-top", "Caffe's memory sharing, not reproduced: the tops of Split, Flatten, Reshape, "
-          "Parameter, one-bottom Concat and one-top Slice share their bottom's (or param's) memory, and the data "
-          "layers' tops point into the batch buffers, so a layer computing in place on such a top rewrites the "
-          "bottom, the sibling tops or the data source; caffe_torch's in-place layers rebind the top only"),
+    Quirk("shared-blob-memory", "Caffe's memory sharing, not reproduced: the tops of Split, Flatten, Reshape, "
+          "Parameter, one-bottom Concat and one-top Slice share their bottom's (or param's) data, and those of "
+          "Reshape, Concat, Slice and Parameter its diff as well (the data layers' tops point into the batch "
+          "buffers). So a layer computing in place on such a top rewrites the bottom, the sibling tops or the data "
+          "source; a loss weight on such a top (Caffe writes it into the top's diff) shows in the bottom's or the "
+          "param's diff; a diff written into a Parameter top is the param's diff; a Reshape top holds its bottom's "
+          "values before any forward. caffe_torch's tops are separate blobs that views of the bottom feed"),
+    Quirk("hinge-scratch-diff", "HingeLoss computes its forward in its bottom's diff (caffe_copy into "
+          "bottom[0]->mutable_cpu_diff(), hinge_loss_layer.cpp), so after a forward that diff holds the margins "
+          "until a backward overwrites it; caffe_torch leaves the diff alone"),
     Quirk("stale-view", "pycaffe use-after-free, not reproduced: a .data view of a Flatten, Split or Parameter "
           "top (or of a MemoryData / Data / ImageData top) taken before a forward points at memory that the "
           "forward replaces (ShareData / set_cpu_data) and frees, and so does a .diff view of a Flatten's bottom "

@@ -32,7 +32,7 @@ from caffe_torch.proto import caffe_pb2
 
 from ..caffe_facts import QUIRKS, RTOL, rel_err
 from .builder import SHARING_TYPES
-from .program import STALE_VIEW_TYPES, Program
+from .program import Program, stale_view_blobs
 from .worker import EngineResult
 
 CONDITION_FACTOR = 10.0
@@ -166,6 +166,11 @@ def _shared_param_mults(net: caffe_pb2.NetParameter) -> bool:
     return False
 
 
+def _shared_producer(lp) -> bool:
+    return lp.type in SHARING_TYPES or (lp.type == "Concat" and len(lp.bottom) == 1) or \
+        (lp.type == "Slice" and len(lp.top) == 1)
+
+
 def _quirk_nets(net: caffe_pb2.NetParameter) -> set[str]:
     """The QUIRKS of caffe_facts that a net's structure sets off (it then may diverge in any value)."""
     found = set()
@@ -178,22 +183,54 @@ def _quirk_nets(net: caffe_pb2.NetParameter) -> set[str]:
             found.add("lrn-in-place")
         if lp.type == "MVN" and in_place and lp.mvn_param.normalize_variance:
             found.add("mvn-in-place-variance")
-        for b in in_place:
-            src = producer.get(b)
-            if src is not None and (src.type in SHARING_TYPES or (src.type == "Concat" and len(src.bottom) == 1)
-                                    or (src.type == "Slice" and len(src.top) == 1)):
-                found.add("in-place-on-shared-top")
+        if any(b in producer and _shared_producer(producer[b]) for b in in_place):
+            found.add("shared-blob-memory")
         for t in lp.top:
             if t not in lp.bottom:
                 producer[t] = lp
     return found
 
 
+def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program) -> dict[str, set[str]]:
+    """Observation keys (without the stage) that a quirk of caffe_facts explains in this net."""
+    keys: dict[str, set[str]] = {}
+    consumed = {b for lp in net.layer for b in lp.bottom}
+    for lp in net.layer:
+        weights = [w for w in lp.loss_weight]
+        if lp.type in ("Reshape", "Concat", "Slice", "Parameter") and _shared_producer(lp) and any(weights):
+            keys.setdefault("shared-blob-memory", set()).update(
+                f"blob/diff/{b}" for b in (*lp.bottom, *lp.top))
+            keys["shared-blob-memory"].update(f"param/diff/{lp.name}/0" for _ in [0] if lp.type == "Parameter")
+        if lp.type == "Parameter" and prog.backward is not None and lp.top[0] not in consumed:
+            keys.setdefault("shared-blob-memory", set()).update({f"param/diff/{lp.name}/0", f"blob/diff/{lp.top[0]}"})
+        if lp.type == "Reshape":
+            keys.setdefault("shared-blob-memory-build", set()).add(f"blob/data/{lp.top[0]}")
+        if lp.type == "HingeLoss":
+            keys.setdefault("hinge-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
+    return keys
+
+
+def _key_quirk(quirk_keys: dict[str, set[str]], d: Divergence) -> str:
+    for cls, keys in quirk_keys.items():
+        if cls == "shared-blob-memory-build":
+            if d.stage == "build" and d.key in keys:
+                return "shared-blob-memory"
+        elif d.key in keys or any(d.key.startswith(k + "_") and SPLIT_NAME.search(d.key) for k in keys):
+            return cls
+    return ""
+
+
 def classify(prog: Program, divs: list[Divergence], explain_pending: bool = True) -> list[Divergence]:
     """Give each divergence its class (in place; returns `divs`)."""
     net = prog.net_param()
     quirks = _quirk_nets(net)
-    stale = {t for lp in net.layer if lp.type in STALE_VIEW_TYPES for t in lp.top}
+    quirk_keys = _quirk_keys(net, prog)
+    # a top with an explicit loss weight that a later layer reads: Caffe's InsertSplits moves the weight (and the
+    # diff it writes) to the split's first top
+    consumed = {b for lp in net.layer for b in lp.bottom}
+    split_losses = {f"blob/diff/{t}" for lp in net.layer for t, w in zip(lp.top, lp.loss_weight)
+                    if w and t in consumed}
+    stale = stale_view_blobs(net)
     stale_kept = any(what == "blob" and name in stale for what, name, _, _ in prog.keep)
     solver = caffe_pb2.SolverParameter()
     if prog.solver_text:
@@ -211,6 +248,10 @@ def classify(prog: Program, divs: list[Divergence], explain_pending: bool = True
             d.cls = "refused-earlier"
         elif quirks and d.what == "value":
             d.cls = sorted(quirks)[0]
+        elif d.what == "value" and (cls := _key_quirk(quirk_keys, d)):
+            d.cls = cls
+        elif d.what == "value" and d.key in split_losses:
+            d.cls = "pending:split-layers"
         elif stale_kept and (d.key.startswith("kept/") or d.what == "refusal"):
             d.cls = "stale-view"
         elif d.what == "names" and d.key.endswith(("names/blobs", "names/layers", "names/outputs")):

@@ -27,7 +27,7 @@ from caffe_torch.proto import caffe_pb2
 
 from .netgen import GenNet, generate_net
 
-STALE_VIEW_TYPES = {"Flatten", "Split", "Parameter", "MemoryData", "Data", "ImageData"}
+STALE_VIEW_TYPES = {"Flatten", "Split", "Parameter", "MemoryData", "Data", "ImageData", "Reshape"}
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
@@ -76,6 +76,13 @@ class Program:
         d = asdict(self)
         d["net_text"] = text_format.MessageToString(net)
         return Program(**d)
+
+
+def stale_view_blobs(net: caffe_pb2.NetParameter) -> set[str]:
+    """Blobs whose memory Caffe replaces at a forward (ShareData, set_cpu_data), so that a .data view taken
+    before it dangles (caffe_facts QUIRKS: stale-view)."""
+    return {t for lp in net.layer if lp.type in STALE_VIEW_TYPES or (lp.type, len(lp.bottom), len(lp.top)) in
+            (("Concat", 1, 1), ("Slice", 1, 1)) for t in lp.top}
 
 
 def draw_solver(rng: np.random.Generator, level: int, stages, test_net: bool, decay: bool = True) -> str:
@@ -160,7 +167,7 @@ def draw_program(seed: int, gen: GenNet | None = None, phase: int | None = None)
             prog.backward, prog.second_round = None, False
     # not kept: tops whose memory Caffe replaces at each forward (ShareData, set_cpu_data), which a view taken
     # before leaves dangling (caffe_facts: stale-view), and the diff of a Flatten's bottom (ShareDiff in backward)
-    stale = {t for lp in net.layer if lp.type in STALE_VIEW_TYPES for t in lp.top}
+    stale = stale_view_blobs(net)
     stale_diff = {b for lp in net.layer if lp.type == "Flatten" for b in lp.bottom}
     names = [n for n, _, _ in gen.inputs] + [t for lp in net.layer for t in lp.top if t not in stale]
     param_layers = [lp.name for lp in net.layer if lp.type not in ("Input",)]
