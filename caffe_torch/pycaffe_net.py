@@ -200,9 +200,11 @@ class PycaffeNetMixin:
             written_from[i] = later
         for i in range(start, end - 1, -1):
             module = self._layers[i]
-            if module.is_source or not layer_needs[i]:      # Caffe's BackwardFromTo skips it
-                continue
             lname = self._layer_names[i]
+            # Caffe's BackwardFromTo skips it; a layer without tops (HDF5Output, Silence) passes no diff back, and
+            # running its forward again would repeat its side effect (HDF5Output writes its batch once)
+            if module.is_source or not layer_needs[i] or not self.top_names[lname]:
+                continue
             bottom_names, top_names = self.bottom_names[lname], self.top_names[lname]
             recorded = self._layer_inputs.get(i)
             if recorded is not None and len(recorded) != len(bottom_names):

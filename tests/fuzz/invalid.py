@@ -18,8 +18,13 @@ from caffe_torch.proto import caffe_pb2
 from .program import Program
 
 
+def _kept(net):
+    """The layers without NetStateRules: a mutation of one the net's state drops would vanish with it."""
+    return [lp for lp in net.layer if not len(lp.include) and not len(lp.exclude)]
+
+
 def _layers(net, *types):
-    return [lp for lp in net.layer if lp.type in types]
+    return [lp for lp in _kept(net) if lp.type in types]
 
 
 def _conv(rng, net):
@@ -92,7 +97,7 @@ def _axis(rng, net):
               "Tile": "tile_param", "Scale": "scale_param", "Bias": "bias_param", "ArgMax": "argmax_param",
               "Crop": "crop_param", "Accuracy": "accuracy_param", "SoftmaxWithLoss": "softmax_param",
               "Reshape": "reshape_param"}
-    lps = [lp for lp in net.layer if lp.type in fields]
+    lps = [lp for lp in _kept(net) if lp.type in fields]
     if not lps:
         return None
     lp = lps[int(rng.integers(len(lps)))]
@@ -107,7 +112,7 @@ def _axis(rng, net):
 
 def _counts(rng, net):
     """loss_weight / propagate_down / param specs in a number the layer's tops, bottoms, blobs cannot take."""
-    lps = [lp for lp in net.layer if lp.type != "Input" and lp.top]
+    lps = [lp for lp in _kept(net) if lp.type != "Input" and lp.top]
     if not lps:
         return None
     lp = lps[int(rng.integers(len(lps)))]
@@ -127,7 +132,7 @@ def _counts(rng, net):
 
 def _wiring(rng, net):
     """A bottom nothing produces, or a top two layers produce."""
-    lps = [lp for lp in net.layer if lp.type != "Input"]
+    lps = [lp for lp in _kept(net) if lp.type != "Input"]
     if not lps:
         return None
     lp = lps[int(rng.integers(len(lps)))]
@@ -145,18 +150,28 @@ def _wiring(rng, net):
 
 
 def _in_place(rng, net):
-    lps = _layers(net, "AbsVal", "Flatten", "Reshape", "Split")
+    """AbsVal, Flatten, Reshape or Split computing in place (Caffe refuses it), on a bottom no other layer reads
+    (so that Caffe's InsertSplits keeps it in place), the later readers of its top renamed to follow."""
+    readers = {}
+    for lp in net.layer:
+        for b in lp.bottom:
+            readers[b] = readers.get(b, 0) + 1
+    lps = [lp for lp in _layers(net, "AbsVal", "Flatten", "Reshape", "Split") if readers.get(lp.bottom[0]) == 1]
     if not lps:
         return None
     lp = lps[int(rng.integers(len(lps)))]
-    lp.top[0] = lp.bottom[0]
+    old, new = lp.top[0], lp.bottom[0]
+    lp.top[0] = new
+    for other in net.layer:
+        if other is not lp:
+            other.bottom[:] = [new if b == old else b for b in other.bottom]
     return lp, "place"
 
 
 def _values(rng, net):
     """A value outside a field's range."""
     cands = []
-    for lp in net.layer:
+    for lp in _kept(net):
         if lp.type == "LRN":
             cands.append((lp, "local_size", lambda lp: setattr(lp.lrn_param, "local_size", 4)))
         elif lp.type == "Dropout":
@@ -204,7 +219,7 @@ def _values(rng, net):
 
 
 def _rules(rng, net):
-    lps = [lp for lp in net.layer if lp.type != "Input"]
+    lps = [lp for lp in _kept(net) if lp.type != "Input"]
     if not lps:
         return None
     lp = lps[int(rng.integers(len(lps)))]
@@ -216,7 +231,7 @@ def _rules(rng, net):
 def _shared(rng, net):
     """Two sharers of one param name that set different lr_mult (Caffe: "mismatched lr_mult")."""
     owners = {}
-    for lp in net.layer:
+    for lp in _kept(net):
         for i, spec in enumerate(lp.param):
             if spec.name:
                 owners.setdefault(spec.name, []).append((lp, i))
