@@ -241,8 +241,10 @@ class Net(PycaffeNetMixin):
         self._backward_plan = backward_plan(self._layer_params, self._layers, self._loss_weights,
                                             self.force_backward)
         # per layer and bottom, whether Caffe's backward gives that bottom a diff (its bottom_need_backward: the
-        # prototxt's propagate_down, overridden by force_backward): the forward records no gradient for the others
-        self._propagate_down = [list(b) for b in self._backward_plan.bottom_needs]
+        # prototxt's propagate_down, overridden by force_backward; none where the layer's backward does not run):
+        # the forward records no gradient for the others
+        self._propagate_down = [list(b) if need else [False] * len(b) for b, need in
+                                zip(self._backward_plan.bottom_needs, self._backward_plan.layer_needs)]
         # Caffe's Net::Init: a layer needs backward if one of its params learns (lr_mult != 0, or
         # force_backward) or a bottom needs it; a net with no such layer does nothing on Backward
         self._needs_backward = self.force_backward or any(p.requires_grad for p, *_ in self._learnable)

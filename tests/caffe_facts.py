@@ -151,6 +151,10 @@ QUIRKS = {q.id: q for q in [
           "source; a loss weight on such a top (Caffe writes it into the top's diff) shows in the bottom's or the "
           "param's diff; a diff written into a Parameter top is the param's diff; a Reshape top holds its bottom's "
           "values before any forward. caffe_torch's tops are separate blobs that views of the bottom feed"),
+    Quirk("in-place-loss-weight", "a loss weight on a top computed in place: Caffe writes the weight into the "
+          "blob's diff once, when the net is built, and the layer's in-place backward overwrites that diff with "
+          "the bottom's, so every later backward seeds the loss with the last bottom diff instead of the weight; "
+          "caffe_torch seeds it with the weight each time"),
     Quirk("hinge-scratch-diff", "HingeLoss computes its forward in its bottom's diff (caffe_copy into "
           "bottom[0]->mutable_cpu_diff(), hinge_loss_layer.cpp), so after a forward that diff holds the margins "
           "until a backward overwrites it; caffe_torch leaves the diff alone"),

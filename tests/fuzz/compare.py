@@ -185,6 +185,8 @@ def _quirk_nets(net: caffe_pb2.NetParameter) -> set[str]:
             found.add("mvn-in-place-variance")
         if any(b in producer and _shared_producer(producer[b]) for b in in_place):
             found.add("shared-blob-memory")
+        if any(w and j < len(lp.bottom) and lp.bottom[j] == t for j, (t, w) in enumerate(zip(lp.top, lp.loss_weight))):
+            found.add("in-place-loss-weight")
         for t in lp.top:
             if t not in lp.bottom:
                 producer[t] = lp

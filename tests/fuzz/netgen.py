@@ -109,7 +109,10 @@ def generate_net(rng: np.random.Generator, phase: int, *, for_solver: bool,
         if lp.type in ("Silence", "HDF5Output") or not lp.top:
             continue
         # a loss weight counts as a reader for InsertSplits: not on a blob a later layer reads in place
-        if not lp.loss_weight and g.chance(0.15) and lp.name not in g.fatal_backward and \
+        # nor on an in-place top (Caffe's in-place backward overwrites the weight it keeps in the diff:
+        # caffe_facts QUIRKS in-place-loss-weight)
+        in_place = lp.bottom and lp.top[0] == lp.bottom[0]
+        if not lp.loss_weight and g.chance(0.15) and lp.name not in g.fatal_backward and not in_place and \
                 not set(lp.top) & in_place_later[i]:
             lp.loss_weight.extend(float(g.choice((0.0, 1.0, 0.5, 2.0))) for _ in lp.top)
         if lp.bottom and g.chance(0.15):
