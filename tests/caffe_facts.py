@@ -155,6 +155,10 @@ QUIRKS = {q.id: q for q in [
           "blob's diff once, when the net is built, and the layer's in-place backward overwrites that diff with "
           "the bottom's, so every later backward seeds the loss with the last bottom diff instead of the weight; "
           "caffe_torch seeds it with the weight each time"),
+    Quirk("pooling-empty-window", "BVLC bug, not reproduced: without padding Caffe's pooled size (ceil) is not "
+          "clipped, so with a stride larger than the kernel the last window can start past the bottom; MAX then "
+          "gives -FLT_MAX with mask -1 and its backward adds the gradient at index -1 (heap corruption), AVE "
+          "divides by a window of size 0"),
     Quirk("hinge-scratch-diff", "HingeLoss computes its forward in its bottom's diff (caffe_copy into "
           "bottom[0]->mutable_cpu_diff(), hinge_loss_layer.cpp), so after a forward that diff holds the margins "
           "until a backward overwrites it; caffe_torch leaves the diff alone"),

@@ -108,8 +108,10 @@ class Crop(Layer):
 
     def _offsets(self, bottom_shapes) -> list[int]:
         big, ref = bottom_shapes
-        if len(big) != len(ref):
-            raise self.error(f"bottoms have {len(big)} and {len(ref)} axes; they must have the same number")
+        # Caffe reads bottom[1]->shape(i) for the cropped axes i < bottom 0's axes: a reference with more axes
+        # is fine (the extra ones are not read), one with fewer aborts
+        if len(ref) < len(big):
+            raise self.error(f"bottom 1 (the reference) has {len(ref)} axes, fewer than bottom 0's {len(big)}")
         offs = []
         for i in range(len(big)):
             o = 0
@@ -123,7 +125,7 @@ class Crop(Layer):
     def top_shapes(self, bottom_shapes):
         big, ref = bottom_shapes
         self._offsets(bottom_shapes)
-        return [tuple(big[:self.start]) + tuple(ref[self.start:])]
+        return [tuple(big[:self.start]) + tuple(ref[self.start:len(big)])]
 
     def forward(self, x, ref):
         offs = self._offsets([tuple(x.shape), tuple(ref.shape)])

@@ -36,6 +36,7 @@ from .program import Program, stale_view_blobs
 from .worker import EngineResult
 
 CONDITION_FACTOR = 10.0
+HEAP_CRASH = re.compile(r"free\(\)|double free|corrupted|Segmentation|malloc")    # glibc's words when the heap breaks
 SPLIT_NAME = re.compile(r"_split(_\d+)?$")     # Caffe's InsertSplits names: <blob>_<layer>_<i>_split[_<j>]
 OUR_ERRORS = {"CaffeError", "LayerError", "PrototxtError", "WeightsError"}
 
@@ -171,6 +172,16 @@ def _shared_producer(lp) -> bool:
         (lp.type == "Slice" and len(lp.top) == 1)
 
 
+def _empty_window_possible(pp) -> bool:
+    """A stride larger than the kernel on an axis without padding (see the quirk pooling-empty-window)."""
+    if pp.global_pooling:
+        return False
+    k = (pp.kernel_h, pp.kernel_w) if pp.HasField("kernel_h") else (pp.kernel_size, pp.kernel_size)
+    s = (pp.stride_h, pp.stride_w) if pp.HasField("stride_h") else (pp.stride, pp.stride)
+    p = (pp.pad_h, pp.pad_w) if pp.HasField("pad_h") else (pp.pad, pp.pad)
+    return any(s_ > k_ and not p_ for k_, s_, p_ in zip(k, s, p))
+
+
 def _quirk_nets(net: caffe_pb2.NetParameter) -> set[str]:
     """The QUIRKS of caffe_facts that a net's structure sets off (it then may diverge in any value)."""
     found = set()
@@ -183,6 +194,8 @@ def _quirk_nets(net: caffe_pb2.NetParameter) -> set[str]:
             found.add("lrn-in-place")
         if lp.type == "MVN" and in_place and lp.mvn_param.normalize_variance:
             found.add("mvn-in-place-variance")
+        if lp.type == "Pooling" and _empty_window_possible(lp.pooling_param):
+            found.add("pooling-empty-window")
         if any(b in producer and _shared_producer(producer[b]) for b in in_place):
             found.add("shared-blob-memory")
         if any(w and j < len(lp.bottom) and lp.bottom[j] == t for j, (t, w) in enumerate(zip(lp.top, lp.loss_weight))):
@@ -248,7 +261,7 @@ def classify(prog: Program, divs: list[Divergence], explain_pending: bool = True
             d.cls = "iter-size-zero"
         elif d.what == "refusal" and d.refused_earlier:
             d.cls = "refused-earlier"
-        elif quirks and d.what == "value":
+        elif quirks and (d.what == "value" or d.what == "refusal" and HEAP_CRASH.search(d.detail)):
             d.cls = sorted(quirks)[0]
         elif d.what == "value" and (cls := _key_quirk(quirk_keys, d)):
             d.cls = cls

@@ -154,7 +154,10 @@ def make_pooling(g: NetGen) -> bool:
             ph, pw = int(g.rng.integers(0, kh)), int(g.rng.integers(0, kw))
             if g.chance(0.6):
                 pw = ph = min(ph, pw)
-            if kh <= h + 2 * ph and kw <= w + 2 * pw:
+            # no window may start past the bottom: without padding Caffe's ceil rounding is not clipped, and an
+            # empty MAX window back-propagates to index -1 (caffe_facts QUIRKS: pooling-empty-window)
+            if kh <= h + 2 * ph and kw <= w + 2 * pw and all(
+                    p_ or (pool_out(x, k, s_, p_) - 1) * s_ < x for x, k, s_, p_ in ((h, kh, sh, ph), (w, kw, sw, pw))):
                 break
         if kh == kw and g.chance(0.7):
             pp.kernel_size = kh
