@@ -155,6 +155,13 @@ QUIRKS = {q.id: q for q in [
           "blob's diff once, when the net is built, and the layer's in-place backward overwrites that diff with "
           "the bottom's, so every later backward seeds the loss with the last bottom diff instead of the weight; "
           "caffe_torch seeds it with the weight each time"),
+    Quirk("neuron-in-place-backward", "BVLC bug, not reproduced: computed in place, BNLL, Log, Power (power other "
+          "than 0 and 1) and ReLU with a negative negative_slope back-propagate from their bottom's data, which "
+          "the top has overwritten, so their gradient is that of the wrong input; caffe_torch's is the "
+          "derivative at the input"),
+    Quirk("ignores-propagate-down", "BVLC bug, not reproduced: the Backward of BatchNorm, Softmax, MVN, Im2col and "
+          "Flatten writes the bottom's diff even where propagate_down is false (when the layer's backward runs "
+          "at all); caffe_torch gives such a bottom no diff"),
     Quirk("pooling-empty-window", "BVLC bug, not reproduced: without padding Caffe's pooled size (ceil) is not "
           "clipped, so with a stride larger than the kernel the last window can start past the bottom; MAX then "
           "gives -FLT_MAX with mask -1 and its backward adds the gradient at index -1 (heap corruption), AVE "

@@ -34,6 +34,9 @@ class BlobInfo:
 # Layers whose tops share memory with their bottom, a param or a data buffer in Caffe (ShareData, set_cpu_data):
 # a layer computing in place on such a top writes through to the bottom (and the other tops), which caffe_torch
 # does not reproduce (caffe_facts: in-place-on-shared-top); the generator does not compute in place on them.
+# Caffe's Backward of these writes the bottom diff whatever propagate_down says (caffe_facts QUIRKS:
+# ignores-propagate-down): the generator gives them no propagate_down
+IGNORES_PROPAGATE_DOWN = {"BatchNorm", "Softmax", "MVN", "Im2col", "Flatten"}
 SHARING_TYPES = {"Split", "Flatten", "Reshape", "Parameter", "MemoryData", "Data", "ImageData"}
 
 

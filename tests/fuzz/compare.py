@@ -31,7 +31,7 @@ from google.protobuf import text_format
 from caffe_torch.proto import caffe_pb2
 
 from ..caffe_facts import QUIRKS, RTOL, rel_err
-from .builder import SHARING_TYPES
+from .builder import IGNORES_PROPAGATE_DOWN, SHARING_TYPES
 from .program import Program, stale_view_blobs
 from .worker import EngineResult
 
@@ -194,6 +194,11 @@ def _quirk_nets(net: caffe_pb2.NetParameter) -> set[str]:
             found.add("lrn-in-place")
         if lp.type == "MVN" and in_place and lp.mvn_param.normalize_variance:
             found.add("mvn-in-place-variance")
+        if in_place and (lp.type in ("BNLL", "Log") or lp.type == "ReLU" and lp.relu_param.negative_slope < 0 or
+                         lp.type == "Power" and lp.power_param.power not in (0, 1) and lp.power_param.scale):
+            found.add("neuron-in-place-backward")
+        if lp.type in IGNORES_PROPAGATE_DOWN and not all(lp.propagate_down):
+            found.add("ignores-propagate-down")
         if lp.type == "Pooling" and _empty_window_possible(lp.pooling_param):
             found.add("pooling-empty-window")
         if any(b in producer and _shared_producer(producer[b]) for b in in_place):

@@ -27,7 +27,7 @@ import numpy as np
 
 from caffe_torch.proto import caffe_pb2
 
-from .builder import NetGen
+from .builder import IGNORES_PROPAGATE_DOWN, NetGen
 from .makers import LAYER_MAKERS
 
 
@@ -115,7 +115,7 @@ def generate_net(rng: np.random.Generator, phase: int, *, for_solver: bool,
         if not lp.loss_weight and g.chance(0.15) and lp.name not in g.fatal_backward and not in_place and \
                 not set(lp.top) & in_place_later[i]:
             lp.loss_weight.extend(float(g.choice((0.0, 1.0, 0.5, 2.0))) for _ in lp.top)
-        if lp.bottom and g.chance(0.15):
+        if lp.bottom and lp.type not in IGNORES_PROPAGATE_DOWN and g.chance(0.15):
             fatal = g.fatal_backward.get(lp.name, set())
             if fatal != "all":
                 lp.propagate_down.extend(g.chance(0.5) and i not in fatal for i in range(len(lp.bottom)))

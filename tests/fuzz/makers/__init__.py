@@ -61,9 +61,10 @@ from .shape import (
 from .vision import make_conv, make_im2col, make_lrn, make_pooling, make_spp
 
 LAYER_MAKERS = {
-    "AbsVal": _neuron("AbsVal", in_place=False), "BNLL": _neuron("BNLL"), "ELU": _neuron("ELU", _elu),
+    "AbsVal": _neuron("AbsVal", in_place=False), "BNLL": _neuron("BNLL", in_place=False), "ELU": _neuron("ELU", _elu),
     "Exp": _neuron("Exp", _exp, out_kind="positive"),
-    "Log": _neuron("Log", _log, in_kinds=("positive", "prob")),
+    # BNLL and Log never in place: Caffe's backward reads the overwritten bottom (neuron-in-place-backward)
+    "Log": _neuron("Log", _log, in_kinds=("positive", "prob"), in_place=False),
     "Power": _neuron("Power", _power),
     "ReLU": _neuron("ReLU", _relu), "PReLU": make_prelu,
     "Sigmoid": _neuron("Sigmoid", _sigmoid, out_kind="prob"), "TanH": _neuron("TanH", _tanh, out_kind="cos"),

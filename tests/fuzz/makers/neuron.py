@@ -28,9 +28,15 @@ def engine_field(g, msg):
         msg.engine = g.choice((0, 1))     # DEFAULT or CAFFE (CUDNN is refused by the CPU-only build)
 
 
+def _in_place(lp) -> bool:
+    return bool(lp.bottom) and lp.top[0] == lp.bottom[0]
+
+
 def _relu(g, lp, b):
+    # a negative slope flips signs, and Caffe's in-place backward tests the overwritten bottom (caffe_facts
+    # QUIRKS: neuron-in-place-backward)
     if g.chance(0.5):
-        lp.relu_param.negative_slope = float(g.choice((0.0, 0.1, 0.5, -0.2)))
+        lp.relu_param.negative_slope = float(g.choice((0.0, 0.1, 0.5) + (() if _in_place(lp) else (-0.2,))))
     engine_field(g, lp.relu_param)
 
 
@@ -63,6 +69,8 @@ def _power(g, lp, b):
     p = lp.power_param
     positive = b.kind in ("positive", "prob")
     powers = (1.0, 2.0, 3.0, 0.0) + ((0.5, -1.0, 1.5) if positive else ())
+    if _in_place(lp):       # Caffe's backward reads the overwritten bottom unless the derivative is constant
+        powers = (1.0, 0.0)
     if g.chance(0.8):
         p.power = float(g.choice(powers))
     if g.chance(0.5):
