@@ -240,6 +240,7 @@ class Net(PycaffeNetMixin):
         self.outputs = sorted(available)       # Caffe keeps the leftovers in a std::set: sorted by name
         self._backward_plan = backward_plan(self._layer_params, self._layers, self._loss_weights,
                                             self.force_backward)
+        self._producer = {t: i for i, lname in enumerate(self._layer_names) for t in self.top_names[lname]}
         # per layer and bottom, whether Caffe's backward gives that bottom a diff (its bottom_need_backward: the
         # prototxt's propagate_down, overridden by force_backward; none where the layer's backward does not run):
         # the forward records no gradient for the others
@@ -459,6 +460,8 @@ class Net(PycaffeNetMixin):
         another), or with the diff `extra` gives it."""
         self.refuse_backward()
         self._sync.flush()
+        if extra is None:
+            extra = self._output_seeds()
         roots, seeds = [], []
         written = {n: g for n, w in self._loss_weights.items()
                    if (g := self._grads.get(n)) is not None and not bool((g == w).all())}
@@ -492,6 +495,19 @@ class Net(PycaffeNetMixin):
                 if t.grad is not None:
                     self._grads[name] = t.grad
         self._sync.refresh("diff")
+
+    def _output_seeds(self) -> dict[str, torch.Tensor]:
+        """The diffs Caffe's Net::Backward reads from the outputs whose layer it runs (need_backward.py): what a
+        script left there, zeros if nothing (the layer's backward runs all the same). Loss tops apart:
+        backward_loss seeds them."""
+        seeds = {}
+        for name in self.outputs:
+            i = self._producer.get(name)
+            if name in self._loss_weights or i is None or not self._backward_plan.layer_needs[i]:
+                continue
+            g = self._grads.get(name)
+            seeds[name] = g if g is not None else torch.zeros_like(self._tensors[name])
+        return seeds
 
     def _redo_forward_with_graph(self) -> None:
         """A TEST net's first backward: record from now on, and redo the last forward with a graph (from the

@@ -162,12 +162,9 @@ class PycaffeNetMixin:
         self._sync.flush()
         whole = start == len(self._layers) - 1 and end == 0
         if whole and self._recorded_graph():
-            # every output whose layer Caffe's Net::Backward runs (need_backward.py) passes its diff on, a loss
-            # top its loss weight unless the script wrote another
-            needs, producer = self._backward_plan.layer_needs, self._producers()
-            extra = {name: self.blobs[name].diff.copy() for name in self.outputs
-                     if name in producer and needs[producer[name]]}
-            self._core_backward_loss(extra=extra, retain_blob_diffs=True)
+            # every output whose layer Caffe's Net::Backward runs passes its diff on, a loss top its loss weight
+            # unless the script wrote another (backward_loss reads them)
+            self._core_backward_loss(retain_blob_diffs=True)
             self._graph_used = True
         else:
             self._backward_layerwise(start, end)
@@ -181,10 +178,6 @@ class PycaffeNetMixin:
 
     def _diff_tensor(self, name: str, like: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(self.blobs[name].diff, dtype=like.dtype, device=like.device).reshape(like.shape)
-
-    def _producers(self) -> dict[str, int]:
-        """{blob: index of the last layer writing it}."""
-        return {t: i for i, lname in enumerate(self._layer_names) for t in self.top_names[lname]}
 
     def _backward_layerwise(self, start: int, end: int) -> None:
         self.refuse_backward(start, end)

@@ -162,6 +162,10 @@ QUIRKS = {q.id: q for q in [
     Quirk("ignores-propagate-down", "BVLC bug, not reproduced: the Backward of BatchNorm, Softmax, MVN, Im2col and "
           "Flatten writes the bottom's diff even where propagate_down is false (when the layer's backward runs "
           "at all); caffe_torch gives such a bottom no diff"),
+    Quirk("implicit-loss-top-read", "a loss layer's top with its default loss weight (no loss_weight field) that "
+          "another layer reads: Caffe's InsertSplits inserts no Split for an implicit weight, so the reader's "
+          "backward overwrites the diff that held the weight and the loss layer scales its gradient by that "
+          "instead; caffe_torch adds the reader's gradient to the loss's"),
     Quirk("pooling-empty-window", "BVLC bug, not reproduced: without padding Caffe's pooled size (ceil) is not "
           "clipped, so with a stride larger than the kernel the last window can start past the bottom; MAX then "
           "gives -FLT_MAX with mask -1 and its backward adds the gradient at index -1 (heap corruption), AVE "

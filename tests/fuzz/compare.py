@@ -186,6 +186,7 @@ def _quirk_nets(net: caffe_pb2.NetParameter) -> set[str]:
     """The QUIRKS of caffe_facts that a net's structure sets off (it then may diverge in any value)."""
     found = set()
     producer = {}
+    consumed = {b for lp in net.layer for b in lp.bottom}
     for lp in net.layer:
         in_place = [b for j, b in enumerate(lp.bottom) if j < len(lp.top) and lp.top[j] == b]
         if lp.type == "Eltwise" and in_place and lp.eltwise_param.operation != caffe_pb2.EltwiseParameter.PROD:
@@ -199,6 +200,8 @@ def _quirk_nets(net: caffe_pb2.NetParameter) -> set[str]:
             found.add("neuron-in-place-backward")
         if lp.type in IGNORES_PROPAGATE_DOWN and not all(lp.propagate_down):
             found.add("ignores-propagate-down")
+        if lp.type.endswith("Loss") and not len(lp.loss_weight) and lp.top and lp.top[0] in consumed:
+            found.add("implicit-loss-top-read")
         if lp.type == "Pooling" and _empty_window_possible(lp.pooling_param):
             found.add("pooling-empty-window")
         if any(b in producer and _shared_producer(producer[b]) for b in in_place):

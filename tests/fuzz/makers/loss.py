@@ -12,8 +12,13 @@ if TYPE_CHECKING:
 
 
 def _loss_weight(g, lp, n_tops=1):
+    """An explicit loss weight sometimes. Without one the top is not read by later layers: its implicit weight
+    gets no Split in Caffe, and a reader's backward overwrites it (caffe_facts QUIRKS: implicit-loss-top-read)."""
     if g.chance(0.3):
         lp.loss_weight.extend(float(g.choice((1.0, 2.0, 0.5, 0.0))) for _ in range(n_tops))
+    else:
+        for t in lp.top:
+            g.blobs[t].terminal = True
 
 
 def make_softmax_loss(g: NetGen) -> bool:
