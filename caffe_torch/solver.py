@@ -34,7 +34,16 @@ from .net import TEST, TRAIN, Net
 from .proto import caffe_pb2
 from .prototxt import read_solver
 from .pycaffe_solver import PycaffeSolverMixin
-from .weights import array_to_blob, blob_to_array, read_solverstate, write_proto_atomic
+from .weights import (
+    array_to_blob,
+    blob_to_array,
+    copy_weights,
+    file_sha256,
+    read_caffemodel,
+    read_solverstate,
+    solverstate_weights,
+    write_proto_atomic,
+)
 
 log = logging.getLogger("caffe_torch.solver")
 
@@ -150,6 +159,10 @@ class Solver(PycaffeSolverMixin):
         # caffe_torch extension.
         self.gradient_hook: Callable[[Solver, float], float] | None = None
         self.requested_early_exit = False
+        # True from the start of apply_update (lr step, history blobs, weights) until it is complete: an
+        # exception that leaves it True left the solver half-updated (no consistent iteration to snapshot).
+        # caffe_torch extension, read by the training scripts.
+        self.updating = False
 
     @property
     def iter(self) -> int:
@@ -387,6 +400,7 @@ class Solver(PycaffeSolverMixin):
     @torch.no_grad()
     def apply_update(self) -> None:
         p = self.param
+        self.updating = True
         self.net._sync.flush()
         rate = self.get_learning_rate()
         self.last_lr = rate
@@ -418,6 +432,7 @@ class Solver(PycaffeSolverMixin):
             prm.sub_(update)
             set_param_diff(prm, update)
         self._after_update()
+        self.updating = False
 
     def _after_update(self) -> None:
         # happynear fork: optional clamping / clipping of weights after the update (off by default)
@@ -452,7 +467,10 @@ class Solver(PycaffeSolverMixin):
         model = self.snapshot_filename(".caffemodel")
         log.info("Snapshotting to binary proto file %s", model)
         self.net.save(model)
-        state = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
+        # learned_net as Caffe writes it (real Caffe reads it so); restore() takes the file of that name beside
+        # the .solverstate and checks it against the digest
+        state = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step,
+                                      learned_net_sha256=file_sha256(model))
         for h in self.history:
             _history_to_blob(h, state.history.add())
         for net_label, net in self._labelled_nets().items():
@@ -469,7 +487,7 @@ class Solver(PycaffeSolverMixin):
 
     def restore(self, state_file) -> None:
         """Continue from a .solverstate: iteration, lr step, history, layer counters and generator states, and the
-        learned net.
+        learned net: the .caffemodel beside the .solverstate (weights.solverstate_weights).
         Everything is read and checked before anything changes, so a bad file leaves the solver as it was
         (except for a learned net that fails half-way through its own copy)."""
         state_file = str(state_file)
@@ -503,19 +521,17 @@ class Solver(PycaffeSolverMixin):
         if skipped:
             log.warning("%s: ignored %d layer state(s) of test nets this solver does not have", state_file,
                         skipped)
-        model = None
-        if state.HasField("learned_net"):
-            model = Path(state.learned_net)
-            if not model.exists():
-                alt = Path(state_file).resolve().parent / model.name
-                model = alt if alt.exists() else model
-        if model is not None:
-            self.net.copy_from(model)
+        model = solverstate_weights(state_file, state)
+        learned = read_caffemodel(model) if model is not None else None
+        if learned is not None:
+            self.net._sync.flush()
+            copy_weights(self.net, learned, str(model))
         with torch.no_grad():
             for h, values in zip(self.history, histories):
                 h.copy_(torch.from_numpy(np.ascontiguousarray(values).reshape(h.shape)).to(h.dtype))
         self._iter = state.iter
         self.current_step = state.current_step
+        self.updating = False
         for label, states in layer_states.items():
             nets[label].set_layer_states(states)
         for label, states in rng_states.items():

@@ -5,6 +5,7 @@ format; this module adds the rules around it: legacy V1 `layers` and 4-D legacy 
 name with Caffe's errors, and atomic writes (temp file + rename) so a crash never leaves a half snapshot.
 """
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -67,6 +68,40 @@ def read_caffemodel(path) -> "caffe_pb2.NetParameter":
 
 def read_solverstate(path) -> "caffe_pb2.SolverState":
     return _read_proto(path, caffe_pb2.SolverState(), ".solverstate")
+
+
+def file_sha256(path) -> bytes:
+    """SHA-256 digest of a file's bytes (read in 1 MiB pieces)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.digest()
+
+
+def solverstate_weights(state_file, state: "caffe_pb2.SolverState | None" = None) -> Path | None:
+    """The .caffemodel of a .solverstate: the file `learned_net` names, taken from the .solverstate's own
+    folder whatever folder `learned_net` gives (Caffe writes the path the snapshot_prefix gave, often absolute:
+    a run moved or copied elsewhere would otherwise restore the weights of whatever run now lives there).
+    When the state carries the digest caffe_torch writes (learned_net_sha256), the file must match it. None for
+    a state without learned_net (Caffe then keeps the net's weights). WeightsError names the files otherwise."""
+    state_file = Path(state_file)
+    state = read_solverstate(state_file) if state is None else state
+    if not state.HasField("learned_net"):
+        return None
+    model = state_file.parent / Path(state.learned_net).name
+    if not model.is_file():
+        raise WeightsError(f"{state_file}: its weights {model} are missing (a snapshot's .caffemodel must stay "
+                           f"beside its .solverstate; the state names {state.learned_net})")
+    if state.HasField("learned_net_sha256"):
+        try:
+            digest = file_sha256(model)
+        except OSError as exc:
+            raise WeightsError(f"{model}: cannot read .caffemodel: {exc.strerror or exc}") from None
+        if digest != state.learned_net_sha256:
+            raise WeightsError(f"{model} is not the .caffemodel {state_file.name} was written with (its SHA-256 "
+                               "differs: overwritten by another run, or an interrupted snapshot)")
+    return model
 
 
 # ---------------------------------------------------------------------- blobs

@@ -51,25 +51,28 @@ class DataParallel:
             else:
                 dist.barrier(device_ids=[self.gpu_index])
 
-    def local_rows(self, crops, labels):
-        """This process's rows [r B/K, (r+1) B/K) of global batch k: crops (B, L), labels (B,)."""
+    def rows(self, batch: int) -> tuple[int, int] | None:
+        """This process's rows [r B/K, (r+1) B/K) of every global batch of B; None without data parallelism."""
         if not self.enabled:
-            return crops, labels
-        n = crops.shape[0] // self.world
-        rows = slice(self.rank * n, (self.rank + 1) * n)
-        return crops[rows], labels[rows]
+            return None
+        n = batch // self.world
+        return self.rank * n, (self.rank + 1) * n
 
     def attach(self, solver, batch: int) -> None:
-        """Make `solver` one process of the launch: its inputs take B/K rows, it starts from rank 0's weights,
-        its gradients are averaged by gradient_hook, and only rank 0 writes snapshots."""
+        """Make `solver` one process of the launch: its inputs take B/K rows, its Dropout layers draw the masks
+        of the global batch and keep this process's rows, it starts from rank 0's weights, and its gradients
+        are averaged by gradient_hook. (Only rank 0 writes snapshots: the training loop's rule.)"""
+        from caffe_torch.layers.common import Dropout
+
         for name in solver.net.inputs:
             blob = solver.net.blobs[name]
             blob.reshape(batch // self.world, *blob.shape[1:])
         solver.net.reshape()
+        for layer in solver.net.modules:
+            if isinstance(layer, Dropout):
+                layer.rows = (self.rows(batch)[0], batch)
         self.broadcast_params(solver.net)
         solver.gradient_hook = self.gradient_hook
-        if not self.is_main:
-            solver.param.snapshot = 0
 
     def broadcast_params(self, net) -> None:
         """Every process starts from rank 0's weights (they are equal anyway: same seed and files)."""

@@ -2,14 +2,21 @@
 
 A folder that already holds a run is never overwritten silently: `claim` refuses it unless the run is to be
 continued (--resume) or started over (--force: the old run is moved aside to <dir>.old-N, never deleted).
+One process at a time: `claim` locks <dir>/.lock for the run's life (the kernel releases the lock when the
+process dies, however it dies); a second process gets RunBusyError naming the holder. Every file a run
+writes is written whole or not at all (a temporary file renamed over it); temporary files that a killed
+process left behind are removed when the next one takes the lock.
 Every file-system operation of a run goes through `io_step`, so an OSError (disk full, permissions, a file
 where a folder should be) becomes one RunIOError line naming the operation and the path.
 """
 
+import datetime
+import errno
+import fcntl
 import json
 import logging
 import os
-import shutil
+import socket
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -46,29 +53,132 @@ def existing_run(run: Path) -> list[str]:
     return found
 
 
-def claim(run_dir, resume: bool, force: bool, move: bool = True) -> Path | None:
-    """Check that `run_dir` may take a new run: absent, empty of runs, or resumed (resume=True). force=True
-    moves an existing run aside to <run_dir>.old-N first (only when move; other processes of a data-parallel
-    launch only check); returns where it went, or None. Raises RunIOError with what to do."""
+class RunBusyError(RunIOError):
+    """The run directory is locked by another live process (exit status 2)."""
+
+
+class RunLock:
+    """An exclusive lock on <run>/.lock, held until release() or the process's death.
+
+    A POSIX record lock (fcntl.lockf), not flock(): a flock() lock belongs to the open file, which the
+    DataLoader's forked workers share, and they outlive a killed trainer by up to 5 s (their watchdog's
+    interval); a record lock belongs to this process alone. The file holds who took it (pid, host, start
+    time, command), which a refused process reports."""
+
+    NAME = ".lock"
+
+    def __init__(self, fd: int, path: Path):
+        self.fd, self.path = fd, path
+
+    @classmethod
+    def acquire(cls, run: Path) -> "RunLock":
+        with io_step("create the run directory", run):
+            run.mkdir(parents=True, exist_ok=True)
+        path = run / cls.NAME
+        while True:
+            with io_step("open the lock file", path):
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise RunIOError(f"cannot lock {path}: {exc.strerror or exc}") from exc
+                raise RunBusyError(f"--out {run} is in use by {holder}: two processes would mix their snapshots "
+                                   "and training curves; wait until it ends (or stop it), then run again") from None
+            # another process's --force may have moved the folder away between open() and the lock: then the
+            # lock is on the moved run's file, and this folder is new; lock that one instead
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                  "argv": sys.argv}
+        with io_step("write", path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        return cls(fd, path)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)          # closing the file releases this process's record lock
+            self.fd = -1
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 65536, 0).decode())
+        return f"pid {info['pid']} on {info['host']} (started {info['started']}: {' '.join(info['argv'])})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (which has not recorded its pid yet)"
+
+
+def claim(run_dir, resume: bool, force: bool, lock: bool = True) -> tuple[RunLock | None, Path | None]:
+    """Take `run_dir` for a run: lock it (lock=True; the other processes of a data-parallel launch only
+    check), then check that it is absent, empty of runs, or resumed (resume=True). force=True moves an
+    existing run aside to <run_dir>.old-N first and locks the new, empty folder. Returns (the lock, where
+    the old run went or None). Raises RunBusyError when another process holds the lock, RunIOError with what
+    to do otherwise."""
     run = Path(run_dir)
     if run.exists() and not run.is_dir():
         raise RunIOError(f"--out {run}: a file of that name exists; a run directory must be a folder")
-    found = existing_run(run)
-    if not found or resume:
-        return None
-    if not force:
-        raise RunIOError(f"--out {run} already holds a training run ({', '.join(found)}): add --resume auto to "
-                         "continue it, or --force to start over (the old run is moved to "
-                         f"{run}.old-N, not deleted), or choose another --out")
-    if not move:
-        return None
+    held = RunLock.acquire(run) if lock else None
+    try:
+        found = existing_run(run)
+        if not found or resume:
+            return held, None
+        if not force:
+            raise RunIOError(f"--out {run} already holds a training run ({', '.join(found)}): add --resume auto "
+                             "to continue it, or --force to start over (the old run is moved to "
+                             f"{run}.old-N, not deleted), or choose another --out")
+        if held is None:
+            return None, None
+        aside = _move_aside(run)
+        new = RunLock.acquire(run)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+    held.release()                  # the lock of the run that moved aside
+    return new, aside
+
+
+def _move_aside(run: Path) -> Path:
+    """Rename `run` to the first free <run>.old-N, atomically: mkdir claims the name (it fails if another
+    process took it first), then rename() replaces that empty folder with the run in one step."""
     n = 1
-    while Path(f"{run}.old-{n}").exists():
-        n += 1
-    aside = Path(f"{run}.old-{n}")
+    while True:
+        aside = Path(f"{run}.old-{n}")
+        try:
+            aside.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+        except OSError as exc:
+            raise RunIOError(f"cannot move the old run aside to {aside}: {exc.strerror or exc}") from exc
     with io_step("move the old run aside to", aside):
         os.replace(run, aside)
     return aside
+
+
+def remove_stale_temporaries(run: Path) -> list[Path]:
+    """Delete the temporary files (*.tmp) that an interrupted process left in `run` and its snapshots/ (call
+    it holding the lock: no live process is writing them). Returns what was removed."""
+    removed = []
+    for folder in (run, run / "snapshots"):
+        if not folder.is_dir():
+            continue
+        for tmp in sorted(folder.iterdir()):
+            if tmp.name.endswith(".tmp") and tmp.is_file():
+                with io_step("remove the stale temporary file", tmp):
+                    tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
 
 
 def git_revision() -> str:
@@ -82,14 +192,6 @@ def git_revision() -> str:
     if rev.returncode != 0:
         return "unknown"
     return rev.stdout.strip() + (" (modified)" if dirty.stdout.strip() else "")
-
-
-def prepare(run_dir) -> Path:
-    """Create `run_dir` (and its parents)."""
-    run = Path(run_dir)
-    with io_step("create the run directory", run):
-        run.mkdir(parents=True, exist_ok=True)
-    return run
 
 
 def record_args(run: Path, args, script: str, resumed_at: int | None = None) -> None:
@@ -111,7 +213,7 @@ def copy_file(src, run: Path, name: str | None = None) -> Path:
     dst = run / (name or Path(src).name)
     if Path(src).resolve() != dst.resolve():
         with io_step(f"copy {src} to", dst):
-            shutil.copyfile(src, dst)
+            write_atomic(dst, Path(src).read_bytes())
     return dst
 
 
@@ -155,6 +257,21 @@ def close_logging() -> None:
 
 
 def write_json(path, data) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def write_atomic(path, data: str | bytes) -> None:
+    """Write `path` whole or not at all (see replace_atomic)."""
+    replace_atomic(path, lambda tmp: tmp.write_text(data) if isinstance(data, str) else tmp.write_bytes(data))
+
+
+def replace_atomic(path, write) -> None:
+    """write(tmp) into a temporary file beside `path` (<name>.tmp: removed on any error or interruption;
+    remove_stale_temporaries removes one a killed process left), then rename it over `path`."""
+    tmp = Path(f"{path}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -9,15 +9,19 @@ Per iteration: the loader hands over raw int16 crops (B, L) and labels; the spec
 net's device (only int16 crosses the bus); the batch goes into the net's input blobs (caffe_torch: the tensor
 itself, no copy); `solver.step(1)` runs Caffe's forward/backward/update. Every --test-interval iterations a
 TEST net sharing the weights measures validation top-1/top-5 (one seeded crop per utterance, as the paper's
-validation curves). SIGTERM/SIGINT/SIGUSR1/SIGUSR2 (Grid Engine's -notify warnings) finish the current
-iteration, write a snapshot and exit with status 99 (later signals are logged and ignored until then);
-`--resume auto` continues from the newest snapshot that loads, and since batch k is a pure function of
-(seed, k), the resumed run sees the same batches as an uninterrupted one.
+validation curves). Stop signals (speaker/stopping.py): SIGTERM, SIGINT, SIGHUP, SIGUSR1/SIGUSR2 (Grid
+Engine's -notify warnings) before training starts stop the run at once; during training they finish the
+current iteration, write a snapshot and exit with status 99 (a second Ctrl-C aborts). `--resume auto`
+continues from the newest snapshot that loads, and since batch k is a pure function of (seed, k), the
+resumed run sees the same batches as an uninterrupted one.
 
-The stages, in order (train() -> _train()): prepare_run (read the prototxt, claim the run directory,
-logging, lists, the audio pre-flight check) -> build_solver -> start_from (--weights / --resume) ->
-prepare_data (feeder, validator, loader, data parallel, speed options) -> loop -> finish (final weights).
-Any error of a stage is one line on stderr and in train.log, exit status 1 (-v adds the traceback).
+The stages, in order (train() -> _train()): prepare_run (read the prototxt, claim and lock the run
+directory, logging, lists, the audio pre-flight check) -> prepare_cache (--cache) -> [the data-parallel process
+group] -> build_solver -> start_from (--weights / --resume) -> prepare_data (feeder, validator, loader, data
+parallel, speed options) -> loop -> finish (final weights). Any error of a stage is one line on stderr and in
+train.log, exit status 1 (-v adds the traceback); another process holding the run directory: status 2. An
+exception inside the loop (CUDA out of memory included) first writes a snapshot of the last completed
+iteration when the solver's state is consistent, then says how to resume.
 
 Speed options (caffe_torch only, all off by default; see caffe_torch/fast.py): --channels-last, --amp bf16,
 --tf32, --compile; --cache decodes the training audio once into a memory-mapped int16 file (built on first
@@ -25,24 +29,28 @@ use) so that the loader only slices.
 
 Data parallel (caffe_torch only): under `torchrun --nproc_per_node=K trainAug.py ...` (WORLD_SIZE > 1) each
 of the K processes builds the same solver; the prototxt's batch B is the global batch and must be divisible
-by K; process r feeds rows [r B/K, (r+1) B/K) of global batch k (every process draws the whole, deterministic
-batch k and keeps its slice); after backward the parameter diffs are averaged across processes (the mean of
-equal-sized per-process batch means is the global batch mean, so this is one process's gradient up to float
-summation order), then every process applies the identical Caffe update. NCCL on GPUs (LOCAL_RANK picks the
-GPU, or the LOCAL_RANK-th entry of $SGE_GPU), gloo on the CPU. Only rank 0 writes logs, the curve,
-snapshots and final weights and validates; a stop signal on any process stops all of them at the same
-iteration (the flag travels with the gradients).
+by K; process r feeds rows [r B/K, (r+1) B/K) of global batch k (every process draws the crop positions of
+the whole, deterministic batch k and decodes only its slice's recordings), and its Dropout layers draw the
+masks of the global batch and keep its slice's rows; after backward the parameter diffs are averaged across
+processes (the mean of equal-sized per-process batch means is the global batch mean, so this is one
+process's gradient up to float summation order), then every process applies the identical Caffe update.
+NCCL on GPUs (LOCAL_RANK picks the GPU, or the LOCAL_RANK-th entry of $SGE_GPU), gloo on the CPU. The
+process group starts after the pre-flight check and the cache build, which the processes share through file
+locks (the first does the work, the others wait on the lock, then reuse it), so no process waits at a
+collective with a timeout while another works. Only rank 0 writes logs, the curve, snapshots and final
+weights and validates; a stop signal on any process stops all of them at the same iteration (the flag
+travels with the gradients).
 """
 
 import argparse
 import csv
+import io
 import logging
 import math
 import os
-import shutil
-import signal
 import time
 from collections import deque
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,13 +63,13 @@ from .data_parallel import DataParallel
 from .engine import is_caffe_torch, load_engine
 from .errors import TrainingError
 from .netinfo import data_geometry, missing_layers, param_input_dims, smallest_frames
-from .rundir import RunIOError, io_step
+from .rundir import RunBusyError, RunIOError, io_step
+from .stopping import EXIT_INTERRUPTED, Interrupted, StopRequest
 from .validation import Validator
 
 log = logging.getLogger("train")
 
-EXIT_INTERRUPTED = 99      # stopped by a signal after writing a snapshot (Grid Engine: "requeue")
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+EXIT_BUSY = 2              # another process holds the run directory's lock
 REPO = Path(__file__).resolve().parent.parent
 BAD_AUDIO_LIST = "bad_audio.txt"
 
@@ -74,7 +82,8 @@ def build_parser(augment: bool) -> argparse.ArgumentParser:
         prog=name,
         description=("Train a prototxt net on VoxCeleb1 (or the synthetic corpus) "
                      + ("with repetition + time-reversal augmentation." if augment else "without augmentation.")),
-        epilog=f"Exit status: 0 done, 1 error, {EXIT_INTERRUPTED} stopped by a signal after a snapshot.")
+        epilog=f"Exit status: 0 done, 1 error, {EXIT_BUSY} the run directory is in use by another process, "
+        f"{EXIT_INTERRUPTED} stopped by a signal (after a snapshot, once training has started).")
     p.add_argument("--solver", required=True, help="solver prototxt (its net: is the network)")
     p.add_argument("--weights", help="initialise from this .caffemodel (layers matched by name), e.g. the "
                    "stage-1 weights for stage-2 fine-tuning")
@@ -195,40 +204,6 @@ def snapshots(snapshot_dir: Path, prefix_name: str) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-class StopRequest:
-    """Turns the stop signals into a flag that the loop checks between iterations. Installed for the whole
-    run: a second signal (Ctrl-C twice, SIGUSR1 then SIGUSR2) is logged and ignored, so the snapshot is
-    written and the exit status stays 99; after a stop the signals stay ignored while the process exits."""
-
-    def __init__(self):
-        self.signal_name: str | None = None
-        self._old = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_name is not None
-
-    def __enter__(self):
-        for name in STOP_SIGNALS:
-            sig = getattr(signal, name, None)
-            if sig is not None:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self.signal_name is None:
-            self.signal_name = name
-            log.warning("%s received: finishing this iteration, then snapshot and exit", name)
-        else:
-            log.warning("%s received again: ignored until the snapshot is written (exit status %d)", name,
-                        EXIT_INTERRUPTED)
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, signal.SIG_IGN if self.requested else old)
-
-
 # ---------------------------------------------------------------------- stage 1: the run
 
 @dataclass
@@ -249,6 +224,7 @@ class Run:
     splits: object = None
     split_file: Path | None = None
     train: tuple[list[str], np.ndarray] = ((), np.zeros(0))     # usable training (paths, labels)
+    train_samples: dict[str, int] = field(default_factory=dict)  # their lengths (pre-flight check)
     val: tuple[list[str], np.ndarray] = ((), np.zeros(0))
     bad_audio: list[str] = field(default_factory=list)
     validated: set[int] = field(default_factory=set)     # iterations whose validation row the curve keeps
@@ -265,6 +241,10 @@ class Run:
     def curve(self) -> Path:
         return self.dir / "training_curve.csv"
 
+    def snapshot_state(self, iteration: int) -> Path:
+        """The .solverstate of the snapshot at `iteration` (its .caffemodel lies beside it)."""
+        return self.snap_dir / f"{self.prefix_name}_iter_{iteration}.solverstate"
+
 
 def _check_device(gpu: int | None, engine: str) -> None:
     if gpu is not None and engine == "torch":
@@ -275,9 +255,9 @@ def _check_device(gpu: int | None, engine: str) -> None:
                                 "use --gpu -1 for the CPU")
 
 
-def prepare_run(args, augment: bool, ddp: DataParallel) -> Run:
-    """Read and check the prototxt and the device, claim the run directory, start the log, read the lists
-    and check every recording (pre-flight)."""
+def prepare_run(args, augment: bool, ddp: DataParallel, stop: StopRequest, cleanup: ExitStack) -> Run:
+    """Read and check the prototxt and the device, claim and lock the run directory (the lock's release goes
+    on `cleanup`), start the log, read the lists and check every recording (pre-flight)."""
     from caffe_torch.fast import FastOptions
 
     solver_param, net_path, net_param = read_solver_and_net(args.solver)
@@ -296,21 +276,25 @@ def prepare_run(args, augment: bool, ddp: DataParallel) -> Run:
         raise TrainingError(f"{net_path}: batch {batch} (the global batch) is not divisible by the {ddp.world} "
                             "processes of this torchrun launch")
     run_dir = Path(args.out or Path("runs") / Path(args.solver).stem)
-    aside = rundir.claim(run_dir, resume=bool(args.resume), force=args.force, move=ddp.is_main)
-    if ddp.enabled:
-        ddp.init(gpu)
+    lock, aside = rundir.claim(run_dir, resume=bool(args.resume), force=args.force, lock=ddp.is_main)
+    if lock is not None:
+        cleanup.callback(lock.release)
     script = "trainAug.py" if augment else "trainNoAug.py"
     if ddp.is_main:
-        rundir.prepare(run_dir)
+        stale = rundir.remove_stale_temporaries(run_dir)
         rundir.setup_logging(run_dir, "train", args.verbose)
         log.info("run directory %s (git %s)", run_dir, rundir.git_revision())
         if aside:
             log.warning("--force: the run that was in %s is now in %s", run_dir, aside)
+        if stale:
+            log.info("removed %d temporary file(s) an interrupted process left: %s", len(stale),
+                     ", ".join(p.name for p in stale))
     else:
         logging.basicConfig(level=logging.WARNING, format=f"[rank {ddp.rank}] %(levelname)s %(name)s: %(message)s")
-    ddp.barrier()
     run = Run(args, augment, ddp, script, solver_param, net_path, net_param, batch, frames, gpu, run_dir)
+    stop.begin("reading the lists")
     load_splits(run)
+    stop.begin("checking the audio")
     preflight(run)
     return run
 
@@ -341,7 +325,7 @@ def load_splits(run: Run) -> None:
     missing_log = run.dir / "missing_files.txt"
     if run.splits.missing and run.ddp.is_main:
         with io_step("write", missing_log):
-            missing_log.write_text("\n".join(run.splits.missing) + "\n")
+            rundir.write_atomic(missing_log, "\n".join(run.splits.missing) + "\n")
         log.warning("all %d missing files are listed in %s", len(run.splits.missing), missing_log)
     if len(run.splits.train) == 0:
         raise TrainingError(f"{run.split_file}: no training utterance found under {run.splits.wav_dir} "
@@ -353,7 +337,7 @@ def load_splits(run: Run) -> None:
                                 "num_output (or use the matching --mode)")
     if run.ddp.is_main:
         with io_step("write", run.dir / "labels.json"):
-            run.splits.save_labels(run.dir / "labels.json")
+            rundir.replace_atomic(run.dir / "labels.json", run.splits.save_labels)
 
 
 def preflight(run: Run) -> None:
@@ -367,14 +351,10 @@ def preflight(run: Run) -> None:
     cache_file = default_cache_file(run.dir)
     # without augmentation a training crop cannot repeat a short recording (voxdata.crops)
     min_train = 1 if run.augment else crop_length(run.frames)
-    results = []
-    for rank_turn in (True, False):            # rank 0 first (fills the cache), then the others (reuse it)
-        if ddp.is_main == rank_turn:
-            results = [scan_audio(splits.abspaths(subset), cache_file=cache_file, min_samples=need,
-                                  workers=2 * (os.cpu_count() or 1), progress=not args.no_progress)
-                       for subset, need in ((splits.train, min_train), (splits.val, 1))]
-        ddp.barrier()
-    (train, val) = results
+    # the processes of a data-parallel launch take turns on the cache's lock: the first checks, the others reuse
+    train, val = (scan_audio(splits.abspaths(subset), cache_file=cache_file, min_samples=need,
+                             workers=2 * (os.cpu_count() or 1), progress=not args.no_progress and ddp.is_main)
+                  for subset, need in ((splits.train, min_train), (splits.val, 1)))
     bad = train.bad + val.bad
     run.bad_audio = bad
     n_files = len(splits.train) + len(splits.val)
@@ -382,7 +362,7 @@ def preflight(run: Run) -> None:
              train.reused + val.reused, cache_file)
     if bad and ddp.is_main:
         with io_step("write", run.dir / BAD_AUDIO_LIST):
-            (run.dir / BAD_AUDIO_LIST).write_text("\n".join(bad) + "\n")
+            rundir.write_atomic(run.dir / BAD_AUDIO_LIST, "\n".join(bad) + "\n")
     if bad and not args.skip_bad_audio:
         raise TrainingError(f"{len(bad)} of {n_files} recordings are unusable (first: {bad[0]}; all listed in "
                             f"{run.dir / BAD_AUDIO_LIST}): fix or remove them, or pass --skip-bad-audio to "
@@ -391,6 +371,7 @@ def preflight(run: Run) -> None:
         log.warning("--skip-bad-audio: leaving out %d unusable recordings (listed in %s)", len(bad),
                     run.dir / BAD_AUDIO_LIST)
     run.train = _usable(splits.abspaths(splits.train), splits.train.labels, set(train.good))
+    run.train_samples = train.samples
     run.val = _usable(splits.abspaths(splits.val), splits.val.labels, set(val.good))
     counts = np.bincount(run.train[1], minlength=len(splits.speakers))
     empty = [splits.speakers[i] for i in np.flatnonzero(counts == 0)]
@@ -426,8 +407,9 @@ def build_solver(run: Run):
         resolved.snapshot_prefix = str((run.snap_dir / run.prefix_name).resolve())
         resolved.solver_mode = resolved.CPU if run.gpu is None else resolved.GPU
         resolved.random_seed = args.seed
+        resolved.snapshot = 0          # the loop writes the snapshots (every run.solver_param.snapshot iterations)
         with io_step("write", solver_copy):
-            solver_copy.write_text(text_format.MessageToString(resolved))
+            rundir.write_atomic(solver_copy, text_format.MessageToString(resolved))
     run.ddp.barrier()
     if args.engine != "torch":
         _probe_build(run)              # a real Caffe aborts (CHECK) on a bad shape: ask caffe_torch first
@@ -463,9 +445,10 @@ def _explain_input_size(run: Run, exc: Exception) -> None:
 
 # ---------------------------------------------------------------------- stage 3: where to start from
 
-def start_from(run: Run, solver) -> None:
+def start_from(run: Run, caffe, solver, stop: StopRequest) -> None:
     """--resume (the newest snapshot that loads, or FILE), else --weights; then record the arguments."""
-    resumed = _resume(run, solver) if run.args.resume else None
+    resumed = _resume(run, caffe, solver) if run.args.resume else None
+    stop.last_snapshot = resumed
     if resumed is None and run.args.weights:
         _initial_weights(run, solver)
     if run.ddp.is_main:
@@ -488,10 +471,11 @@ def _initial_weights(run: Run, solver) -> None:
                  ", ".join(missing))
 
 
-def _resume(run: Run, solver) -> Path | None:
-    """Restore the newest snapshot that loads completely (auto) or FILE; None when auto finds none."""
+def _resume(run: Run, caffe, solver) -> Path | None:
+    """Restore the newest snapshot that loads completely (auto) or FILE; None when auto finds none. A
+    snapshot's weights are the .caffemodel beside its .solverstate, checked against the digest it records."""
     from caffe_torch.errors import WeightsError
-    from caffe_torch.weights import read_solverstate
+    from caffe_torch.weights import solverstate_weights
 
     auto = run.args.resume == "auto"
     candidates = snapshots(run.snap_dir, run.prefix_name) if auto else [Path(run.args.resume)]
@@ -500,15 +484,16 @@ def _resume(run: Run, solver) -> Path | None:
         return None
     for state in candidates:
         try:
-            if not state.exists():
+            if not state.is_file():
                 raise TrainingError(f"--resume {state}: no such file")
-            learned = read_solverstate(state).learned_net
-            model = Path(learned) if Path(learned).exists() else state.with_suffix(".caffemodel")
+            model = solverstate_weights(state)
+            if model is None:
+                raise TrainingError(f"{state}: names no weights (learned_net): not a snapshot of a training run")
             missing = missing_layers(solver.net, model)
             if missing:
                 raise TrainingError(f"{model}: holds no weights for layer(s) {', '.join(missing)} of "
                                     f"{run.net_path}: not a snapshot of this net")
-            solver.restore(str(state))
+            _restore(caffe, solver, state, model)
         except (WeightsError, TrainingError) as exc:
             if not auto:
                 raise
@@ -520,21 +505,62 @@ def _resume(run: Run, solver) -> Path | None:
                         "the warnings above); use --force to start over")
 
 
+def _restore(caffe, solver, state: Path, model: Path) -> None:
+    """solver.restore(state) with the weights `model`. caffe_torch takes the .caffemodel beside the state
+    itself; a real Caffe reads the state's learned_net as written (an absolute path, maybe of the run that now
+    lives where this one was before a --force): it restores from a copy of the state that names `model`."""
+    if is_caffe_torch(caffe):
+        solver.restore(str(state))
+        return
+    import tempfile
+
+    from caffe_torch.weights import read_solverstate
+
+    copy = read_solverstate(state)
+    copy.learned_net = str(model.resolve())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / state.name
+        path.write_bytes(copy.SerializeToString())
+        solver.restore(str(path))
+
+
+CURVE_HEADER = ["iteration", "loss", "lr", "val_top1", "val_top5"]
+
+
+def _curve_row(row: list[str]) -> bool:
+    """Is `row` a whole row of training_curve.csv: an iteration, then a loss and a rate, or two accuracies?"""
+    if len(row) != len(CURVE_HEADER) or not row[0].isdigit():
+        return False
+    if tuple(map(bool, row[1:])) not in ((True, True, False, False), (False, False, True, True)):
+        return False
+    try:
+        [float(x) for x in row[1:] if x]
+    except ValueError:
+        return False
+    return True
+
+
 def _truncate_curve(path: Path, iteration: int) -> set[int]:
     """Keep the curve's rows of the iterations before `iteration` (validation rows up to it): after a
-    kill -9 the rows between the last snapshot and the kill would otherwise appear twice. Returns the
-    iterations of the validation rows kept."""
+    kill -9 the rows between the last snapshot and the kill would otherwise appear twice. Rows that are not
+    whole (a kill in the middle of an append leaves the last line without its end; anything else garbled) are
+    dropped with a warning. Returns the iterations of the validation rows kept."""
     if not path.exists():
         return set()
     with io_step("rewrite", path):
-        rows = list(csv.reader(path.read_text().splitlines()))
-        keep = rows[:1] + [r for r in rows[1:] if r and (int(r[0]) < iteration or (int(r[0]) == iteration
-                                                                               and r[3] != ""))]
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(keep)
-        os.replace(tmp, path)
-    return {int(r[0]) for r in keep[1:] if r[3] != ""}
+        text = path.read_text(errors="replace")
+        lines = text.splitlines()
+        torn = lines.pop() if lines and not text.endswith(("\n", "\r")) else None
+        rows = list(csv.reader(lines[1:] if lines[:1] == [",".join(CURVE_HEADER)] else lines))
+        whole = [r for r in rows if _curve_row(r)]
+        bad = [",".join(r) for r in rows if r and not _curve_row(r)] + ([torn] if torn else [])
+        if bad:
+            log.warning("%s: dropped %d incomplete or garbled row(s) (first: %r)", path, len(bad), bad[0])
+        keep = [r for r in whole if int(r[0]) < iteration or (int(r[0]) == iteration and r[3])]
+        out = io.StringIO()
+        csv.writer(out).writerows([CURVE_HEADER, *keep])
+        rundir.write_atomic(path, out.getvalue())
+    return {int(r[0]) for r in keep if r[3]}
 
 
 # ---------------------------------------------------------------------- stage 4: data
@@ -574,7 +600,7 @@ class Progress:
             new = not run.curve.exists() or solver.iter == 0
             with io_step("open", run.curve):
                 self.file = open(run.curve, "w" if new else "a", newline="")  # noqa: SIM115 (closed by close())
-            self._write([["iteration", "loss", "lr", "val_top1", "val_top5"]] if new else [])
+            self._write([CURVE_HEADER] if new else [])
         self.t0 = time.perf_counter()
 
     def _write(self, rows) -> None:
@@ -618,16 +644,18 @@ class Data:
     progress: Progress
     loss_blobs: list[str]
 
-    def validation_due(self, it: int, interval: int) -> bool:
-        return self.val is not None and interval > 0 and it % interval == 0 and it > self.progress.start_iter
+    def validation_due(self, it: int, interval: int, validated: set[int]) -> bool:
+        """Every `interval` iterations from the first on, unless the curve holds that validation already (a
+        run resumed at iteration `it` after a kill that came before its validation ran does run it)."""
+        return self.val is not None and interval > 0 and it > 0 and it % interval == 0 and it not in validated
 
     def loss(self, net) -> float:
         return float(sum(np.asarray(net.blobs[b].data).sum() for b in self.loss_blobs))
 
 
-def prepare_data(run: Run, caffe, solver) -> Data:
-    """The input feeder, the validator (rank 0), the batch loader from solver.iter on, data parallelism and
-    the speed options."""
+def prepare_data(run: Run, caffe, solver, cache) -> Data:
+    """The input feeder, the validator (rank 0), the batch loader from solver.iter on (a data-parallel
+    process's loader decodes only its rows of each batch), data parallelism and the speed options."""
     import torch
 
     from caffe_torch.fast import FastOptions
@@ -657,30 +685,35 @@ def prepare_data(run: Run, caffe, solver) -> Data:
             from caffe_torch.fast import apply
 
             apply(val.net, FastOptions(channels_last=fast.channels_last, amp=fast.amp))
-    cache = _ensure_cache(args, run.train[0], ddp)
+    rows = ddp.rows(run.batch)
+    lengths = [run.train_samples[p] for p in run.train[0]] if rows is not None else None
     loader = train_loader(run.train[0], run.train[1], batch_size=run.batch, frames=run.frames, seed=args.seed,
                           start_batch=solver.iter, num_workers=args.workers, augment=run.augment, cache=cache,
-                          on_error="skip" if args.skip_bad_audio else "raise", pin_memory=run.gpu is not None)
+                          on_error="skip" if args.skip_bad_audio else "raise", pin_memory=run.gpu is not None,
+                          rows=rows, lengths=lengths)
     loss_name = next(iter(solver.net.outputs), None)
     loss_blobs = [b for b in solver.net.outputs if "loss" in b.lower()] or [loss_name]
     return Data(_input_feeder(caffe, device), loader, val, Progress(run, solver), loss_blobs)
 
 
-def _ensure_cache(args, paths, ddp: DataParallel):
-    """The --cache folder: built from the training files on first use (by rank 0), checked to hold them all."""
+def prepare_cache(run: Run):
+    """The --cache folder: built from the training files on first use, checked to hold them all. The processes
+    of a data-parallel launch (their process group has not started yet) take turns on a lock beside it: the
+    first builds, the others wait for it to finish, then open what it built."""
     from voxdata import WavCache, build_cache
     from voxdata.cache import INDEX
+    from voxdata.lockfile import exclusive
 
+    args, paths = run.args, run.train[0]
     if not args.cache:
         return None
     index = Path(args.cache) / INDEX
-    if not index.exists():
-        if ddp.is_main:
+    with exclusive(f"{Path(args.cache).resolve()}.lock", "building the audio cache"):
+        if not index.exists():
             log.info("building the audio cache %s from %d training files", args.cache, len(paths))
             with io_step("build the audio cache", args.cache):
                 build_cache(paths, args.cache, on_error="skip" if args.skip_bad_audio else "raise",
-                            progress=not args.no_progress)
-        ddp.barrier()
+                            progress=not args.no_progress and run.ddp.is_main)
     cache = WavCache(args.cache)
     missing = [p for p in paths if p not in cache]
     skipped = len(cache.skipped)
@@ -694,80 +727,145 @@ def _ensure_cache(args, paths, ddp: DataParallel):
 # ---------------------------------------------------------------------- stages 5 and 6: loop, finish
 
 def loop(run: Run, solver, data: Data, stop: StopRequest) -> int:
-    """Iterations solver.iter .. max_iter: validate when due, feed batch k, one Caffe step, record. On a stop
-    signal: snapshot, EXIT_INTERRUPTED. On a recording that fails to read: snapshot, then the error."""
-    from voxdata import AudioError, CropError
-
-    ddp, batches = run.ddp, iter(data.loader)
-    try:
-        while solver.iter < run.solver_param.max_iter:
-            it = solver.iter
-            if data.validation_due(it, run.args.test_interval):
+    """Iterations solver.iter .. max_iter: validate when due, feed batch k, one Caffe step, record, snapshot
+    when due. On a stop signal: snapshot, EXIT_INTERRUPTED. On an exception: a snapshot of the last completed
+    iteration when the solver's state is one (save_after_failure), then a TrainingError saying how to resume."""
+    ddp, batches, every = run.ddp, iter(data.loader), run.solver_param.snapshot
+    while solver.iter < run.solver_param.max_iter:
+        it, before = solver.iter, None
+        try:
+            if data.validation_due(it, run.args.test_interval, run.validated):
                 data.progress.validation(it, *data.val.log_run(data.feed, it))
-            data.feed(solver.net, *ddp.local_rows(*next(batches)))
-            _step(run, solver, it)
+                run.validated.add(it)
+            data.feed(solver.net, *next(batches))
+            before = ForwardState(solver, run.args.engine == "torch")
+            solver.step(1)
             loss = ddp.loss if ddp.enabled else data.loss(solver.net)
             if not math.isfinite(loss):
-                raise FloatingPointError(f"iteration {it}: loss is {loss}")
+                raise FloatingPointError(f"the loss is {loss}")
             data.progress.step(it, loss, solver.iter)
-            if ddp.stop if ddp.enabled else stop.requested:
-                if ddp.is_main:
-                    log.warning("stopped by %s at iteration %d; snapshot %s; continue with --resume auto",
-                                stop.signal_name or "a signal to another process", solver.iter, snapshot(run, solver))
-                return EXIT_INTERRUPTED
-    except (AudioError, CropError):
-        if ddp.is_main and solver.iter > data.progress.start_iter:
-            log.warning("snapshot %s written before stopping on the error below", snapshot(run, solver))
-        raise
+            if ddp.is_main and every and solver.iter % every == 0:
+                snapshot(run, solver, stop)
+        except Exception as exc:
+            saved = save_after_failure(run, solver, data, stop, it, before, exc)
+            raise TrainingError(f"{one_line(exc)} (iteration {it}); {saved}") from exc
+        if ddp.stop if ddp.enabled else stop.requested:
+            if ddp.is_main:
+                log.warning("stopped by %s at iteration %d; snapshot %s; continue with --resume auto",
+                            stop.signal_name or "a signal to another process", solver.iter,
+                            last_snapshot(run, solver, stop))
+            stop.settled = True
+            return EXIT_INTERRUPTED
     return 0
 
 
-def _step(run: Run, solver, it: int) -> None:
-    """solver.step(1); an OSError of the periodic snapshot it writes after iteration `it` names the file."""
-    every = run.solver_param.snapshot
-    if every and (it + 1) % every == 0:
-        with io_step("write the snapshot", run.snap_dir / f"{run.prefix_name}_iter_{it + 1}.*"):
-            solver.step(1)
+class ForwardState:
+    """What a step changes before its weight update begins, besides the diffs: the layers' counters and
+    Dropout's generators (Net.layer_states / layer_rng_states) and the blobs no solver updates (BatchNorm's
+    running statistics). Taken before each step (host-side values and device copies, nothing read back), so
+    that an exception in the step's forward or backward can put the solver back at the iteration it had
+    completed. A real pycaffe's state inside a step is unknown (known False)."""
+
+    def __init__(self, solver, known: bool):
+        self.known = known
+        if known:
+            net = solver.net
+            self.counters, self.generators = net.layer_states(), net.layer_rng_states()
+            self.frozen = [(p, p.detach().clone()) for p, *_ in net.learnable_params() if not p.requires_grad]
+
+    def put_back(self, solver) -> None:
+        import torch
+
+        solver.net.set_layer_states(self.counters)
+        solver.net.set_layer_rng_states(self.generators)
+        with torch.no_grad():
+            for p, value in self.frozen:
+                p.copy_(value)
+
+
+def save_after_failure(run: Run, solver, data: Data, stop: StopRequest, it: int, before, exc) -> str:
+    """After an exception in iteration `it`: snapshot the last completed iteration when the solver holds one
+    (rank 0). Says what it did, and how to resume, for the error line."""
+    resume = "continue with --resume auto"
+    if stop.last_snapshot is not None:
+        resume += f" (from {stop.last_snapshot.name})"
+    if not run.ddp.is_main:
+        return f"rank 0 writes the snapshots: {resume}"
+    state_known = before is None or solver.iter > it or before.known
+    if isinstance(exc, FloatingPointError):
+        why = "the weights after a step with a non-finite loss are not worth keeping"
+    elif getattr(solver, "updating", False) or not state_known:
+        why = "it came during the weight update" if state_known else "the engine's state inside a step is unknown"
+    elif stop.writing is not None:
+        why = "writing the snapshot failed"
+    elif solver.iter == 0:
+        return f"no iteration was completed: {resume}"
+    elif run.snapshot_state(solver.iter) == stop.last_snapshot:
+        return f"the snapshot of iteration {solver.iter} exists: {resume}"
     else:
-        solver.step(1)
+        if solver.iter == it and before is not None:
+            before.put_back(solver)            # the failed step's forward changed these
+        try:
+            state = snapshot(run, solver, stop)
+        except Exception as failed:             # the original error is the one to report; this one is logged
+            log.warning("could not write a snapshot of iteration %d: %s", solver.iter, one_line(failed))
+            return f"no snapshot of iteration {solver.iter} (writing it failed): {resume}"
+        return f"snapshot {state} of iteration {solver.iter} written: continue with --resume auto"
+    return f"no snapshot of iteration {solver.iter} ({why}): {resume}"
 
 
-def snapshot(run: Run, solver) -> Path:
-    """Write <prefix>_iter_<N>.caffemodel/.solverstate; returns the .solverstate."""
-    state = run.snap_dir / f"{run.prefix_name}_iter_{solver.iter}.solverstate"
+def snapshot(run: Run, solver, stop: StopRequest) -> Path:
+    """Write <prefix>_iter_<N>.caffemodel/.solverstate (the .solverstate last: it marks the snapshot complete);
+    returns the .solverstate. A second Ctrl-C meanwhile aborts it (stop.writing says which)."""
+    state = run.snapshot_state(solver.iter)
+    stop.writing = state
     with io_step("write the snapshot", state.with_suffix(".*")):
         solver.snapshot()
+    stop.writing, stop.last_snapshot = None, state
     return state
 
 
-def finish(run: Run, solver, data: Data) -> None:
-    """The last snapshot (unless the solver just wrote it), the final validation, final.caffemodel."""
+def last_snapshot(run: Run, solver, stop: StopRequest) -> Path:
+    """The snapshot of the current iteration: written unless this process just wrote or restored it."""
+    state = run.snapshot_state(solver.iter)
+    return state if stop.last_snapshot == state else snapshot(run, solver, stop)
+
+
+def finish(run: Run, solver, data: Data, stop: StopRequest) -> None:
+    """The last snapshot, the final validation, final.caffemodel."""
     if not run.ddp.is_main:
         return
-    model = run.snap_dir / f"{run.prefix_name}_iter_{solver.iter}.caffemodel"
-    if not model.exists():
-        model = snapshot(run, solver).with_suffix(".caffemodel")
+    state = last_snapshot(run, solver, stop)
     if data.val is not None and solver.iter not in run.validated:   # (a finished run resumed: done already)
         data.progress.validation(solver.iter, *data.val.log_run(data.feed, solver.iter))
-    final = run.dir / "final.caffemodel"
+    model, final = state.with_suffix(".caffemodel"), run.dir / "final.caffemodel"
     with io_step(f"copy {model} to", final):
-        shutil.copyfile(model, str(final) + ".tmp")
-        os.replace(str(final) + ".tmp", final)
+        rundir.write_atomic(final, model.read_bytes())
     log.info("Optimization Done. final weights: %s", final)
 
 
 # ---------------------------------------------------------------------- the stages in order
 
-def _train(args, augment: bool, ddp: DataParallel, stop: StopRequest) -> int:
+def _train(args, augment: bool, ddp: DataParallel, stop: StopRequest, cleanup: ExitStack) -> int:
     ddp.local_stop = lambda: stop.requested
-    run = prepare_run(args, augment, ddp)
+    run = prepare_run(args, augment, ddp, stop, cleanup)
+    stop.begin("preparing the audio cache")
+    cache = prepare_cache(run)
+    stop.begin("building the solver")
+    if ddp.enabled:
+        ddp.init(run.gpu)          # after the long work each process does alone: no collective waits for it
     caffe, solver = build_solver(run)
-    start_from(run, solver)
-    data = prepare_data(run, caffe, solver)
+    stop.begin("restoring the snapshot" if args.resume else "loading the weights")
+    start_from(run, caffe, solver, stop)
+    stop.begin("preparing the data")
+    data = prepare_data(run, caffe, solver, cache)
+    stop.begin("training")
+    stop.training = True
     try:
         status = loop(run, solver, data, stop)
         if status == 0:
-            finish(run, solver, data)
+            finish(run, solver, data, stop)
+            stop.settled = True
     finally:
         data.progress.close()
         if run.bad_audio:
@@ -778,17 +876,25 @@ def _train(args, augment: bool, ddp: DataParallel, stop: StopRequest) -> int:
 
 
 def train(args, augment: bool) -> int:
-    """Run the stages; an error is one line on stderr and in train.log (traceback with -v), status 1."""
+    """Run the stages; an error is one line on stderr and in train.log (traceback with -v), status 1; another
+    process holding the run directory, status 2; a stop signal, status 99."""
     from caffe_torch.errors import CaffeError
     from voxdata import AudioError, CropError, ListFormatError
 
     ddp = DataParallel()
+    stop = StopRequest()
     try:
-        with StopRequest() as stop:
-            return _train(args, augment, ddp, stop)
+        with stop, ExitStack() as cleanup:
+            return _train(args, augment, ddp, stop, cleanup)
+    except Interrupted as exc:
+        report(stop.explain(exc), level=logging.WARNING)
+        return EXIT_INTERRUPTED
+    except RunBusyError as exc:
+        report(f"error: {exc}")
+        return EXIT_BUSY
     except (TrainingError, RunIOError, CaffeError, AudioError, CropError, ListFormatError, FloatingPointError,
             OSError) as exc:
-        report_error(exc, args.verbose)
+        report(f"error: {one_line(exc)}", exc if args.verbose else None)
         return 1
     finally:
         ddp.close()
@@ -809,15 +915,15 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split("\n"))
 
 
-def report_error(exc: BaseException, verbose: bool) -> None:
-    msg = f"error: {one_line(exc)}"
+def report(msg: str, exc: BaseException | None = None, level: int = logging.ERROR) -> None:
+    """The run's last line: in train.log and on stderr (with exc's traceback when given)."""
     if rundir.logging_active():
-        log.error("%s", msg, exc_info=exc if verbose else None)
+        log.log(level, "%s", msg, exc_info=exc)
     else:
         import sys
         import traceback
 
-        if verbose:
+        if exc is not None:
             traceback.print_exception(exc)
         print(msg, file=sys.stderr)
 

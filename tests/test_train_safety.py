@@ -160,10 +160,16 @@ def test_partial_weights(corpus, tmp_path, capsys):
                                      str(corpus), "--out", str(tmp_path / "t2")]) == 2
     assert "--weights" in capsys.readouterr().err
 
-    # --resume from a snapshot that lacks layers: an error for FILE...
+    # --resume from a snapshot that lacks layers (its state records the cut file's digest, as if written so):
+    # an error for FILE...
+    from caffe_torch.weights import file_sha256, read_solverstate
+
     state = run / "snapshots" / "w_iter_2.solverstate"
-    _cut_caffemodel(run / "snapshots" / "w_iter_2.caffemodel", run / "snapshots" / "w_iter_2.caffemodel",
-                    {"conv1_1"})
+    cut2 = _cut_caffemodel(run / "snapshots" / "w_iter_2.caffemodel", run / "snapshots" / "w_iter_2.caffemodel",
+                           {"conv1_1"})
+    recorded = read_solverstate(state)
+    recorded.learned_net_sha256 = file_sha256(cut2)
+    state.write_bytes(recorded.SerializeToString())
     assert trainAug.main(train_args(solver, corpus, run, "--resume", str(state))) == 1
     assert "not a snapshot of this net" in capsys.readouterr().err
     # ...and skipped (with a word) by --resume auto, which falls back to iteration 1
@@ -174,10 +180,13 @@ def test_partial_weights(corpus, tmp_path, capsys):
 
 # ---------------------------------------------------------------- 5. signals, I/O errors, resume
 
-def test_second_stop_signal_is_ignored_and_status_stays_99(corpus, tmp_path, monkeypatch):
+def test_second_scheduler_signal_is_ignored_and_status_stays_99(corpus, tmp_path, monkeypatch):
+    """Grid Engine's -notify sends SIGUSR1 then SIGUSR2: the second must not cut the snapshot short (a second
+    Ctrl-C does: tests/test_run_safety.py)."""
     import speaker.train as train
 
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2,
+                                               signal.SIGHUP)}
     solver = write_solver(tmp_path, SOFTMAX_HEAD, "sig", max_iter=50, snapshot=0)
     real_step = None
 
@@ -189,9 +198,9 @@ def test_second_stop_signal_is_ignored_and_status_stays_99(corpus, tmp_path, mon
 
     real_snapshot = train.snapshot
 
-    def snapshot_with_ctrl_c(run, solver):
-        os.kill(os.getpid(), signal.SIGINT)            # during the snapshot
-        return real_snapshot(run, solver)
+    def snapshot_with_sigterm(run, solver, stop):
+        os.kill(os.getpid(), signal.SIGTERM)           # during the snapshot
+        return real_snapshot(run, solver, stop)
 
     real_close = train.Progress.close
 
@@ -203,7 +212,7 @@ def test_second_stop_signal_is_ignored_and_status_stays_99(corpus, tmp_path, mon
 
     real_step = cs.Solver.step
     monkeypatch.setattr(cs.Solver, "step", step_then_signals)
-    monkeypatch.setattr(train, "snapshot", snapshot_with_ctrl_c)
+    monkeypatch.setattr(train, "snapshot", snapshot_with_sigterm)
     monkeypatch.setattr(train.Progress, "close", close_with_ctrl_c)
     try:
         assert trainAug.main(train_args(solver, corpus, tmp_path / "run")) == 99
@@ -212,7 +221,8 @@ def test_second_stop_signal_is_ignored_and_status_stays_99(corpus, tmp_path, mon
             signal.signal(s, h)
     log = (tmp_path / "run" / "train.log").read_text()
     assert "SIGUSR1 received: finishing" in log and "SIGUSR2 received again: ignored" in log
-    assert "SIGINT received again" in log
+    assert "SIGTERM received again: ignored" in log
+    assert "SIGINT received: ignored, the results are written" in log          # once the snapshot is written
     assert (tmp_path / "run" / "snapshots" / "sig_iter_3.solverstate").exists()
 
 

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from .audio import AudioError, read_wav
-from .crops import CropError, random_crop
+from .crops import CropError, apply_crop, crop_params, random_crop
 from .frontend import crop_length
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,12 @@ class TrainBatches:
     length: crop length in samples (or give frames: length = crop_length(frames)).
     on_error: 'raise' (AudioError / CropError naming the file) or 'skip' (count it, log it, draw another
     utterance from the same generator, so the stream stays deterministic).
+    rows: None (item k is the whole batch), or (lo, hi): item k is rows lo..hi-1 of batch k, the only ones
+    decoded; the draws of the other rows are made from `lengths` (samples per path, e.g. the pre-flight
+    check's), so the rows equal the whole batch's. One process of a data-parallel launch reads only its
+    rows. A recording that fails to read then is an error even with on_error='skip' (skipping it would
+    change the draws of the rows after it in this process alone); one too short for a crop (known from its
+    length) is skipped as usual.
     """
 
     def __init__(
@@ -59,6 +65,8 @@ class TrainBatches:
         repeat_short: bool = False,
         cache=None,
         on_error: str = "raise",
+        rows: tuple[int, int] | None = None,
+        lengths=None,
     ):
         if length is None:
             length = crop_length(frames if frames is not None else 300)
@@ -71,6 +79,11 @@ class TrainBatches:
         self.batch_size, self.length, self.seed = int(batch_size), int(length), int(seed)
         self.augment, self.repeat_short, self.on_error = augment, repeat_short, on_error
         self.cache = cache
+        self.sliced = rows is not None
+        self.rows = (0, int(batch_size)) if rows is None else (int(rows[0]), int(rows[1]))
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
+        if rows is not None and (self.lengths is None or len(self.lengths) != len(self.paths)):
+            raise ValueError("rows needs the length of every recording (lengths, one per path)")
         self.skipped = 0  # draws skipped in this process (on_error='skip')
         self._bad: set[int] = set()
         self._read = None
@@ -84,20 +97,21 @@ class TrainBatches:
         return state
 
     def batch(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Batch k as NumPy: crops int16 (B, L), labels int64 (B,)."""
+        """Rows lo..hi-1 (all by default) of batch k as NumPy: crops int16 (n, L), labels int64 (n,)."""
         if self._read is None:
             self._read = _reader(self.cache)
         rng = batch_rng(self.seed, k)
-        crops = np.empty((self.batch_size, self.length), dtype=np.int16)
-        labels = np.empty(self.batch_size, dtype=np.int64)
-        for b in range(self.batch_size):
+        lo, hi = self.rows
+        crops = np.empty((hi - lo, self.length), dtype=np.int16)
+        labels = np.empty(hi - lo, dtype=np.int64)
+        for b in range(hi):
             for _attempt in range(100):
                 i = int(rng.integers(0, len(self.paths)))
                 try:
-                    crops[b] = random_crop(self._read(self.paths[i]), self.length, rng, self.augment, self.repeat_short)
+                    crop = self._crop(self.paths[i], None if self.lengths is None else self.lengths[i], rng, b >= lo)
                     break
                 except (AudioError, CropError) as e:
-                    if self.on_error == "raise":
+                    if self.on_error == "raise" or (isinstance(e, AudioError) and self.sliced):
                         if isinstance(e, CropError):
                             raise CropError(f"{self.paths[i]}: {e}") from None
                         raise
@@ -109,8 +123,22 @@ class TrainBatches:
                         )
             else:
                 raise AudioError(f"100 unusable files in a row while building batch {k}; last: {self.paths[i]}")
-            labels[b] = self.labels[i]
+            if b >= lo:
+                crops[b - lo], labels[b - lo] = crop, self.labels[i]
         return crops, labels
+
+    def _crop(self, path: str, n: int | None, rng: np.random.Generator, decode: bool) -> np.ndarray | None:
+        """The crop of one draw: its parameters from rng (from the known length n, or the decoded signal's),
+        the samples only when `decode`."""
+        if n is None:
+            return random_crop(self._read(path), self.length, rng, self.augment, self.repeat_short)
+        params = crop_params(int(n), self.length, rng, self.augment, self.repeat_short)
+        if not decode:
+            return None
+        signal = self._read(path)
+        if len(signal) != n:
+            raise AudioError(f"{path}: {len(signal)} samples, but {n} when it was checked (changed since?)")
+        return apply_crop(signal, self.length, *params)
 
     def __getitem__(self, k: int):
         import torch
@@ -164,16 +192,20 @@ def train_loader(
     on_error: str = "raise",
     pin_memory: bool | None = None,
     prefetch_factor: int = 4,
+    rows: tuple[int, int] | None = None,
+    lengths=None,
 ):
     """Infinite DataLoader of training batches k = start_batch, start_batch + 1, ...
 
-    Yields (crops int16 tensor (B, L), labels int64 tensor (B,)). cache: a cache folder or WavCache
-    (paths must be its keys). pin_memory defaults to torch.cuda.is_available().
+    Yields (crops int16 tensor (B, L), labels int64 tensor (B,)), or only rows lo..hi-1 of each batch with
+    rows=(lo, hi) and the recordings' lengths (see TrainBatches). cache: a cache folder or WavCache (paths
+    must be its keys). pin_memory defaults to torch.cuda.is_available().
     """
     import torch
     from torch.utils.data import DataLoader
 
-    ds = TrainBatches(paths, labels, batch_size, length, frames, seed, augment, repeat_short, cache, on_error)
+    ds = TrainBatches(paths, labels, batch_size, length, frames, seed, augment, repeat_short, cache, on_error, rows,
+                      lengths)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     kw = {}

@@ -7,6 +7,10 @@ absolute path and validated by size and modification time, so a resumed run, the
 scripts redo nothing for files that did not change.
 
 Cache file layout: {"version": 1, "files": {abs path: [size, mtime_ns, samples or null, error or null]}}.
+Processes sharing a cache take turns: a scan holds an exclusive lock (flock on <cache>.lock) from reading the
+cache to writing it back (by atomic rename), so a second process (another rank of a data-parallel launch, the
+next stage started beside this one) waits for the first and then reuses its results instead of redoing them
+or overwriting them with its own. An interrupted scan (a stop signal) saves what it checked before it stops.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .audio import SAMPLE_RATE, AudioError, wav_info
+from .lockfile import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +71,13 @@ def _save_cache(cache_file, files: dict) -> None:
         with open(tmp, "w") as f:
             json.dump({"version": _VERSION, "files": files}, f)
         os.replace(tmp, cache_file)
-    except OSError as e:  # the cache only saves time: a read-only folder must not stop a run
-        log.warning("could not write the audio check cache %s: %s", cache_file, e)
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if not isinstance(e, OSError):
+            raise
+        # the cache only saves time: a read-only folder must not stop a run
+        log.warning("could not write the audio check cache %s: %s", cache_file, e)
 
 
 def scan_audio(paths, sample_rate: int = SAMPLE_RATE, progress: bool = False, cache_file=None,
@@ -80,9 +88,16 @@ def scan_audio(paths, sample_rate: int = SAMPLE_RATE, progress: bool = False, ca
     count). cache_file: JSON cache of earlier checks (see the module docstring); None = no cache.
     A missing file is a bad file ("no such file"). Files are checked in `workers` threads.
     """
+    paths = [os.fspath(p) for p in paths]
+    if cache_file is None:
+        return _scan(paths, sample_rate, progress, cache_file, min_samples, workers)
+    with exclusive(f"{cache_file}.lock", f"checking audio files into {cache_file}"):
+        return _scan(paths, sample_rate, progress, cache_file, min_samples, workers)
+
+
+def _scan(paths, sample_rate, progress, cache_file, min_samples, workers) -> ScanResult:
     from tqdm import tqdm
 
-    paths = [os.fspath(p) for p in paths]
     cached = _load_cache(cache_file)
     results: dict[str, tuple[int | None, str | None]] = {}
     todo: list[tuple[str, str, int, int]] = []   # (path, absolute path, size, mtime_ns)
@@ -103,7 +118,9 @@ def scan_audio(paths, sample_rate: int = SAMPLE_RATE, progress: bool = False, ca
         else:
             todo.append((p, key, st.st_size, st.st_mtime_ns))
     if todo:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        done = 0
+        try:
             checked = pool.map(lambda t: _check_one(t[0], sample_rate, 1), todo)
             for (p, key, size, mtime), (n, err) in tqdm(zip(todo, checked), total=len(todo),
                                                         desc="audio check", unit="file", disable=not progress):
@@ -111,6 +128,15 @@ def scan_audio(paths, sample_rate: int = SAMPLE_RATE, progress: bool = False, ca
                 if err is None and n < min_samples:
                     err = f"{p}: {n} samples, shorter than the {min_samples} this run needs"
                 results[p] = (n, err)
+                done += 1
+        except BaseException:       # a stop signal (or an error): keep what was checked for the next start
+            pool.shutdown(wait=True, cancel_futures=True)
+            log.warning("audio check stopped after %d of %d files%s", done, len(todo),
+                        f"; their results are saved in {cache_file}" if cache_file is not None else "")
+            if cache_file is not None:
+                _save_cache(cache_file, cached)
+            raise
+        pool.shutdown()
         if cache_file is not None:
             _save_cache(cache_file, cached)
     good = [p for p in paths if results[p][1] is None]

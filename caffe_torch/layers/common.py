@@ -1,5 +1,7 @@
 """Input, InnerProduct, Eltwise, Scale, Bias, BatchNorm, Dropout, Split, Silence."""
 
+import hashlib
+
 import torch
 
 from ..proto import caffe_pb2
@@ -239,7 +241,11 @@ class BatchNorm(Layer):
 
 @register("Dropout")
 class Dropout(Layer):
-    """TRAIN: keep each unit with probability 1 - p and scale kept units by 1/(1 - p). TEST: identity."""
+    """TRAIN: keep each unit with probability 1 - p and scale kept units by 1/(1 - p). TEST: identity.
+
+    `rows`: None, or (first row, global batch) when this net trains one slice of a larger batch (data
+    parallel): the layer draws the masks of the whole global batch and keeps its slice's rows, so K processes
+    together draw exactly the masks of one process training the global batch."""
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
@@ -249,11 +255,16 @@ class Dropout(Layer):
         # masks come from a generator of the net's device, seeded from caffe's generator: reproducible
         self._mask_gen = torch.Generator(device=ctx.device)
         self._mask_gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=ctx.generator)))
+        self.rows: tuple[int, int] | None = None
 
     def forward(self, x):
         if self.phase != caffe_pb2.TRAIN or self.ratio == 0:
             return x
-        keep = torch.rand(x.shape, generator=self._mask_gen, device=x.device, dtype=x.dtype) >= self.ratio
+        shape = x.shape if self.rows is None else (self.rows[1], *x.shape[1:])
+        draw = torch.rand(shape, generator=self._mask_gen, device=x.device, dtype=x.dtype)
+        if self.rows is not None:
+            draw = draw[self.rows[0]:self.rows[0] + x.shape[0]]
+        keep = draw >= self.ratio
         return x * keep.to(x.dtype) * (1.0 / (1.0 - self.ratio))
 
     def get_rng_state(self) -> bytes:
@@ -261,11 +272,32 @@ class Dropout(Layer):
         return self._mask_gen.get_state().numpy().tobytes()
 
     def set_rng_state(self, state: bytes) -> None:
-        try:
+        """The generator state of a snapshot. One of the other device's kind (a CPU snapshot on a GPU or back:
+        Mersenne Twister and Philox are different generators, no state of one is a state of the other) seeds
+        this generator from its digest: the masks then differ from the other device's, as they would in an
+        uninterrupted run there, but the same snapshot always continues with the same masks."""
+        own = self._mask_gen.get_state().numel()
+        other = CUDA_GENERATOR_STATE_BYTES if self._mask_gen.device.type == "cpu" else cpu_generator_state_bytes()
+        if len(state) == own:
             self._mask_gen.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
-        except RuntimeError as exc:
-            raise self.error(f"snapshot's mask generator state does not fit this device's generator "
-                             f"({self._mask_gen.device}): {exc}") from None
+        elif len(state) == other:
+            self._mask_gen.manual_seed(seed_from_generator_state(state))
+        else:
+            raise self.error(f"snapshot's mask generator state ({len(state)} bytes) is neither this device's "
+                             f"({self._mask_gen.device}: {own} bytes) nor the other device kind's ({other} bytes)")
+
+
+# torch's CUDA generator state: its seed and Philox offset, two 64-bit integers
+CUDA_GENERATOR_STATE_BYTES = 16
+
+
+def cpu_generator_state_bytes() -> int:
+    return torch.Generator().get_state().numel()
+
+
+def seed_from_generator_state(state: bytes) -> int:
+    """A 63-bit seed that is a function of a generator state's bytes (for a state of another device kind)."""
+    return int.from_bytes(hashlib.sha256(state).digest()[:8], "little") >> 1
 
 
 @register("Split")
