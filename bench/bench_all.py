@@ -119,7 +119,7 @@ def make_solver(param, device: torch.device, options: FastOptions | None):
     sp = text_format.Parse(SOLVER, caffe_pb2.SolverParameter())
     sp.net_param.CopyFrom(param)
     caffe.set_random_seed(0)
-    solver = SGDSolver(solver_param=sp, device=device)
+    solver = SGDSolver(solver_param=sp, device=device, blob_diffs=False)     # as speaker/train.py builds it
     if options is not None and options.any():
         apply_to_solver(solver, options)
     return solver

@@ -128,7 +128,8 @@ def main(argv=None) -> int:
 
         t0 = time.perf_counter()
         caffe_torch.set_random_seed(0)
-        solvers = {"caffe_torch": caffe_torch.get_solver(str(solver_file))}
+        # caffe_torch as speaker/train.py runs it (no activation diffs kept after a step)
+        solvers = {"caffe_torch": caffe_torch.get_solver(str(solver_file), blob_diffs=False)}
         solvers["caffe_torch"].net.save(str(weights))
         if caffe is not None:
             solvers["Caffe"] = caffe.get_solver(str(solver_file))

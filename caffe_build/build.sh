@@ -78,15 +78,34 @@ ensure_py_deps() {
   "$PY" -m pip install -q -r "$ROOT/requirements-caffe.txt" "numpy<2"
 }
 
+# ---------------------------------------------------------------- patches
+# A Python patch changes only files python/caffe/**.py: nothing compiled depends on it, so it is applied to
+# the installed python/caffe tree (after a build or a restore from the cache) and stays out of the key of
+# the compiled build: adding or editing one never triggers a rebuild. Every other patch is a source patch.
+is_python_patch() {  # at least one file, and every file it changes is python/caffe/**.py
+  awk '/^\+\+\+ / { n++; f = $2; sub(/^b\//, "", f); if (f !~ /^python\/caffe\/.*\.py$/) bad = 1 }
+       END { exit !(n > 0 && !bad) }' "$1"
+}
+PY_PATCHES=(); SRC_PATCHES=()
+for p in "$HERE"/patches/*.patch; do
+  if is_python_patch "$p"; then PY_PATCHES+=("$p"); else SRC_PATCHES+=("$p"); fi
+done
+
 # ---------------------------------------------------------------- the key of this build
-# sdist hash + our patches, overlay layers and this script + the Python ABI the .so is built for.
+# sdist hash + our source patches, overlay layers and this script + the Python ABI the .so is built for;
+# FULL_KEY (the stamp) adds the Python patches.
 build_key() {
   local pytag
   pytag="$("$PY" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')"
   {
     echo "$SDIST_NAME-$SDIST_VERSION $SDIST_SHA256 $pytag"
-    (cd "$HERE" && find build.sh patches layers -type f | LC_ALL=C sort | xargs sha256sum)
+    (cd "$HERE" && { echo build.sh; printf 'patches/%s\n' "${SRC_PATCHES[@]##*/}"; find layers -type f; } \
+       | LC_ALL=C sort | xargs sha256sum)
   } | sha256sum | cut -c1-16
+}
+full_key() {
+  { echo "$1"; [ ${#PY_PATCHES[@]} -eq 0 ] || sha256sum "${PY_PATCHES[@]}" | cut -d' ' -f1; } \
+    | sha256sum | cut -c1-16
 }
 
 site_packages() { "$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
@@ -128,24 +147,31 @@ EOF
 }
 
 KEY="$(build_key)"
+FULL_KEY="$(full_key "$KEY")"
 STAMP="$PREFIX/.stamp"
 
 ensure_apt
 ensure_py_deps
 
-if [ "$FORCE" = 0 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] \
+if [ "$FORCE" = 0 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$FULL_KEY" ] \
    && [ -f "$PREFIX/python/caffe/_caffe.so" ] && pth_in_place; then
-  log "up to date (key $KEY, $PREFIX/python)"
+  log "up to date (key $FULL_KEY, $PREFIX/python)"
   exit 0
 fi
 
 CACHED="$CACHE_ROOT/$KEY"
 mkdir -p "$PREFIX"
 
-install_python_tree() {  # $1: a directory holding caffe/ -> $PREFIX/python (atomic swap)
+install_python_tree() {  # $1: a directory holding caffe/ -> $PREFIX/python with the Python patches (atomic swap)
   rm -rf "$PREFIX/python.new"
   mkdir -p "$PREFIX/python.new"
   cp -rL "$1/caffe" "$PREFIX/python.new/"
+  local p
+  for p in "${PY_PATCHES[@]}"; do
+    log "patch $(basename "$p") (Python)"
+    patch -d "$PREFIX/python.new" -p2 --forward --quiet --no-backup-if-mismatch < "$p" \
+      || die "patch $p does not apply to python/caffe"
+  done
   rm -rf "$PREFIX/python.old"
   [ -d "$PREFIX/python" ] && mv "$PREFIX/python" "$PREFIX/python.old"
   mv "$PREFIX/python.new" "$PREFIX/python"
@@ -182,7 +208,7 @@ else
   rm -rf "$FRESH"; mkdir -p "$FRESH"
   tar -xzf "$TARBALL" -C "$FRESH" --strip-components=1
   for f in "${REMOVE_FILES[@]}"; do rm -f "$FRESH/$f"; done
-  for p in "$HERE"/patches/*.patch; do
+  for p in "${SRC_PATCHES[@]}"; do
     log "patch $(basename "$p")"
     patch -d "$FRESH" -p1 --forward --quiet --no-backup-if-mismatch < "$p" \
       || die "patch $p does not apply"
@@ -262,12 +288,11 @@ EOF
   fi
   touch "$STAGE/caffe/proto/__init__.py"
   install_python_tree "$STAGE"
-  rm -rf "$STAGE"
 
-  if [ "$USE_CACHE" = 1 ]; then
+  if [ "$USE_CACHE" = 1 ]; then     # the tree as built, without the Python patches (applied on restore)
     mkdir -p "$CACHE_ROOT"
     rm -rf "$CACHED.tmp"; mkdir -p "$CACHED.tmp"
-    cp -r "$PREFIX/python" "$CACHED.tmp/python"
+    cp -r "$STAGE" "$CACHED.tmp/python"
     rm -rf "$CACHED"; mv "$CACHED.tmp" "$CACHED"
     log "cached the build in $CACHED"
     # keep the three most recent builds (other keys: other branches or older patch sets)
@@ -278,8 +303,9 @@ EOF
 fi
 
 if [ "$USE_PTH" = 1 ]; then install_pth; fi
+rm -rf "$PREFIX/stage"
 smoke_test
-echo "$KEY" > "$STAMP"
+echo "$FULL_KEY" > "$STAMP"
 if [ "$USE_PTH" = 1 ]; then
   log "done: pycaffe in $PREFIX/python, $(site_packages)/$PTH_NAME points at it"
 else

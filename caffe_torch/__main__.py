@@ -7,6 +7,9 @@ For that run only, `import caffe` and every `caffe.<sub>` import (`caffe.proto.c
 `caffe.draw`, `from caffe import layers as L, params as P`) give caffe_torch and its modules: an import
 finder placed first on sys.meta_path maps the name `caffe[.x.y]` to `caffe_torch[.x.y]`, so the real pycaffe,
 if installed, is never loaded. sys.argv and sys.path[0] are the script's, as when Python runs it itself.
+Child processes started by multiprocessing with "spawn" or "forkserver" (fresh interpreters that re-import
+the script) get the same binding: sys.path[1] is caffe_torch/alias, whose `caffe` package installs the finder
+there (a `caffe` package in the script's own folder, sys.path[0], would come first in those children).
 """
 
 import argparse
@@ -19,6 +22,7 @@ from pathlib import Path
 
 ALIAS = "caffe"
 TARGET = "caffe_torch"
+CHILD_PATH = str(Path(__file__).resolve().parent / "alias")   # holds the `caffe` of spawned children
 
 
 class _AliasLoader(importlib.abc.Loader):
@@ -69,7 +73,11 @@ def main(argv=None) -> int:
     if ns.module is None and ns.script is None:
         parser.error("give a script (or -m MODULE) to run")
     install_alias()
+    sys.path.insert(1, CHILD_PATH)
     if ns.module is not None:
+        problem = _not_runnable(ns.module)
+        if problem:
+            parser.error(problem)
         # sys.path[0] is already the working directory, as `python -m MODULE` has it
         sys.argv = [ns.module] + list(ns.args)
         runpy.run_module(ns.module, run_name="__main__", alter_sys=True)
@@ -83,6 +91,21 @@ def main(argv=None) -> int:
     sys.path[0] = str(script.resolve().parent)
     runpy.run_path(str(script), run_name="__main__")
     return 0
+
+
+def _not_runnable(module: str) -> str | None:
+    """Why `python -m MODULE` would fail to start MODULE (None if it would not), said before running it: the
+    error of a module found but failing inside stays its own."""
+    try:
+        spec = importlib.util.find_spec(module)
+        package = spec is not None and spec.submodule_search_locations is not None
+        if package and importlib.util.find_spec(f"{module}.__main__") is None:
+            return f"-m {module}: a package without __main__.py, so it cannot be run"
+    except (ImportError, ValueError) as exc:      # a parent package missing, an empty or relative name
+        return f"-m {module}: {exc}"
+    if spec is None:
+        return f"-m {module}: no module named {module!r} (on sys.path: {', '.join(sys.path[:3])}, ...)"
+    return None
 
 
 if __name__ == "__main__":

@@ -24,9 +24,10 @@ model here:
   (host->device) and moves the head back. A kept view therefore shows new values after the next `.data` /
   `.diff` read, as in pycaffe on a GPU. Clearing the parameter diffs at the start of a solver step (Caffe's
   `ClearParamDiffs`, a `mutable_gpu_diff`) moves the diff's head to the device without uploading: a diff read
-  after a step never leaks into the next one. A parameter's memory lives on the parameter itself, so nets
-  that share it (`share_with`, a solver's test nets, `param { name }`) have one host copy, and nets that
-  share parameters share one `_HostSync` (the set of memories whose head is at the host).
+  after a step never leaks into the next one. A parameter's memory lives on the parameter itself, so layers
+  that share it (`param { name }`) have one host copy; nets that share weights (`share_with`, a solver's test
+  nets: Caffe's ShareData) share the data memory and keep their own diffs (`share_param_data`), and share one
+  `_HostSync` (the set of memories whose head is at the host).
 - The caffe_torch-only `.tensor` property reads/replaces the tensor itself, without any copy (the training
   loop's zero-copy path); assigning it while a view is held copies the value into the memory too. On the
   CPU the memory is whatever tensor the blob had when the view was taken, so a view kept of a blob whose
@@ -282,6 +283,15 @@ class Blob:
 
 
 class _ActivationBlob(Blob):
+    def _current(self, which: str) -> torch.Tensor:
+        t = self._tensor() if which == "data" else self._grad_tensor(create=True)
+        if not t.is_contiguous():
+            # pycaffe hands out C-ordered arrays only: a strided result (a layer's view, a channels_last
+            # activation) is replaced by a C-ordered copy, which is then the blob's memory
+            t = t.contiguous()
+            (self._set if which == "data" else self._set_grad)(t)
+        return t.detach()
+
     def _adopt_memory(self, mem: _Memory) -> None:
         t = self._peek()
         if t is not mem.host and t.shape == mem.host.shape:
@@ -320,6 +330,16 @@ def param_memory(p: torch.Tensor, which: str) -> _Memory:
     if mems is None:
         mems = p._caffe_memory = {"data": _Memory(), "diff": _Memory()}
     return mems[which]
+
+
+def share_param_data(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Caffe's Blob::ShareData between the parameters of two nets (ShareTrainedLayersWith): `dst` uses `src`'s
+    storage and its data memory (one host copy), and keeps its own diff."""
+    with torch.no_grad():
+        dst.data = src.data
+    mems = dst.__dict__.get("_caffe_memory")
+    diff = mems["diff"] if mems is not None else _Memory()
+    dst._caffe_memory = {"data": param_memory(src, "data"), "diff": diff}
 
 
 def clear_param_diff(sync: _HostSync, p: torch.Tensor) -> None:

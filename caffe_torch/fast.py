@@ -189,14 +189,20 @@ class _LayerCall:
         types = [m.type_name for m in net.modules]
         self.trunk = {i for i, t in enumerate(types) if t in TRUNK_TYPES} if self.amp_dtype else set()
         self.conv = {i for i, t in enumerate(types) if t == "Convolution"}
-        # blobs read outside the trunk (or net outputs): trunk layers hand these over in the net's dtype
+        # Split layers (Caffe's InsertSplits) pass their bottom on in whatever dtype it has
+        self.split = {i for i, t in enumerate(types) if t == "Split"}
+        # blobs read outside the trunk (or net outputs): trunk layers hand these over in the net's dtype; a
+        # Split's bottom counts as read outside when one of its tops is
         outside = set(net.outputs)
-        for i, name in enumerate(net._layer_names):
-            if i not in self.trunk:
+        for i in reversed(range(len(types))):
+            name = net._layer_names[i]
+            if i not in self.trunk and (i not in self.split or any(t in outside for t in net.top_names[name])):
                 outside.update(net.bottom_names[name])
         self.cast_tops = {i: [t in outside for t in net.top_names[net._layer_names[i]]] for i in self.trunk}
 
     def __call__(self, i, layer, bottoms):
+        if i in self.split:
+            return layer(*bottoms)
         if self.channels_last and i in self.conv:
             bottoms = [b.contiguous(memory_format=torch.channels_last) if b.dim() == 4 else b for b in bottoms]
         if i in self.trunk:

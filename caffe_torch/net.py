@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from . import layers as _layers  # noqa: F401  (registers the layer types)
-from .blob import Blob, _ActivationBlob, _HostSync, clear_param_diff, param_blob
+from .blob import Blob, _ActivationBlob, _HostSync, clear_param_diff, param_blob, share_param_data
+from .debug_info import backward_debug_info, forward_debug_info
 from .errors import LayerError, PrototxtError
 from .layers.base import BuildContext, known_types, layer_class
 from .log import install as install_glog
@@ -29,6 +30,7 @@ from .need_backward import plan as backward_plan
 from .proto import caffe_pb2
 from .prototxt import Source, read_net
 from .pycaffe_net import PycaffeNetMixin
+from .splits import insert_splits
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
@@ -90,6 +92,33 @@ def upgrade_inputs(param, src: Source) -> None:
     param.layer.extend(layers)
     del param.input[:], param.input_dim[:], param.input_shape[:]
     src.layer_lines.insert(0, 0)
+
+
+class _Learnable:
+    """One learnable blob as Caffe's Net::AppendParam keeps it: its lr_mult / decay_mult and whether a ParamSpec
+    set them. The owner (first layer naming the param, or an unnamed one) gives its ParamSpec's values; a
+    sharer's explicit value must equal one already set, and is taken when none was (so `param { name: "w"
+    lr_mult: 0 }` on a sharer freezes an owner that set no lr_mult)."""
+
+    def __init__(self, param: nn.Parameter, name: str, layer: str, spec):
+        self.param, self.name, self.layer = param, name, layer
+        self.lr, self.decay = spec.lr_mult, spec.decay_mult       # defaults 1, 1 (caffe.proto)
+        self.lr_from = layer if spec.HasField("lr_mult") else None
+        self.decay_from = layer if spec.HasField("decay_mult") else None
+
+    def share(self, spec, layer: str) -> str | None:
+        """Merge a sharer's ParamSpec; the problem (Caffe's CHECK failure) or None."""
+        for field, attr in (("lr_mult", "lr"), ("decay_mult", "decay")):
+            if not spec.HasField(field):
+                continue
+            value, set_by = getattr(spec, field), getattr(self, f"{attr}_from")
+            if set_by is None:
+                setattr(self, attr, value)
+                setattr(self, f"{attr}_from", layer)
+            elif value != getattr(self, attr):
+                return (f"shared param '{spec.name}' has mismatched {field} ({value:g} here, "
+                        f"{getattr(self, attr):g} in layer '{set_by}')")
+        return None
 
 
 class Net(PycaffeNetMixin):
@@ -159,9 +188,14 @@ class Net(PycaffeNetMixin):
         self.inputs: list[str] = []
         self._loss_weights: dict[str, float] = OrderedDict()
         self._learnable: list[tuple[nn.Parameter, float, float, str]] = []   # (param, lr, decay, name)
-        self._param_owner: dict[str, tuple[nn.Parameter, str]] = {}
-        self._shared_mults: dict[str, tuple[float | None, float | None]] = {}
+        self._learnable_entries: list[_Learnable] = []
+        self._shared_params: dict[str, _Learnable] = {}      # ParamSpec name -> its owner's entry
+        self._param_propagate: list[list[bool]] = []         # per layer and blob: Caffe's param_propagate_down
+        self._detached_params: dict[int, list[int]] = {}     # layer -> blobs it uses without a diff
         self.force_backward = net_param.force_backward
+        # Caffe's debug_info: [Forward] / [Backward] lines per layer (the solver sets it on display iterations)
+        self.debug_info = net_param.debug_info
+        self._debug_record = None
         # whether forwards record the autograd graph: TRAIN nets and force_backward ones always; a TEST net
         # starts recording only once a script calls its backward (see backward_loss), so that evaluation pays
         # nothing for a backward Caffe would allow but nobody runs
@@ -172,7 +206,12 @@ class Net(PycaffeNetMixin):
         available: dict[str, None] = OrderedDict()       # blobs not yet consumed, in production order
         shapes: dict[str, tuple[int, ...]] = {}
         names_seen: set[str] = set()
-        for file_index, lp in filter_layers(net_param, state, src):
+
+        def unknown_bottom(file_index, lp, blob):
+            raise LayerError(lp.name, lp.type, f"unknown bottom blob '{blob}' (not produced by any earlier layer "
+                             "in this phase)", src.where(file_index))
+
+        for file_index, lp in insert_splits(filter_layers(net_param, state, src), unknown_bottom):
             where = src.where(file_index)
             if not lp.HasField("phase"):       # Caffe's Net::Init: a layer inherits the net's phase if unset
                 lp.phase = state.phase
@@ -188,10 +227,6 @@ class Net(PycaffeNetMixin):
                 raise PrototxtError(f"{where}: layer '{lp.name}' has type '{lp.type}', which caffe_torch does "
                                     "not implement; if a real Caffe build has it, that build runs it (--engine "
                                     f"caffe). Types caffe_torch implements: {', '.join(known_types())}") from None
-            for b in lp.bottom:
-                if b not in shapes:
-                    raise LayerError(lp.name, lp.type, f"unknown bottom blob '{b}' (not produced by any "
-                                     "earlier layer in this phase)", where)
             if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
                 raise LayerError(lp.name, lp.type, "propagate_down must be given once per bottom", where)
             bottom_shapes = [shapes[b] for b in lp.bottom]
@@ -219,7 +254,11 @@ class Net(PycaffeNetMixin):
             if len(top_shapes) != len(lp.top):
                 raise LayerError(lp.name, lp.type, f"gives {len(top_shapes)} top shape(s) for {len(lp.top)} "
                                  "top(s)", where)
-            for t, shp in zip(lp.top, top_shapes):
+            for j, (t, shp) in enumerate(zip(lp.top, top_shapes)):
+                if j < len(lp.bottom) and lp.bottom[j] == t and tuple(shp) != tuple(bottom_shapes[j]):
+                    # Caffe reshapes the bottom itself, and the next forward reads it at the new shape
+                    raise LayerError(lp.name, lp.type, f"computes top '{t}' in place but changes its shape "
+                                     f"{tuple(bottom_shapes[j])} -> {tuple(shp)}: give the top another name", where)
                 if any(int(d) < 0 for d in shp):    # Caffe: CHECK_GE(shape[i], 0) in Blob::Reshape
                     raise LayerError(lp.name, lp.type, f"top '{t}' would have the negative shape {tuple(shp)} "
                                      f"from bottom shape(s) {bottom_shapes}: the input is too small", where)
@@ -238,6 +277,7 @@ class Net(PycaffeNetMixin):
             self._setup_loss_weights(layer, lp, where)
             self._setup_params(layer, lp, where)
         self.outputs = sorted(available)       # Caffe keeps the leftovers in a std::set: sorted by name
+        self._finish_params()
         self._backward_plan = backward_plan(self._layer_params, self._layers, self._loss_weights,
                                             self.force_backward)
         self._producer = {t: i for i, lname in enumerate(self._layer_names) for t in self.top_names[lname]}
@@ -246,9 +286,12 @@ class Net(PycaffeNetMixin):
         # the forward records no gradient for the others
         self._propagate_down = [list(b) if need else [False] * len(b) for b, need in
                                 zip(self._backward_plan.bottom_needs, self._backward_plan.layer_needs)]
-        # Caffe's Net::Init: a layer needs backward if one of its params learns (lr_mult != 0, or
-        # force_backward) or a bottom needs it; a net with no such layer does nothing on Backward
-        self._needs_backward = self.force_backward or any(p.requires_grad for p, *_ in self._learnable)
+        # the blobs whose diff a whole backward writes (the others keep theirs: outputs, a non-learning layer's)
+        self._diff_written = {b for lp, flags in zip(self._layer_params, self._propagate_down)
+                              for b, flag in zip(lp.bottom, flags) if flag}
+        # Caffe's Net::Backward runs the layers that need backward (need_backward.py); a net with none does
+        # nothing on Backward
+        self._needs_backward = any(self._backward_plan.layer_needs)
 
     def _setup_loss_weights(self, layer, lp, where) -> None:
         weights = list(lp.loss_weight)
@@ -263,51 +306,63 @@ class Net(PycaffeNetMixin):
                 self._loss_weights[top] = float(w)
 
     def _setup_params(self, layer, lp, where) -> None:
+        """Caffe's Net::Init and AppendParam for the layer's learnable blobs: which of them the layer computes a
+        diff for (its own ParamSpec's lr_mult != 0, or force_backward), and the blob's lr_mult / decay_mult,
+        shared ones (`param { name }`) merged over the owner and its sharers (see _Learnable)."""
         n = len(layer.blobs)
         if len(lp.param) > n:
             raise LayerError(lp.name, lp.type, f"has {n} learnable blob(s) but {len(lp.param)} param specs",
                              where)
+        propagate = []
         for i in range(n):
             spec = lp.param[i] if i < len(lp.param) else caffe_pb2.ParamSpec()
-            lr, decay = spec.lr_mult, spec.decay_mult          # defaults 1, 1 (caffe.proto)
             p = layer.blobs[i]
             if not p.requires_grad:
-                # blobs a layer never learns (BatchNorm's statistics): Caffe forces lr_mult 0 for them and
-                # refuses a nonzero one, so the solver neither moves nor decays them
+                # blobs a layer never learns (BatchNorm's statistics): Caffe gives them `param { lr_mult: 0 }`
+                # and refuses a nonzero one, so the solver neither moves nor decays them
                 if spec.HasField("lr_mult") and spec.lr_mult != 0:
                     raise LayerError(lp.name, lp.type, f"blob {i} is not learnable (e.g. BatchNorm "
                                      f"statistics); its lr_mult must be 0, got {spec.lr_mult}", where)
-                lr = 0.0
-            if spec.name and spec.name in self._param_owner:
-                owner, owner_layer = self._param_owner[spec.name]
-                if tuple(owner.shape) != tuple(p.shape):
-                    if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE and owner.numel() == p.numel():
-                        pass
-                    else:
-                        raise LayerError(lp.name, lp.type, f"shared param '{spec.name}' has shape "
-                                         f"{tuple(p.shape)} here but {tuple(owner.shape)} in layer "
-                                         f"'{owner_layer}'", where)
-                owner_lr, owner_decay = self._shared_mults[spec.name]
-                # Caffe: a sharing layer that sets lr_mult/decay_mult must agree with the owner's
-                if spec.HasField("lr_mult") and owner_lr is not None and owner_lr != spec.lr_mult:
-                    raise LayerError(lp.name, lp.type, f"shared param '{spec.name}' has mismatched lr_mult "
-                                     f"({spec.lr_mult} here, {owner_lr} in layer '{owner_layer}')", where)
-                if spec.HasField("decay_mult") and owner_decay is not None and owner_decay != spec.decay_mult:
-                    raise LayerError(lp.name, lp.type, f"shared param '{spec.name}' has mismatched "
-                                     f"decay_mult ({spec.decay_mult} here, {owner_decay} in layer "
-                                     f"'{owner_layer}')", where)
-                layer.blobs[i] = owner
+                fixed = caffe_pb2.ParamSpec()
+                fixed.CopyFrom(spec)
+                fixed.lr_mult = 0
+                spec = fixed
+            propagate.append(p.requires_grad and (spec.lr_mult != 0 or self.force_backward))
+            owner = self._shared_params.get(spec.name) if spec.name else None
+            if owner is None:
+                entry = _Learnable(p, f"{lp.name}[{i}]", lp.name, spec)
+                self._learnable_entries.append(entry)
+                if spec.name:
+                    self._shared_params[spec.name] = entry
                 continue
-            if spec.name:
-                self._param_owner[spec.name] = (p, lp.name)
-                self._shared_mults[spec.name] = (spec.lr_mult if spec.HasField("lr_mult") else None,
-                                                 spec.decay_mult if spec.HasField("decay_mult") else None)
-            # Caffe: no diff for a param with lr_mult 0 (and BatchNorm's statistics are never learned), except
-            # with force_backward, which turns param_propagate_down on for every param (Net::Init).
-            p.requires_grad_((lr != 0 or self.force_backward) and p.requires_grad)
-            self._learnable.append((p, lr, decay, f"{lp.name}[{i}]"))
+            if tuple(owner.param.shape) != tuple(p.shape) and not (
+                    spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE and owner.param.numel() == p.numel()):
+                raise LayerError(lp.name, lp.type, f"shared param '{spec.name}' has shape {tuple(p.shape)} here "
+                                 f"but {tuple(owner.param.shape)} in layer '{owner.layer}'", where)
+            problem = owner.share(spec, lp.name)
+            if problem:
+                raise LayerError(lp.name, lp.type, problem, where)
+            layer.blobs[i] = owner.param
+        self._param_propagate.append(propagate)
         if n:
             self.params[lp.name] = [param_blob(self._sync, layer, i) for i in range(n)]
+
+    def _finish_params(self) -> None:
+        """After the last layer: each learnable blob gets a gradient if any layer using it computes one (with
+        its merged lr_mult), and a layer that uses it without computing one reads it detached."""
+        wanted: dict[int, bool] = {}
+        for layer, flags in zip(self._layers, self._param_propagate):
+            for p, flag in zip(layer.blobs, flags):
+                wanted[id(p)] = wanted.get(id(p), False) or flag
+        self._learnable = []
+        for e in self._learnable_entries:
+            e.param.requires_grad_(e.param.requires_grad and wanted[id(e.param)])
+            self._learnable.append((e.param, e.lr, e.decay, e.name))
+        self._detached_params = {}
+        for i, (layer, flags) in enumerate(zip(self._layers, self._param_propagate)):
+            frozen = [j for j, (p, flag) in enumerate(zip(layer.blobs, flags)) if p.requires_grad and not flag]
+            if frozen:
+                self._detached_params[i] = frozen
 
     def _placeholder(self, shape, real: bool) -> torch.Tensor:
         """Input blobs get real (zeroed) storage; other blobs a storage-less "meta" tensor of the right
@@ -391,15 +446,29 @@ class Net(PycaffeNetMixin):
         if not self.enable_backward and self._needs_backward:
             # what redoing this forward with a graph needs, should the script call backward (TEST nets)
             self._last_forward = (start, end, retain_blob_diffs, self.layer_states())
+        if start > 0:
+            self._materialize_bottoms(start, end)
         loss = self._run_layers(start, end, retain_blob_diffs)
         self._sync.refresh("data")          # kept views of out-of-place results follow (nothing if none kept)
         return loss
 
+    def _materialize_bottoms(self, start: int, end: int) -> None:
+        """A forward from layer `start` reads blobs that no layer of the range computes: one never computed yet
+        (a storage-less placeholder) holds zeros, as Caffe's freshly allocated blobs do."""
+        for i in range(start, end + 1):
+            for b in self.bottom_names[self._layer_names[i]]:
+                if self._tensors[b].is_meta:
+                    self._tensors[b] = torch.zeros(self._tensors[b].shape, dtype=self.dtype, device=self.device)
+
     def _run_layers(self, start: int, end: int, retain_blob_diffs: bool) -> torch.Tensor | None:
-        """The layer loop of forward_range (what caffe_torch.fast compiles)."""
-        self._grads.clear()
+        """The layer loop of forward_range (what caffe_torch.fast compiles). A forward leaves the blobs' diffs as
+        they are (Caffe's Forward writes data only): `.diff` shows the last backward's until the next one."""
         record = self.enable_backward and torch.is_grad_enabled()
         self._first_version: dict[str, torch.Tensor] = {}
+        # debug_info: every layer's bottoms and tops, for Caffe's [Forward] / [Backward] lines (debug_info.py)
+        debug = [] if self.debug_info else None
+        keep = retain_blob_diffs or debug is not None
+        detached = self._detached_params
         with torch.set_grad_enabled(record):
             for name in self.inputs:
                 t = self._tensors[name]
@@ -410,7 +479,11 @@ class Net(PycaffeNetMixin):
             for i in range(start, end + 1):
                 layer = self._layers[i]
                 lname = self._layer_names[i]
-                if layer.is_source or (self._replaying and not self.top_names[lname]):
+                if layer.is_source:
+                    if debug is not None:        # Caffe's Input layer runs (doing nothing) and is logged
+                        debug.append((i, [], [self._tensors[t] for t in self.top_names[lname]]))
+                    continue
+                if self._replaying and not self.top_names[lname]:
                     continue
                 bottoms = []
                 for b, prop in zip(self.bottom_names[lname], self._propagate_down[i]):
@@ -423,15 +496,29 @@ class Net(PycaffeNetMixin):
                             self._first_version[b] = leaf
                         t = leaf
                     bottoms.append(t if prop else t.detach())
-                out = layer(*bottoms) if self.layer_call is None else self.layer_call(i, layer, bottoms)
+                if layer.is_split and not keep:
+                    # implicit fan-out: the readers get the bottom tensor itself (Caffe's split tops share its
+                    # data) and autograd sums their gradients; the per-top diffs are not kept, so nothing differs
+                    for tname in self.top_names[lname]:
+                        self._tensors[tname] = bottoms[0]
+                    continue
+                if i in detached:
+                    out = self._call_detached(layer, detached[i], bottoms)
+                else:
+                    out = layer(*bottoms) if self.layer_call is None else self.layer_call(i, layer, bottoms)
                 if isinstance(out, torch.Tensor):
                     out = (out,)
                 for tname, t in zip(self.top_names[lname], out):
                     if tname not in self.bottom_names[lname]:
                         self._first_version[tname] = t
                     self._tensors[tname] = t
-                    if record and retain_blob_diffs and t.requires_grad:
+                    if record and keep and t.requires_grad:
                         t.retain_grad()
+                if debug is not None:
+                    debug.append((i, bottoms, out))
+                    for t in bottoms:
+                        if record and t.requires_grad:
+                            t.retain_grad()
         # the blobs' tensors as this forward left them, for backward: a kept view makes the next operation swap
         # a blob's tensor for its (graph-less) memory (caffe_torch/blob.py), and the graph must outlive that
         self._graph_tensors = dict(self._tensors) if record else {}
@@ -441,7 +528,17 @@ class Net(PycaffeNetMixin):
             term = t.sum() * w
             loss = term if loss is None else loss + term
         self._loss = loss
+        self._debug_record = debug
+        if debug is not None:
+            forward_debug_info(self, debug)
         return loss
+
+    @staticmethod
+    def _call_detached(layer, indices: list[int], bottoms):
+        """Run `layer` reading its blobs `indices` detached: it shares them with a layer that computes their
+        diff, but its own ParamSpec has lr_mult 0, so in Caffe it adds nothing to that diff."""
+        blobs = {f"blobs.{j}": layer.blobs[j].detach() for j in indices}
+        return torch.func.functional_call(layer, blobs, tuple(bottoms))
 
     def loss_value(self) -> float:
         """The weighted loss of the last forward (Caffe's Net::Forward return value)."""
@@ -489,11 +586,19 @@ class Net(PycaffeNetMixin):
                 return self.backward_loss(extra, retain_blob_diffs)
             return          # Caffe: no layer needs backward, Backward computes nothing
 
+        keep = retain_blob_diffs or self._debug_record is not None
+        if keep:
+            # the diffs this backward replaces are dropped first, so that two sets never live at once
+            for name in self._diff_written:
+                self._grads.pop(name, None)
         torch.autograd.backward([r for r, _ in roots_seeds], [s for _, s in roots_seeds])
-        if retain_blob_diffs:
+        if keep:
             for name, t in self._first_version.items():
                 if t.grad is not None:
                     self._grads[name] = t.grad
+        if self._debug_record is not None:
+            backward_debug_info(self, self._debug_record)
+            self._debug_record = None
         self._sync.refresh("diff")
 
     def _output_seeds(self) -> dict[str, torch.Tensor]:
@@ -546,11 +651,18 @@ class Net(PycaffeNetMixin):
             for t, shp in zip(self.top_names[lname], layer.top_shapes(bottom_shapes)):
                 shapes[t] = tuple(shp)
                 if tuple(self._tensors[t].shape) != tuple(shp):
-                    self._tensors[t] = self._placeholder(shp, real=t in self.inputs)
+                    bottom = self._tensors[self.bottom_names[lname][0]] if layer.is_split else None
+                    if bottom is not None and not bottom.is_meta and tuple(bottom.shape) == tuple(shp):
+                        # a Split top keeps sharing its bottom's data (Caffe's ShareData), also for a forward
+                        # that starts after the Split
+                        self._tensors[t] = bottom.detach().view_as(bottom)
+                    else:
+                        self._tensors[t] = self._placeholder(shp, real=t in self.inputs)
                     self._grads.pop(t, None)
 
     def share_with(self, other: "Net") -> None:
-        """Use `other`'s learnable blobs for every same-named layer (Caffe's ShareTrainedLayersWith)."""
+        """Use `other`'s learnable blobs' data for every same-named layer (Caffe's ShareTrainedLayersWith:
+        ShareData, so each net keeps its own diffs: a backward of this net leaves `other`'s diffs alone)."""
         # one group: an operation of either net uploads a host copy of a shared blob read through the other
         self._sync.join(other._sync)
         mine = dict(zip(self._layer_names, self._layers))
@@ -565,7 +677,8 @@ class Net(PycaffeNetMixin):
                 if tuple(dst.blobs[i].shape) != tuple(p.shape):
                     raise ValueError(f"share_with: layer '{lname}' blob {i} shape {tuple(dst.blobs[i].shape)}"
                                      f" != {tuple(p.shape)}")
-                dst.blobs[i] = p
+                if dst.blobs[i] is not p:
+                    share_param_data(dst.blobs[i], p)
 
     def copy_from(self, path) -> None:
         """Copy blobs from a .caffemodel into same-named layers (Caffe's CopyTrainedLayersFrom)."""

@@ -207,9 +207,10 @@ class PycaffeNetMixin:
             needed = bottom_needs[i]
             bottoms = [s.detach().clone().requires_grad_(need and s.is_floating_point())
                        for s, need in zip(sources, needed)]
-            params = [p for p in module.blobs if p.requires_grad]
+            params = [p for p, flag in zip(module.blobs, self._param_propagate[i]) if flag and p.requires_grad]
             with torch.enable_grad():
-                out = module(*bottoms)
+                out = (module(*bottoms) if i not in self._detached_params
+                       else self._call_detached(module, self._detached_params[i], bottoms))
             outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
             roots, seeds = [], []
             for name, t in zip(top_names, outs):

@@ -20,6 +20,8 @@ max_iter.
 
 import logging
 import math
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -111,13 +113,16 @@ def _history_to_blob(t: torch.Tensor, blob) -> None:
 
 class Solver(PycaffeSolverMixin):
     """Base of the Caffe solvers. `Solver(solver_prototxt)`; caffe_torch extensions: `solver_param=` (a parsed
-    SolverParameter), `dtype=`, `device=`, `base_dir=` (where relative net paths are also looked up)."""
+    SolverParameter), `dtype=`, `device=`, `base_dir=` (where relative net paths are also looked up),
+    `blob_diffs=` (default True: after a step every activation blob's `.diff` holds the last backward's diff,
+    as in pycaffe; False for a training loop that never reads them, which then keeps neither their memory nor
+    the per-top views of Split layers)."""
 
     type_name = "SGD"
     n_history = 1     # history blobs per learnable blob (Adam and AdaDelta keep two)
 
     def __init__(self, solver_file=None, *, solver_param=None, dtype=torch.float32, device=None,
-                 base_dir=None):
+                 base_dir=None, blob_diffs=True):
         if solver_param is None:
             if solver_file is None:
                 raise TypeError("Solver needs a solver prototxt file (or solver_param=)")
@@ -133,13 +138,17 @@ class Solver(PycaffeSolverMixin):
             self._base_dir = Path(solver_file).resolve().parent if solver_file is not None else Path.cwd()
         p = self.param
         self._check_param()
+        self._check_snapshot_folder()
         if p.random_seed >= 0:
             set_random_seed(p.random_seed)
+        self.blob_diffs = bool(blob_diffs)
         self.net = self._make_net(TRAIN, None, dtype, device)
         n_test = self._num_test_nets()
         self.test_nets = [self._make_net(TEST, i, dtype, device) for i in range(n_test)]
         for tn in self.test_nets:
-            tn.share_with(self.net)
+            # Caffe's InitTestNets: debug_info; the trained weights are shared when a test runs (test_all), as
+            # Caffe's Solver::Test does: before the first test a test net has its own filled weights
+            tn.debug_info = p.debug_info
         self._iter = 0
         self.current_step = 0
         self._params = self.net.learnable_params()
@@ -195,6 +204,21 @@ class Solver(PycaffeSolverMixin):
 
     def _check_type_param(self) -> None:
         """Per-solver checks (Caffe's constructor_sanity_check)."""
+
+    def _check_snapshot_folder(self) -> None:
+        """Caffe's CheckSnapshotWritePermissions, before any net is built: with `snapshot` set, a file must be
+        creatable where the snapshots will go (probed with a unique temporary file, then removed)."""
+        if not self.param.snapshot:
+            return
+        folder = os.path.dirname(self.param.snapshot_prefix + "_iter_0.tempfile") or "."
+        try:
+            fd, probe = tempfile.mkstemp(suffix=".tempfile", dir=folder)
+            os.close(fd)
+            os.remove(probe)
+        except OSError as exc:
+            raise PrototxtError(f"{self.path}: cannot write to snapshot_prefix '{self.param.snapshot_prefix}': "
+                                f"folder '{folder}': {exc.strerror or exc} (make sure it exists and is "
+                                "writable)") from None
 
     def _num_test_nets(self) -> int:
         """Caffe's InitTestNets count: test_net_param + test_net, plus one generic (net / net_param) instance
@@ -291,8 +315,8 @@ class Solver(PycaffeSolverMixin):
         loss is Caffe's business as usual: it shows in the display line and training goes on (the training
         scripts stop on it themselves)."""
         net = self.net
-        net.forward_range(0, len(net._layers) - 1)
-        net.backward_loss()
+        net.forward_range(0, len(net._layers) - 1, retain_blob_diffs=self.blob_diffs)
+        net.backward_loss(retain_blob_diffs=self.blob_diffs)
         return net.loss_value()
 
     def step(self, iters: int) -> None:
@@ -308,6 +332,7 @@ class Solver(PycaffeSolverMixin):
                 self.test_all()
             self._run_on_start()
             display = p.display and self.iter % p.display == 0
+            self.net.debug_info = bool(display and p.debug_info)
             loss = 0.0
             for _ in range(p.iter_size):
                 loss += self.forward_backward()
@@ -373,6 +398,9 @@ class Solver(PycaffeSolverMixin):
         results = []
         for i, tn in enumerate(self.test_nets):
             log.info("Iteration %d, Testing net (#%d)", self.iter, i)
+            # Caffe's Solver::Test: ShareTrainedLayersWith before every test (the train net's storage may also have
+            # been replaced since, e.g. by caffe_torch.fast's channels_last)
+            tn.share_with(self.net)
             sums: dict[str, torch.Tensor] = {}
             n = self.param.test_iter[i]
             loss = 0.0

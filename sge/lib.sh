@@ -5,7 +5,8 @@
 # Exit codes of a job, and what Grid Engine does with them:
 #   0    finished.
 #   99   interrupted after writing a snapshot (the training scripts exit 99 on SIGUSR1/SIGUSR2/SIGTERM/
-#        SIGINT). Grid Engine requeues a job that exits 99 ("Rq"), and the requeued run continues from the
+#        SIGINT), or killed by Grid Engine's notify signal before the trainer could handle it (nothing is lost
+#        beyond the last snapshot). Grid Engine requeues a job that exits 99 ("Rq"), and the requeued run continues from the
 #        snapshot (--resume auto): what a job stopped by its soft run-time limit (-l s_rt, SIGUSR1) wants.
 #        A job deleted with qdel is not requeued; submit the same command again to continue.
 #   100  anything else went wrong. Grid Engine puts the job into error state ("Eqw") instead of ending it,
@@ -100,6 +101,12 @@ sge_run_training() {
             exit 99
             ;;
         *)
+            if [ -n "$SGE_NOTIFIED" ] && [ "$rc" -gt 128 ]; then
+                # killed by the notify signal itself: it came before the trainer could take it (while
+                # Python started); nothing is lost beyond the last snapshot (they are written atomically)
+                sge_log "training ended by signal $((rc - 128)) after ${SGE_NOTIFIED}before it could write a snapshot: exiting 99 so that Grid Engine requeues the job; it continues from the last snapshot with --resume auto"
+                exit 99
+            fi
             sge_fail "training failed with exit status $rc"
             ;;
     esac

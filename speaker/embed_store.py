@@ -130,11 +130,15 @@ class EmbedStore:
         if len(self._done):
             log.info("resuming: %d of %d utterances already embedded in %s", len(self._done), len(self.ids),
                      self.folder)
-        for s in range(0, len(todo), chunk):
-            part = todo[s : s + chunk]
-            self.add(part, embed_fn(part))
-            if progress is not None:
-                progress(len(self._done), len(self.ids))
+        try:
+            for s in range(0, len(todo), chunk):
+                part = todo[s : s + chunk]
+                self.add(part, embed_fn(part))
+                if progress is not None:
+                    progress(len(self._done), len(self.ids))
+        except KeyboardInterrupt:      # the saved chunks stay: say so, instead of a traceback (speaker.cli)
+            raise KeyboardInterrupt(f"{len(self._done)} of {len(self.ids)} embeddings are kept in {self.folder}; "
+                                    "the same command continues from there") from None
         return np.stack([self._done[u] for u in self.ids])
 
     def remove(self) -> None:

@@ -3,6 +3,12 @@
 import importlib
 import os
 
+from .errors import TrainingError
+
+
+class EngineError(TrainingError):
+    """The engine or device a script asked for is not there: no pycaffe for --engine caffe, no CUDA for --gpu N."""
+
 
 def sge_gpus(environ=os.environ) -> list[int]:
     """The GPUs Grid Engine gave this job: $SGE_GPU, a comma or space separated list of indices ([] if unset),
@@ -81,7 +87,7 @@ def load_engine(name: str, gpu: int | None):
         try:
             caffe = importlib.import_module("caffe")
         except ImportError as exc:
-            raise RuntimeError(
+            raise EngineError(
                 f"--engine caffe: cannot import pycaffe ({exc}). Build it with `make caffe` (see README), or put "
                 "your own SphereFace / AM-Softmax pycaffe build on PYTHONPATH.") from None
     else:
@@ -93,7 +99,7 @@ def load_engine(name: str, gpu: int | None):
             import torch
 
             if not torch.cuda.is_available():
-                raise RuntimeError(f"GPU {gpu} requested but CUDA is not available; use --gpu -1 for the CPU")
+                raise EngineError(f"GPU {gpu} requested but CUDA is not available; use --gpu -1 for the CPU")
         caffe.set_device(gpu)          # also torch's current CUDA device (caffe_torch's set_device, as pycaffe's)
         caffe.set_mode_gpu()
     return caffe

@@ -404,7 +404,10 @@ def voxdata_crops_provider(
     from voxdata import EvalCrops
 
     paths = [os.path.join(wav_dir, u) for u in ids]
-    crops = EvalCrops(paths, n_crops=n_crops, frames=frames, seed=seed, augment=augment, cache=cache)
+    # without augmentation a crop never repeats a recording (the original's trainNoAug rule): a recording
+    # shorter than a crop is a CropError (the scripts' pre-flight refuses it first, see crop_min_samples)
+    crops = EvalCrops(paths, n_crops=n_crops, frames=frames, seed=seed, augment=augment, repeat_short=False,
+                      cache=cache)
     index = {u: i for i, u in enumerate(ids)}
     if len(index) != len(ids):
         raise ValueError("utterance ids are not unique")
@@ -413,6 +416,14 @@ def voxdata_crops_provider(
         return crops.crops(index[utt])  # (n_crops, L) int16
 
     return provider
+
+
+def crop_min_samples(frames: int, augment: bool) -> int:
+    """The shortest recording the crop protocol takes: any with augmentation (a crop wraps around the
+    repeated recording), one crop of `frames` frames without (--no-augment: no repetition)."""
+    from voxdata.frontend import crop_length
+
+    return 1 if augment else crop_length(frames)
 
 
 def voxdata_audio_provider(wav_dir: str, cache=None) -> AudioProvider:
@@ -431,10 +442,10 @@ def voxdata_audio_provider(wav_dir: str, cache=None) -> AudioProvider:
 def accuracy_input(net) -> str:
     """The blob the net's first Accuracy layer reads: its class scores (fc6, fc6_12, ... by loss)."""
     from .netinfo import accuracy_input as first_accuracy_input
-    from .netinfo import net_layers
+    from .netinfo import net_layers, split_source
 
     try:
-        return first_accuracy_input(net_layers(net))
+        return split_source(net, first_accuracy_input(net_layers(net)))
     except ValueError:
         raise ValueError("the net has no Accuracy layer: give --score-blob") from None
 

@@ -9,6 +9,7 @@ import json
 import os
 import time
 
+from . import checks
 from .engine import engine_for
 from .evaluate import NET_NAMES, default_list, guess_run_dir
 from .preflight import check_eval_audio, load_test_net
@@ -32,18 +33,15 @@ def _subset_labels(splits, subset, class_of: dict[str, int], labels_path: str):
 def run(args) -> dict:
     """The whole test: returns (and saves in <out>/identification.json) top-1, top-5, n and the settings.
     Errors are ValueError / KeyError / FileNotFoundError naming the file (the CLI prints them)."""
-    from .evaluate import EvalLog, find_run_file, identify, input_frames, voxdata_crops_provider
+    from .evaluate import EvalLog, crop_min_samples, find_run_file, identify, input_frames, voxdata_crops_provider
 
-    if not os.path.isfile(args.weights):
-        raise FileNotFoundError(f"--weights {args.weights}: no such file")
+    checks.identification_inputs(args)
     run_dir = args.run_dir or guess_run_dir(args.weights)
     net_path = args.net or find_run_file(run_dir, NET_NAMES, "TEST net prototxt", "--net")
     labels_path = args.labels or find_run_file(run_dir, LABEL_NAMES, "labels JSON", "--labels")
     iden_split = args.iden_split or default_list(args.data_root, "iden_split.txt")
     out_dir = args.out or run_dir
-    for flag, value in (("--crops", args.crops), ("--batch", args.batch), ("--head-batch", args.head_batch)):
-        if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
+    checks.output_folder(args, out_dir)
 
     with EvalLog(out_dir, "test_identification") as log:
         import voxdata
@@ -70,16 +68,7 @@ def run(args) -> dict:
         if not utts:
             raise ValueError(f"{iden_split}: no {subset} utterances found under {splits.wav_dir}")
 
-        keep = set(check_eval_audio([os.path.join(splits.wav_dir, u) for u in utts], out_dir, "identification",
-                                    log, skip_bad=args.skip_bad_audio, progress=not args.no_progress))
-        utts, labels = map(list, zip(*[(u, c) for u, c in zip(utts, labels)
-                                       if os.path.join(splits.wav_dir, u) in keep])) if keep else ([], [])
-        if not utts:
-            raise ValueError(f"{iden_split}: no usable {subset} utterance under {splits.wav_dir}")
-        try:
-            caffe = engine_for(args.engine, args.gpu)
-        except RuntimeError as exc:          # no CUDA for --gpu N, no pycaffe for --engine caffe
-            raise ValueError(str(exc)) from None
+        caffe = engine_for(args.engine, args.gpu)   # EngineError: no CUDA for --gpu N, no pycaffe for --engine caffe
         net = load_test_net(caffe, net_path, args.weights)
         if args.score_blob is None:
             from .evaluate import accuracy_input
@@ -91,6 +80,13 @@ def run(args) -> dict:
             raise ValueError(f"{net_path}: blob {args.score_blob!r} has {n_classes} classes, "
                              f"{labels_path} lists {len(saved['speakers'])} speakers")
         frames = input_frames(net, args.data_blob)
+        keep = set(check_eval_audio([os.path.join(splits.wav_dir, u) for u in utts], out_dir, "identification",
+                                    log, skip_bad=args.skip_bad_audio, progress=not args.no_progress,
+                                    min_samples=crop_min_samples(frames, not args.no_augment)))
+        utts, labels = map(list, zip(*[(u, c) for u, c in zip(utts, labels)
+                                       if os.path.join(splits.wav_dir, u) in keep])) if keep else ([], [])
+        if not utts:
+            raise ValueError(f"{iden_split}: no usable {subset} utterance under {splits.wav_dir}")
         provider = voxdata_crops_provider(utts, splits.wav_dir, args.crops, frames, args.seed,
                                           augment=not args.no_augment, cache=args.cache)
         log.info("%d utterances x %d crops of %d frames, batch %d", len(utts), args.crops, frames, args.batch)

@@ -25,6 +25,10 @@ def param_input_dims(net_param, blob: str = "data") -> list[int] | None:
     for lp in net_param.layer:
         if lp.type == "Input" and blob in lp.top:
             shapes = list(lp.input_param.shape)
+            if len(shapes) not in (1, len(lp.top)):
+                raise ValueError(f"Input layer '{lp.name}' has {len(shapes)} input_param shapes for {len(lp.top)} "
+                                 "tops: give input_param { shape { dim: N dim: 1 dim: frames dim: 257 } } (one "
+                                 "shape for all tops, or one per top)")
             shape = shapes[list(lp.top).index(blob)] if len(shapes) > 1 else shapes[0]
             return list(shape.dim)
     if blob in net_param.input:
@@ -50,6 +54,15 @@ def param_layers(net_param) -> list[tuple[str, list[str]]]:
 def net_layers(net) -> list[tuple[str, list[str]]]:
     """(type, bottoms) of a built pycaffe-API net."""
     return [(layer.type, list(net.bottom_names[name])) for name, layer in zip(net._layer_names, net.layers)]
+
+
+def split_source(net, blob: str) -> str:
+    """The blob that `blob` is a Split top of (Caffe's InsertSplits names it <blob>_<layer>_<i>_split_<k>), or
+    `blob` itself: the name the prototxt gives the data."""
+    for name, layer in zip(net._layer_names, net.layers):
+        if layer.type == "Split" and blob in net.top_names[name]:
+            return split_source(net, net.bottom_names[name][0])
+    return blob
 
 
 def smallest_frames(net_param, start: int = 1, phase: str = "TRAIN", limit: int = 4096) -> int | None:
@@ -91,7 +104,27 @@ def smallest_frames(net_param, start: int = 1, phase: str = "TRAIN", limit: int 
 def missing_layers(net, weights) -> list[str]:
     """The layers with parameters in `net` (net.params) that the .caffemodel `weights` holds no blobs for:
     after copy_from they keep their fillers (Caffe's rule: copy by name, skip the rest silently)."""
-    from caffe_torch.weights import read_caffemodel, source_layers
+    return weights_fit(net, weights)[0]
 
-    present = {name for name, blobs in source_layers(read_caffemodel(Path(weights))) if blobs}
-    return [name for name in net.params if name not in present]
+
+def weights_fit(net, weights) -> tuple[list[str], list[str]]:
+    """(the learnable layers of `net` the .caffemodel holds no blobs for, one line per layer whose blobs do not
+    fit: another count or shape), read off the file with caffe_torch's reader for either engine, so that real
+    Caffe's copy_from is never reached with a misfit (it aborts the process)."""
+    from caffe_torch.weights import blob_shape, has_legacy_shape, read_caffemodel, source_layers
+
+    present = {name: blobs for name, blobs in source_layers(read_caffemodel(Path(weights))) if blobs}
+    missing = [name for name in net.params if name not in present]
+    misfits = []
+    for name, params in net.params.items():
+        blobs = present.get(name)
+        if blobs is None:
+            continue
+        if len(blobs) != len(params):
+            misfits.append(f"layer '{name}': {len(blobs)} blobs in the file, {len(params)} in the net")
+            continue
+        for i, (bp, target) in enumerate(zip(blobs, params)):
+            shape, want = blob_shape(bp), tuple(target.data.shape)
+            if not has_legacy_shape(bp) and shape != want:     # (legacy 4-D shapes: the engine's own rule)
+                misfits.append(f"layer '{name}' blob {i}: shape {shape} in the file, {want} in the net")
+    return missing, misfits

@@ -42,12 +42,21 @@ def _figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4), **kw):
 
 
 def _save(fig, path) -> str:
+    """Write the PNG through a temporary file renamed over `path`, so a full disk or a stop leaves no half
+    picture; an OSError names `path` (the bare ENOSPC of a write names no file)."""
     path = os.fspath(path)
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        fig.savefig(tmp, dpi=120, format="png")
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(e.errno, f"cannot write the figure: {e.strerror}", path) from None
     return path
 
 

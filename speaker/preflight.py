@@ -10,15 +10,17 @@ from pathlib import Path
 
 from voxdata.scan import default_cache_file, scan_audio
 
-from .netinfo import missing_layers
+from .netinfo import weights_fit
 
 
-def check_eval_audio(paths, out_dir, name: str, log, skip_bad: bool = False, progress: bool = False) -> list[str]:
-    """The usable recordings among `paths` (input order). Unusable ones are listed in
+def check_eval_audio(paths, out_dir, name: str, log, skip_bad: bool = False, progress: bool = False,
+                     min_samples: int = 1) -> list[str]:
+    """The usable recordings among `paths` (input order): readable, and at least `min_samples` long (one crop
+    when crops may not repeat a recording: --no-augment). Unusable ones are listed in
     <out_dir>/bad_audio_<name>.txt; they are an error (ValueError naming the count, the first and the list)
     unless skip_bad, when they are left out with a warning."""
     result = scan_audio(paths, cache_file=default_cache_file(out_dir), workers=2 * (os.cpu_count() or 1),
-                        progress=progress)
+                        progress=progress, min_samples=min_samples)
     if result.bad:
         listing = Path(out_dir) / f"bad_audio_{name}.txt"
         listing.write_text("\n".join(result.bad) + "\n")
@@ -32,14 +34,17 @@ def check_eval_audio(paths, out_dir, name: str, log, skip_bad: bool = False, pro
 
 def load_test_net(caffe, net_path: str, weights: str, phase=None):
     """caffe.Net(net_path, weights, TEST), after checking that `weights` exists and holds every layer of the
-    net that has parameters (FileNotFoundError / ValueError naming the file and the layers)."""
+    net that has parameters, each of the net's shape (FileNotFoundError / ValueError naming the file and the
+    layers; an unreadable file is caffe_torch's WeightsError)."""
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"--weights {weights}: no such file")
     net = caffe.Net(net_path, caffe.TEST if phase is None else phase)
-    missing = missing_layers(net, weights)
+    missing, misfits = weights_fit(net, weights)
     if missing:
         raise ValueError(f"{weights}: holds no weights for {len(missing)} layer(s) of {net_path} "
                          f"({', '.join(missing)}); they would keep their random fillers: wrong or truncated "
                          "file?")
+    if misfits:
+        raise ValueError(f"{weights}: does not fit {net_path} ({'; '.join(misfits)}): the weights of another net?")
     net.copy_from(weights)
     return net

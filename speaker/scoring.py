@@ -116,8 +116,10 @@ def read_score_file(path) -> tuple[np.ndarray, np.ndarray]:
     path = os.fspath(path)
     labels: list[int] = []
     scores: list[float] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    from voxdata.lists import decoded_lines  # (a not-UTF-8 line names the file and the line)
+
+    with open(path, "rb") as f:
+        for lineno, line in decoded_lines(f, path):
             fields = line.split()
             if not fields:
                 continue

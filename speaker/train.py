@@ -58,7 +58,7 @@ import numpy as np
 
 from voxdata.scan import CACHE_NAME
 
-from . import rundir
+from . import checks, rundir
 from .data_parallel import DataParallel
 from .engine import is_caffe_torch, load_engine
 from .errors import TrainingError
@@ -171,7 +171,10 @@ def read_solver_and_net(solver_file: str):
 
 def input_geometry(net_param, net_path) -> tuple[int, int, int]:
     """(batch, frames, frequency bins) from the net's data input (N x 1 x frames x 257)."""
-    dims = param_input_dims(net_param, "data")
+    try:
+        dims = param_input_dims(net_param, "data")
+    except ValueError as exc:             # an Input layer without its shapes
+        raise TrainingError(f"{net_path}: {exc}") from None
     if dims is None:
         raise TrainingError(f"{net_path}: no input blob named 'data' (an Input layer with top \"data\")")
     try:
@@ -261,6 +264,7 @@ def prepare_run(args, augment: bool, ddp: DataParallel, stop: StopRequest, clean
     from caffe_torch.fast import FastOptions
 
     solver_param, net_path, net_param = read_solver_and_net(args.solver)
+    checks.train_inputs(args, solver_param)          # arguments and solver fields, before anything is written
     if args.engine != "torch" and (FastOptions.from_args(args).any() or ddp.enabled):
         raise TrainingError("--channels-last/--amp/--tf32/--compile and torchrun (data parallel) need the "
                             "caffe_torch engine (--engine torch)")
@@ -344,13 +348,15 @@ def preflight(run: Run) -> None:
     """Check every training and validation recording once (cached), before iteration 0: refuse to start,
     listing every problem in <run>/bad_audio.txt, or with --skip-bad-audio leave them out. Then every
     speaker must keep a training utterance (else its class would never be trained)."""
-    from voxdata import crop_length, scan_audio
+    from voxdata import scan_audio
     from voxdata.scan import default_cache_file
+
+    from .evaluate import crop_min_samples
 
     args, splits, ddp = run.args, run.splits, run.ddp
     cache_file = default_cache_file(run.dir)
     # without augmentation a training crop cannot repeat a short recording (voxdata.crops)
-    min_train = 1 if run.augment else crop_length(run.frames)
+    min_train = crop_min_samples(run.frames, run.augment)
     # the processes of a data-parallel launch take turns on the cache's lock: the first checks, the others reuse
     train, val = (scan_audio(splits.abspaths(subset), cache_file=cache_file, min_samples=need,
                              workers=2 * (os.cpu_count() or 1), progress=not args.no_progress and ddp.is_main)
@@ -416,7 +422,11 @@ def build_solver(run: Run):
     caffe = load_engine(args.engine, run.gpu)
     caffe.set_random_seed(args.seed)
     try:
-        solver = caffe.get_solver(str(solver_copy))
+        if args.engine == "torch":
+            # the loop reads no activation diff: caffe_torch keeps none after a step (pycaffe's default keeps them)
+            solver = caffe.get_solver(str(solver_copy), blob_diffs=False)
+        else:
+            solver = caffe.get_solver(str(solver_copy))
     except Exception as exc:
         _explain_input_size(run, exc)
         raise

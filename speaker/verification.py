@@ -19,24 +19,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from speaker import checks
 from speaker.evaluate import NET_NAMES, EvalLog, default_list, guess_run_dir
 
 __all__ = ["make_cohort", "run"]
 
 # Protocol fields that must agree between the trials' embeddings and the cohort's.
 COHORT_MUST_MATCH = ("mode", "crops", "augment", "frames", "max_frames", "embed_blob", "pool_blob", "weights_sha256")
-
-
-def _check_args(args) -> None:
-    for flag, value in (("--batch", args.batch), ("--head-batch", args.head_batch), ("--bins", args.bins),
-                        ("--save-every", args.save_every), ("--top-n", args.top_n),
-                        ("--projection-max", args.projection_max), ("--cohort-per-speaker", args.cohort_per_speaker)):
-        if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
-    if args.crops != "full" and int(args.crops) < 1:
-        raise ValueError(f"--crops must be >= 1 or 'full', got {args.crops}")
-    if args.c_miss <= 0 or args.c_fa <= 0:
-        raise ValueError(f"--c-miss and --c-fa must be positive, got {args.c_miss} and {args.c_fa}")
 
 
 def _sha256(path: str) -> str:
@@ -64,6 +53,9 @@ class _NetEmbedder:
         # refuses a missing --weights, or one that leaves any layer of the net at its fillers
         self.net = load_test_net(caffe, self.net_path, args.weights)
         self.frames = input_frames(self.net, args.data_blob)
+        if args.embed_blob not in self.net.blobs:
+            raise ValueError(f"{self.net_path}: no blob {args.embed_blob!r} (--embed-blob) in the net")
+        self.dim = int(np.prod(self.net.blobs[args.embed_blob].data.shape[1:]))   # the embedding size
         if args.crops == "full" and (args.no_augment or args.seed):
             log.info("--crops full: each utterance as it is; --no-augment and --seed do not apply")
 
@@ -88,13 +80,14 @@ class _NetEmbedder:
     def embed_all(self, ids: list[str], wav_dir: str, out_npz: str, log, speakers=None) -> np.ndarray:
         """Embed ``ids`` (relative to ``wav_dir``), resumably (``out_npz`` + '.partial/'), save ``out_npz``."""
         from speaker.embed_store import EmbedStore, save_embeddings
-        from speaker.evaluate import embed, embed_full, voxdata_audio_provider, voxdata_crops_provider
+        from speaker.evaluate import crop_min_samples, embed, embed_full, voxdata_audio_provider, voxdata_crops_provider
         from speaker.preflight import check_eval_audio
 
         a = self.args
         # every recording checked once (cached) before any is embedded: all problems reported together
+        shortest = 1 if a.crops == "full" else crop_min_samples(self.frames, not a.no_augment)
         check_eval_audio([os.path.join(wav_dir, u) for u in ids], os.path.dirname(os.path.abspath(out_npz)),
-                         "verification", log)
+                         "verification", log, min_samples=shortest)
         protocol = self.protocol()
         store = EmbedStore(out_npz + ".partial", ids, protocol)
         if a.crops == "full":
@@ -169,11 +162,14 @@ def _table(rows: Sequence[dict], p_targets) -> list[str]:
     return lines
 
 
-def _load_cohort(args, trial_protocol: dict, log):
+def _load_cohort(args, trial_protocol: dict, dim: int, made_by: str, log):
+    """The cohort matrix of --cohort and its description; refused when it was made otherwise than the trials'
+    embeddings (another size, or another protocol when both record one)."""
     from speaker.embed_store import load_embeddings
     from speaker.norm import cohort_matrix
 
     ids, emb, protocol, speakers = load_embeddings(args.cohort)
+    checks.cohort_size(args.cohort, emb.shape[1], dim, made_by)
     if args.cohort_mode == "speaker" and speakers is None:
         from speaker.scoring import speaker_of
 
@@ -264,7 +260,7 @@ def run(args, load_engine: Callable) -> dict:
     from speaker.scoring import all_pairs_scores, cosine_score_trials, read_score_file, speaker_of
     from speaker.trial_lists import cost_model, list_info, protocol_lines
 
-    _check_args(args)
+    checks.verification_inputs(args)
     if args.run_dir and not (args.scores or args.embeddings or args.weights):
         args.weights = os.path.join(args.run_dir, "final.caffemodel")  # a training run's last weights
         if not os.path.isfile(args.weights):
@@ -288,6 +284,7 @@ def run(args, load_engine: Callable) -> dict:
     else:
         out_dir = args.out or (os.path.dirname(os.path.abspath(source)) if source
                                else args.run_dir or guess_run_dir(args.weights))
+    checks.output_folder(args, out_dir)
     cost = cost_model(tuple(args.p_target or (0.01, 0.001)), args.c_miss, args.c_fa)
     p_targets = cost["p_targets"]
     result: dict = {"protocol": {"cost": cost}}
@@ -317,6 +314,7 @@ def run(args, load_engine: Callable) -> dict:
                                 len(trials.missing), path, missing_log)
                 if len(trials) == 0:
                     raise ValueError(f"{path}: no trial left whose files exist under {trials.wav_dir}")
+                checks.trial_labels(path, trials.labels)
                 n_file = _count_lines(path) if trials.missing else len(trials)  # trials in the file
                 lists.append((path, trials, list_info(path, n_file, len(trials))))
                 log.info("trials %s: %d trials over %d utterances", path, len(trials), len(trials.utterances()))
@@ -327,24 +325,28 @@ def run(args, load_engine: Callable) -> dict:
             utts = sorted(set().union(*(t.utterances() for _, t, _ in lists)))
             if args.embeddings:
                 ids, emb, emb_protocol, _ = load_embeddings(args.embeddings)
+                dim, made_by = emb.shape[1], args.embeddings
                 result["source"] = {"embeddings": os.path.abspath(args.embeddings)}
             else:
                 embedder = _NetEmbedder(args, load_engine, log)
-                emb_path = os.path.join(out_dir, "embeddings.npz")
-                emb = embedder.embed_all(utts, lists[0][1].wav_dir, emb_path, log)
-                ids, emb_protocol = utts, embedder.protocol()
-                result["source"] = {"weights": os.path.abspath(args.weights), "embeddings": emb_path}
-            result["protocol"]["embedding"] = emb_protocol
-            result["lists"] = [info for _, _, info in lists]
-            table = {u: emb[i] for i, u in enumerate(ids)}
+                emb_protocol = embedder.protocol()
+                dim, made_by = embedder.dim, f"{embedder.net_path} ({args.embed_blob})"
             cohort, top_n = None, None
-            if set(norms) - {"none"}:
-                cohort, result["protocol"]["cohort"] = _load_cohort(args, emb_protocol, log)
+            if set(norms) - {"none"}:     # the cohort is checked before the embedding, the long part
+                cohort, result["protocol"]["cohort"] = _load_cohort(args, emb_protocol, dim, made_by, log)
                 top_n = min(args.top_n, cohort.shape[0])
                 if top_n < args.top_n:
                     log.warning("--top-n %d is more than the cohort's %d rows: AS-Norm uses all %d (= S-Norm)",
                                 args.top_n, cohort.shape[0], top_n)
                 result["protocol"]["cohort"]["top_n"] = top_n
+            if not args.embeddings:
+                emb_path = os.path.join(out_dir, "embeddings.npz")
+                emb = embedder.embed_all(utts, lists[0][1].wav_dir, emb_path, log)
+                ids = utts
+                result["source"] = {"weights": os.path.abspath(args.weights), "embeddings": emb_path}
+            result["protocol"]["embedding"] = emb_protocol
+            result["lists"] = [info for _, _, info in lists]
+            table = {u: emb[i] for i, u in enumerate(ids)}
             # cohort statistics once per utterance over all lists (-H's utterances are -E's)
             stats = {norm: NormStats(table, utts, cohort, norm, top_n) for norm in norms if norm != "none"}
             single = len(lists) == 1 and len(norms) == 1

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from fp import U64, assert_within, matmul_bound
 from google.protobuf import text_format
 
 import caffe_torch as caffe
@@ -328,7 +329,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "f" bottom: "label" top: "l
 
 def test_margin_inner_product_in_net_renormalises_params_and_counts_forwards():
     net = net_from_text(MIP_NET)
-    layer = net.modules[1]
+    layer = net.layer_dict["mip"].module
     assert layer.get_state() == 0                 # building (shape inference) did not count
     net.reshape()
     assert layer.get_state() == 0
@@ -432,6 +433,10 @@ def test_normalize_float32_and_one_top():
 
 # ------------------------------------------------------------------------------ InnerProduct normalize
 
+# |the net's normalised row - NumPy's| in units of u |row|: each is within 7/2 + 1 + 1 of the exact one (a
+# 6-term sum of squares, halved by the square root, the square root and the division)
+NORM_ULPS = 11
+
 IP_NET = """
 layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 dim: 6 } } }
 layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
@@ -450,12 +455,16 @@ def test_inner_product_normalize_forward_backward():
     net.forward()
     wn = w / np.sqrt((w ** 2).sum(1, keepdims=True) + 1e-6)
     np.testing.assert_allclose(net.params["ip"][0].data, wn, rtol=1e-12)       # in place, eps 1e-6
-    np.testing.assert_allclose(net.blobs["y"].data, x @ wn.T + 0.5, rtol=1e-12)
+    # the net's normalised rows differ from wn by at most NORM_ULPS u relative: that, times |x| @ |wn|.T,
+    # plus the two matmuls' own rounding
+    w_err = NORM_ULPS * U64 * np.abs(wn)
+    assert_within(net.blobs["y"].data, x @ wn.T + 0.5,
+                  matmul_bound(x, wn.T, extra_terms=0.5) + np.abs(x) @ w_err.T)
     dy = rng.normal(size=(4, 3))
     net.backward(y=dy)
-    np.testing.assert_allclose(net.params["ip"][0].diff, dy.T @ x, rtol=1e-12)   # no projection
-    np.testing.assert_allclose(net.params["ip"][1].diff, dy.sum(0), rtol=1e-12)
-    np.testing.assert_allclose(net.blobs["x"].diff, dy @ wn, rtol=1e-12)
+    assert_within(net.params["ip"][0].diff, dy.T @ x, matmul_bound(dy.T, x))   # no projection
+    assert_within(net.params["ip"][1].diff, dy.sum(0), matmul_bound(np.ones((1, 4)), dy)[0])
+    assert_within(net.blobs["x"].diff, dy @ wn, matmul_bound(dy, wn) + np.abs(dy) @ w_err)
 
 
 def test_inner_product_normalize_transpose_normalises_contiguous_runs():
@@ -469,7 +478,8 @@ def test_inner_product_normalize_transpose_normalises_contiguous_runs():
     runs = w.reshape(3, 6)
     expect = (runs / np.sqrt((runs ** 2).sum(1, keepdims=True) + 1e-6)).reshape(6, 3)
     np.testing.assert_allclose(net.params["ip"][0].data, expect, rtol=1e-12)
-    np.testing.assert_allclose(net.blobs["y"].data, x @ expect + 0.5, rtol=1e-12)
+    assert_within(net.blobs["y"].data, x @ expect + 0.5,
+                  matmul_bound(x, expect, extra_terms=0.5) + np.abs(x) @ (NORM_ULPS * U64 * np.abs(expect)))
 
 
 def test_normalize_rows_helper():

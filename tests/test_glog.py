@@ -40,7 +40,7 @@ def run(tmp_path, setup="", level=None):
         env["GLOG_minloglevel"] = str(level)
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run([sys.executable, "-c", SCRIPT.format(setup=setup)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=1800)   # a hang guard only
     assert proc.returncode == 0, proc.stderr
     return proc.stderr.splitlines()
 

@@ -8,12 +8,15 @@ import os
 import numpy as np
 import pytest
 import torch
+from fp import U64, assert_within, gamma
 from test_layers_common import make, rnd
 from torch.func import functional_call
 
 from caffe_torch.errors import LayerError
 
 T, N, D, H, S = 3, 2, 4, 3, 5
+# the largest |x| the tests feed (rnd(T, n, D, seed) for n <= N + 1 is a prefix of the (T, N + 1, D) draw)
+X_MAX = max(float(rnd(T, N + 1, D, seed=k).abs().max()) for k in range(4))
 
 
 def sigmoid(x):
@@ -77,6 +80,35 @@ def blobs_np(layer):
     return [b.detach().numpy() for b in layer.blobs]
 
 
+def sequence_bound(layer, x_max, steps, lstm, xs_max=0.0, u=U64):
+    """How far the layer's float64 outputs may lie from np_rnn / np_lstm after `steps` time steps (the state
+    carried through every forward of a test), max norm (tests/fp.py): each pre-activation is a K-term sum,
+    within 2 gamma_K of M = |W_rec| h_max + |W_x| x_max + |b| (+ |W_s| xs_max), h_max = 1, plus the
+    recurrent weights times the state's error so far; tanh is 1-Lipschitz, sigmoid 1/4, each adds 2 u.
+    RNN: o_t = tanh(W_ho h_t + b_o) adds one more such sum. LSTM: c_t = f c_(t-1) + i g, |c_t| <= t."""
+    blobs = [np.abs(b) for b in blobs_np(layer)]
+    w_x, b_h = blobs[0], blobs[1]
+    w_s = blobs[2] if xs_max else None
+    w_rec = blobs[3] if xs_max else blobs[2]
+    norm = lambda w: float(w.sum(axis=1).max())              # noqa: E731  (the max-norm of a matrix)
+    k = w_x.shape[1] + w_rec.shape[1] + 1 + (w_s.shape[1] if xs_max else 0)
+    m = norm(w_rec) + norm(w_x) * x_max + float(b_h.max()) + (norm(w_s) * xs_max if xs_max else 0.0)
+    e_h = e_c = c_max = worst = 0.0
+    for _ in range(steps):
+        e_a = 2 * gamma(k, u) * m + norm(w_rec) * e_h
+        if lstm:
+            e_c += (c_max / 4 + 1 / 4 + 1) * e_a + 8 * u * (c_max + 1)
+            c_max += 1
+            e_h = e_a / 4 + e_c + 4 * u
+            worst = max(worst, e_h, e_c)
+        else:
+            e_h = e_a + 2 * u
+            w_ho, b_o = blobs[-2], blobs[-1]
+            e_o = 2 * gamma(w_ho.shape[1] + 1, u) * (norm(w_ho) + float(b_o.max())) + norm(w_ho) * e_h + 2 * u
+            worst = max(worst, e_h, e_o)
+    return worst
+
+
 # ----------------------------------------------------------------------------- blobs as Caffe lays them out
 @pytest.mark.parametrize("type_name,static,shapes", [
     ("RNN", False, [(H, D), (H,), (H, H), (H, H), (H,)]),
@@ -109,7 +141,8 @@ def test_rnn_forward_and_hidden_state_carried_between_forwards(static):
         y = layer(x, cont, *([xs] if static else []))
         ref, h = np_rnn(blobs_np(layer), x.numpy(), cont.numpy(), h, None if xs is None else xs.numpy())
         assert tuple(y.shape) == (T, N, H)
-        np.testing.assert_allclose(y.detach().numpy(), ref, rtol=1e-12)
+        xs_max = float(xs.abs().max()) if static else 0.0
+        assert_within(y.detach().numpy(), ref, sequence_bound(layer, X_MAX, T * (k + 1), False, xs_max))
 
 
 @pytest.mark.parametrize("static", [False, True])
@@ -122,7 +155,8 @@ def test_lstm_forward_and_state_carried_between_forwards(static):
         x = rnd(T, N, D, seed=k)
         y = layer(x, cont, *([xs] if static else []))
         ref, h, c = np_lstm(blobs_np(layer), x.numpy(), cont.numpy(), h, c, None if xs is None else xs.numpy())
-        np.testing.assert_allclose(y.detach().numpy(), ref, rtol=1e-12)
+        xs_max = float(xs.abs().max()) if static else 0.0
+        assert_within(y.detach().numpy(), ref, sequence_bound(layer, X_MAX, T * (k + 1), True, xs_max))
 
 
 def test_carry_when_the_batch_size_changes():
@@ -134,13 +168,13 @@ def test_carry_when_the_batch_size_changes():
     layer(rnd(T, N, D), ones[:, :N])
     x = rnd(T, N + 1, D, seed=1)
     ref, h = np_rnn(blobs_np(layer), x.numpy(), ones.numpy(), np.zeros((N + 1, H)))
-    np.testing.assert_allclose(layer(x, ones).detach().numpy(), ref, rtol=1e-12)
+    assert_within(layer(x, ones).detach().numpy(), ref, sequence_bound(layer, X_MAX, T, False))
     x = rnd(T, 1, D, seed=2)
     ref, h1 = np_rnn(blobs_np(layer), x.numpy(), ones.numpy()[:, :1], h[:1])
-    np.testing.assert_allclose(layer(x, ones[:, :1]).detach().numpy(), ref, rtol=1e-12)
+    assert_within(layer(x, ones[:, :1]).detach().numpy(), ref, sequence_bound(layer, X_MAX, 2 * T, False))
     x = rnd(T, N, D, seed=3)
     ref, _ = np_rnn(blobs_np(layer), x.numpy(), ones.numpy()[:, :N], np.concatenate([h1, h[1:N]]))
-    np.testing.assert_allclose(layer(x, ones[:, :N]).detach().numpy(), ref, rtol=1e-12)
+    assert_within(layer(x, ones[:, :N]).detach().numpy(), ref, sequence_bound(layer, X_MAX, 3 * T, False))
 
 
 def test_expose_hidden_reads_h0_c0_and_gives_hT_cT():
@@ -151,15 +185,18 @@ def test_expose_hidden_reads_h0_c0_and_gives_hT_cT():
     for _ in range(2):                                  # no carry: the same result twice
         o, h_t = rnn(x, cont, h0)
         ref_o, ref_h = np_rnn(blobs_np(rnn), x.numpy(), cont.numpy(), h0.numpy()[0])
-        np.testing.assert_allclose(o.detach().numpy(), ref_o, rtol=1e-12)
-        np.testing.assert_allclose(h_t.detach().numpy(), ref_h[None], rtol=1e-12)
+        bound = sequence_bound(rnn, max(X_MAX, float(h0.abs().max())), T, False)
+        assert_within(o.detach().numpy(), ref_o, bound)
+        assert_within(h_t.detach().numpy(), ref_h[None], bound)
     lstm = filled("LSTM", text, [(T, N, D), (T, N), (N, S), (1, N, H), (1, N, H)])
     xs, c0 = rnd(N, S, seed=2), rnd(1, N, H, seed=3)
     h, h_t, c_t = lstm(x, cont, xs, h0, c0)
     ref_h, ref_ht, ref_ct = np_lstm(blobs_np(lstm), x.numpy(), cont.numpy(), h0.numpy()[0], c0.numpy()[0],
                                     xs.numpy())
+    bound = sequence_bound(lstm, max(X_MAX, float(h0.abs().max()), float(c0.abs().max())), T + 1, True,
+                           float(xs.abs().max()))          # (c0 counts as one step more of |c|)
     for got, ref in ((h, ref_h), (h_t, ref_ht[None]), (c_t, ref_ct[None])):
-        np.testing.assert_allclose(got.detach().numpy(), ref, rtol=1e-12)
+        assert_within(got.detach().numpy(), ref, bound)
 
 
 def test_shape_errors_name_the_rule():
@@ -251,14 +288,19 @@ def test_lstm_unit_forward_and_caffes_backward(cont):
     cg, gg, kg = (t.clone().requires_grad_(True) for t in (c_prev, gates, cont_t))
     c, h = layer(cg, gg, kg)
     ref_c, ref_h = np_lstm_unit(c_prev.numpy()[0], gates.numpy()[0], cont_t.numpy()[0])
-    np.testing.assert_allclose(c.detach().numpy()[0], ref_c, rtol=1e-12)
-    np.testing.assert_allclose(h.detach().numpy()[0], ref_h, rtol=1e-12)
+    # every output (forward and Caffe's backward) is a sum of at most 4 products of at most 5 factors, each
+    # factor (inputs, cont, sigmoids, tanhs) within 2 u of its value and at most A in size: within 48 u A^5
+    a = max(1.0, float(c_prev.abs().max()), 2.0, *(float(v.abs().max()) for v in (rnd(1, 4, H, seed=2),
+                                                                                  rnd(1, 4, H, seed=3))))
+    unit_bound = 48 * U64 * a ** 5
+    assert_within(c.detach().numpy()[0], ref_c, unit_bound)
+    assert_within(h.detach().numpy()[0], ref_h, unit_bound)
     dc, dh = rnd(1, 4, H, seed=2), rnd(1, 4, H, seed=3)
     d_c_prev, d_gates, d_cont = torch.autograd.grad((c, h), (cg, gg, kg), (dc, dh), allow_unused=True)
     ref_dc, ref_dg = np_lstm_unit_backward(c_prev.numpy()[0], gates.numpy()[0], cont_t.numpy()[0],
                                            dc.numpy()[0], dh.numpy()[0])
-    np.testing.assert_allclose(d_c_prev.numpy()[0], ref_dc, rtol=1e-12)
-    np.testing.assert_allclose(d_gates.numpy()[0], ref_dg, rtol=1e-12)
+    assert_within(d_c_prev.numpy()[0], ref_dc, unit_bound)
+    assert_within(d_gates.numpy()[0], ref_dg, unit_bound)
     assert d_cont is None
     if cont == [1.0, 0.0, 1.0, 0.0]:     # binary cont: Caffe's backward is the derivative
         assert torch.autograd.gradcheck(lambda a, b: layer(a, b, cont_t), (c_prev.clone().requires_grad_(True),

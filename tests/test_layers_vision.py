@@ -164,7 +164,7 @@ POOL_CASES = [
     # text, shape, expected (H_out, W_out) (hand-computed from Caffe's rule)
     ("kernel_size: 3 stride: 2", (2, 3, 8, 11), (4, 5)),               # ceil: floor would give 3 x 5
     ("kernel_size: 2 stride: 2 pad: 1", (2, 3, 5, 7), (3, 4)),          # ceil 4, last window in padding
-    ("kernel_h: 3 kernel_w: 1 stride_h: 2 stride_w: 3 pad_h: 1", (1, 2, 6, 5), (4, 2)),   # pad_h trims W
+    ("kernel_h: 3 kernel_w: 1 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 0", (1, 2, 6, 5), (4, 2)),   # pad_h trims W
     ("kernel_size: 3 stride: 2 pad: 2", (2, 2, 7, 9), (5, 6)),          # pad > kernel / 2 (Caffe allows)
     ("kernel_size: 3 stride: 3 pad: 1", (3, 5, 7, 11), (3, 4)),         # W: ceil 5, minus one
     ("kernel_h: 19 kernel_w: 1", (2, 3, 19, 5), (1, 5)),                # the paper's time-average pool

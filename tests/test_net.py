@@ -59,7 +59,10 @@ layer { name: "either" type: "ReLU" bottom: "data" top: "g" include { phase: TES
 def test_include_exclude_phase_stage_level(tmp_path):
     def names(**kw):
         phase = kw.pop("phase")
-        return net_from(tmp_path, FILTER_NET, phase, **kw)._layer_names[1:]
+        # [input, data's Split (Caffe's InsertSplits: data has several readers), the kept layers]
+        names = net_from(tmp_path, FILTER_NET, phase, **kw)._layer_names
+        assert names[1] == "data_input_0_split"
+        return names[2:]
 
     assert names(phase=caffe.TRAIN) == ["train_only", "not_test", "not_staged"]
     assert names(phase=caffe.TEST) == ["test_only", "not_staged", "either"]
@@ -165,7 +168,7 @@ def test_shared_params_sum_grads_and_lr_mult_zero(tmp_path):
             + ip("a", "data", "a", 2, 'param { name: "w" } param { lr_mult: 0 } loss_weight: 1')
             + ip("b", "data", "b", 2, 'param { name: "w" } param { name: "bb" } loss_weight: 3'))
     net = net_from(tmp_path, text)
-    la, lb = net.modules[0 + 1], net.modules[1 + 1]
+    la, lb = net.layer_dict["a"].module, net.layer_dict["b"].module
     assert la.blobs[0] is lb.blobs[0]                       # one Parameter
     assert len(net.learnable_params()) == 3                 # w, a's bias, b's bias
     lrs = {name: lr for _, lr, _, name in net.learnable_params()}

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from fp import assert_within, matmul_bound
 from google.protobuf import text_format
 
 import caffe_torch as caffe
@@ -55,7 +56,9 @@ def test_netspec_names_in_place_ntop_and_params_by_name():
     # the printed text parses back to the same message, and builds
     assert text_format.Parse(str(proto), caffe_pb2.NetParameter()) == proto
     net = caffe.Net(None, caffe.TRAIN, net_param=proto)
-    assert list(net._layer_names) == ["data", "ip", "relu", "Reshape1", "pool", "Flatten1", "loss", "silence"]
+    # with the Split Caffe inserts for label (read by loss and silence)
+    assert list(net._layer_names) == ["data", "label_data_1_split", "ip", "relu", "Reshape1", "pool", "Flatten1",
+                                      "loss", "silence"]
 
 
 def test_anonymous_tops_count_per_type_in_visit_order():
@@ -415,11 +418,11 @@ def test_run_unmodified_pycaffe_script(tmp_path):
     env_path = str(ROOT)
     res = subprocess.run([sys.executable, "-m", "caffe_torch", str(script), "4", "--flag"], cwd=tmp_path,
                          capture_output=True, text=True, env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
-                         timeout=120)
+                         timeout=1800)      # a hang guard only
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "caffe_torch caffe_torch.draw (2, 4) ['4', '--flag'] 0"
     res = subprocess.run([sys.executable, "-m", "caffe_torch", str(tmp_path / "missing.py")], cwd=tmp_path,
-                         capture_output=True, text=True, env={"PYTHONPATH": env_path}, timeout=120)
+                         capture_output=True, text=True, env={"PYTHONPATH": env_path}, timeout=1800)
     assert res.returncode == 2 and "no such script" in res.stderr
 
 
@@ -469,5 +472,5 @@ def test_ranged_backward_gives_inputs_a_diff_only_with_force_backward(tmp_path, 
     net.blobs["y"].diff[...] = g
     out = net.backward(start="ip", end="ip")
     w = net.params["ip"][0].data
-    np.testing.assert_allclose(out["x"], g @ w if force_backward else np.zeros((2, 3)), rtol=1e-12)
-    np.testing.assert_allclose(net.params["ip"][0].diff, g.T @ x, rtol=1e-12)
+    assert_within(out["x"], g @ w if force_backward else np.zeros((2, 3)), matmul_bound(g, w))
+    assert_within(net.params["ip"][0].diff, g.T @ x, matmul_bound(g.T, x))

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_e2e
 import torch
 from test_e2e import SOFTMAX_HEAD, params_of, train_args, write_solver
 
@@ -22,7 +21,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DROPOUT_HEAD = """
 layer {{ name: "drop5" type: "Dropout" bottom: "fc5" top: "fc5" dropout_param {{ dropout_ratio: 0.5 }} }}
 """ + SOFTMAX_HEAD
-corpus = test_e2e.corpus          # the fixture: a synthetic corpus in VoxCeleb1's layout, made once per module
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 

@@ -400,6 +400,7 @@ def test_rate_of_a_step_uses_iter_before_increment(tmp_path, caplog):
 def test_multistep_through_the_solver_and_restore(tmp_path):
     cfg = dict(base_lr=0.5, lr_policy="multistep", gamma=0.5, stepvalue=[2, 3], snapshot=3,
                snapshot_prefix=str(tmp_path / "snap" / "ms"))
+    (tmp_path / "snap").mkdir()          # a solver with `snapshot` needs its folder (Caffe checks at construction)
     s = caffe.SGDSolver(write_solver(tmp_path, **cfg), dtype=torch.float64)
     lrs = []
     for _ in range(5):
@@ -450,15 +451,17 @@ def test_test_nets_interval_initialization_and_output_lines(tmp_path, caplog):
     s = caffe.SGDSolver(write_solver(tmp_path, **cfg), dtype=torch.float64)
     assert len(s.test_nets) == 1
     tn = s.test_nets[0]
-    # the test net shares the train net's learnable blobs
-    for layer in ("ip1", "ip2"):
-        for p, q in zip(s.net.params[layer], tn.params[layer]):
-            assert p.tensor.data_ptr() == q.tensor.data_ptr()
     ws = [weights(s)]
     with caplog.at_level(logging.INFO, logger="caffe_torch.solver"):
         for _ in range(4):
             s.step(1)
             ws.append(weights(s))
+    # since its first test the test net shares the train net's weights (Caffe's ShareTrainedLayersWith: the
+    # data; each net keeps its own diffs)
+    for layer in ("ip1", "ip2"):
+        for p, q in zip(s.net.params[layer], tn.params[layer]):
+            assert p.tensor.data_ptr() == q.tensor.data_ptr()
+            assert q.diff.shape == p.diff.shape and not np.shares_memory(q.diff, p.diff)
     # tested before the updates of iterations 0 and 3, test_iter forwards each
     assert tn.layer_states() == {"data": 4}
     tested = [int(m.group(1)) for r in caplog.records
@@ -495,6 +498,7 @@ def test_no_test_at_iteration_zero_without_test_initialization(tmp_path, caplog)
 def test_solve_snapshots_after_train_and_runs_final_display_and_test(tmp_path, caplog):
     cfg = dict(test_iter=1, test_interval=3, max_iter=6, display=3, snapshot=4,
                snapshot_prefix=str(tmp_path / "out" / "run"))
+    (tmp_path / "out").mkdir()
     s = caffe.SGDSolver(write_solver(tmp_path, **cfg), dtype=torch.float64)
     with caplog.at_level(logging.INFO, logger="caffe_torch.solver"):
         s.solve()
@@ -606,6 +610,7 @@ def test_solverstate_fields(tmp_path, kind, n_hist):
 
 def test_restore_finds_moved_snapshot_and_layer_state_round_trip(tmp_path):
     cfg = dict(RESUME, snapshot_prefix=str(tmp_path / "orig" / "x"))
+    (tmp_path / "orig").mkdir()
     s = caffe.SGDSolver(write_solver(tmp_path, **cfg))
     s.step(5)
     moved = tmp_path / "moved"
@@ -734,6 +739,7 @@ def test_net_sources_and_relative_paths(tmp_path, monkeypatch):
                                                     base_lr=0.1, lr_policy="fixed")))
     s2 = caffe.SGDSolver(str(d / "s2.prototxt"))
     assert [tn.name for tn in s2.test_nets] == ["the_test"]
+    s2.test_all()                        # shares the trained weights, as Caffe's Solver::Test
     assert s2.test_nets[0].params["ip1"][0].tensor.data_ptr() == s2.net.params["ip1"][0].tensor.data_ptr()
     # inline net_param / train_net_param
     body = NET.strip()

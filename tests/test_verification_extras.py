@@ -1,5 +1,5 @@
-"""Pictures of several systems / lists, the projection, the embeddings file, the protocol of a list, and
-bench_verification at a tiny size."""
+"""The embeddings file, the resumable embedding store, the protocol of a list, and bench_verification at a tiny
+size (the pictures of several systems / lists and the projections: tests/test_plots.py)."""
 
 import hashlib
 import importlib.util
@@ -10,43 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speaker import plots
 from speaker.embed_store import EmbedStore, load_embeddings, save_embeddings
 from speaker.trial_lists import KNOWN_LISTS, cost_model, list_info, protocol_lines
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _png(path):
-    data = Path(path).read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
-    from PIL import Image
-
-    return Image.open(path).size
-
-
-def test_det_plot_many_and_histograms(tmp_path):
-    rng = np.random.default_rng(0)
-    curves = []
-    for k in range(3):
-        labels = np.repeat([1, 0], [200, 800])
-        scores = np.concatenate([rng.normal(1 + k, 1, 200), rng.normal(0, 1, 800)])
-        curves.append((f"system {k}", labels, scores))
-    _png(plots.det_plot_many(curves, tmp_path / "det.png", title="t"))
-    w, h = _png(plots.score_histograms(curves, tmp_path / "hist.png", bins=30))
-    assert w > h  # three panels side by side
-    with pytest.raises(ValueError):
-        plots.det_plot_many([], tmp_path / "x.png")
-
-
-@pytest.mark.parametrize("method", ["pca", "tsne"])
-def test_embedding_projection(tmp_path, method):
-    rng = np.random.default_rng(1)
-    x = np.concatenate([rng.normal(c, 0.1, size=(15, 8)) for c in range(3)])
-    spk = np.repeat(["a", "b", "c"], 15)
-    _png(plots.embedding_projection(x, spk, tmp_path / f"{method}.png", method=method))
-    with pytest.raises(ValueError, match="method must be"):
-        plots.embedding_projection(x, spk, tmp_path / "u.png", method="umap")
 
 
 def test_embeddings_file_round_trip_and_errors(tmp_path):
@@ -94,10 +61,23 @@ def test_list_info_and_protocol_lines(tmp_path):
     lines = protocol_lines([info], cost_model([0.01, 0.05], 1, 1))
     assert lines[0] == f"trial list veri_test.txt (custom): 2 trials, 1 scored, sha256 {sha[:12]}"
     assert "P_target 0.01, 0.05" in lines[1]
-    assert set(KNOWN_LISTS.values()) == {"VoxCeleb1-O", "VoxCeleb1-E", "VoxCeleb1-H"}
-    real = ROOT / "lists" / "veri_test.txt"
-    if real.exists():  # written by `data_utils.py lists`
-        assert list_info(str(real), 37720)["name"] == "VoxCeleb1-O"
+
+
+def test_a_list_is_named_by_the_sha256_of_its_bytes(tmp_path, monkeypatch):
+    """KNOWN_LISTS names a list by the sha256 of the file data_utils.py lists writes: those exact bytes are
+    named, a copy with any other byte (here Windows line ends) is 'custom'."""
+    import speaker.trial_lists as trial_lists
+
+    written = tmp_path / "veri_test.txt"
+    written.write_bytes(b"1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav\n"
+                        b"0 id10270/x6uYqmx31kE/00001.wav id10300/ize_eiCFEg0/00003.wav\n")
+    sha = hashlib.sha256(written.read_bytes()).hexdigest()
+    monkeypatch.setattr(trial_lists, "KNOWN_LISTS", {**KNOWN_LISTS, sha: "VoxCeleb1-O"})
+    info = list_info(str(written), 2)
+    assert info["name"] == "VoxCeleb1-O" and info["sha256"] == sha
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(written.read_bytes().replace(b"\n", b"\r\n"))
+    assert list_info(str(crlf), 2)["name"] == "custom"
 
 
 @pytest.mark.slow

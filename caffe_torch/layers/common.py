@@ -217,7 +217,9 @@ class BatchNorm(Layer):
             else ctx.phase == caffe_pb2.TEST
         self.maf = bp.moving_average_fraction                    # default 0.999
         self.eps = bp.eps                                        # default 1e-5
-        channels = bottom_shapes[0][1] if len(bottom_shapes[0]) > 1 else 1
+        if len(bottom_shapes[0]) < 2:           # Caffe's Reshape reads shape(1): it aborts on a 1-D bottom
+            raise self.error(f"needs a bottom with a channel axis (at least 2-D), got shape {bottom_shapes[0]}")
+        channels = bottom_shapes[0][1]
         for shape in ((channels,), (channels,), (1,)):
             self.add_blob(shape, None, learnable=False)
 
@@ -259,7 +261,7 @@ class Dropout(Layer):
 
     def forward(self, x):
         if self.phase != caffe_pb2.TRAIN or self.ratio == 0:
-            return x
+            return self.unchanged(x)
         shape = x.shape if self.rows is None else (self.rows[1], *x.shape[1:])
         draw = torch.rand(shape, generator=self._mask_gen, device=x.device, dtype=x.dtype)
         if self.rows is not None:
@@ -302,12 +304,18 @@ def seed_from_generator_state(state: bytes) -> int:
 
 @register("Split")
 class Split(Layer):
-    """Copies its bottom to every top; their gradients are summed (autograd does that)."""
+    """Caffe's SplitLayer (what InsertSplits adds where several layers read one top, see caffe_torch/splits.py):
+    every top shares the bottom's data (Caffe's ShareData), each has its own diff, and the bottom's diff is their
+    sum. Each top is its own view of the bottom, so that autograd keeps one gradient per top (a pycaffe
+    backward shows them); the training loop, which keeps no blob diffs, skips the layer and hands the bottom
+    tensor itself to the readers (Net._run_layers)."""
 
     num_tops = (1, None)
+    is_split = True
+    allows_in_place = False
 
     def forward(self, x):
-        return tuple(x for _ in self.param.top)
+        return tuple(x.view_as(x) for _ in self.param.top)
 
 
 @register("Silence")

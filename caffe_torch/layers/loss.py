@@ -18,6 +18,14 @@ def _labels(label: torch.Tensor, expected: int, layer: Layer) -> torch.Tensor:
     return label.reshape(-1).long()
 
 
+def _check_label_count(layer: Layer, shape, label_shape, axis: int) -> None:
+    """Caffe's CHECK in Reshape: one label per prediction (outer_num x inner_num of the scores)."""
+    expected = count(shape, 0, axis) * count(shape, axis + 1)
+    if count(label_shape) != expected:
+        raise layer.error(f"label blob {tuple(label_shape)} must have outer_num x inner_num = {expected} entries for "
+                          f"predictions of shape {tuple(shape)}")
+
+
 def check_label_range(lab: torch.Tensor, classes: int, layer: Layer, valid: torch.Tensor | None = None) -> None:
     """Caffe's check 0 <= label < classes on the (non-ignored: `valid`) int64 labels; names the first bad one."""
     bad = (lab < 0) | (lab >= classes)
@@ -70,16 +78,16 @@ class SoftmaxWithLoss(Layer):
             self.mode = _Norm.VALID if lp.normalize else _Norm.BATCH_SIZE
         else:
             self.mode = _Norm.VALID
-        shape = bottom_shapes[0]
-        _ = count(shape, 0, self.axis) * count(shape, self.axis + 1)
-        if count(bottom_shapes[1]) != _:
-            raise self.error(f"label blob {tuple(bottom_shapes[1])} must have outer_num x inner_num = {_} "
-                             f"entries for predictions of shape {tuple(shape)}")
+        self.top_shapes(bottom_shapes)
 
     def top_shapes(self, bottom_shapes):
+        shape, label = tuple(bottom_shapes[0]), tuple(bottom_shapes[1])
+        if shape[:1] != label[:1]:                      # Caffe's LossLayer::Reshape
+            raise self.error(f"the data and label should have the same first dimension, got {shape} and {label}")
+        _check_label_count(self, shape, label, self.axis)
         shapes = [()]
         if len(self.param.top) > 1:
-            shapes.append(tuple(bottom_shapes[0]))
+            shapes.append(shape)
         return shapes
 
     def forward(self, x, label):
@@ -119,11 +127,13 @@ class Accuracy(Layer):
         self.top_k = ap.top_k                                       # default 1
         self.axis = canonical_axis(ap.axis, len(bottom_shapes[0]), self)   # default 1
         self.ignore_label = ap.ignore_label if ap.HasField("ignore_label") else None
+        self.top_shapes(bottom_shapes)
+
+    def top_shapes(self, bottom_shapes):
         classes = bottom_shapes[0][self.axis]
         if self.top_k > classes:
             raise self.error(f"top_k {self.top_k} exceeds the number of classes {classes}")
-
-    def top_shapes(self, bottom_shapes):
+        _check_label_count(self, bottom_shapes[0], bottom_shapes[1], self.axis)
         shapes = [()]
         if len(self.param.top) > 1:
             shapes.append((bottom_shapes[0][self.axis],))

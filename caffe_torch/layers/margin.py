@@ -102,6 +102,13 @@ def _labels(label: torch.Tensor, expected: int, classes: int, layer: Layer) -> t
     return lab
 
 
+def _check_one_label_per_sample(layer: Layer, bottom_shapes, samples: int) -> None:
+    """The fork layers' CHECK in Reshape: bottom[1] holds one label per sample."""
+    if count(bottom_shapes[1]) != samples:
+        raise layer.error(f"one label per sample expected: label blob {tuple(bottom_shapes[1])} for {samples} "
+                          f"samples (data {tuple(bottom_shapes[0])})")
+
+
 def _schedule_pow(base: float, exponent: float) -> float:
     """C's pow for the schedules: NaN for a negative base with a fractional exponent, inf for 0^-p."""
     try:
@@ -229,13 +236,12 @@ class MarginInnerProduct(Layer):
         self.exact_gradient = mp.exact_gradient                        # ours; default false
         self._iter = int(mp.iteration)
         self.last_lambda = 0.0
-        if bottom_shapes[0][0] != (bottom_shapes[1][0] if bottom_shapes[1] else 1):
-            raise self.error(f"label blob {tuple(bottom_shapes[1])} and data {tuple(bottom_shapes[0])} "
-                             "differ in their first dimension")
         k = count(bottom_shapes[0], self.axis)
         self.add_blob((self.num_output, k), mp.weight_filler)
+        self.top_shapes(bottom_shapes)
 
     def top_shapes(self, bottom_shapes):
+        _check_one_label_per_sample(self, bottom_shapes, count(bottom_shapes[0], 0, self.axis))
         k = count(bottom_shapes[0], self.axis)
         if k != self.blobs[0].shape[1]:
             raise self.error(f"input size {k} incompatible with the weights ({self.blobs[0].shape[1]})")
@@ -337,6 +343,7 @@ class LabelSpecificAdd(Layer):
         self._iter = int(p.iteration)                        # default 0
 
     def top_shapes(self, bottom_shapes):
+        _check_one_label_per_sample(self, bottom_shapes, bottom_shapes[0][0])
         shapes = [tuple(bottom_shapes[0])]
         if len(self.param.top) > 1:
             shapes.append((1,))
@@ -353,7 +360,8 @@ class LabelSpecificAdd(Layer):
     def forward(self, x, label):
         two = len(self.param.top) > 1
         if self.phase == caffe_pb2.TEST:
-            return (x, torch.zeros(1, dtype=x.dtype, device=x.device)) if two else x
+            y = self.unchanged(x)
+            return (y, torch.zeros(1, dtype=x.dtype, device=x.device)) if two else y
         if self.anneal:
             b = self.bias_base + _schedule_pow(1.0 + self.bias_gamma * self._iter, self.bias_power) - 1.0
             b = max(b, self.bias_min)
@@ -388,9 +396,13 @@ class AdditiveAngularMargin(Layer):
         if not 0.0 <= self.margin < math.pi / 2:
             raise self.error(f"margin {self.margin} must lie in [0, pi/2)")
 
+    def top_shapes(self, bottom_shapes):
+        _check_one_label_per_sample(self, bottom_shapes, bottom_shapes[0][0])
+        return [tuple(bottom_shapes[0])]
+
     def forward(self, x, label):
         if self.phase == caffe_pb2.TEST:
-            return x
+            return self.unchanged(x)
         n = x.shape[0]
         flat = x.reshape(n, -1)
         lab = _labels(label, n, flat.shape[1], self)

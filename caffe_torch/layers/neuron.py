@@ -21,10 +21,7 @@ class AbsVal(Layer):
     """y = |x|; dy/dx = sign(x), 0 at x = 0 (as Caffe's caffe_sign). Not in place (Caffe refuses it: its
     backward reads the bottom's sign)."""
 
-    def __init__(self, param, bottom_shapes, ctx):
-        super().__init__(param, bottom_shapes, ctx)
-        if param.top[0] == param.bottom[0]:
-            raise self.error("does not allow in-place computation (as Caffe)")
+    allows_in_place = False
 
     def forward(self, x):
         return torch.abs(x)

@@ -7,14 +7,21 @@ from .base import Layer, canonical_axis, count, register
 
 @register("Flatten")
 class Flatten(Layer):
+    """Caffe's top shares the bottom's data and diff (ShareData / ShareDiff); here the top is a view of the
+    bottom's data (a kept `.data` of either shows the other's writes)."""
+
+    allows_in_place = False
+
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         fp = param.flatten_param
         nd = len(bottom_shapes[0])
         self.start = canonical_axis(fp.axis, nd, self)           # default 1
         self.end = canonical_axis(fp.end_axis, nd, self)         # default -1
-        if self.end < self.start:
-            raise self.error(f"end_axis {fp.end_axis} is before axis {fp.axis}")
+        # Caffe: count(axis, end_axis + 1) CHECKs axis <= end_axis + 1; end_axis = axis - 1 inserts an axis of 1
+        if self.end < self.start - 1:
+            raise self.error(f"flatten_param: end_axis {fp.end_axis} is before axis {fp.axis} (at most one axis "
+                             "before it: an axis of 1 is inserted)")
 
     def top_shapes(self, bottom_shapes):
         s = tuple(bottom_shapes[0])
@@ -27,7 +34,9 @@ class Flatten(Layer):
 @register("Reshape")
 class Reshape(Layer):
     """Replace axes [axis, axis + num_axes) by `shape`: 0 copies the bottom's dimension, one -1 is
-    inferred."""
+    inferred. The top is a view of the bottom's data, as Caffe's shares it."""
+
+    allows_in_place = False
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
@@ -79,6 +88,8 @@ class Concat(Layer):
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         cp = param.concat_param
+        if cp.HasField("axis") and cp.HasField("concat_dim"):
+            raise self.error("concat_param: give either axis or concat_dim, not both")
         axis = cp.axis if cp.HasField("axis") or not cp.HasField("concat_dim") else cp.concat_dim
         self.axis = canonical_axis(axis, len(bottom_shapes[0]), self)
         ref = bottom_shapes[0]
@@ -102,6 +113,8 @@ class Slice(Layer):
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         sp = param.slice_param
+        if sp.HasField("axis") and sp.HasField("slice_dim"):
+            raise self.error("slice_param: give either axis or slice_dim, not both")
         axis = sp.axis if sp.HasField("axis") or not sp.HasField("slice_dim") else sp.slice_dim
         self.axis = canonical_axis(axis, len(bottom_shapes[0]), self)
         self.points = [int(p) for p in sp.slice_point]
@@ -127,4 +140,8 @@ class Slice(Layer):
         return [s[: self.axis] + (n,) + s[self.axis + 1:] for n in self._sizes(s[self.axis])]
 
     def forward(self, x):
-        return tuple(torch.split(x, self._sizes(x.shape[self.axis]), dim=self.axis))
+        if len(self.param.top) == 1:
+            return x                   # Caffe: a single top shares the bottom's data and diff
+        # Caffe copies each slice into its top's own (C-ordered) memory
+        return tuple(t.clone(memory_format=torch.contiguous_format)
+                     for t in torch.split(x, self._sizes(x.shape[self.axis]), dim=self.axis))

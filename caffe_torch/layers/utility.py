@@ -132,7 +132,7 @@ class Crop(Layer):
         y = x
         for i in range(self.start, x.dim()):
             y = y.narrow(i, offs[i], ref.shape[i])
-        return y.contiguous()
+        return y.clone(memory_format=torch.contiguous_format)     # its own memory even when nothing is cropped
 
 
 @register("Tile")

@@ -279,19 +279,29 @@ class Pooling(Layer):
         if len(param.top) > 1 and self.method != _Pool.MAX:
             raise self.error("only MAX pooling has a second (mask) top")
         self.global_pooling = pp.global_pooling
-        has_k = pp.HasField("kernel_size") or pp.HasField("kernel_h") or pp.HasField("kernel_w")
-        if self.global_pooling and has_k:
-            raise self.error("with global_pooling, kernel size cannot be specified")
-        if pp.HasField("kernel_size") and (pp.HasField("kernel_h") or pp.HasField("kernel_w")):
-            raise self.error("give either kernel_size or kernel_h/kernel_w, not both")
-        if not self.global_pooling and not has_k:
-            raise self.error("pooling_param needs kernel_size (or kernel_h and kernel_w) or global_pooling")
-        self.kernel = (pp.kernel_h, pp.kernel_w) if pp.HasField("kernel_h") else (pp.kernel_size,) * 2
-        self.pad = (pp.pad_h, pp.pad_w) if (pp.HasField("pad_h") or pp.HasField("pad_w")) else (pp.pad,) * 2
-        if pp.HasField("stride_h") or pp.HasField("stride_w"):
-            self.stride = (pp.stride_h, pp.stride_w)
-        else:
-            self.stride = (pp.stride,) * 2                        # default 1
+        # Caffe's PoolingLayer::LayerSetUp CHECKs, field by field
+        has = pp.HasField
+        if self.global_pooling:
+            if has("kernel_size") or has("kernel_h") or has("kernel_w"):
+                raise self.error("pooling_param: with global_pooling, kernel_size / kernel_h / kernel_w cannot "
+                                 "be specified")
+        elif has("kernel_size") == (has("kernel_h") and has("kernel_w")):
+            raise self.error("pooling_param: the kernel is kernel_size OR kernel_h and kernel_w (both or "
+                             "neither given)")
+        for what in ("pad", "stride"):
+            # `what` alone, or both what_h and what_w without `what`
+            if not ((not has(what) and has(f"{what}_h") and has(f"{what}_w"))
+                    or (not has(f"{what}_h") and not has(f"{what}_w"))):
+                raise self.error(f"pooling_param: {what} is {what} OR {what}_h and {what}_w (got "
+                                 f"{', '.join(f for f in (what, f'{what}_h', f'{what}_w') if has(f))})")
+        # kernel_size wins over a lone kernel_h or kernel_w, as in Caffe
+        self.kernel = (pp.kernel_size,) * 2 if has("kernel_size") else (pp.kernel_h, pp.kernel_w)
+        self.pad = (pp.pad_h, pp.pad_w) if has("pad_h") else (pp.pad,) * 2
+        self.stride = (pp.stride_h, pp.stride_w) if has("stride_h") else (pp.stride,) * 2   # default 1
+        if not self.global_pooling and min(self.kernel) <= 0:
+            raise self.error(f"pooling_param: kernel dimensions {self.kernel} must be positive")
+        if min(self.stride) <= 0:             # Caffe divides by it (a crash there)
+            raise self.error(f"pooling_param: stride {self.stride} must be positive")
         if self.global_pooling:
             if any(self.pad) or self.stride != (1, 1):
                 raise self.error("with global_pooling, pad must be 0 and stride 1")
@@ -299,8 +309,6 @@ class Pooling(Layer):
             raise self.error(f"pad {self.pad} must be smaller than the kernel {self.kernel}")
         if any(self.pad) and self.method == _Pool.STOCHASTIC:
             raise self.error("padding is implemented only for MAX and AVE pooling (as in Caffe)")
-        if not self.global_pooling and (min(self.kernel) <= 0 or min(self.stride) <= 0):
-            raise self.error(f"kernel {self.kernel} and stride {self.stride} must be positive")
         self._divisors: dict[tuple, torch.Tensor] = {}
 
     def _geometry(self, shape):
