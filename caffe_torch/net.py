@@ -94,6 +94,17 @@ def upgrade_inputs(param, src: Source) -> None:
     src.layer_lines.insert(0, 0)
 
 
+def _reshaped_diff(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A diff after its blob's data changed shape (a Filter's batch, a reshaped input), as Caffe's Blob::Reshape
+    leaves it: the same memory while the new count fits in what the blob ever held (its first values, a kept
+    view still aliasing them), new zeroed memory beyond that."""
+    g = g.detach()
+    capacity = g.untyped_storage().nbytes() // g.element_size()
+    if g.storage_offset() == 0 and g.is_contiguous() and shape.numel() <= capacity:
+        return torch.empty(0, dtype=g.dtype, device=g.device).set_(g.untyped_storage(), 0, shape)
+    return torch.zeros(shape, dtype=g.dtype, device=g.device)
+
+
 class _Learnable:
     """One learnable blob as Caffe's Net::AppendParam keeps it: its lr_mult / decay_mult and whether a ParamSpec
     set them. The owner (first layer naming the param, or an unnamed one) gives its ParamSpec's values; a
@@ -383,6 +394,9 @@ class Net(PycaffeNetMixin):
 
         def get_grad():
             g = self._grads.get(name)
+            shape = self._tensors[name].shape
+            if g is not None and g.shape != shape:
+                g = self._grads[name] = _reshaped_diff(g, shape)
             if g is None and name in self._loss_weights:
                 # Caffe writes a loss top's weight into its diff when the net is built (SetLossWeights), and
                 # backward reads it from there: until a backward or the script writes it, that is its diff

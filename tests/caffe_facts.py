@@ -182,5 +182,9 @@ QUIRKS = {q.id: q for q in [
           "solver's train and test nets both have a Data layer; caffe_torch runs them"),
     Quirk("iter-size-zero", "Caffe accepts iter_size: 0, then divides the (zero) diffs by it and every weight "
           "turns NaN at the first step; caffe_torch refuses it when the solver is built"),
+    Quirk("in-place-reshape", "Caffe lets a layer computing in place give its top another shape (MVN's 4-D top on "
+          "a 2-D bottom, ...): Blob::Reshape then reshapes the bottom blob itself at set-up, so every earlier "
+          "reader of that blob sees the new shape from the next forward on (a Slice aborts); caffe_torch refuses "
+          "such a net at construction, naming the layer and the top (give the top another name)"),
     Quirk("scale-min-max", "happynear's Scale min_value / max_value: the build's ScaleParameter lacks them"),
 ]}

@@ -4,8 +4,7 @@ Caffe result stored beside it (stages completed, how it ended, every observation
 
 - test_case: caffe_torch (float32, and float64 as the referee of ill-conditioned values) runs the program and must
   agree with the stored Caffe result within tests/fuzz/compare.py's tolerance; only the real build's documented
-  quirks (tests/caffe_facts.py) are excused. Needs no Caffe build. A case whose fix is still on another branch
-  is a strict xfail naming the divergence (its JSON `status`).
+  quirks (tests/caffe_facts.py) are excused. Needs no Caffe build.
 - test_stored_result_is_the_builds (`caffe`): the real build, run again, still gives the stored result.
 """
 
@@ -38,16 +37,14 @@ def _case(name):
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_case(workers, name, request):
-    prog, theirs, meta = _case(name)
-    if meta["status"].startswith("xfail"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=meta["status"]))
+def test_case(workers, name):
+    prog, theirs, _ = _case(name)
     text, js = prog.net_text, prog.to_json()
     ours = workers["torch"].run(text, js)
     divs = compare_results(prog, theirs, ours)
     if any(d.what == "value" for d in divs):
         divs = compare_results(prog, theirs, ours, workers["torch64"].run(text, js))
-    unexplained = [d for d in classify(prog, divs, explain_pending=False) if not d.cls]
+    unexplained = [d for d in classify(prog, divs) if not d.cls]
     assert not unexplained, f"{name}: caffe_torch differs from the stored Caffe result:\n  " + \
         "\n  ".join(map(str, unexplained[:20]))
 

@@ -14,10 +14,9 @@ must raise one of its own errors (CaffeError: LayerError, PrototxtError, Weights
 naming a layer of the net (or the solver / its file), at the same stage; an engine-internal exception (IndexError,
 RuntimeError ...) is a divergence. A refusal by one engine only is a divergence.
 
-Classification. Each divergence found gets a class: a quirk of the real build (caffe_facts.QUIRKS), a divergence
-another branch is fixing (PENDING, explained only while it is pending), "refused-earlier" (caffe_torch's own check
-refused the case at an earlier stage than the one where Caffe aborts: bad input is refused before long work
-starts), or "" (unexplained).
+Classification. Each divergence found gets a class: a quirk of the real build (caffe_facts.QUIRKS),
+"refused-earlier" (caffe_torch's own check refused the case at an earlier stage than the one where Caffe aborts:
+bad input is refused before long work starts), or "" (unexplained).
 """
 
 from __future__ import annotations
@@ -38,22 +37,8 @@ from .worker import EngineResult
 CONDITION_FACTOR = 10.0
 HEAP_CRASH = re.compile(r"free\(\)|double free|corrupted|Segmentation|malloc")    # glibc's words when the heap breaks
 SPLIT_NAME = re.compile(r"_split(_\d+)?$")     # Caffe's InsertSplits names: <blob>_<layer>_<i>_split[_<j>]
+DIFF_SHARING = ("Reshape", "Concat", "Slice", "Parameter")    # their top shares its bottom's diff (caffe_facts)
 OUR_ERRORS = {"CaffeError", "LayerError", "PrototxtError", "WeightsError"}
-
-# Divergences whose fix is in flight on another branch (issue 19's i19fix work): explained while listed here,
-# and the saved cases showing them are strict xfail tests until the fix is merged.
-PENDING = {
-    "split-layers": "i19fix: Caffe inserts Split layers (and their blobs) where a blob feeds several layers; "
-                    "caffe_torch has no such layers or blobs in the pycaffe surface",
-    "activation-diffs-kept": "i19fix: after solver.step (and after a forward) caffe_torch's activation diffs read "
-                             "zeros, real pycaffe shows the last backward's (net.py clears them at each forward)",
-    "shared-param-mults": "i19fix: Caffe's AppendParam takes a sharer's lr_mult/decay_mult where the owner set "
-                          "none; caffe_torch uses the owner's defaults",
-    "top-memory": "i19fix: Slice / Dropout (TEST, ratio 0) / LabelSpecificAdd and AdditiveAngularMargin (TEST) "
-                  "tops alias their bottom in caffe_torch, Caffe's own their memory",
-    "pooling-pad-checks": "i19fix: Caffe refuses pad with pad_h, or pad_h without pad_w (stride, kernel too)",
-}
-
 
 @dataclass
 class Divergence:
@@ -61,7 +46,7 @@ class Divergence:
     what: str           # refusal | refusal-message | names | shape | value | missing
     key: str            # the observation (e.g. blob/diff/conv3) or the engines' ends
     detail: str
-    cls: str = ""       # quirk id, "pending:<id>", or "" (unexplained)
+    cls: str = ""       # quirk id, "refused-earlier", or "" (unexplained)
     ours_zero: bool = False            # a value divergence where caffe_torch's array is all zero
     refused_earlier: bool = False      # caffe_torch raised its own error before the stage where Caffe aborts
     lists: tuple = ()                  # a names divergence: (ours, Caffe's)
@@ -150,23 +135,6 @@ def _end(r: EngineResult) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ classes
-def _shared_param_mults(net: caffe_pb2.NetParameter) -> bool:
-    """A sharer sets lr_mult or decay_mult that its owner left unset (Caffe's AppendParam takes the sharer's)."""
-    owners = {}
-    for lp in net.layer:
-        for spec in lp.param:
-            if not spec.name:
-                continue
-            if spec.name not in owners:
-                owners[spec.name] = spec
-                continue
-            o = owners[spec.name]
-            if (spec.HasField("lr_mult") and not o.HasField("lr_mult")) or \
-                    (spec.HasField("decay_mult") and not o.HasField("decay_mult")):
-                return True
-    return False
-
-
 def _shared_producer(lp) -> bool:
     return lp.type in SHARING_TYPES or (lp.type == "Concat" and len(lp.bottom) == 1) or \
         (lp.type == "Slice" and len(lp.top) == 1)
@@ -182,9 +150,15 @@ def _empty_window_possible(pp) -> bool:
     return any(s_ > k_ and not p_ for k_, s_, p_ in zip(k, s, p))
 
 
-def _quirk_nets(net: caffe_pb2.NetParameter) -> set[str]:
+def _quirk_nets(net: caffe_pb2.NetParameter, prog: Program) -> set[str]:
     """The QUIRKS of caffe_facts that a net's structure sets off (it then may diverge in any value)."""
     found = set()
+    if prog.backward is not None:
+        # the script writes a diff into every output: into the bottom's diff too where the output's layer shares
+        # it, which a Split below then sums whether or not that layer's backward runs
+        consumed = {b for lp in net.layer for b in lp.bottom}
+        if any(lp.type in DIFF_SHARING and _shared_producer(lp) and set(lp.top) - consumed for lp in net.layer):
+            found.add("shared-blob-memory")
     producer = {}
     consumed = {b for lp in net.layer for b in lp.bottom}
     for lp in net.layer:
@@ -220,12 +194,14 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program) -> dict[str, set[str
     consumed = {b for lp in net.layer for b in lp.bottom}
     for lp in net.layer:
         weights = [w for w in lp.loss_weight]
-        if lp.type in ("Reshape", "Concat", "Slice", "Parameter") and _shared_producer(lp) and any(weights):
+        if lp.type in DIFF_SHARING and _shared_producer(lp) and any(weights):
             keys.setdefault("shared-blob-memory", set()).update(
                 f"blob/diff/{b}" for b in (*lp.bottom, *lp.top))
             keys["shared-blob-memory"].update(f"param/diff/{lp.name}/0" for _ in [0] if lp.type == "Parameter")
-        if lp.type == "Parameter" and prog.backward is not None and lp.top[0] not in consumed:
-            keys.setdefault("shared-blob-memory", set()).update({f"param/diff/{lp.name}/0", f"blob/diff/{lp.top[0]}"})
+        if lp.type == "Parameter":            # its top's diff is the param's (a solver step's update shows)
+            keys.setdefault("shared-blob-memory", set()).add(f"blob/diff/{lp.top[0]}")
+            if prog.backward is not None and lp.top[0] not in consumed:
+                keys["shared-blob-memory"].add(f"param/diff/{lp.name}/0")
         if lp.type == "Reshape":
             keys.setdefault("shared-blob-memory-build", set()).add(f"blob/data/{lp.top[0]}")
         if lp.type == "HingeLoss":
@@ -234,73 +210,50 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program) -> dict[str, set[str
 
 
 def _key_quirk(quirk_keys: dict[str, set[str]], d: Divergence) -> str:
+    # an array the script kept ("kept/blob/diff/x/0") shows what its blob's does ("blob/diff/x")
+    key = d.key.removeprefix("kept/").rsplit("/", 1)[0] if d.key.startswith("kept/") else d.key
     for cls, keys in quirk_keys.items():
         if cls == "shared-blob-memory-build":
-            if d.stage == "build" and d.key in keys:
+            if d.stage == "build" and key in keys:
                 return "shared-blob-memory"
-        elif d.key in keys or any(d.key.startswith(k + "_") and SPLIT_NAME.search(d.key) for k in keys):
+        elif key in keys or any(key.startswith(k + "_") and SPLIT_NAME.search(key) for k in keys):
             return cls
     return ""
 
 
-def classify(prog: Program, divs: list[Divergence], explain_pending: bool = True) -> list[Divergence]:
+def classify(prog: Program, divs: list[Divergence]) -> list[Divergence]:
     """Give each divergence its class (in place; returns `divs`)."""
     net = prog.net_param()
-    quirks = _quirk_nets(net)
+    quirks = _quirk_nets(net, prog)
     quirk_keys = _quirk_keys(net, prog)
-    # a top with an explicit loss weight that a later layer reads: Caffe's InsertSplits moves the weight (and the
-    # diff it writes) to the split's first top
-    consumed = {b for lp in net.layer for b in lp.bottom}
-    split_losses = {f"blob/diff/{t}" for lp in net.layer for t, w in zip(lp.top, lp.loss_weight)
-                    if w and t in consumed}
     stale = stale_view_blobs(net)
     stale_kept = any(what == "blob" and name in stale for what, name, _, _ in prog.keep)
     solver = caffe_pb2.SolverParameter()
     if prog.solver_text:
         text_format.Parse(prog.solver_text, solver)
     types = {lp.type for lp in net.layer}
-    own_memory = {n for lp in net.layer if lp.type in ("Slice", "Dropout", "LabelSpecificAdd",
-                                                        "AdditiveAngularMargin") for n in (*lp.top, *lp.bottom)}
-    kept_written = prog.write_kept and any(what == "blob" and name in own_memory for what, name, _, _ in prog.keep)
     for d in divs:
         if d.what == "refusal" and "new_queue_pairs_" in d.detail:
             d.cls = "data-layer-two-nets"
         elif d.what == "refusal" and prog.expect_field == "iter_size" and "caffe_torch raises" in d.detail:
             d.cls = "iter-size-zero"
+        elif d.what == "refusal" and "in place but changes its shape" in d.detail and "; Caffe completes" in d.detail:
+            d.cls = "in-place-reshape"
         elif d.what == "refusal" and d.refused_earlier:
             d.cls = "refused-earlier"
         elif quirks and (d.what == "value" or d.what == "refusal" and HEAP_CRASH.search(d.detail)):
             d.cls = sorted(quirks)[0]
         elif d.what == "value" and (cls := _key_quirk(quirk_keys, d)):
             d.cls = cls
-        elif d.what == "value" and d.key in split_losses:
-            d.cls = "pending:split-layers"
         elif stale_kept and (d.key.startswith("kept/") or d.what == "refusal"):
             d.cls = "stale-view"
-        elif d.what == "names" and d.key.endswith(("names/blobs", "names/layers", "names/outputs")):
-            ours, theirs = d.lists
-            if [x for x in theirs if not SPLIT_NAME.search(x)] == ours:
-                d.cls = "pending:split-layers"
-        elif d.what == "missing" and d.detail == "only in Caffe" and SPLIT_NAME.search(d.key):
-            d.cls = "pending:split-layers"
         elif d.stage.startswith("step") and d.what == "value" and "BatchNorm" in types and solver.weight_decay:
             d.cls = "batchnorm-stats-trained"
-        elif d.stage.startswith(("step", "fwd")) and d.what == "value" and d.ours_zero and \
-                d.key.startswith(("blob/diff/", "test/blob/diff/")):
-            d.cls = "pending:activation-diffs-kept"
-        elif d.stage.startswith("step") and d.what == "value" and _shared_param_mults(net):
-            d.cls = "pending:shared-param-mults"
-        elif kept_written and d.what == "value":
-            d.cls = "pending:top-memory"
-        if d.cls.startswith("pending:") and not explain_pending:
-            d.cls = ""
     return divs
 
 
 def class_reason(cls: str) -> str:
     """What a divergence class stands for."""
-    if cls.startswith("pending:"):
-        return PENDING[cls.removeprefix("pending:")]
     if cls == "refused-earlier":
         return "caffe_torch's own check refuses the case before the stage where Caffe aborts"
     return QUIRKS[cls].reason

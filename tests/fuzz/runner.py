@@ -69,8 +69,7 @@ class Engines:
             w.close()
         self.pool.shutdown()
 
-    def run(self, prog: Program, explain_pending: bool = True) -> tuple[list[Divergence], EngineResult,
-                                                                       EngineResult]:
+    def run(self, prog: Program) -> tuple[list[Divergence], EngineResult, EngineResult]:
         meta = prog.to_json()
         f_theirs = self.pool.submit(self.caffe.run, prog.net_text, meta)
         ours = self.torch.run(prog.net_text, meta)
@@ -79,7 +78,7 @@ class Engines:
         if any(d.what == "value" for d in divs):
             ref = self.torch64.run(prog.net_text, meta)
             divs = compare_results(prog, theirs, ours, ref)
-        return classify(prog, divs, explain_pending), theirs, ours
+        return classify(prog, divs), theirs, ours
 
 
 def net_types(prog: Program) -> set[str]:
@@ -90,15 +89,13 @@ def net_types(prog: Program) -> set[str]:
     return types
 
 
-def save_case(out_dir: Path, name: str, prog: Program, theirs: EngineResult, divs: list[Divergence],
-              status: str = "") -> Path:
+def save_case(out_dir: Path, name: str, prog: Program, theirs: EngineResult, divs: list[Divergence]) -> Path:
     """NAME.prototxt + NAME.json + NAME.npz in `out_dir` (see the module docstring)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.prototxt").write_text(prog.net_text)
     meta = json.loads(prog.to_json())
     meta["caffe"] = {"stages": theirs.stages, "end": theirs.end, "message": theirs.message}
     meta["divergences"] = [str(d) for d in divs]
-    meta["status"] = status
     (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     np.savez_compressed(out_dir / f"{name}.npz", **{k.replace("/", "|"): np.asarray(v)
                                                     for k, v in theirs.obs.items()})
