@@ -50,6 +50,7 @@ caffe, _IMPORT_ERROR = try_import_pycaffe(OUR_LAYERS)
 
 import caffe_torch  # noqa: E402
 from caffe_torch.proto import caffe_pb2  # noqa: E402
+from tests.caffe_facts import make_array  # noqa: E402
 
 pytestmark = [
     pytest.mark.caffe,
@@ -922,26 +923,7 @@ CASES += [
 def make_inputs(case: Case, rng) -> dict:
     out = {}
     for name, shape, kind in case.inputs:
-        parts = kind.split(":")
-        if parts[0] == "label":
-            v = rng.integers(0, int(parts[1]), size=shape).astype(np.float32)
-            if len(parts) > 2:
-                v.reshape(-1)[::3] = -1
-        elif kind == "int":
-            v = rng.integers(-2, 3, size=shape).astype(np.float32)
-        elif kind == "prob":
-            # probabilities in (0, 1) with a few at 0 (clamped to kLOG_THRESHOLD by the log losses)
-            v = rng.uniform(0.0, 1.0, size=shape).astype(np.float32)
-            v.reshape(-1)[::5] = 0
-        elif kind == "positive":        # uniform in [0.5, 2): for Log and fractional Power
-            v = rng.uniform(0.5, 2.0, size=shape).astype(np.float32)
-        elif kind == "cos":
-            v = rng.uniform(-0.99, 0.99, size=shape).astype(np.float32)
-        else:
-            v = rng.standard_normal(shape).astype(np.float32)
-            if kind == "zeros":
-                v.reshape(-1)[::4] = 0
-        out[name] = v
+        out[name] = make_array(kind, shape, rng)
     if any(kind == "cos" for *_, kind in case.inputs) and "label" in out:
         x, label = out["x"], out["label"].astype(int)
         x[0, label[0]] = -0.95   # below cos(pi - m) for m = 0.5 (and 0.2): the c - m sin m branch

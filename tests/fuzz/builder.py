@@ -68,6 +68,13 @@ class NetGen:
     def chance(self, p: float) -> bool:
         return bool(self.rng.random() < p)
 
+    def bias_term(self, param) -> int:
+        """`bias_term: false` in 3 layers of 10 (Caffe's default is true): the layer's number of blobs."""
+        if self.chance(0.3):
+            param.bias_term = False
+            return 1
+        return 2
+
     def choice(self, seq):
         return seq[int(self.rng.integers(len(seq)))]
 

@@ -66,10 +66,7 @@ def make_inner_product(g: NetGen) -> bool:
     p.num_output = n_out
     if axis != 1 or g.chance(0.2):
         p.axis = axis - nd if g.chance(0.4) else axis
-    nb = 2
-    if g.chance(0.3):
-        p.bias_term = False
-        nb = 1
+    nb = g.bias_term(p)
     if g.chance(0.3):
         p.transpose = True
     if g.chance(0.15):
@@ -87,10 +84,7 @@ def make_embed(g: NetGen) -> bool:
     lp = g.layer("Embed", [idx], [(None, idx.shape + (n_out,), "normal")])
     ep = lp.embed_param
     ep.num_output, ep.input_dim = n_out, k
-    nb = 2
-    if g.chance(0.3):
-        ep.bias_term = False
-        nb = 1
+    nb = g.bias_term(ep)
     g.filler(ep.weight_filler)
     g.share(lp, nb)
     g.share_names(lp, f"Embed{k}-{n_out}-{nb}", nb)

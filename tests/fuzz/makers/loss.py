@@ -21,14 +21,21 @@ def _loss_weight(g, lp, n_tops=1):
             g.blobs[t].terminal = True
 
 
-def make_softmax_loss(g: NetGen) -> bool:
+def _scores_and_labels(g: NetGen, p_axis: float):
+    """A bottom of scores with its class axis (1, or any axis with chance `p_axis`) and a label input for it:
+    (scores, its number of axes, the axis, the classes, the label blob, whether labels -1 are ignored)."""
     b = g.pick(lambda b: len(b.shape) >= 2)
     nd = len(b.shape)
-    axis = int(g.rng.integers(0, nd)) if g.chance(0.2) else 1
+    axis = int(g.rng.integers(0, nd)) if g.chance(p_axis) else 1
     classes = b.shape[axis]
     lshape = b.shape[:axis] + b.shape[axis + 1:]
     ignore = g.chance(0.3)
     label = g.label_input(lshape if lshape else (1,), classes, ignore)
+    return b, nd, axis, classes, label, ignore
+
+
+def make_softmax_loss(g: NetGen) -> bool:
+    b, nd, axis, classes, label, ignore = _scores_and_labels(g, 0.2)
     lp = g.layer("SoftmaxWithLoss", [b, label], [(None, (), "normal")])
     if axis != 1:
         lp.softmax_param.axis = axis - nd if g.chance(0.4) else axis
@@ -117,13 +124,7 @@ def make_infogain(g: NetGen) -> bool:
 
 
 def make_accuracy(g: NetGen) -> bool:
-    b = g.pick(lambda b: len(b.shape) >= 2)
-    nd = len(b.shape)
-    axis = int(g.rng.integers(0, nd)) if g.chance(0.3) else 1
-    classes = b.shape[axis]
-    lshape = b.shape[:axis] + b.shape[axis + 1:]
-    ignore = g.chance(0.3)
-    label = g.label_input(lshape if lshape else (1,), classes, ignore)
+    b, nd, axis, classes, label, ignore = _scores_and_labels(g, 0.3)
     tops = [(None, (), "terminal")]
     if g.chance(0.3):
         tops.append((None, (classes,), "terminal"))

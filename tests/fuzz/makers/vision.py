@@ -102,10 +102,7 @@ def make_conv(type_: str):
             cp.group = group
         if axis != 1:
             cp.axis = axis if g.chance(0.5) else axis - len(b.shape)
-        nb = 2
-        if g.chance(0.3):
-            cp.bias_term = False
-            nb = 1
+        nb = g.bias_term(cp)
         if g.chance(0.1):
             cp.force_nd_im2col = True
         engine_field(g, cp)
