@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import layers as _layers  # noqa: F401  (registers the layer types)
-from .blob import Blob, _ActivationBlob, _HostSync, clear_param_diff, param_blob, share_param_data
+from .blob import Blob, _ActivationBlob, _HostSync, clear_param_diff, param_blob, reshaped_memory, share_param_data
 from .debug_info import backward_debug_info, forward_debug_info
 from .errors import LayerError, PrototxtError
 from .layers.base import BuildContext, known_types, layer_class
@@ -92,17 +92,6 @@ def upgrade_inputs(param, src: Source) -> None:
     param.layer.extend(layers)
     del param.input[:], param.input_dim[:], param.input_shape[:]
     src.layer_lines.insert(0, 0)
-
-
-def _reshaped_diff(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """A diff after its blob's data changed shape (a Filter's batch, a reshaped input), as Caffe's Blob::Reshape
-    leaves it: the same memory while the new count fits in what the blob ever held (its first values, a kept
-    view still aliasing them), new zeroed memory beyond that."""
-    g = g.detach()
-    capacity = g.untyped_storage().nbytes() // g.element_size()
-    if g.storage_offset() == 0 and g.is_contiguous() and shape.numel() <= capacity:
-        return torch.empty(0, dtype=g.dtype, device=g.device).set_(g.untyped_storage(), 0, shape)
-    return torch.zeros(shape, dtype=g.dtype, device=g.device)
 
 
 class _Learnable:
@@ -396,7 +385,11 @@ class Net(PycaffeNetMixin):
             g = self._grads.get(name)
             shape = self._tensors[name].shape
             if g is not None and g.shape != shape:
-                g = self._grads[name] = _reshaped_diff(g, shape)
+                # the data changed shape (a Filter's batch, a reshaped input): Caffe's Blob::Reshape reshapes the
+                # diff with it, in the same memory while it fits, else in new zeroed memory
+                g = reshaped_memory(g, shape)
+                g = self._grads[name] = g if g is not None else torch.zeros(shape, dtype=self.dtype,
+                                                                            device=self.device)
             if g is None and name in self._loss_weights:
                 # Caffe writes a loss top's weight into its diff when the net is built (SetLossWeights), and
                 # backward reads it from there: until a backward or the script writes it, that is its diff
