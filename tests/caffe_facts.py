@@ -173,6 +173,9 @@ QUIRKS = {q.id: q for q in [
     Quirk("hinge-scratch-diff", "HingeLoss computes its forward in its bottom's diff (caffe_copy into "
           "bottom[0]->mutable_cpu_diff(), hinge_loss_layer.cpp), so after a forward that diff holds the margins "
           "until a backward overwrites it; caffe_torch leaves the diff alone"),
+    Quirk("scale-scratch-diff", "ScaleLayer::Backward computes the scale's gradient in its bottom 0's diff (the "
+          "\"hack\" of scale_layer.cpp: the eltwise product top_diff * bottom_data stored there), also where "
+          "propagate_down is false for that bottom, which is then left holding it; caffe_torch gives it no diff"),
     Quirk("stale-view", "pycaffe use-after-free, not reproduced: a .data view of a Flatten, Split or Parameter "
           "top (or of a MemoryData / Data / ImageData top) taken before a forward points at memory that the "
           "forward replaces (ShareData / set_cpu_data) and frees, and so does a .diff view of a Flatten's bottom "
