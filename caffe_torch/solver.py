@@ -33,6 +33,7 @@ from .blob import set_param_diff
 from .errors import PrototxtError, WeightsError
 from .mode import set_random_seed
 from .net import TEST, TRAIN, Net
+from .opcount import host_values
 from .proto import caffe_pb2
 from .prototxt import read_solver
 from .pycaffe_solver import PycaffeSolverMixin
@@ -84,6 +85,34 @@ def learning_rate(param, it: int, current_step: int) -> tuple[float, int]:
                         "sigmoid")
 
 
+class SmoothedLoss:
+    """Caffe's UpdateSmoothedLoss (the display's loss, the mean of the last `average_loss` iterations' losses,
+    updated incrementally as Caffe does) kept on the device: per iteration a few float64 scalar kernels and
+    no read; `read()` is the one device read. The arithmetic is Caffe's formula in float64."""
+
+    def __init__(self, average_loss: int, start_iter: int):
+        self.average = max(1, average_loss)
+        self.start_iter = start_iter
+        self.losses: list[torch.Tensor] = []
+        self.value: torch.Tensor | None = None
+
+    def update(self, loss: torch.Tensor, it: int) -> None:
+        """Add the loss (a float64 device scalar) of iteration `it`."""
+        if len(self.losses) < self.average:
+            self.losses.append(loss)
+            n = len(self.losses)
+            # (0 * 0 + loss) / 1 is loss exactly: the first iteration needs no arithmetic
+            self.value = loss if n == 1 else (self.value * (n - 1) + loss) / n
+        else:
+            idx = (it - self.start_iter) % self.average
+            self.value = self.value + (loss - self.losses[idx]) / self.average
+            self.losses[idx] = loss
+
+    def read(self) -> float:
+        """The smoothed loss (0 before any iteration, as Caffe's)."""
+        return 0.0 if self.value is None else host_values(self.value)[0]
+
+
 _LEGACY_TYPES = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
 
 
@@ -116,13 +145,15 @@ class Solver(PycaffeSolverMixin):
     SolverParameter), `dtype=`, `device=`, `base_dir=` (where relative net paths are also looked up),
     `blob_diffs=` (default True: after a step every activation blob's `.diff` holds the last backward's diff,
     as in pycaffe; False for a training loop that never reads them, which then keeps neither their memory nor
-    the per-top views of Split layers)."""
+    the per-top views of Split layers), `label_checks=` (default True: the loss, accuracy and margin layers check
+    the label range, as Caffe's, which reads the labels on the host every forward; False for a training loop
+    that checks its labels on the host before uploading them)."""
 
     type_name = "SGD"
     n_history = 1     # history blobs per learnable blob (Adam and AdaDelta keep two)
 
     def __init__(self, solver_file=None, *, solver_param=None, dtype=torch.float32, device=None,
-                 base_dir=None, blob_diffs=True):
+                 base_dir=None, blob_diffs=True, label_checks=True):
         if solver_param is None:
             if solver_file is None:
                 raise TypeError("Solver needs a solver prototxt file (or solver_param=)")
@@ -143,6 +174,8 @@ class Solver(PycaffeSolverMixin):
             set_random_seed(p.random_seed)
         self.blob_diffs = bool(blob_diffs)
         self.net = self._make_net(TRAIN, None, dtype, device)
+        for layer in self.net.modules:
+            layer.check_labels = bool(label_checks)
         n_test = self._num_test_nets()
         self.test_nets = [self._make_net(TEST, i, dtype, device) for i in range(n_test)]
         for tn in self.test_nets:
@@ -157,8 +190,11 @@ class Solver(PycaffeSolverMixin):
         self._lr_mults = [lr if prm.requires_grad else 0.0 for prm, lr, _, _ in self._params]
         # Caffe's layout: [first history of every blob..., second history of every blob...] (Adam, AdaDelta)
         self.history = [torch.zeros_like(prm.data) for _ in range(self.n_history) for prm, *_ in self._params]
-        self._losses: list[float] = []
-        self.smoothed_loss = 0.0
+        self.loss_window = SmoothedLoss(self.param.average_loss, 0)
+        self.displayed_loss = math.nan     # the loss of the last display line (caffe_torch extension)
+        # A SmoothedLoss kept across step() calls, or None: a script's step(1) loop then smooths over the whole
+        # run, as `caffe train` does (Caffe's Step starts a new window at every call). caffe_torch extension.
+        self.run_window: SmoothedLoss | None = None
         self.last_lr = None
         # Called after each iteration's update with the solver; return "snapshot" / "stop" / None (Caffe's
         # action request, used for signals). caffe_torch extension.
@@ -299,31 +335,47 @@ class Solver(PycaffeSolverMixin):
     def _dtype_round(self, x: float) -> float:
         return float(np.float32(x)) if self.net.dtype == torch.float32 else float(x)
 
-    def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
-        average = max(1, self.param.average_loss)
-        if len(self._losses) < average:
-            self._losses.append(loss)
-            n = len(self._losses)
-            self.smoothed_loss = (self.smoothed_loss * (n - 1) + loss) / n
-        else:
-            idx = (self.iter - start_iter) % average
-            self.smoothed_loss += (loss - self._losses[idx]) / average
-            self._losses[idx] = loss
-
-    def forward_backward(self) -> float:
-        """One forward + backward of the train net; returns its loss (diffs accumulate). A NaN or infinite
-        loss is Caffe's business as usual: it shows in the display line and training goes on (the training
-        scripts stop on it themselves)."""
+    def forward_backward(self) -> torch.Tensor:
+        """One forward + backward of the train net; returns its loss as a float64 device scalar, read by
+        nothing (diffs accumulate). A NaN or infinite loss is Caffe's business as usual: it shows in the
+        display line and training goes on (the training scripts stop on it themselves)."""
         net = self.net
-        net.forward_range(0, len(net._layers) - 1, retain_blob_diffs=self.blob_diffs)
+        loss = net.forward_range(0, len(net._layers) - 1, retain_blob_diffs=self.blob_diffs)
         net.backward_loss(retain_blob_diffs=self.blob_diffs)
-        return net.loss_value()
+        return self._loss_scalar(loss)
+
+    def _loss_scalar(self, loss: torch.Tensor | None) -> torch.Tensor:
+        """A forward's loss as a float64 device scalar (Caffe's Dtype loss summed in double, as Python
+        floats did; a net without loss layers has loss 0)."""
+        if loss is None:
+            return torch.zeros((), dtype=torch.float64, device=self.net.device)
+        return loss.detach().to(torch.float64)
+
+    def _display(self) -> None:
+        """Caffe's display lines: the smoothed loss and every train net output, read in one device read;
+        `displayed_loss` keeps the value for the training scripts (caffe_torch extension)."""
+        net = self.net
+        outs = [net.blobs[name].tensor.detach().reshape(-1).to(torch.float64) for name in net.outputs]
+        values = host_values(torch.cat([self.loss_window.value.reshape(1), *outs]))
+        self.displayed_loss = values[0]
+        log.info("Iteration %d, loss = %.6g", self.iter, self.displayed_loss)
+        per_output, k = {}, 1
+        for name, t in zip(net.outputs, outs):
+            per_output[name] = values[k:k + t.numel()]
+            k += t.numel()
+        self._log_outputs(net, "Train", per_output)
+
+    @property
+    def smoothed_loss(self) -> float:
+        """Caffe's smoothed loss of the last step() call (a device read)."""
+        return self.loss_window.read()
 
     def step(self, iters: int) -> None:
+        """Caffe's Solver::Step: a new smoothing window per call, unless `run_window` holds one. Nothing is read
+        from the device except at display iterations (one read)."""
         p = self.param
-        start_iter = self.iter
         stop_iter = self.iter + iters
-        self._losses, self.smoothed_loss = [], 0.0
+        self.loss_window = self.run_window or SmoothedLoss(p.average_loss, self.iter)
         t0, i0 = time.perf_counter(), self.iter
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
@@ -333,19 +385,19 @@ class Solver(PycaffeSolverMixin):
             self._run_on_start()
             display = p.display and self.iter % p.display == 0
             self.net.debug_info = bool(display and p.debug_info)
-            loss = 0.0
-            for _ in range(p.iter_size):
-                loss += self.forward_backward()
-            loss /= p.iter_size
+            loss = self.forward_backward()
+            for _ in range(1, p.iter_size):
+                loss = loss + self.forward_backward()
+            if p.iter_size > 1:
+                loss = loss / p.iter_size
             if self.gradient_hook is not None:
                 loss = self.gradient_hook(self, loss)
-            self._update_smoothed_loss(loss, start_iter)
+            self.loss_window.update(loss, self.iter)
             if display:
                 dt = time.perf_counter() - t0
                 rate = (self.iter - i0) / dt if dt > 0 and self.iter > i0 else float("nan")
-                log.info("Iteration %d, loss = %.6g", self.iter, self.smoothed_loss)
+                self._display()
                 log.debug("Iteration %d: %.3g iter/s", self.iter, rate)
-                self._log_outputs(self.net, "Train")
                 t0, i0 = time.perf_counter(), self.iter
             self._run_on_gradients()
             self.apply_update()
@@ -367,7 +419,6 @@ class Solver(PycaffeSolverMixin):
         if resume_file:
             log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
-        start_iter = self.iter
         self.step(p.max_iter - self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             self.snapshot()
@@ -376,19 +427,18 @@ class Solver(PycaffeSolverMixin):
             return
         if p.display and self.iter % p.display == 0:
             with torch.no_grad():
-                self.net.forward_range(0, len(self.net._layers) - 1)
-            self._update_smoothed_loss(self.net.loss_value(), start_iter)
-            log.info("Iteration %d, loss = %.6g", self.iter, self.smoothed_loss)
+                loss = self.net.forward_range(0, len(self.net._layers) - 1)
+            self.loss_window.update(self._loss_scalar(loss), self.iter)
+            self._display()
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         log.info("Optimization Done.")
 
-    def _log_outputs(self, net: Net, label: str, values: dict[str, float] | None = None) -> None:
+    def _log_outputs(self, net: Net, label: str, values: dict[str, list[float]]) -> None:
         index = 0
         for name in net.outputs:
-            data = values[name] if values is not None else net.blobs[name].data.reshape(-1)
             w = net._loss_weights.get(name, 0.0)
-            for v in (data if hasattr(data, "__len__") else [data]):
+            for v in values.get(name, []):
                 extra = f" (* {w:g} = {w * float(v):.6g} loss)" if w else ""
                 log.info("    %s net output #%d: %s = %.6g%s", label, index, name, float(v), extra)
                 index += 1
@@ -403,24 +453,24 @@ class Solver(PycaffeSolverMixin):
             tn.share_with(self.net)
             sums: dict[str, torch.Tensor] = {}
             n = self.param.test_iter[i]
-            loss = 0.0
+            loss = torch.zeros((), dtype=torch.float64, device=tn.device)
             with torch.no_grad():
                 for _ in range(n):
-                    tn.forward_range(0, len(tn._layers) - 1)
-                    loss += tn.loss_value()
+                    out = tn.forward_range(0, len(tn._layers) - 1)
+                    if out is not None:
+                        loss = loss + out.detach().to(torch.float64)
                     for name in tn.outputs:
                         v = tn.blobs[name].tensor.detach().reshape(-1).to(torch.float64)
                         sums[name] = sums[name] + v if name in sums else v.clone()
+            # one device read for the whole test
+            flat = host_values(torch.cat([loss.reshape(1)] + [v / max(n, 1) for v in sums.values()]))
             if self.param.test_compute_loss and n:
-                log.info("Test loss: %.6g", loss / n)
-            means = {k: (v / max(n, 1)).cpu().numpy() for k, v in sums.items()}
-            index = 0
-            for name in tn.outputs:
-                w = tn._loss_weights.get(name, 0.0)
-                for v in means.get(name, []):
-                    extra = f" (* {w:g} = {w * float(v):.6g} loss)" if w else ""
-                    log.info("    Test net output #%d: %s = %.6g%s", index, name, float(v), extra)
-                    index += 1
+                log.info("Test loss: %.6g", flat[0] / n)
+            means, k = {}, 1
+            for name, v in sums.items():
+                means[name] = np.array(flat[k:k + v.numel()])
+                k += v.numel()
+            self._log_outputs(tn, "Test", means)
             results.append(means)
         return results
 
