@@ -190,6 +190,9 @@ class Solver(PycaffeSolverMixin):
         self._lr_mults = [lr if prm.requires_grad else 0.0 for prm, lr, _, _ in self._params]
         # Caffe's layout: [first history of every blob..., second history of every blob...] (Adam, AdaDelta)
         self.history = [torch.zeros_like(prm.data) for _ in range(self.n_history) for prm, *_ in self._params]
+        # per learnable blob: is its history still all zero (then a frozen blob's update is provably zero)
+        self._zero_history = [True] * len(self._params)
+        self._groups = self._update_groups()
         self.loss_window = SmoothedLoss(self.param.average_loss, 0)
         self.displayed_loss = math.nan     # the loss of the last display line (caffe_torch extension)
         # A SmoothedLoss kept across step() calls, or None: a script's step(1) loop then smooths over the whole
@@ -475,8 +478,28 @@ class Solver(PycaffeSolverMixin):
         return results
 
     # ------------------------------------------------------------------ update
+    def _update_groups(self) -> list[tuple[float, float, list[int]]]:
+        """(lr_mult, decay_mult, blob indices): the learnable blobs grouped by their multipliers, so that the
+        update is a few torch._foreach_* calls per group with one scalar each (the same kernels, element by
+        element, as a loop over the blobs)."""
+        groups: dict[tuple[float, float], list[int]] = {}
+        for i, ((_, _, decay_mult, _), lr_mult) in enumerate(zip(self._params, self._lr_mults)):
+            groups.setdefault((lr_mult, decay_mult), []).append(i)
+        return [(lr, decay, idx) for (lr, decay), idx in groups.items()]
+
+    def _update_is_zero(self, lr_mult: float, local_decay: float, i: int) -> bool:
+        """Is Caffe's update of blob i provably zero, history included (so that it can be skipped)? With lr_mult
+        0 and a zero history: SGD/Nesterov keep history = momentum * 0; the other rules add a function of the
+        diff, which is zero when no weight decay adds to it."""
+        return lr_mult == 0 and self._zero_history[i] and (local_decay == 0 or
+                                                            self.type_name in ("SGD", "Nesterov"))
+
     @torch.no_grad()
     def apply_update(self) -> None:
+        """SGDSolver::ApplyUpdate for all blobs at once: clip, then per group of blobs normalize, regularize, the
+        solver's rule (compute_update) and Net::Update, in place on the diffs (which end up holding the update,
+        as in Caffe), a few torch._foreach_* calls per group. Blobs whose update is provably zero cost nothing.
+        Nothing is read from the device, except the gradient norm when clip_gradients is set (Caffe logs it)."""
         p = self.param
         self.updating = True
         self.net._sync.flush()
@@ -484,33 +507,59 @@ class Solver(PycaffeSolverMixin):
         self.last_lr = rate
         if p.display and self.iter % p.display == 0:
             log.info("Iteration %d, lr = %.6g", self.iter, rate)
-        grads = [prm.grad if prm.grad is not None else torch.zeros_like(prm) for prm, *_ in self._params]
-        # ClipGradients: on the accumulated diffs (before the iter_size normalisation); Caffe returns only
-        # when clip_gradients < 0, so 0 clips everything to zero.
         if p.clip_gradients >= 0:
-            norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
-            if norm > p.clip_gradients:
-                factor = p.clip_gradients / norm
-                log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale factor %g",
-                         norm, p.clip_gradients, factor)
-                grads = [g * factor for g in grads]
-        updates = []
-        for i, ((prm, _, decay_mult, _), lr_mult, g) in enumerate(zip(self._params, self._lr_mults, grads)):
-            if p.iter_size > 1:                                    # Normalize
-                g = g * (1.0 / p.iter_size)
-            local_decay = p.weight_decay * decay_mult              # Regularize
-            if local_decay:
-                if p.regularization_type == "L2":
-                    g = g + local_decay * prm
-                else:
-                    g = g + local_decay * torch.sign(prm)
-            updates.append(self.compute_update(i, g, self._dtype_round(rate * lr_mult)))
-        # Net::Update: data -= diff, where the diff now holds the update (as pycaffe shows it after a step)
-        for (prm, *_), update in zip(self._params, updates):
-            prm.sub_(update)
-            set_param_diff(prm, update)
+            self._clip_gradients()
+        for lr_mult, decay_mult, indices in self._groups:
+            local_decay = p.weight_decay * decay_mult
+            live = []
+            for i in indices:
+                prm = self._params[i][0]
+                if self._update_is_zero(lr_mult, local_decay, i):
+                    if prm.grad is not None:           # the diff shows the (zero) update, as in Caffe
+                        prm.grad.zero_()
+                    continue
+                if prm.grad is None:
+                    set_param_diff(prm, torch.zeros_like(prm))
+                live.append(i)
+            if not live:
+                continue
+            params = [self._params[i][0] for i in live]
+            grads = [prm.grad for prm in params]
+            if p.iter_size > 1:                                        # Normalize
+                torch._foreach_mul_(grads, 1.0 / p.iter_size)
+            if local_decay:                                            # Regularize
+                decay = params if p.regularization_type == "L2" else torch._foreach_sign(params)
+                torch._foreach_add_(grads, torch._foreach_mul(decay, local_decay))
+            self.compute_update(live, grads, self._dtype_round(rate * lr_mult))
+            for i in live:
+                self._zero_history[i] = False
+            torch._foreach_sub_(params, grads)                         # Net::Update: data -= diff
         self._after_update()
         self.updating = False
+
+    def _clip_gradients(self) -> None:
+        """Caffe's ClipGradients on the accumulated diffs (before the iter_size normalisation): one reduction
+        (the global L2 norm, in float64) and one read; Caffe returns only when clip_gradients < 0, so 0 clips
+        everything to zero."""
+        p = self.param
+        grads = [prm.grad for prm, *_ in self._params if prm.grad is not None]
+        if not grads:
+            return
+        norm = host_values(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64))))[0]
+        if norm > p.clip_gradients:
+            factor = p.clip_gradients / norm
+            log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale factor %g",
+                     norm, p.clip_gradients, factor)
+            torch._foreach_mul_(grads, factor)
+
+    def match_history_layout(self) -> None:
+        """Give every history blob its parameter's memory format (after caffe_torch.fast made convolution
+        weights channels_last), so that the foreach update reads both in one order."""
+        n = len(self._params)
+        for k, h in enumerate(self.history):
+            prm = self._params[k % n][0]
+            if h.stride() != prm.stride():
+                self.history[k] = torch.empty_like(prm).copy_(h)
 
     def _after_update(self) -> None:
         # happynear fork: optional clamping / clipping of weights after the update (off by default)
@@ -524,8 +573,14 @@ class Solver(PycaffeSolverMixin):
                 if lo is not None or hi is not None:
                     prm.clamp_(lo, hi)
 
-    def compute_update(self, i: int, g: torch.Tensor, local_rate: float) -> torch.Tensor:
+    def compute_update(self, indices: list[int], grads: list[torch.Tensor], local_rate: float) -> None:
+        """The solver's rule for blobs `indices` (one group: one local rate): update their history and replace
+        their diffs `grads` by the update, in place (Caffe's ComputeUpdateValue)."""
         raise NotImplementedError
+
+    def _histories(self, indices: list[int], which: int = 0) -> list[torch.Tensor]:
+        n = len(self._params)
+        return [self.history[which * n + i] for i in indices]
 
     # ------------------------------------------------------------------ snapshots
     def snapshot_filename(self, ext: str) -> str:
@@ -607,6 +662,9 @@ class Solver(PycaffeSolverMixin):
         with torch.no_grad():
             for h, values in zip(self.history, histories):
                 h.copy_(torch.from_numpy(np.ascontiguousarray(values).reshape(h.shape)).to(h.dtype))
+        n = len(self._params)
+        self._zero_history = [not any(histories[k * n + i].any() for k in range(self.n_history))
+                              for i in range(n)]
         self._iter = state.iter
         self.current_step = state.current_step
         self.updating = False
@@ -619,21 +677,25 @@ class Solver(PycaffeSolverMixin):
 class SGDSolver(Solver):
     type_name = "SGD"
 
-    def compute_update(self, i, g, local_rate):
-        h = self.history[i]
-        h.mul_(self.param.momentum).add_(g, alpha=local_rate)
-        return h.clone()
+    def compute_update(self, indices, grads, local_rate):
+        h = self._histories(indices)
+        torch._foreach_mul_(h, self.param.momentum)           # history = momentum * history + rate * diff
+        torch._foreach_add_(h, grads, alpha=local_rate)
+        torch._foreach_copy_(grads, h)                        # diff = history
 
 
 class NesterovSolver(Solver):
     type_name = "Nesterov"
 
-    def compute_update(self, i, g, local_rate):
-        h = self.history[i]
+    def compute_update(self, indices, grads, local_rate):
+        h = self._histories(indices)
         m = self.param.momentum
-        old = h.clone()
-        h.mul_(m).add_(g, alpha=local_rate)
-        return (1 + m) * h - m * old
+        old = torch._foreach_mul(h, m)                        # momentum * the history before this step
+        torch._foreach_mul_(h, m)
+        torch._foreach_add_(h, grads, alpha=local_rate)
+        update = torch._foreach_mul(h, 1 + m)                 # (1 + momentum) * history - momentum * old
+        torch._foreach_sub_(update, old)
+        torch._foreach_copy_(grads, update)
 
 
 class AdaGradSolver(Solver):
@@ -643,10 +705,18 @@ class AdaGradSolver(Solver):
         if self.param.momentum != 0:
             raise PrototxtError(f"{self.path}: momentum cannot be used with AdaGrad")
 
-    def compute_update(self, i, g, local_rate):
-        h = self.history[i]
-        h.add_(g * g)
-        return local_rate * g / (h.sqrt() + self.param.delta)
+    def compute_update(self, indices, grads, local_rate):
+        h = self._histories(indices)
+        torch._foreach_add_(h, torch._foreach_mul(grads, grads))     # history += diff^2
+        _scaled_by_rms(grads, h, self.param.delta, local_rate)
+
+
+def _scaled_by_rms(grads: list[torch.Tensor], h: list[torch.Tensor], delta: float, local_rate: float) -> None:
+    """diff = rate * diff / (sqrt(history) + delta), in place (AdaGrad, RMSProp)."""
+    denom = torch._foreach_sqrt(h)
+    torch._foreach_add_(denom, delta)
+    torch._foreach_mul_(grads, local_rate)
+    torch._foreach_div_(grads, denom)
 
 
 class RMSPropSolver(Solver):
@@ -658,40 +728,58 @@ class RMSPropSolver(Solver):
         if not 0 <= self.param.rms_decay < 1:
             raise PrototxtError(f"{self.path}: rms_decay should lie between 0 and 1")
 
-    def compute_update(self, i, g, local_rate):
-        h = self.history[i]
+    def compute_update(self, indices, grads, local_rate):
+        h = self._histories(indices)
         d = self.param.rms_decay
-        h.mul_(d).add_((1 - d) * g * g)
-        return local_rate * g / (h.sqrt() + self.param.delta)
+        sq = torch._foreach_mul(grads, 1 - d)                 # history = d * history + (1 - d) * diff^2
+        torch._foreach_mul_(sq, grads)
+        torch._foreach_mul_(h, d)
+        torch._foreach_add_(h, sq)
+        _scaled_by_rms(grads, h, self.param.delta, local_rate)
+
+
+def _decayed_square_(hist: list[torch.Tensor], x: list[torch.Tensor], m: float) -> None:
+    """hist = m * hist + (1 - m) * x^2, in place (AdaDelta's and Adam's second moments)."""
+    sq = torch._foreach_mul(x, 1 - m)
+    torch._foreach_mul_(sq, x)
+    torch._foreach_mul_(hist, m)
+    torch._foreach_add_(hist, sq)
 
 
 class AdaDeltaSolver(Solver):
     type_name = "AdaDelta"
     n_history = 2
 
-    def compute_update(self, i, g, local_rate):
-        n = len(self._params)
-        grad_hist, upd_hist = self.history[i], self.history[n + i]
+    def compute_update(self, indices, grads, local_rate):
+        grad_hist, upd_hist = self._histories(indices, 0), self._histories(indices, 1)
         m, delta = self.param.momentum, self.param.delta
-        grad_hist.mul_(m).add_((1 - m) * g * g)
-        update = g * torch.sqrt((upd_hist + delta) / (grad_hist + delta))
-        upd_hist.mul_(m).add_((1 - m) * update * update)
-        return local_rate * update
+        _decayed_square_(grad_hist, grads, m)
+        ratio = torch._foreach_add(upd_hist, delta)           # update = diff * sqrt((uh + delta) / (gh + delta))
+        torch._foreach_div_(ratio, torch._foreach_add(grad_hist, delta))
+        torch._foreach_sqrt_(ratio)
+        torch._foreach_mul_(grads, ratio)
+        _decayed_square_(upd_hist, grads, m)
+        torch._foreach_mul_(grads, local_rate)
 
 
 class AdamSolver(Solver):
     type_name = "Adam"
     n_history = 2
 
-    def compute_update(self, i, g, local_rate):
-        n = len(self._params)
-        m, v = self.history[i], self.history[n + i]
+    def compute_update(self, indices, grads, local_rate):
+        m, v = self._histories(indices, 0), self._histories(indices, 1)
         b1, b2 = self.param.momentum, self.param.momentum2
-        m.mul_(b1).add_((1 - b1) * g)
-        v.mul_(b2).add_((1 - b2) * g * g)
+        first = torch._foreach_mul(grads, 1 - b1)             # m = b1 * m + (1 - b1) * diff
+        torch._foreach_mul_(m, b1)
+        torch._foreach_add_(m, first)
+        _decayed_square_(v, grads, b2)                        # v = b2 * v + (1 - b2) * diff^2
         t = self.iter + 1
         correction = math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-        return local_rate * correction * m / (v.sqrt() + self.param.delta)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_add_(denom, self.param.delta)
+        update = torch._foreach_mul(m, local_rate * correction)
+        torch._foreach_div_(update, denom)
+        torch._foreach_copy_(grads, update)
 
 
 _SOLVERS = {cls.type_name: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,
