@@ -201,3 +201,23 @@ def test_float64_net_round_trip(tmp_path):
     a.save(str(tmp_path / "a.caffemodel"))
     b = caffe.Net(str(path), str(tmp_path / "a.caffemodel"), caffe.TEST, dtype=torch.float64)
     np.testing.assert_array_equal(b.params["fc"][0].data, a.params["fc"][0].data.astype(np.float32))
+
+
+def test_packed_blob_bytes_equal_protobufs_own_encoding():
+    """array_to_blob writes the values as packed wire bytes from NumPy: the same bytes protobuf makes from a
+    list of floats (empty and 0-axis blobs included), and float64 history exactly (double_data)."""
+    import torch
+
+    from caffe_torch.proto import caffe_pb2
+    from caffe_torch.weights import array_to_blob, blob_to_array
+
+    rng = np.random.default_rng(0)
+    for shape in [(), (0,), (3,), (4, 5, 3, 3), (1000,)]:
+        a = np.asarray(rng.standard_normal(shape), dtype=np.float64)
+        reference = caffe_pb2.BlobProto()
+        if a.ndim:                  # a 0-axis blob has no shape field (as Caffe writes it)
+            reference.shape.dim.extend(a.shape)
+        reference.data.extend(a.astype(np.float32).ravel().tolist())
+        assert array_to_blob(torch.from_numpy(a)).SerializeToString() == reference.SerializeToString()
+        exact = array_to_blob(torch.from_numpy(a), keep_double=True)
+        assert len(exact.data) == 0 and np.array_equal(blob_to_array(exact), a)
