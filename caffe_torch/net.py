@@ -123,10 +123,12 @@ class _Learnable:
 class Net(PycaffeNetMixin):
     """pycaffe-compatible net. `Net(prototxt, phase)`, `Net(prototxt, weights, phase)`, or keywords
     `weights=`, `level=`, `stages=`; caffe_torch extensions: `dtype=` (default float32), `device=` (default
-    from set_mode_cpu/gpu and set_device), `net_param=` (an already parsed NetParameter instead of a file)."""
+    from set_mode_cpu/gpu and set_device), `net_param=` (an already parsed NetParameter instead of a file),
+    `record_layer_inputs=` (default True; False for a training loop's net that never runs a ranged backward:
+    its forwards then keep no per-layer records, see pycaffe_net)."""
 
     def __init__(self, network_file=None, *args, phase=None, weights=None, level=0, stages=None,
-                 dtype=torch.float32, device=None, net_param=None):
+                 dtype=torch.float32, device=None, net_param=None, record_layer_inputs=True):
         if len(args) == 2:            # Net(prototxt, weights, phase)
             weights, phase = args
         elif len(args) == 1:          # Net(prototxt, phase)
@@ -167,7 +169,7 @@ class Net(PycaffeNetMixin):
         upgrade_inputs(net_param, src)
         self._net_param = net_param
         self._build(net_param, state, src)
-        self._init_pycaffe()
+        self._init_pycaffe(record_layer_inputs)
         if weights is not None:
             self.copy_from(weights)
 
@@ -514,6 +516,7 @@ class Net(PycaffeNetMixin):
 
     def backward_loss(self, extra=None, retain_blob_diffs: bool = False) -> None:
         """caffe_torch only: autograd from the last forward's loss (and `extra` {blob: diff})."""
+        self._layer_inputs.clear()          # pycaffe_net's records of the forward go with its graph
         self._sync.flush()
         roots, seeds = [], []
         if self._loss is not None and self._loss.requires_grad:

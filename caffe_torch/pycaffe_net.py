@@ -49,24 +49,19 @@ class PycaffeLayerView:
 
 class PycaffeNetMixin:
     # ------------------------------------------------------------------ set-up (called by Net.__init__)
-    def _init_pycaffe(self) -> None:
+    def _init_pycaffe(self, record_layer_inputs: bool) -> None:
         """Record each layer's bottoms while a forward records a graph (for a ranged backward on in-place
-        blobs); the training loop's `backward_loss` drops them, so they live only from a forward to its
-        backward, as the graph itself does."""
+        blobs), unless the net is built without (`record_layer_inputs=False`: a training loop's, which then
+        pays nothing per layer); the training loop's `backward_loss` drops them, so they live only from a
+        forward to its backward, as the graph itself does."""
         self._layer_inputs: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._records_layer_inputs = record_layer_inputs
         # the last forward's graph was used by a backward (autograd frees it): a second backward goes layer
         # by layer, as Caffe allows any number of backward passes
         self._graph_used = False
-        for i, module in enumerate(self._layers):
-            module.register_forward_hook(partial(self._record_layer_inputs, i))
-        core_backward_loss = self._core_backward_loss = self.backward_loss
-
-        def backward_loss(*args, **kwargs):
-            self._layer_inputs.clear()
-            return core_backward_loss(*args, **kwargs)
-
-        backward_loss.__doc__ = core_backward_loss.__doc__
-        self.backward_loss = backward_loss
+        if record_layer_inputs:
+            for i, module in enumerate(self._layers):
+                module.register_forward_hook(partial(self._record_layer_inputs, i))
 
     def _record_layer_inputs(self, index: int, module, args, output) -> None:
         if torch.compiler.is_compiling():
@@ -164,7 +159,10 @@ class PycaffeNetMixin:
         if whole and self._recorded_graph():
             extra = {name: self.blobs[name].diff.copy() for name in self.outputs
                      if name not in self._loss_weights}
-            self._core_backward_loss(extra=extra, retain_blob_diffs=True)
+            records = dict(self._layer_inputs)       # kept for a second (layer by layer) backward
+            # the class's backward_loss: caffe_torch.fast's compiled one serves the training loop only
+            type(self).backward_loss(self, extra=extra, retain_blob_diffs=True)
+            self._layer_inputs.update(records)
             self._graph_used = True
         else:
             self._backward_layerwise(start, end)
@@ -196,6 +194,10 @@ class PycaffeNetMixin:
         return per_layer
 
     def _backward_layerwise(self, start: int, end: int) -> None:
+        if not self._records_layer_inputs:
+            raise ValueError(f"net '{self.name}' was built without the per-layer records a layer-by-layer "
+                             "backward needs (record_layer_inputs=False: a training solver's net, "
+                             "Solver(blob_diffs=False)); build it with them for net.backward(start=/end=)")
         grads: dict[str, torch.Tensor] = {}        # diffs produced in this pass, by blob
         bottom_needs = self._bottom_needs_backward()
         # names written by layer i or a later one: such a bottom of layer i no longer holds what layer i read

@@ -130,24 +130,15 @@ def upgrade_solver_type(param, where: str = "<solver>") -> None:
     param.ClearField("solver_type")
 
 
-def _history_to_blob(t: torch.Tensor, blob) -> None:
-    """Blob<Dtype>::ToProto: float data for a float net, double_data for a float64 one (exact round trip)."""
-    if t.dtype == torch.float64:
-        a = t.detach().cpu().numpy()
-        blob.shape.dim.extend(int(d) for d in a.shape)
-        blob.double_data.extend(a.ravel().tolist())
-    else:
-        array_to_blob(t, blob)
-
-
 class Solver(PycaffeSolverMixin):
     """Base of the Caffe solvers. `Solver(solver_prototxt)`; caffe_torch extensions: `solver_param=` (a parsed
     SolverParameter), `dtype=`, `device=`, `base_dir=` (where relative net paths are also looked up),
     `blob_diffs=` (default True: after a step every activation blob's `.diff` holds the last backward's diff,
     as in pycaffe; False for a training loop that never reads them, which then keeps neither their memory nor
-    the per-top views of Split layers), `label_checks=` (default True: the loss, accuracy and margin layers check
-    the label range, as Caffe's, which reads the labels on the host every forward; False for a training loop
-    that checks its labels on the host before uploading them)."""
+    the per-top views of Split layers, nor the per-layer records of a ranged backward), `label_checks=`
+    (default True: the loss, accuracy and margin layers check the label range, as Caffe's, which reads the
+    labels on the host every forward; False for a training loop that checks its labels on the host before
+    uploading them)."""
 
     type_name = "SGD"
     n_history = 1     # history blobs per learnable blob (Adam and AdaDelta keep two)
@@ -319,7 +310,9 @@ class Solver(PycaffeSolverMixin):
                 state = p.test_state[test_index]
         level = state.level if state is not None else 0
         stages = list(state.stage) if state is not None else []
-        kw = dict(level=level, stages=stages, dtype=dtype, device=device)
+        # a training loop that reads no diffs runs no ranged backward either: no per-layer records
+        kw = dict(level=level, stages=stages, dtype=dtype, device=device,
+                  record_layer_inputs=phase != TRAIN or self.blob_diffs)
         if kind in ("train_net_param", "net_param", "test_net_param"):
             msg = {"train_net_param": p.train_net_param, "net_param": p.net_param}.get(kind)
             if kind == "test_net_param":
@@ -605,7 +598,7 @@ class Solver(PycaffeSolverMixin):
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step,
                                       learned_net_sha256=file_sha256(model))
         for h in self.history:
-            _history_to_blob(h, state.history.add())
+            array_to_blob(h, state.history.add(), keep_double=True)     # a float64 net's: double_data
         for net_label, net in self._labelled_nets().items():
             counters, rngs = net.layer_states(), net.layer_rng_states()
             for layer in [n for n in net._layer_names if n in counters or n in rngs]:

@@ -106,3 +106,15 @@ def test_training_loop_syncs_once_per_display(corpus, tmp_path, monkeypatch):
     assert counts["syncs"] - 1 == 8 // 2, counts["by_name"]
     curve = (tmp_path / "run" / "training_curve.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in curve[1:] if row.split(",")[1]] == ["0", "2", "4", "6"]
+
+
+def test_training_net_records_nothing_per_layer_and_refuses_a_ranged_backward():
+    """Solver(blob_diffs=False) builds its train net without pycaffe's per-layer records (forward hooks, ~12 %
+    of the demo net's aten ops per step); a ranged backward, which needs them, is refused saying so."""
+    solver = small_solver("prototxt/demo", "lm", 4)
+    assert not any(m._forward_hooks for m in solver.net.modules)
+    solver.net.forward()
+    with pytest.raises(ValueError, match="record_layer_inputs=False"):
+        solver.net.backward(start="fc6")
+    pycaffe = _SOLVERS["SGD"](solver_param=solver.param)            # the default: pycaffe's nets
+    assert all(m._forward_hooks for m in pycaffe.net.modules)
