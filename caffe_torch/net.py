@@ -619,10 +619,10 @@ class Net(PycaffeNetMixin):
 
     def save(self, path) -> None:
         """Write the net's weights as a binary .caffemodel (atomically)."""
-        from .weights import net_to_proto, write_proto_atomic
+        from .weights import net_to_wire, write_proto_atomic
 
         self._sync.flush()
-        write_proto_atomic(net_to_proto(self), path)
+        write_proto_atomic(net_to_wire(self), path)
 
     # ------------------------------------------------------------------ layer state (snapshots)
     def layer_states(self) -> dict[str, int]:

@@ -38,8 +38,8 @@ from .proto import caffe_pb2
 from .prototxt import read_solver
 from .pycaffe_solver import PycaffeSolverMixin
 from .weights import (
-    array_to_blob,
     blob_to_array,
+    blobs_message,
     copy_weights,
     file_sha256,
     read_caffemodel,
@@ -597,8 +597,6 @@ class Solver(PycaffeSolverMixin):
         # the .solverstate and checks it against the digest
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step,
                                       learned_net_sha256=file_sha256(model))
-        for h in self.history:
-            array_to_blob(h, state.history.add(), keep_double=True)     # a float64 net's: double_data
         for net_label, net in self._labelled_nets().items():
             counters, rngs = net.layer_states(), net.layer_rng_states()
             for layer in [n for n in net._layer_names if n in counters or n in rngs]:
@@ -609,7 +607,8 @@ class Solver(PycaffeSolverMixin):
                     entry.rng_state = rngs[layer]
         path = self.snapshot_filename(".solverstate")
         log.info("Snapshotting solver state to binary proto file %s", path)
-        write_proto_atomic(state, path)
+        # the history blobs (SolverState.history = 3) as wire bytes; a float64 net's as double_data
+        write_proto_atomic(blobs_message(state, 3, self.history, keep_double=True), path)
 
     def restore(self, state_file) -> None:
         """Continue from a .solverstate: iteration, lr step, history, layer counters and generator states, and the

@@ -221,3 +221,36 @@ def test_packed_blob_bytes_equal_protobufs_own_encoding():
         assert array_to_blob(torch.from_numpy(a)).SerializeToString() == reference.SerializeToString()
         exact = array_to_blob(torch.from_numpy(a), keep_double=True)
         assert len(exact.data) == 0 and np.array_equal(blob_to_array(exact), a)
+
+
+def test_snapshot_wire_pieces_are_the_bytes_of_the_messages():
+    """A .caffemodel and a .solverstate written from NumPy memory (net_to_wire, blobs_message) hold the bytes
+    protobuf serialises from the messages with their values as lists (float32 and float64 history)."""
+    import torch
+
+    from caffe_torch.net import TRAIN, Net
+    from caffe_torch.proto import caffe_pb2
+    from caffe_torch.weights import blobs_message, net_to_wire
+
+    net = Net("prototxt/demo/ResNet-20_lm.prototxt", TRAIN)
+    reference = caffe_pb2.NetParameter(name=net.name)
+    for lp, layer in zip(net._layer_params, net._layers):
+        dst = reference.layer.add()
+        dst.CopyFrom(lp)
+        del dst.blobs[:]
+        for p in layer.blobs:
+            blob = dst.blobs.add()
+            blob.shape.dim.extend(p.shape)
+            blob.data.extend(p.detach().numpy().ravel().tolist())
+    assert b"".join(net_to_wire(net)) == reference.SerializeToString()
+
+    history = [torch.randn(3, 2, dtype=torch.float64), torch.zeros(0), torch.randn(4)]
+    state = caffe_pb2.SolverState(iter=3, learned_net="x.caffemodel", current_step=1, learned_net_sha256=b"d")
+    state.layer_state.add(layer="margin", net="train", counter=7)
+    expected = caffe_pb2.SolverState()
+    expected.CopyFrom(state)
+    for h in history:
+        blob = expected.history.add()
+        blob.shape.dim.extend(h.shape)
+        (blob.double_data if h.dtype == torch.float64 else blob.data).extend(h.numpy().ravel().tolist())
+    assert b"".join(blobs_message(state, 3, history, keep_double=True)) == expected.SerializeToString()
