@@ -37,13 +37,18 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def host_values(t: torch.Tensor) -> list[float]:
-    """The values of `t` read by Python: one device-to-host copy, one sync, however many values (count it by
-    reading them all at once). On the CPU the copy bypasses the dispatcher, so the OpCounters that are active
-    count it here: a CPU test sees the sync a GPU run pays."""
+def host_array(t: torch.Tensor):
+    """`t` as a NumPy array on the host: one device-to-host copy, one sync, however many values (so read them
+    all at once). On the CPU the copy bypasses the dispatcher, so the OpCounters that are active count it
+    here: a CPU test sees the sync a GPU run pays."""
     from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
     for mode in _get_current_dispatch_mode_stack():
         if isinstance(mode, OpCounter):
             mode.syncs += 1
-    return t.detach().reshape(-1).cpu().tolist()
+    return t.detach().cpu().numpy()
+
+
+def host_values(t: torch.Tensor) -> list[float]:
+    """The values of `t` as Python floats (host_array: one sync)."""
+    return host_array(t).reshape(-1).tolist()
