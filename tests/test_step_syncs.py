@@ -118,3 +118,27 @@ def test_training_net_records_nothing_per_layer_and_refuses_a_ranged_backward():
         solver.net.backward(start="fc6")
     pycaffe = _SOLVERS["SGD"](solver_param=solver.param)            # the default: pycaffe's nets
     assert all(m._forward_hooks for m in pycaffe.net.modules)
+
+
+def test_curve_has_the_solvers_lr_and_weighted_loss_and_multistep_is_logged_once_per_change(corpus, tmp_path):
+    """training_curve.csv: the rate the solver used (multistep included) and the solver's smoothed loss, which
+    counts loss_weight; train.log: Caffe's "MultiStep Status" once per step change."""
+    solver = write_solver(tmp_path, LM_HEAD.replace('top: "loss" }', 'top: "loss" loss_weight: 2 }'), "ms",
+                          max_iter=8, snapshot=0)
+    text = solver.read_text().replace('lr_policy: "step" gamma: 0.5 stepsize: 4',
+                                      'lr_policy: "multistep" gamma: 0.5 stepvalue: 3 stepvalue: 5')
+    solver.write_text(text)
+    run = tmp_path / "run"
+    assert trainAug.main(train_args(solver, corpus, run, "--test-interval", "0")) == 0
+    log = (run / "train.log").read_text()
+    assert log.count("MultiStep Status") == 2
+    assert "MultiStep Status: Iteration 3, step = 1" in log and "MultiStep Status: Iteration 5, step = 2" in log
+    rows = [r.split(",") for r in (run / "training_curve.csv").read_text().splitlines()[1:] if r.split(",")[1]]
+    lrs = {int(r[0]): float(r[2]) for r in rows}
+    assert lrs == pytest.approx({0: 0.05, 2: 0.05, 4: 0.025, 6: 0.0125})
+    # the curve's loss is the display line's: "Iteration N, loss = X" (loss_weight 2 included)
+    shown = {int(line.split("Iteration ")[1].split(",")[0]): float(line.rsplit("= ", 1)[1])
+             for line in log.splitlines() if ", loss = " in line}
+    for r in rows:
+        assert float(r[1]) == pytest.approx(shown[int(r[0])], rel=1e-5)
+    assert "(* 2 = " in log
