@@ -226,23 +226,22 @@ def test_packed_blob_bytes_equal_protobufs_own_encoding():
 def test_snapshot_wire_pieces_are_the_bytes_of_the_messages():
     """A .caffemodel and a .solverstate written from NumPy memory (net_to_wire, blobs_message) hold the bytes
     protobuf serialises from the messages with their values as lists (float32 and float64 history)."""
+    import importlib.util
+    from pathlib import Path
+
     import torch
 
     from caffe_torch.net import TRAIN, Net
     from caffe_torch.proto import caffe_pb2
     from caffe_torch.weights import blobs_message, net_to_wire
 
+    # the reference: the message built the way of before issue 21 (bench/bench_snapshot.py times both)
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_snapshot.py"
+    spec = importlib.util.spec_from_file_location("bench_snapshot", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     net = Net("prototxt/demo/ResNet-20_lm.prototxt", TRAIN)
-    reference = caffe_pb2.NetParameter(name=net.name)
-    for lp, layer in zip(net._layer_params, net._layers):
-        dst = reference.layer.add()
-        dst.CopyFrom(lp)
-        del dst.blobs[:]
-        for p in layer.blobs:
-            blob = dst.blobs.add()
-            blob.shape.dim.extend(p.shape)
-            blob.data.extend(p.detach().numpy().ravel().tolist())
-    assert b"".join(net_to_wire(net)) == reference.SerializeToString()
+    assert b"".join(net_to_wire(net)) == bench.legacy_net_to_wire(net).SerializeToString()
 
     history = [torch.randn(3, 2, dtype=torch.float64), torch.zeros(0), torch.randn(4)]
     state = caffe_pb2.SolverState(iter=3, learned_net="x.caffemodel", current_step=1, learned_net_sha256=b"d")
