@@ -101,6 +101,11 @@ class DataParallel:
         self.stop_flag = flat[-1]
         return flat[-2].to(torch.float64)
 
+    def stop_check_every(self, display: int) -> int:
+        """How often (iterations) the loop asks stop_requested: every iteration on CPUs (a read costs nothing
+        there), every `display` on GPUs (one read per display, where the loss is read anyway)."""
+        return 1 if self.gpu_index is None else display
+
     def stop_requested(self) -> bool:
         """Did a stop signal reach any process by the last iteration? (One device read; every process gets
         the same answer at the same iteration.)"""

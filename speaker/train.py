@@ -816,8 +816,9 @@ def loop(run: Run, solver, data: Data, stop: StopRequest) -> int:
         except Exception as exc:
             saved = save_after_failure(run, solver, data, stop, it, before, exc)
             raise TrainingError(f"{one_line(exc)} (iteration {it}); {saved}") from exc
-        # data parallel: every process asks the all-reduced flag at the same (display) iterations
-        if (ddp.enabled and it % data.progress.display == 0 and ddp.stop_requested()) or \
+        # data parallel: every process asks the all-reduced flag at the same iterations: every one on CPUs, at
+        # display iterations on GPUs (a read there waits for the GPU's queue)
+        if (ddp.enabled and it % ddp.stop_check_every(data.progress.display) == 0 and ddp.stop_requested()) or \
                 (not ddp.enabled and stop.requested):
             if ddp.is_main:
                 log.warning("stopped by %s at iteration %d; snapshot %s; continue with --resume auto",
