@@ -428,7 +428,9 @@ def full_utterance_forward(
         total, steps = None, 0
         for a, b in _chunk_bounds(num_frames(x.size), max_frames):
             seg = x[160 * a : 160 * (b - 1) + 401]  # the samples of frames a..b-1 (25 ms windows, 10 ms hop)
-            spec = _spectrogram(seg[None])[:, None]  # (1, 1, b - a, 257)
+            # (1, 1, b - a, 257); a caffe_torch net's front end is the crop protocol's (on its device)
+            spec = (_device_spectrogram(net, seg[None]).cpu().numpy() if hasattr(net, "forward_range")
+                    else _spectrogram(seg[None])[:, None])
             # Only the data blob is reshaped, not the net: the layers after the pooling layer (fc5) cannot
             # take a longer input, and a forward reshapes each layer it runs (Caffe's Layer::Forward does).
             blob = net.blobs[data_blob]
