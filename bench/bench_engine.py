@@ -1,14 +1,17 @@
-"""Forward+backward throughput of the paper's ResNet-20 (softmax head) in caffe_torch vs a hand-written
-torch.nn.Module of the same network with identical weights, measured side by side in one run.
+"""Training-step throughput of the paper's ResNet-20 (softmax head) in caffe_torch vs a hand-written
+torch.nn.Module of the same network with identical weights, measured side by side in one run, with the aten ops
+and host syncs per step of each (counted with caffe_torch.opcount.OpCounter).
 
     python bench/bench_engine.py                       # CPU defaults (batch 8), about two minutes on 2 cores
     python bench/bench_engine.py --batch 50 --iters 20 --device cuda --json out.json
 
 The engine net is prototxt/ResNet-20_softmax.prototxt (or the generated text below if that file is absent)
-with the Input shapes set to --batch x 1 x --frames x 257; the engine side runs exactly what the solver
-runs per iteration (Net.forward_range + Net.backward_loss, Accuracy layers included); the hand-written
-side runs the same convolutions, PReLUs, sums, pooling, fc5/fc6 and the cross entropy. Both start from the
-same weights, and the bench checks that their losses agree before timing.
+with the Input shapes set to --batch x 1 x --frames x 257; the engine side is one training iteration of the
+SGD solver as the training script runs it (Solver.step(1): forward, backward, the fused update, Accuracy
+layers included; the paper's momentum, weight decay and display interval); the hand-written side runs the
+same convolutions, PReLUs, sums, pooling, fc5/fc6 and the cross entropy, then torch.optim.SGD(foreach=True)
+with the same momentum and weight decay. Both start from the same weights, and the bench checks that their
+losses agree before timing.
 """
 
 import argparse
@@ -27,7 +30,10 @@ sys.path.insert(0, str(ROOT))
 import caffe_torch as caffe  # noqa: E402
 from bench.timing import interleaved_times  # noqa: E402
 from caffe_torch.fast import cpu_capability, tf32_scope  # noqa: E402
-from caffe_torch.prototxt import parse_net_text, read_net  # noqa: E402
+from caffe_torch.opcount import OpCounter  # noqa: E402
+from caffe_torch.proto import caffe_pb2  # noqa: E402
+from caffe_torch.prototxt import parse_net_text, read_net, read_solver  # noqa: E402
+from caffe_torch.solver import SGDSolver  # noqa: E402
 
 WIDTHS, UNITS = (64, 128, 256, 512), (1, 2, 4, 1)
 
@@ -113,7 +119,26 @@ class ResNet20(nn.Module):
             getattr(self, name).bias.copy_(net.params[name][1].tensor)
 
 
-def build_engine_net(args, device):
+def build_engine_solver(args, device) -> SGDSolver:
+    """The paper's SGD solver (its momentum, weight decay, display) on the bench's net, as the training script
+    builds it (no activation diffs kept, labels checked by the loader)."""
+    paper = read_solver(ROOT / "prototxt" / "solver_softmax.prototxt")
+    param = caffe_pb2.SolverParameter(base_lr=paper.base_lr, lr_policy="fixed", momentum=paper.momentum,
+                                      weight_decay=paper.weight_decay, display=paper.display,
+                                      average_loss=paper.average_loss, max_iter=10 ** 9)
+    param.net_param.CopyFrom(engine_net_param(args))
+    return SGDSolver(solver_param=param, device=device, blob_diffs=False, label_checks=False)
+
+
+def per_step_counts(step, steps: int = 2) -> tuple[float, float]:
+    """(aten ops, host syncs) per call of `step`, over `steps` calls."""
+    with OpCounter() as count:
+        for _ in range(steps):
+            step()
+    return count.ops / steps, count.syncs / steps
+
+
+def engine_net_param(args):
     path = ROOT / "prototxt" / "ResNet-20_softmax.prototxt"
     if path.exists():
         param, _ = read_net(path)
@@ -130,7 +155,7 @@ def build_engine_net(args, device):
             lp.inner_product_param.num_output = args.embedding
         if lp.name == "fc6":
             lp.inner_product_param.num_output = args.classes
-    return caffe.Net(str(path), caffe.TRAIN, net_param=param, device=device)
+    return param
 
 
 def device_sync(device: torch.device, cuda=torch.cuda):
@@ -165,7 +190,8 @@ def main(argv=None) -> int:
     sync = device_sync(device)
 
     caffe.set_random_seed(0)
-    net = build_engine_net(args, device)
+    solver = build_engine_solver(args, device)
+    net = solver.net
     model = ResNet20(args.frames, args.freq, args.embedding, args.classes).to(device)
     model.copy_from_net(net)
     gen = torch.Generator().manual_seed(1)
@@ -173,20 +199,20 @@ def main(argv=None) -> int:
     label = torch.randint(0, args.classes, (args.batch,), generator=gen).to(device)
     net.blobs["data"].tensor = x
     net.blobs["label"].tensor = label.to(torch.float32).reshape(args.batch, 1, 1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=solver.param.base_lr, momentum=solver.param.momentum,
+                                weight_decay=solver.param.weight_decay, foreach=True)
 
     def engine_step():
-        net.clear_param_diffs()              # what Solver::Step does first
-        net.forward_range(0, len(net.modules) - 1)
-        net.backward_loss()
+        solver.step(1)
 
     def torch_step():
-        model.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         model(x, label).backward()
+        optimizer.step()
 
     # same weights, same input: the two losses must agree before their speeds mean anything
-    net.forward_range(0, len(net.modules) - 1)
-    engine_loss = net.loss_value()
     with torch.no_grad():
+        engine_loss = float(net.forward_range(0, len(net.modules) - 1))
         torch_loss = float(model(x, label))
     if abs(engine_loss - torch_loss) > 1e-3 * max(1.0, abs(torch_loss)):
         print(f"loss mismatch: engine {engine_loss} vs hand-written {torch_loss}", file=sys.stderr)
@@ -195,6 +221,7 @@ def main(argv=None) -> int:
     with tf32_scope(False):            # fp32 as it says, whatever torch's cuDNN default
         times = interleaved_times({"engine": engine_step, "torch": torch_step}, args.iters, warmup=args.warmup,
                                   sync=sync)
+        counts = {"engine": per_step_counts(engine_step), "torch": per_step_counts(torch_step)}
     t_engine, t_torch = (statistics.median(times[name]) for name in ("engine", "torch"))
     n = args.batch
     result = {
@@ -203,15 +230,22 @@ def main(argv=None) -> int:
         "cpu": cpu_capability(), "timing": "median of alternating iterations",
         "engine_examples_per_s": n / t_engine, "torch_examples_per_s": n / t_torch,
         "ratio_engine_over_torch": t_torch / t_engine,
+        "engine_aten_ops_per_step": counts["engine"][0], "torch_aten_ops_per_step": counts["torch"][0],
+        "engine_syncs_per_step": counts["engine"][1], "torch_syncs_per_step": counts["torch"][1],
+        "display": solver.param.display,
         "note": "engine includes its top1/top5 Accuracy layers, as in training" if "top1Accuracy" in
         net._layer_names else "",
     }
-    print(f"ResNet-20 forward+backward, batch {args.batch} x 1 x {args.frames} x {args.freq}, median of {args.iters} "
-          f"alternating iters after {args.warmup} warm-up, {device} ({result['threads']} threads), fp32; CPU "
-          f"{result['cpu']}")
-    print(f"  caffe_torch engine : {result['engine_examples_per_s']:8.2f} examples/s")
-    print(f"  hand-written torch : {result['torch_examples_per_s']:8.2f} examples/s")
-    print(f"  ratio engine/torch : {result['ratio_engine_over_torch']:8.3f}")
+    print(f"ResNet-20 training step (forward, backward, SGD update), batch {args.batch} x 1 x {args.frames} x "
+          f"{args.freq}, median of {args.iters} alternating iters after {args.warmup} warm-up, {device} "
+          f"({result['threads']} threads), fp32; CPU {result['cpu']}")
+    for name, label in (("engine", "caffe_torch engine"), ("torch", "hand-written torch")):
+        print(f"  {label} : {result[f'{name}_examples_per_s']:8.2f} examples/s, "
+              f"{result[f'{name}_aten_ops_per_step']:7.1f} aten ops/step, "
+              f"{result[f'{name}_syncs_per_step']:.3f} host syncs/step")
+    print(f"  ratio engine/torch : {result['ratio_engine_over_torch']:8.3f} (throughput), "
+          f"{result['engine_aten_ops_per_step'] / result['torch_aten_ops_per_step']:.3f} (aten ops); the engine "
+          f"reads the loss every {solver.param.display} steps (display)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

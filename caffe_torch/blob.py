@@ -21,13 +21,16 @@ model here:
   (the tensor is newest), `HOST` (a view was handed out: pycaffe's `.data` is `mutable_cpu_data`, so the
   host copy may have been written and is authoritative). `.data` copies device->host only when the head is
   at the device, then moves it to the host; the next operation of any net that shares the memory uploads it
-  (host->device) and moves the head back. A kept view therefore shows new values after the next `.data` /
-  `.diff` read, as in pycaffe on a GPU. Clearing the parameter diffs at the start of a solver step (Caffe's
-  `ClearParamDiffs`, a `mutable_gpu_diff`) moves the diff's head to the device without uploading: a diff read
-  after a step never leaks into the next one. A parameter's memory lives on the parameter itself, so layers
-  that share it (`param { name }`) have one host copy; nets that share weights (`share_with`, a solver's test
-  nets: Caffe's ShareData) share the data memory and keep their own diffs (`share_param_data`), and share one
-  `_HostSync` (the set of memories whose head is at the host).
+  (host->device) and moves the head back. An activation's or input's data is then SYNCED (Caffe's state:
+  host and device equal) until its tensor is replaced or changed: a `.data` read of an input blob after a
+  forward copies nothing back (the canonical `blob.data[...] = x; net.forward()` loop uploads only). A kept
+  view therefore shows new values after the next `.data` / `.diff` read, as in pycaffe on a GPU. Clearing the
+  parameter diffs at the start of a solver step (Caffe's `ClearParamDiffs`, a `mutable_gpu_diff`) moves the
+  diff's head to the device without uploading: a diff read after a step never leaks into the next one. A
+  parameter's memory lives on the parameter itself, so layers that share it (`param { name }`) have one host
+  copy; nets that share weights (`share_with`, a solver's test nets: Caffe's ShareData) share the data
+  memory and keep their own diffs (`share_param_data`), and share one `_HostSync` (the set of memories whose
+  head is at the host).
 - The caffe_torch-only `.tensor` property reads/replaces the tensor itself, without any copy (the training
   loop's zero-copy path); assigning it while a view is held copies the value into the memory too. On the
   CPU the memory is whatever tensor the blob had when the view was taken, so a view kept of a blob whose
@@ -71,12 +74,15 @@ class _Anchor:
 class _Memory:
     """One side (data or diff) of a blob: the host tensor views are taken of, its views, its head."""
 
-    __slots__ = ("host", "anchors", "head", "__weakref__")
+    __slots__ = ("host", "anchors", "head", "synced", "__weakref__")
 
     def __init__(self):
         self.host: torch.Tensor | None = None
         self.anchors: weakref.WeakSet = weakref.WeakSet()
         self.head = DEVICE
+        # SyncedMemory's SYNCED state (host-copy path): (weak reference to the device tensor, its version) when
+        # the host copy equals that tensor (after an upload or a download); a read then copies nothing
+        self.synced: tuple | None = None
 
     def viewed(self) -> bool:
         return len(self.anchors) > 0
@@ -117,6 +123,7 @@ class _HostSync:
         """The device side was written without reading the host copy (a new tensor was assigned, the diffs
         cleared): the host copy is no longer authoritative and is not uploaded."""
         mem.head = DEVICE
+        mem.synced = None
         self.pending.pop(id(mem), None)
 
     def flush(self) -> None:
@@ -126,6 +133,7 @@ class _HostSync:
                 for blob, which, mem in self.pending.values():
                     blob._upload(which, mem)
                     mem.head = DEVICE
+                    blob._mark_synced(which, mem)
             self.pending.clear()
         if self.viewed:
             for key, (blob, which, mem) in list(self.viewed.items()):
@@ -200,11 +208,19 @@ class Blob:
         # host-copy path (Caffe's mutable_cpu_data): download only if the device side is newer
         if mem.host is None or mem.host.shape != t.shape:
             mem.host = torch.empty(t.shape, dtype=t.dtype)
-            mem.head = DEVICE
-        if mem.head == DEVICE:
+            mem.head, mem.synced = DEVICE, None
+        if mem.head == DEVICE and not self._in_sync(which, mem):
             mem.host.copy_(t.detach())          # device-to-host: blocking
+            self._mark_synced(which, mem)
         self._sync.to_host(self, which, mem)
         return mem.view()
+
+    def _mark_synced(self, which: str, mem: _Memory) -> None:
+        """Host copy and device tensor are equal now (after an upload or a download): SYNCED, for the blobs
+        whose device tensor can be recognised later (activations' and inputs' data: see _ActivationBlob)."""
+
+    def _in_sync(self, which: str, mem: _Memory) -> bool:
+        return False
 
     def _upload(self, which: str, mem: _Memory) -> None:
         """Host copy -> device tensor (host-copy path), before an operation."""
@@ -315,6 +331,20 @@ class _ActivationBlob(Blob):
         t = self._peek()
         if t is not mem.host and t.shape == mem.host.shape:
             self._set(mem.host)
+
+    # SYNCED: an activation's (or input's) data tensor is replaced by every forward that computes it, and
+    # changed in place only through its version counter; the same tensor at the same version is unchanged
+    def _mark_synced(self, which: str, mem: _Memory) -> None:
+        if which == "data":
+            t = self._peek()
+            mem.synced = (weakref.ref(t), t._version)
+
+    def _in_sync(self, which: str, mem: _Memory) -> bool:
+        if which != "data" or mem.synced is None:
+            return False
+        ref, version = mem.synced
+        t = self._peek()
+        return ref() is t and t._version == version
 
 
 class _ParamBlob(Blob):

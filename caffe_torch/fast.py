@@ -346,3 +346,4 @@ def apply_to_solver(solver, options: FastOptions) -> None:
     apply(solver.net, options)
     for tn in solver.test_nets:
         apply(tn, options)
+    solver.match_history_layout()          # momentum in the weights' (channels_last) memory order

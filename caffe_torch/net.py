@@ -124,10 +124,12 @@ class _Learnable:
 class Net(PycaffeNetMixin):
     """pycaffe-compatible net. `Net(prototxt, phase)`, `Net(prototxt, weights, phase)`, or keywords
     `weights=`, `level=`, `stages=`; caffe_torch extensions: `dtype=` (default float32), `device=` (default
-    from set_mode_cpu/gpu and set_device), `net_param=` (an already parsed NetParameter instead of a file)."""
+    from set_mode_cpu/gpu and set_device), `net_param=` (an already parsed NetParameter instead of a file),
+    `record_layer_inputs=` (default True; False for a training loop's net that never runs a ranged backward:
+    its forwards then keep no per-layer records, see pycaffe_net)."""
 
     def __init__(self, network_file=None, *args, phase=None, weights=None, level=0, stages=None,
-                 dtype=torch.float32, device=None, net_param=None):
+                 dtype=torch.float32, device=None, net_param=None, record_layer_inputs=True):
         if len(args) == 2:            # Net(prototxt, weights, phase)
             weights, phase = args
         elif len(args) == 1:          # Net(prototxt, phase)
@@ -168,7 +170,7 @@ class Net(PycaffeNetMixin):
         upgrade_inputs(net_param, src)
         self._net_param = net_param
         self._build(net_param, state, src)
-        self._init_pycaffe()
+        self._init_pycaffe(record_layer_inputs)
         if weights is not None:
             self.copy_from(weights)
 
@@ -563,6 +565,7 @@ class Net(PycaffeNetMixin):
         is seeded with its diff (Caffe's backward reads it there: its loss weight unless the script wrote
         another), or with the diff `extra` gives it."""
         self.refuse_backward()
+        self._layer_inputs.clear()          # pycaffe_net's records of the forward go with its graph
         self._sync.flush()
         if extra is None:
             extra = self._output_seeds()
@@ -696,10 +699,10 @@ class Net(PycaffeNetMixin):
 
     def save(self, path) -> None:
         """Write the net's weights as a binary .caffemodel (atomically)."""
-        from .weights import net_to_proto, write_proto_atomic
+        from .weights import net_to_wire, write_proto_atomic
 
         self._sync.flush()
-        write_proto_atomic(net_to_proto(self), path)
+        write_proto_atomic(net_to_wire(self), path)
 
     # ------------------------------------------------------------------ layer state (snapshots)
     def layer_states(self) -> dict[str, int]:

@@ -49,24 +49,19 @@ class PycaffeLayerView:
 
 class PycaffeNetMixin:
     # ------------------------------------------------------------------ set-up (called by Net.__init__)
-    def _init_pycaffe(self) -> None:
+    def _init_pycaffe(self, record_layer_inputs: bool) -> None:
         """Record each layer's bottoms while a forward records a graph (for a ranged backward on in-place
-        blobs); the training loop's `backward_loss` drops them, so they live only from a forward to its
-        backward, as the graph itself does."""
+        blobs), unless the net is built without (`record_layer_inputs=False`: a training loop's, which then
+        pays nothing per layer); the training loop's `backward_loss` drops them, so they live only from a
+        forward to its backward, as the graph itself does."""
         self._layer_inputs: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._records_layer_inputs = record_layer_inputs
         # the last forward's graph was used by a backward (autograd frees it): a second backward goes layer
         # by layer, as Caffe allows any number of backward passes
         self._graph_used = False
-        for i, module in enumerate(self._layers):
-            module.register_forward_hook(partial(self._record_layer_inputs, i))
-        core_backward_loss = self._core_backward_loss = self.backward_loss
-
-        def backward_loss(*args, **kwargs):
-            self._layer_inputs.clear()
-            return core_backward_loss(*args, **kwargs)
-
-        backward_loss.__doc__ = core_backward_loss.__doc__
-        self.backward_loss = backward_loss
+        if record_layer_inputs:
+            for i, module in enumerate(self._layers):
+                module.register_forward_hook(partial(self._record_layer_inputs, i))
 
     def _record_layer_inputs(self, index: int, module, args, output) -> None:
         if torch.compiler.is_compiling():
@@ -163,8 +158,11 @@ class PycaffeNetMixin:
         whole = start == len(self._layers) - 1 and end == 0
         if whole and self._recorded_graph():
             # every output whose layer Caffe's Net::Backward runs passes its diff on, a loss top its loss weight
-            # unless the script wrote another (backward_loss reads them)
-            self._core_backward_loss(retain_blob_diffs=True)
+            # unless the script wrote another (backward_loss reads them); the class's backward_loss: caffe_torch.fast's
+            # compiled one serves the training loop only
+            records = dict(self._layer_inputs)       # kept for a second (layer by layer) backward
+            type(self).backward_loss(self, retain_blob_diffs=True)
+            self._layer_inputs.update(records)
             self._graph_used = True
         else:
             self._backward_layerwise(start, end)
@@ -180,6 +178,10 @@ class PycaffeNetMixin:
         return torch.as_tensor(self.blobs[name].diff, dtype=like.dtype, device=like.device).reshape(like.shape)
 
     def _backward_layerwise(self, start: int, end: int) -> None:
+        if not self._records_layer_inputs:
+            raise ValueError(f"net '{self.name}' was built without the per-layer records a layer-by-layer "
+                             "backward needs (record_layer_inputs=False: a training solver's net, "
+                             "Solver(blob_diffs=False)); build it with them for net.backward(start=/end=)")
         self.refuse_backward(start, end)
         grads: dict[str, torch.Tensor] = {}        # diffs produced in this pass, by blob
         layer_needs, bottom_needs = self._backward_plan.layer_needs, self._backward_plan.bottom_needs

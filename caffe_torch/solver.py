@@ -33,12 +33,13 @@ from .blob import set_param_diff
 from .errors import PrototxtError, WeightsError
 from .mode import set_random_seed
 from .net import TEST, TRAIN, Net
+from .opcount import host_values
 from .proto import caffe_pb2
 from .prototxt import read_solver
 from .pycaffe_solver import PycaffeSolverMixin
 from .weights import (
-    array_to_blob,
     blob_to_array,
+    blobs_message,
     copy_weights,
     file_sha256,
     read_caffemodel,
@@ -84,6 +85,34 @@ def learning_rate(param, it: int, current_step: int) -> tuple[float, int]:
                         "sigmoid")
 
 
+class SmoothedLoss:
+    """Caffe's UpdateSmoothedLoss (the display's loss, the mean of the last `average_loss` iterations' losses,
+    updated incrementally as Caffe does) kept on the device: per iteration a few float64 scalar kernels and
+    no read; `read()` is the one device read. The arithmetic is Caffe's formula in float64."""
+
+    def __init__(self, average_loss: int, start_iter: int):
+        self.average = max(1, average_loss)
+        self.start_iter = start_iter
+        self.losses: list[torch.Tensor] = []
+        self.value: torch.Tensor | None = None
+
+    def update(self, loss: torch.Tensor, it: int) -> None:
+        """Add the loss (a float64 device scalar) of iteration `it`."""
+        if len(self.losses) < self.average:
+            self.losses.append(loss)
+            n = len(self.losses)
+            # (0 * 0 + loss) / 1 is loss exactly: the first iteration needs no arithmetic
+            self.value = loss if n == 1 else (self.value * (n - 1) + loss) / n
+        else:
+            idx = (it - self.start_iter) % self.average
+            self.value = self.value + (loss - self.losses[idx]) / self.average
+            self.losses[idx] = loss
+
+    def read(self) -> float:
+        """The smoothed loss (0 before any iteration, as Caffe's)."""
+        return 0.0 if self.value is None else host_values(self.value)[0]
+
+
 _LEGACY_TYPES = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
 
 
@@ -101,28 +130,21 @@ def upgrade_solver_type(param, where: str = "<solver>") -> None:
     param.ClearField("solver_type")
 
 
-def _history_to_blob(t: torch.Tensor, blob) -> None:
-    """Blob<Dtype>::ToProto: float data for a float net, double_data for a float64 one (exact round trip)."""
-    if t.dtype == torch.float64:
-        a = t.detach().cpu().numpy()
-        blob.shape.dim.extend(int(d) for d in a.shape)
-        blob.double_data.extend(a.ravel().tolist())
-    else:
-        array_to_blob(t, blob)
-
-
 class Solver(PycaffeSolverMixin):
     """Base of the Caffe solvers. `Solver(solver_prototxt)`; caffe_torch extensions: `solver_param=` (a parsed
     SolverParameter), `dtype=`, `device=`, `base_dir=` (where relative net paths are also looked up),
     `blob_diffs=` (default True: after a step every activation blob's `.diff` holds the last backward's diff,
     as in pycaffe; False for a training loop that never reads them, which then keeps neither their memory nor
-    the per-top views of Split layers)."""
+    the per-top views of Split layers, nor the per-layer records of a ranged backward), `label_checks=`
+    (default True: the loss, accuracy and margin layers check the label range, as Caffe's, which reads the
+    labels on the host every forward; False for a training loop that checks its labels on the host before
+    uploading them)."""
 
     type_name = "SGD"
     n_history = 1     # history blobs per learnable blob (Adam and AdaDelta keep two)
 
     def __init__(self, solver_file=None, *, solver_param=None, dtype=torch.float32, device=None,
-                 base_dir=None, blob_diffs=True):
+                 base_dir=None, blob_diffs=True, label_checks=True):
         if solver_param is None:
             if solver_file is None:
                 raise TypeError("Solver needs a solver prototxt file (or solver_param=)")
@@ -143,6 +165,8 @@ class Solver(PycaffeSolverMixin):
             set_random_seed(p.random_seed)
         self.blob_diffs = bool(blob_diffs)
         self.net = self._make_net(TRAIN, None, dtype, device)
+        for layer in self.net.modules:
+            layer.check_labels = bool(label_checks)
         n_test = self._num_test_nets()
         self.test_nets = [self._make_net(TEST, i, dtype, device) for i in range(n_test)]
         for tn in self.test_nets:
@@ -157,8 +181,14 @@ class Solver(PycaffeSolverMixin):
         self._lr_mults = [lr if prm.requires_grad else 0.0 for prm, lr, _, _ in self._params]
         # Caffe's layout: [first history of every blob..., second history of every blob...] (Adam, AdaDelta)
         self.history = [torch.zeros_like(prm.data) for _ in range(self.n_history) for prm, *_ in self._params]
-        self._losses: list[float] = []
-        self.smoothed_loss = 0.0
+        # per learnable blob: is its history still all zero (then a frozen blob's update is provably zero)
+        self._zero_history = [True] * len(self._params)
+        self._groups = self._update_groups()
+        self.loss_window = SmoothedLoss(self.param.average_loss, 0)
+        self.displayed_loss = math.nan     # the loss of the last display line (caffe_torch extension)
+        # A SmoothedLoss kept across step() calls, or None: a script's step(1) loop then smooths over the whole
+        # run, as `caffe train` does (Caffe's Step starts a new window at every call). caffe_torch extension.
+        self.run_window: SmoothedLoss | None = None
         self.last_lr = None
         # Called after each iteration's update with the solver; return "snapshot" / "stop" / None (Caffe's
         # action request, used for signals). caffe_torch extension.
@@ -280,7 +310,9 @@ class Solver(PycaffeSolverMixin):
                 state = p.test_state[test_index]
         level = state.level if state is not None else 0
         stages = list(state.stage) if state is not None else []
-        kw = dict(level=level, stages=stages, dtype=dtype, device=device)
+        # a training loop that reads no diffs runs no ranged backward either: no per-layer records
+        kw = dict(level=level, stages=stages, dtype=dtype, device=device,
+                  record_layer_inputs=phase != TRAIN or self.blob_diffs)
         if kind in ("train_net_param", "net_param", "test_net_param"):
             msg = {"train_net_param": p.train_net_param, "net_param": p.net_param}.get(kind)
             if kind == "test_net_param":
@@ -299,31 +331,47 @@ class Solver(PycaffeSolverMixin):
     def _dtype_round(self, x: float) -> float:
         return float(np.float32(x)) if self.net.dtype == torch.float32 else float(x)
 
-    def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
-        average = max(1, self.param.average_loss)
-        if len(self._losses) < average:
-            self._losses.append(loss)
-            n = len(self._losses)
-            self.smoothed_loss = (self.smoothed_loss * (n - 1) + loss) / n
-        else:
-            idx = (self.iter - start_iter) % average
-            self.smoothed_loss += (loss - self._losses[idx]) / average
-            self._losses[idx] = loss
-
-    def forward_backward(self) -> float:
-        """One forward + backward of the train net; returns its loss (diffs accumulate). A NaN or infinite
-        loss is Caffe's business as usual: it shows in the display line and training goes on (the training
-        scripts stop on it themselves)."""
+    def forward_backward(self) -> torch.Tensor:
+        """One forward + backward of the train net; returns its loss as a float64 device scalar, read by
+        nothing (diffs accumulate). A NaN or infinite loss is Caffe's business as usual: it shows in the
+        display line and training goes on (the training scripts stop on it themselves)."""
         net = self.net
-        net.forward_range(0, len(net._layers) - 1, retain_blob_diffs=self.blob_diffs)
+        loss = net.forward_range(0, len(net._layers) - 1, retain_blob_diffs=self.blob_diffs)
         net.backward_loss(retain_blob_diffs=self.blob_diffs)
-        return net.loss_value()
+        return self._loss_scalar(loss)
+
+    def _loss_scalar(self, loss: torch.Tensor | None) -> torch.Tensor:
+        """A forward's loss as a float64 device scalar (Caffe's Dtype loss summed in double, as Python
+        floats did; a net without loss layers has loss 0)."""
+        if loss is None:
+            return torch.zeros((), dtype=torch.float64, device=self.net.device)
+        return loss.detach().to(torch.float64)
+
+    def _display(self) -> None:
+        """Caffe's display lines: the smoothed loss and every train net output, read in one device read;
+        `displayed_loss` keeps the value for the training scripts (caffe_torch extension)."""
+        net = self.net
+        outs = [net.blobs[name].tensor.detach().reshape(-1).to(torch.float64) for name in net.outputs]
+        values = host_values(torch.cat([self.loss_window.value.reshape(1), *outs]))
+        self.displayed_loss = values[0]
+        log.info("Iteration %d, loss = %.6g", self.iter, self.displayed_loss)
+        per_output, k = {}, 1
+        for name, t in zip(net.outputs, outs):
+            per_output[name] = values[k:k + t.numel()]
+            k += t.numel()
+        self._log_outputs(net, "Train", per_output)
+
+    @property
+    def smoothed_loss(self) -> float:
+        """Caffe's smoothed loss of the last step() call (a device read)."""
+        return self.loss_window.read()
 
     def step(self, iters: int) -> None:
+        """Caffe's Solver::Step: a new smoothing window per call, unless `run_window` holds one. Nothing is read
+        from the device except at display iterations (one read)."""
         p = self.param
-        start_iter = self.iter
         stop_iter = self.iter + iters
-        self._losses, self.smoothed_loss = [], 0.0
+        self.loss_window = self.run_window or SmoothedLoss(p.average_loss, self.iter)
         t0, i0 = time.perf_counter(), self.iter
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
@@ -333,19 +381,19 @@ class Solver(PycaffeSolverMixin):
             self._run_on_start()
             display = p.display and self.iter % p.display == 0
             self.net.debug_info = bool(display and p.debug_info)
-            loss = 0.0
-            for _ in range(p.iter_size):
-                loss += self.forward_backward()
-            loss /= p.iter_size
+            loss = self.forward_backward()
+            for _ in range(1, p.iter_size):
+                loss = loss + self.forward_backward()
+            if p.iter_size > 1:
+                loss = loss / p.iter_size
             if self.gradient_hook is not None:
                 loss = self.gradient_hook(self, loss)
-            self._update_smoothed_loss(loss, start_iter)
+            self.loss_window.update(loss, self.iter)
             if display:
                 dt = time.perf_counter() - t0
                 rate = (self.iter - i0) / dt if dt > 0 and self.iter > i0 else float("nan")
-                log.info("Iteration %d, loss = %.6g", self.iter, self.smoothed_loss)
+                self._display()
                 log.debug("Iteration %d: %.3g iter/s", self.iter, rate)
-                self._log_outputs(self.net, "Train")
                 t0, i0 = time.perf_counter(), self.iter
             self._run_on_gradients()
             self.apply_update()
@@ -367,7 +415,6 @@ class Solver(PycaffeSolverMixin):
         if resume_file:
             log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
-        start_iter = self.iter
         self.step(p.max_iter - self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             self.snapshot()
@@ -376,19 +423,18 @@ class Solver(PycaffeSolverMixin):
             return
         if p.display and self.iter % p.display == 0:
             with torch.no_grad():
-                self.net.forward_range(0, len(self.net._layers) - 1)
-            self._update_smoothed_loss(self.net.loss_value(), start_iter)
-            log.info("Iteration %d, loss = %.6g", self.iter, self.smoothed_loss)
+                loss = self.net.forward_range(0, len(self.net._layers) - 1)
+            self.loss_window.update(self._loss_scalar(loss), self.iter)
+            self._display()
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         log.info("Optimization Done.")
 
-    def _log_outputs(self, net: Net, label: str, values: dict[str, float] | None = None) -> None:
+    def _log_outputs(self, net: Net, label: str, values: dict[str, list[float]]) -> None:
         index = 0
         for name in net.outputs:
-            data = values[name] if values is not None else net.blobs[name].data.reshape(-1)
             w = net._loss_weights.get(name, 0.0)
-            for v in (data if hasattr(data, "__len__") else [data]):
+            for v in values.get(name, []):
                 extra = f" (* {w:g} = {w * float(v):.6g} loss)" if w else ""
                 log.info("    %s net output #%d: %s = %.6g%s", label, index, name, float(v), extra)
                 index += 1
@@ -403,30 +449,50 @@ class Solver(PycaffeSolverMixin):
             tn.share_with(self.net)
             sums: dict[str, torch.Tensor] = {}
             n = self.param.test_iter[i]
-            loss = 0.0
+            loss = torch.zeros((), dtype=torch.float64, device=tn.device)
             with torch.no_grad():
                 for _ in range(n):
-                    tn.forward_range(0, len(tn._layers) - 1)
-                    loss += tn.loss_value()
+                    out = tn.forward_range(0, len(tn._layers) - 1)
+                    if out is not None:
+                        loss = loss + out.detach().to(torch.float64)
                     for name in tn.outputs:
                         v = tn.blobs[name].tensor.detach().reshape(-1).to(torch.float64)
                         sums[name] = sums[name] + v if name in sums else v.clone()
+            # one device read for the whole test
+            flat = host_values(torch.cat([loss.reshape(1)] + [v / max(n, 1) for v in sums.values()]))
             if self.param.test_compute_loss and n:
-                log.info("Test loss: %.6g", loss / n)
-            means = {k: (v / max(n, 1)).cpu().numpy() for k, v in sums.items()}
-            index = 0
-            for name in tn.outputs:
-                w = tn._loss_weights.get(name, 0.0)
-                for v in means.get(name, []):
-                    extra = f" (* {w:g} = {w * float(v):.6g} loss)" if w else ""
-                    log.info("    Test net output #%d: %s = %.6g%s", index, name, float(v), extra)
-                    index += 1
+                log.info("Test loss: %.6g", flat[0] / n)
+            means, k = {}, 1
+            for name, v in sums.items():
+                means[name] = np.array(flat[k:k + v.numel()])
+                k += v.numel()
+            self._log_outputs(tn, "Test", means)
             results.append(means)
         return results
 
     # ------------------------------------------------------------------ update
+    def _update_groups(self) -> list[tuple[float, float, list[int]]]:
+        """(lr_mult, decay_mult, blob indices): the learnable blobs grouped by their multipliers, so that the
+        update is a few torch._foreach_* calls per group with one scalar each (the same kernels, element by
+        element, as a loop over the blobs)."""
+        groups: dict[tuple[float, float], list[int]] = {}
+        for i, ((_, _, decay_mult, _), lr_mult) in enumerate(zip(self._params, self._lr_mults)):
+            groups.setdefault((lr_mult, decay_mult), []).append(i)
+        return [(lr, decay, idx) for (lr, decay), idx in groups.items()]
+
+    def _update_is_zero(self, lr_mult: float, local_decay: float, i: int) -> bool:
+        """Is Caffe's update of blob i provably zero, history included (so that it can be skipped)? With lr_mult
+        0 and a zero history: SGD/Nesterov keep history = momentum * 0; the other rules add a function of the
+        diff, which is zero when no weight decay adds to it."""
+        return lr_mult == 0 and self._zero_history[i] and (local_decay == 0 or
+                                                            self.type_name in ("SGD", "Nesterov"))
+
     @torch.no_grad()
     def apply_update(self) -> None:
+        """SGDSolver::ApplyUpdate for all blobs at once: clip, then per group of blobs normalize, regularize, the
+        solver's rule (compute_update) and Net::Update, in place on the diffs (which end up holding the update,
+        as in Caffe), a few torch._foreach_* calls per group. Blobs whose update is provably zero cost nothing.
+        Nothing is read from the device, except the gradient norm when clip_gradients is set (Caffe logs it)."""
         p = self.param
         self.updating = True
         self.net._sync.flush()
@@ -434,33 +500,59 @@ class Solver(PycaffeSolverMixin):
         self.last_lr = rate
         if p.display and self.iter % p.display == 0:
             log.info("Iteration %d, lr = %.6g", self.iter, rate)
-        grads = [prm.grad if prm.grad is not None else torch.zeros_like(prm) for prm, *_ in self._params]
-        # ClipGradients: on the accumulated diffs (before the iter_size normalisation); Caffe returns only
-        # when clip_gradients < 0, so 0 clips everything to zero.
         if p.clip_gradients >= 0:
-            norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
-            if norm > p.clip_gradients:
-                factor = p.clip_gradients / norm
-                log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale factor %g",
-                         norm, p.clip_gradients, factor)
-                grads = [g * factor for g in grads]
-        updates = []
-        for i, ((prm, _, decay_mult, _), lr_mult, g) in enumerate(zip(self._params, self._lr_mults, grads)):
-            if p.iter_size > 1:                                    # Normalize
-                g = g * (1.0 / p.iter_size)
-            local_decay = p.weight_decay * decay_mult              # Regularize
-            if local_decay:
-                if p.regularization_type == "L2":
-                    g = g + local_decay * prm
-                else:
-                    g = g + local_decay * torch.sign(prm)
-            updates.append(self.compute_update(i, g, self._dtype_round(rate * lr_mult)))
-        # Net::Update: data -= diff, where the diff now holds the update (as pycaffe shows it after a step)
-        for (prm, *_), update in zip(self._params, updates):
-            prm.sub_(update)
-            set_param_diff(prm, update)
+            self._clip_gradients()
+        for lr_mult, decay_mult, indices in self._groups:
+            local_decay = p.weight_decay * decay_mult
+            live = []
+            for i in indices:
+                prm = self._params[i][0]
+                if self._update_is_zero(lr_mult, local_decay, i):
+                    if prm.grad is not None:           # the diff shows the (zero) update, as in Caffe
+                        prm.grad.zero_()
+                    continue
+                if prm.grad is None:
+                    set_param_diff(prm, torch.zeros_like(prm))
+                live.append(i)
+            if not live:
+                continue
+            params = [self._params[i][0] for i in live]
+            grads = [prm.grad for prm in params]
+            if p.iter_size > 1:                                        # Normalize
+                torch._foreach_mul_(grads, 1.0 / p.iter_size)
+            if local_decay:                                            # Regularize
+                decay = params if p.regularization_type == "L2" else torch._foreach_sign(params)
+                torch._foreach_add_(grads, torch._foreach_mul(decay, local_decay))
+            self.compute_update(live, grads, self._dtype_round(rate * lr_mult))
+            for i in live:
+                self._zero_history[i] = False
+            torch._foreach_sub_(params, grads)                         # Net::Update: data -= diff
         self._after_update()
         self.updating = False
+
+    def _clip_gradients(self) -> None:
+        """Caffe's ClipGradients on the accumulated diffs (before the iter_size normalisation): one reduction
+        (the global L2 norm, in float64) and one read; Caffe returns only when clip_gradients < 0, so 0 clips
+        everything to zero."""
+        p = self.param
+        grads = [prm.grad for prm, *_ in self._params if prm.grad is not None]
+        if not grads:
+            return
+        norm = host_values(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64))))[0]
+        if norm > p.clip_gradients:
+            factor = p.clip_gradients / norm
+            log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale factor %g",
+                     norm, p.clip_gradients, factor)
+            torch._foreach_mul_(grads, factor)
+
+    def match_history_layout(self) -> None:
+        """Give every history blob its parameter's memory format (after caffe_torch.fast made convolution
+        weights channels_last), so that the foreach update reads both in one order."""
+        n = len(self._params)
+        for k, h in enumerate(self.history):
+            prm = self._params[k % n][0]
+            if h.stride() != prm.stride():
+                self.history[k] = torch.empty_like(prm).copy_(h)
 
     def _after_update(self) -> None:
         # happynear fork: optional clamping / clipping of weights after the update (off by default)
@@ -474,8 +566,14 @@ class Solver(PycaffeSolverMixin):
                 if lo is not None or hi is not None:
                     prm.clamp_(lo, hi)
 
-    def compute_update(self, i: int, g: torch.Tensor, local_rate: float) -> torch.Tensor:
+    def compute_update(self, indices: list[int], grads: list[torch.Tensor], local_rate: float) -> None:
+        """The solver's rule for blobs `indices` (one group: one local rate): update their history and replace
+        their diffs `grads` by the update, in place (Caffe's ComputeUpdateValue)."""
         raise NotImplementedError
+
+    def _histories(self, indices: list[int], which: int = 0) -> list[torch.Tensor]:
+        n = len(self._params)
+        return [self.history[which * n + i] for i in indices]
 
     # ------------------------------------------------------------------ snapshots
     def snapshot_filename(self, ext: str) -> str:
@@ -499,8 +597,6 @@ class Solver(PycaffeSolverMixin):
         # the .solverstate and checks it against the digest
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step,
                                       learned_net_sha256=file_sha256(model))
-        for h in self.history:
-            _history_to_blob(h, state.history.add())
         for net_label, net in self._labelled_nets().items():
             counters, rngs = net.layer_states(), net.layer_rng_states()
             for layer in [n for n in net._layer_names if n in counters or n in rngs]:
@@ -511,7 +607,8 @@ class Solver(PycaffeSolverMixin):
                     entry.rng_state = rngs[layer]
         path = self.snapshot_filename(".solverstate")
         log.info("Snapshotting solver state to binary proto file %s", path)
-        write_proto_atomic(state, path)
+        # the history blobs (SolverState.history = 3) as wire bytes; a float64 net's as double_data
+        write_proto_atomic(blobs_message(state, 3, self.history, keep_double=True), path)
 
     def restore(self, state_file) -> None:
         """Continue from a .solverstate: iteration, lr step, history, layer counters and generator states, and the
@@ -557,6 +654,9 @@ class Solver(PycaffeSolverMixin):
         with torch.no_grad():
             for h, values in zip(self.history, histories):
                 h.copy_(torch.from_numpy(np.ascontiguousarray(values).reshape(h.shape)).to(h.dtype))
+        n = len(self._params)
+        self._zero_history = [not any(histories[k * n + i].any() for k in range(self.n_history))
+                              for i in range(n)]
         self._iter = state.iter
         self.current_step = state.current_step
         self.updating = False
@@ -569,21 +669,25 @@ class Solver(PycaffeSolverMixin):
 class SGDSolver(Solver):
     type_name = "SGD"
 
-    def compute_update(self, i, g, local_rate):
-        h = self.history[i]
-        h.mul_(self.param.momentum).add_(g, alpha=local_rate)
-        return h.clone()
+    def compute_update(self, indices, grads, local_rate):
+        h = self._histories(indices)
+        torch._foreach_mul_(h, self.param.momentum)           # history = momentum * history + rate * diff
+        torch._foreach_add_(h, grads, alpha=local_rate)
+        torch._foreach_copy_(grads, h)                        # diff = history
 
 
 class NesterovSolver(Solver):
     type_name = "Nesterov"
 
-    def compute_update(self, i, g, local_rate):
-        h = self.history[i]
+    def compute_update(self, indices, grads, local_rate):
+        h = self._histories(indices)
         m = self.param.momentum
-        old = h.clone()
-        h.mul_(m).add_(g, alpha=local_rate)
-        return (1 + m) * h - m * old
+        old = torch._foreach_mul(h, m)                        # momentum * the history before this step
+        torch._foreach_mul_(h, m)
+        torch._foreach_add_(h, grads, alpha=local_rate)
+        update = torch._foreach_mul(h, 1 + m)                 # (1 + momentum) * history - momentum * old
+        torch._foreach_sub_(update, old)
+        torch._foreach_copy_(grads, update)
 
 
 class AdaGradSolver(Solver):
@@ -593,10 +697,18 @@ class AdaGradSolver(Solver):
         if self.param.momentum != 0:
             raise PrototxtError(f"{self.path}: momentum cannot be used with AdaGrad")
 
-    def compute_update(self, i, g, local_rate):
-        h = self.history[i]
-        h.add_(g * g)
-        return local_rate * g / (h.sqrt() + self.param.delta)
+    def compute_update(self, indices, grads, local_rate):
+        h = self._histories(indices)
+        torch._foreach_add_(h, torch._foreach_mul(grads, grads))     # history += diff^2
+        _scaled_by_rms(grads, h, self.param.delta, local_rate)
+
+
+def _scaled_by_rms(grads: list[torch.Tensor], h: list[torch.Tensor], delta: float, local_rate: float) -> None:
+    """diff = rate * diff / (sqrt(history) + delta), in place (AdaGrad, RMSProp)."""
+    denom = torch._foreach_sqrt(h)
+    torch._foreach_add_(denom, delta)
+    torch._foreach_mul_(grads, local_rate)
+    torch._foreach_div_(grads, denom)
 
 
 class RMSPropSolver(Solver):
@@ -608,40 +720,58 @@ class RMSPropSolver(Solver):
         if not 0 <= self.param.rms_decay < 1:
             raise PrototxtError(f"{self.path}: rms_decay should lie between 0 and 1")
 
-    def compute_update(self, i, g, local_rate):
-        h = self.history[i]
+    def compute_update(self, indices, grads, local_rate):
+        h = self._histories(indices)
         d = self.param.rms_decay
-        h.mul_(d).add_((1 - d) * g * g)
-        return local_rate * g / (h.sqrt() + self.param.delta)
+        sq = torch._foreach_mul(grads, 1 - d)                 # history = d * history + (1 - d) * diff^2
+        torch._foreach_mul_(sq, grads)
+        torch._foreach_mul_(h, d)
+        torch._foreach_add_(h, sq)
+        _scaled_by_rms(grads, h, self.param.delta, local_rate)
+
+
+def _decayed_square_(hist: list[torch.Tensor], x: list[torch.Tensor], m: float) -> None:
+    """hist = m * hist + (1 - m) * x^2, in place (AdaDelta's and Adam's second moments)."""
+    sq = torch._foreach_mul(x, 1 - m)
+    torch._foreach_mul_(sq, x)
+    torch._foreach_mul_(hist, m)
+    torch._foreach_add_(hist, sq)
 
 
 class AdaDeltaSolver(Solver):
     type_name = "AdaDelta"
     n_history = 2
 
-    def compute_update(self, i, g, local_rate):
-        n = len(self._params)
-        grad_hist, upd_hist = self.history[i], self.history[n + i]
+    def compute_update(self, indices, grads, local_rate):
+        grad_hist, upd_hist = self._histories(indices, 0), self._histories(indices, 1)
         m, delta = self.param.momentum, self.param.delta
-        grad_hist.mul_(m).add_((1 - m) * g * g)
-        update = g * torch.sqrt((upd_hist + delta) / (grad_hist + delta))
-        upd_hist.mul_(m).add_((1 - m) * update * update)
-        return local_rate * update
+        _decayed_square_(grad_hist, grads, m)
+        ratio = torch._foreach_add(upd_hist, delta)           # update = diff * sqrt((uh + delta) / (gh + delta))
+        torch._foreach_div_(ratio, torch._foreach_add(grad_hist, delta))
+        torch._foreach_sqrt_(ratio)
+        torch._foreach_mul_(grads, ratio)
+        _decayed_square_(upd_hist, grads, m)
+        torch._foreach_mul_(grads, local_rate)
 
 
 class AdamSolver(Solver):
     type_name = "Adam"
     n_history = 2
 
-    def compute_update(self, i, g, local_rate):
-        n = len(self._params)
-        m, v = self.history[i], self.history[n + i]
+    def compute_update(self, indices, grads, local_rate):
+        m, v = self._histories(indices, 0), self._histories(indices, 1)
         b1, b2 = self.param.momentum, self.param.momentum2
-        m.mul_(b1).add_((1 - b1) * g)
-        v.mul_(b2).add_((1 - b2) * g * g)
+        first = torch._foreach_mul(grads, 1 - b1)             # m = b1 * m + (1 - b1) * diff
+        torch._foreach_mul_(m, b1)
+        torch._foreach_add_(m, first)
+        _decayed_square_(v, grads, b2)                        # v = b2 * v + (1 - b2) * diff^2
         t = self.iter + 1
         correction = math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-        return local_rate * correction * m / (v.sqrt() + self.param.delta)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_add_(denom, self.param.delta)
+        update = torch._foreach_mul(m, local_rate * correction)
+        torch._foreach_div_(update, denom)
+        torch._foreach_copy_(grads, update)
 
 
 _SOLVERS = {cls.type_name: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,

@@ -18,11 +18,17 @@ from .errors import WeightsError
 from .proto import caffe_pb2
 
 
+class WireChunks(list):
+    """A message already serialised, as a list of bytes-like pieces in order (protobuf's wire format): the
+    pieces may be NumPy memory itself (a snapshot's blobs), so no serialised copy of the whole is made."""
+
+
 def write_proto_atomic(message, path) -> None:
-    """Serialise `message` to `path` via a temporary file in the same directory and an atomic rename."""
+    """Serialise `message` (or write WireChunks) to `path` via a temporary file in the same directory and an
+    atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = message.SerializeToString()
+    pieces = message if isinstance(message, WireChunks) else [message.SerializeToString()]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes the file 0600; give it what open() would (0666 less the umask), as Caffe's files
@@ -30,7 +36,8 @@ def write_proto_atomic(message, path) -> None:
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for piece in pieces:
+                f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -130,13 +137,71 @@ def blob_to_array(blob: "caffe_pb2.BlobProto", where: str = "") -> np.ndarray:
     return data.reshape(shape)
 
 
-def array_to_blob(array, blob: "caffe_pb2.BlobProto | None" = None) -> "caffe_pb2.BlobProto":
-    blob = blob if blob is not None else caffe_pb2.BlobProto()
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+# BlobProto's packed repeated fields (caffe.proto): data = 5 (float), double_data = 8 (double)
+_PACKED_FIELDS = {np.float32: 5, np.float64: 8}
+
+
+def _host_array(array, keep_double: bool) -> np.ndarray:
     a = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    if not (keep_double and a.dtype == np.float64):
+        a = a.astype(np.float32, copy=False)
+    # np.asarray(order="C"), not np.ascontiguousarray: the latter turns a 0-axis blob into shape (1,)
+    return np.asarray(a, dtype=a.dtype.newbyteorder("<"), order="C")
+
+
+def _blob_pieces(array, keep_double: bool = False) -> list:
+    """A BlobProto's wire bytes, in field-number order as protobuf writes them: float `data` (5) then `shape`
+    (7), or `shape` then `double_data` (8) for a float64 array with `keep_double` (Blob<double>::ToProto, an
+    exact round trip). The values are the array's own memory (NumPy), never a list of Python floats."""
+    a = _host_array(array, keep_double)
+    shape = caffe_pb2.BlobProto()
     if a.ndim:              # Caffe writes a 0-axis blob with no `shape` field at all
-        blob.shape.dim.extend(int(d) for d in a.shape)
-    blob.data.extend(a.astype(np.float32, copy=False).ravel().tolist())
+        shape.shape.dim.extend(int(d) for d in a.shape)
+    values = memoryview(a).cast("B")
+    number = _PACKED_FIELDS[a.dtype.type]
+    field = [_varint(number << 3 | 2) + _varint(len(values)), values] if len(values) else []
+    return field + [shape.SerializeToString()] if number < 7 else [shape.SerializeToString()] + field
+
+
+def array_to_blob(array, blob: "caffe_pb2.BlobProto | None" = None, *,
+                  keep_double: bool = False) -> "caffe_pb2.BlobProto":
+    """The array as a BlobProto (float `data`; with `keep_double`, a float64 array as `double_data`), parsed
+    from its wire bytes (_blob_pieces) by protobuf in C."""
+    blob = blob if blob is not None else caffe_pb2.BlobProto()
+    blob.MergeFromString(b"".join(_blob_pieces(array, keep_double)))
     return blob
+
+
+def _field(number: int, pieces: list) -> list:
+    """A length-delimited field (a sub-message) of the given pieces."""
+    return [_varint(number << 3 | 2) + _varint(sum(len(p) for p in pieces)), *pieces]
+
+
+def _around(message, number: int, fields: list) -> list:
+    """The pieces of `message` (which holds nothing in field `number`) with `fields` put where field `number`
+    goes: its fields numbered below, the given ones, its fields numbered above."""
+    head, tail = type(message)(), type(message)()
+    head.CopyFrom(message)
+    tail.CopyFrom(message)
+    for descriptor, _ in message.ListFields():
+        (tail if descriptor.number < number else head).ClearField(descriptor.name)
+    return [head.SerializeToString(), *fields, tail.SerializeToString()]
+
+
+def blobs_message(message, number: int, arrays, keep_double: bool = False) -> WireChunks:
+    """`message` with `arrays` as its repeated BlobProto field `number` (e.g. a SolverState's history), as
+    WireChunks: the bytes SerializeToString would give, without building the blobs' values in protobuf."""
+    return WireChunks(_around(message, number, [piece for a in arrays
+                                                for piece in _field(number, _blob_pieces(a, keep_double))]))
 
 
 def _legacy_equal(target_shape: tuple[int, ...], blob: "caffe_pb2.BlobProto") -> bool:
@@ -183,13 +248,12 @@ def copy_weights(net, net_param, path: str = "") -> None:
                 target.copy_(torch.from_numpy(np.array(values, order="C")).to(target.dtype))
 
 
-def net_to_proto(net) -> "caffe_pb2.NetParameter":
-    """The net as Caffe's Net::ToProto writes it: the layer definitions with their blobs."""
-    out = caffe_pb2.NetParameter(name=net.name)
+def net_to_wire(net) -> WireChunks:
+    """The net as Caffe's Net::ToProto writes it (the layer definitions with their blobs), as WireChunks."""
+    layers = []
     for lp, layer in zip(net._layer_params, net._layers):
-        dst = out.layer.add()
-        dst.CopyFrom(lp)
-        del dst.blobs[:]
-        for p in layer.blobs:
-            array_to_blob(p, dst.blobs.add())
-    return out
+        definition = caffe_pb2.LayerParameter()
+        definition.CopyFrom(lp)
+        del definition.blobs[:]
+        layers += _field(100, blobs_message(definition, 7, layer.blobs))    # NetParameter.layer = 100
+    return WireChunks(_around(caffe_pb2.NetParameter(name=net.name), 100, layers))

@@ -17,8 +17,9 @@ class DataParallel:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.enabled = self.world > 1
         self.is_main = self.rank == 0
-        self.loss = None           # the last iteration's loss averaged over the processes
-        self.stop = False          # a stop signal reached some process (same value on every process)
+        # > 0 when a stop signal reached some process by the last iteration (a device scalar, the same on every
+        # process; read by stop_requested, which the loop calls at display iterations only)
+        self.stop_flag = None
         self.local_stop = None     # callable: has this process received a stop signal?
         self.gpu_index = None
 
@@ -81,27 +82,36 @@ class DataParallel:
         for p, *_ in net.learnable_params():
             dist.broadcast(p.data, 0)
 
-    def gradient_hook(self, solver, loss: float) -> float:
-        """Solver.gradient_hook: one all-reduce of [all param diffs..., loss, stop flag]; diffs and loss
-        become their mean over the processes."""
+    def gradient_hook(self, solver, loss):
+        """Solver.gradient_hook: one all-reduce of [all param diffs..., loss, stop flag]; diffs and loss (a
+        float64 device scalar, returned) become their mean over the processes. Nothing is read from the
+        device: the stop flag stays there until stop_requested."""
         import torch
         import torch.distributed as dist
 
         grads = [p.grad for p, *_ in solver.net.learnable_params() if p.grad is not None]
-        device = grads[0].device if grads else solver.net.device
-        extra = torch.tensor([loss, 1.0 if self.local_stop and self.local_stop() else 0.0], device=device,
-                             dtype=grads[0].dtype if grads else torch.float32)
-        flat = torch.cat([g.reshape(-1) for g in grads] + [extra])
+        dtype = grads[0].dtype if grads else torch.float32
+        stopping = torch.full((1,), 1.0 if self.local_stop and self.local_stop() else 0.0, dtype=dtype,
+                              device=loss.device)
+        flat = torch.cat([g.reshape(-1) for g in grads] + [loss.reshape(1).to(dtype), stopping])
         dist.all_reduce(flat)
         flat /= self.world
-        offset = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(flat[offset:offset + n].view(g.shape))
-            offset += n
-        self.loss = float(flat[offset])
-        self.stop = bool(flat[offset + 1] > 0)
-        return self.loss
+        means = flat[:-2].split([g.numel() for g in grads])
+        torch._foreach_copy_(grads, [v.view(g.shape) for v, g in zip(means, grads)])
+        self.stop_flag = flat[-1]
+        return flat[-2].to(torch.float64)
+
+    def stop_check_every(self, display: int) -> int:
+        """How often (iterations) the loop asks stop_requested: every iteration on CPUs (a read costs nothing
+        there), every `display` on GPUs (one read per display, where the loss is read anyway)."""
+        return 1 if self.gpu_index is None else display
+
+    def stop_requested(self) -> bool:
+        """Did a stop signal reach any process by the last iteration? (One device read; every process gets
+        the same answer at the same iteration.)"""
+        from caffe_torch.opcount import host_values
+
+        return self.stop_flag is not None and host_values(self.stop_flag)[0] > 0
 
     def close(self) -> None:
         if self.enabled:

@@ -20,6 +20,7 @@ not one) and ``start``/``end`` are LAYER names, not blob names.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -105,6 +106,18 @@ def _input_blobs(net, data_blob: str) -> list[str]:
     return names
 
 
+def _device_spectrogram(net, crops: np.ndarray):
+    """(n, 1, frames, 257) float32 spectrograms of int16 crops (n, L), computed on the net's device
+    (voxdata.spectrogram_torch, in float32 as the training step computes them: only the int16 samples cross
+    the bus)."""
+    import torch
+
+    from voxdata.frontend import spectrogram_torch
+
+    x = torch.from_numpy(np.ascontiguousarray(crops)).to(net.device, non_blocking=True)
+    return spectrogram_torch(x)[:, None]
+
+
 def _set_batch(net, data_blob: str, n: int, sample_shape: tuple[int, ...] | None = None) -> None:
     """Reshape the net's input blobs to batch ``n`` (and the data blob to ``sample_shape``) and propagate.
 
@@ -114,7 +127,7 @@ def _set_batch(net, data_blob: str, n: int, sample_shape: tuple[int, ...] | None
     """
     changed = []
     for name in _input_blobs(net, data_blob):
-        shape = tuple(net.blobs[name].data.shape)
+        shape = tuple(net.blobs[name].shape)          # (not .data: on a GPU that would copy it to the host)
         rest = sample_shape if (name == data_blob and sample_shape is not None) else shape[1:]
         new = (n, *rest)
         if shape != new:
@@ -154,12 +167,15 @@ def crop_averaged_forward(
     pool_blob: str = "res4_3p",
     progress: bool = True,
     desc: str = "utterances",
+    on_device: bool | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the multi-crop protocol on every utterance; returns ``{blob: (N, ...) float32}`` for ``out_blobs``.
 
     ``rng`` (a Generator, or a seed for one) is passed to ``crops_provider`` for every utterance in order,
     so a seed fixes every crop. ``batch`` = crops per forward up to the pooling layer; ``head_batch`` =
-    utterances per forward of the rest of the net.
+    utterances per forward of the rest of the net. ``on_device`` (default: for a caffe_torch net) computes
+    the spectrograms on the net's device and keeps every result there until the end (one read back for the
+    whole run, none per batch); else NumPy spectrograms go in and results come out through the blobs' data.
     """
     if batch < 1 or head_batch < 1:
         raise ValueError(f"batch and head_batch must be >= 1, got {batch} and {head_batch}")
@@ -172,13 +188,18 @@ def crop_averaged_forward(
     for b in out_blobs:
         if b not in net.blobs:
             raise ValueError(f"net has no blob {b!r} (blobs: {list(net.blobs)})")
-    net_sample = tuple(net.blobs[data_blob].data.shape[1:])  # (1, frames, 257) from the prototxt
-    results: dict[str, list[np.ndarray]] = {b: [] for b in out_blobs}
-    pending: list[np.ndarray] = []  # crop-averaged pooled features, each (C, H, W)
+    net_sample = tuple(net.blobs[data_blob].shape[1:])  # (1, frames, 257) from the prototxt
+    run = _DeviceRun(net, data_blob, pool_blob, end, start, out_blobs) if (
+        hasattr(net, "forward_range") if on_device is None else on_device) else None
+    results: dict[str, list] = {b: [] for b in out_blobs}
+    pending: list = []  # crop-averaged pooled features, each (C, H, W)
 
     def run_head() -> None:
         # Step 4 on the pending averages
-        _run_head(net, data_blob, net_sample, pool_blob, start, pending, results)
+        if run is not None:
+            run.head(net_sample, pending, results)
+        else:
+            _run_head(net, data_blob, net_sample, pool_blob, start, pending, results)
 
     for path in tqdm(utterances, desc=desc, unit="utt", disable=not progress):
         crops = np.asarray(crops_provider(path, rng))
@@ -186,26 +207,90 @@ def crop_averaged_forward(
             raise ValueError(
                 f"{path}: crops_provider must return (n_crops, L) crops, got shape {crops.shape}"
             )
-        spec = _spectrogram(crops)[:, None]  # (n_crops, 1, frames, 257) float32
+        # (n_crops, 1, frames, 257) float32
+        spec = _device_spectrogram(net, crops) if run is not None else _spectrogram(crops)[:, None]
         if tuple(spec.shape[1:]) != net_sample:
             raise ValueError(
-                f"{path}: crops of {crops.shape[1]} samples give inputs {spec.shape[1:]}, but the net's "
+                f"{path}: crops of {crops.shape[1]} samples give inputs {tuple(spec.shape[1:])}, but the net's "
                 f"{data_blob!r} blob takes {net_sample} per sample"
             )
         pooled_sum = None
         for s in range(0, spec.shape[0], batch):
             chunk = spec[s : s + batch]
             _set_batch(net, data_blob, chunk.shape[0], net_sample)
-            net.blobs[data_blob].data[...] = chunk
-            net.forward(end=end)
-            part = np.asarray(net.blobs[pool_blob].data, dtype=np.float64).sum(axis=0)  # (C, H, W)
+            if run is not None:
+                part = run.pooled_sum(chunk)
+            else:
+                net.blobs[data_blob].data[...] = chunk
+                net.forward(end=end)
+                part = np.asarray(net.blobs[pool_blob].data, dtype=np.float64).sum(axis=0)  # (C, H, W)
             pooled_sum = part if pooled_sum is None else pooled_sum + part
-        pending.append((pooled_sum / spec.shape[0]).astype(np.float32))
+        average = pooled_sum / spec.shape[0]
+        pending.append(average.float() if run is not None else average.astype(np.float32))
         if len(pending) == head_batch:
             run_head()
     if pending:
         run_head()
+    if run is not None:
+        return run.read(results)
     return {b: np.concatenate(v) for b, v in results.items()}
+
+
+class _DeviceRun:
+    """crop_averaged_forward's steps on a caffe_torch net's device: the blobs' tensors in and out, float64 crop
+    sums there, nothing read back until `read`. The Accuracy and loss layers of a training prototxt read the
+    zeros _set_batch wrote as labels: their label checks (a read each) are off while it runs."""
+
+    def __init__(self, net, data_blob, pool_blob, end, start, out_blobs):
+        names = list(net._layer_names)
+        self.net, self.data_blob, self.pool_blob = net, data_blob, pool_blob
+        self.end, self.start, self.last = names.index(end), names.index(start), len(names) - 1
+        self.out_blobs = out_blobs
+
+    def pooled_sum(self, chunk):
+        """The sum over the chunk's crops of the pooled blob, (C, H, W) float64."""
+        import torch
+
+        self.net.blobs[self.data_blob].tensor = chunk
+        with _labels_unchecked(self.net):
+            self.net.forward_range(0, self.end)
+        return self.net.blobs[self.pool_blob].tensor.detach().to(torch.float64).sum(dim=0)
+
+    def head(self, net_sample, pending: list, results: dict) -> None:
+        import torch
+
+        _set_batch(self.net, self.data_blob, len(pending), net_sample)
+        self.net.blobs[self.pool_blob].tensor = torch.stack(pending)
+        with _labels_unchecked(self.net):
+            self.net.forward_range(self.start, self.last)
+        for b in results:
+            out = self.net.blobs[b].tensor.detach()
+            results[b].append(out.reshape(out.shape[0], -1).to(torch.float32).clone())
+        pending.clear()
+
+    def read(self, results: dict) -> dict[str, np.ndarray]:
+        """Every result in one read from the device."""
+        import torch
+
+        from caffe_torch.opcount import host_array
+
+        if not results:
+            return {}
+        widths = [v[0].shape[1] for v in results.values()]
+        flat = host_array(torch.cat([torch.cat(v) for v in results.values()], dim=1))
+        return dict(zip(results, np.split(flat, np.cumsum(widths)[:-1], axis=1)))
+
+
+@contextlib.contextmanager
+def _labels_unchecked(net):
+    saved = [layer.check_labels for layer in net.modules]
+    for layer in net.modules:
+        layer.check_labels = False
+    try:
+        yield
+    finally:
+        for layer, check in zip(net.modules, saved):
+            layer.check_labels = check
 
 
 def identify(
@@ -343,7 +428,9 @@ def full_utterance_forward(
         total, steps = None, 0
         for a, b in _chunk_bounds(num_frames(x.size), max_frames):
             seg = x[160 * a : 160 * (b - 1) + 401]  # the samples of frames a..b-1 (25 ms windows, 10 ms hop)
-            spec = _spectrogram(seg[None])[:, None]  # (1, 1, b - a, 257)
+            # (1, 1, b - a, 257); a caffe_torch net's front end is the crop protocol's (on its device)
+            spec = (_device_spectrogram(net, seg[None]).cpu().numpy() if hasattr(net, "forward_range")
+                    else _spectrogram(seg[None])[:, None])
             # Only the data blob is reshaped, not the net: the layers after the pooling layer (fc5) cannot
             # take a longer input, and a forward reshapes each layer it runs (Caffe's Layer::Forward does).
             blob = net.blobs[data_blob]

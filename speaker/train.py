@@ -488,7 +488,9 @@ def build_solver(run: Run):
     try:
         if args.engine == "torch":
             # the loop reads no activation diff: caffe_torch keeps none after a step (pycaffe's default keeps them)
-            solver = caffe.get_solver(str(solver_copy), blob_diffs=False)
+            # and the feeder checks the labels on the host: the layers read nothing back (no host sync)
+            solver = caffe.get_solver(str(solver_copy), blob_diffs=False,
+                                      label_checks=not classifier_widths(run.net_param))
         else:
             solver = caffe.get_solver(str(solver_copy))
     except Exception as exc:
@@ -639,19 +641,29 @@ def _truncate_curve(path: Path, iteration: int) -> set[int]:
 
 # ---------------------------------------------------------------------- stage 4: data
 
-def _input_feeder(caffe, device):
-    """A function (net, crops int16 (B, L), labels (B,)) -> None that fills 'data' and 'label'."""
+def _input_feeder(caffe, device, classes: int):
+    """A function (net, crops int16 (B, L), labels (B,)) -> None that fills 'data' and 'label'. The labels are
+    checked against `classes` on the host, before they are uploaded (caffe_torch's layers then check nothing:
+    Solver(label_checks=False)); crops and labels cross to a GPU without blocking (pinned by the loader)."""
     import torch
 
     from voxdata import spectrogram, spectrogram_torch
 
+    def check(labels):
+        values = labels.numpy()
+        if values.size and (values.min() < 0 or values.max() >= classes):
+            bad = values[(values < 0) | (values >= classes)][0]
+            raise TrainingError(f"label {bad} out of range [0, {classes}) in a training batch")
+
     if is_caffe_torch(caffe):
         def feed(net, crops, labels):
+            check(labels)
             spec = spectrogram_torch(crops.to(device, non_blocking=True))          # (B, F, 257) float32
             net.blobs["data"].tensor = spec.unsqueeze(1)                            # zero-copy
-            net.blobs["label"].tensor = labels.to(device, torch.float32).view(-1, 1, 1, 1)
+            net.blobs["label"].tensor = labels.to(device, non_blocking=True).to(torch.float32).view(-1, 1, 1, 1)
     else:
         def feed(net, crops, labels):
+            check(labels)
             net.blobs["data"].data[...] = spectrogram(crops.numpy())[:, None]
             net.blobs["label"].data[...] = labels.numpy().reshape(-1, 1, 1, 1)
     return feed
@@ -665,7 +677,6 @@ class Progress:
 
         self.run, self.solver_param = run, run.solver_param
         self.display = max(1, run.solver_param.display or 100)
-        self.recent = deque(maxlen=max(1, run.solver_param.average_loss))
         self.start_iter = solver.iter
         self.bar = tqdm(total=run.solver_param.max_iter, initial=solver.iter, unit="it", dynamic_ncols=True,
                         disable=run.args.no_progress or not run.ddp.is_main)
@@ -683,17 +694,15 @@ class Progress:
                 csv.writer(self.file).writerows(rows)
                 self.file.flush()
 
-    def step(self, it: int, loss: float, iterations_done: int) -> None:
-        from caffe_torch.solver import learning_rate
-
-        self.recent.append(loss)
-        lr, _ = learning_rate(self.solver_param, it, 0)
+    def step(self, it: int, loss: float | None, lr: float, iterations_done: int) -> None:
+        """After iteration `it`: the bar; at display iterations (`loss` the smoothed loss read there, else None)
+        its postfix and a curve row."""
         elapsed = time.perf_counter() - self.t0
         rate = (iterations_done - self.start_iter) * self.run.batch / elapsed if elapsed > 0 else 0.0
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{np.mean(self.recent):.4f}", lr=f"{lr:.3g}", ex_s=f"{rate:.1f}")
-        if it % self.display == 0:
-            self._write([[it, f"{np.mean(self.recent):.6g}", f"{lr:.6g}", "", ""]])
+        if loss is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", ex_s=f"{rate:.1f}")
+            self._write([[it, f"{loss:.6g}", f"{lr:.6g}", "", ""]])
 
     def validation(self, it: int, top1: float, top5: float) -> None:
         self._write([[it, "", "", f"{top1:.6g}", f"{top5:.6g}"]])
@@ -710,21 +719,64 @@ class Progress:
                 log.warning("could not plot the training curve: %s", exc)
 
 
+class TorchStep:
+    """One training iteration on caffe_torch: the solver's step (forward, backward, update) with the loss
+    smoothed on the device over the whole run (Caffe's average_loss window); nothing is read from the device
+    except at display iterations (the solver's display line; its values are returned) and before a snapshot."""
+
+    def __init__(self, solver, display: int):
+        from caffe_torch.solver import SmoothedLoss
+
+        self.display = display
+        self.window = solver.run_window = SmoothedLoss(solver.param.average_loss, solver.iter)
+
+    def __call__(self, solver, it: int) -> tuple[float | None, float]:
+        """(the smoothed loss at display iterations else None, the iteration's rate)."""
+        solver.step(1)
+        if it % self.display:
+            return None, solver.last_lr
+        shown = solver.param.display and it % solver.param.display == 0
+        return (solver.displayed_loss if shown else self.window.read()), solver.last_lr
+
+    def loss_now(self, solver) -> float:
+        return self.window.read()
+
+
+class CaffeStep:
+    """One training iteration on a real pycaffe: its step(1), the loss read from the loss blobs every iteration
+    (the sum of their values) and smoothed on the host over average_loss, the rate as Caffe computes it."""
+
+    def __init__(self, solver_param, display: int, loss_blobs: list[str]):
+        self.param, self.display, self.loss_blobs = solver_param, display, loss_blobs
+        self.recent: deque = deque(maxlen=max(1, solver_param.average_loss))
+
+    def __call__(self, solver, it: int) -> tuple[float | None, float]:
+        from caffe_torch.solver import learning_rate
+
+        solver.step(1)
+        self.recent.append(self.loss_now(solver))
+        if it % self.display:
+            return None, math.nan
+        # multistep: Caffe's current_step at `it` is the count of stepvalues passed (so nothing is logged here)
+        passed = sum(1 for v in self.param.stepvalue if v <= it)
+        return float(np.mean(self.recent)), learning_rate(self.param, it, passed)[0]
+
+    def loss_now(self, solver) -> float:
+        return float(sum(np.asarray(solver.net.blobs[b].data).sum() for b in self.loss_blobs))
+
+
 @dataclass
 class Data:
     feed: object
     loader: object
     val: Validator | None
     progress: Progress
-    loss_blobs: list[str]
+    step: TorchStep | CaffeStep
 
     def validation_due(self, it: int, interval: int, validated: set[int]) -> bool:
         """Every `interval` iterations from the first on, unless the curve holds that validation already (a
         run resumed at iteration `it` after a kill that came before its validation ran does run it)."""
         return self.val is not None and interval > 0 and it > 0 and it % interval == 0 and it not in validated
-
-    def loss(self, net) -> float:
-        return float(sum(np.asarray(net.blobs[b].data).sum() for b in self.loss_blobs))
 
 
 def prepare_data(run: Run, caffe, solver, cache) -> Data:
@@ -765,9 +817,15 @@ def prepare_data(run: Run, caffe, solver, cache) -> Data:
                           start_batch=solver.iter, num_workers=args.workers, augment=run.augment, cache=cache,
                           on_error="skip" if args.skip_bad_audio else "raise", pin_memory=run.gpu is not None,
                           rows=rows, lengths=lengths, augmenter=run.augmenter)
-    loss_name = next(iter(solver.net.outputs), None)
-    loss_blobs = [b for b in solver.net.outputs if "loss" in b.lower()] or [loss_name]
-    return Data(_input_feeder(caffe, device), loader, val, Progress(run, solver), loss_blobs)
+    progress = Progress(run, solver)
+    if is_caffe_torch(caffe):
+        step = TorchStep(solver, progress.display)
+    else:
+        loss_name = next(iter(solver.net.outputs), None)
+        loss_blobs = [b for b in solver.net.outputs if "loss" in b.lower()] or [loss_name]
+        step = CaffeStep(run.solver_param, progress.display, loss_blobs)
+    classes = len(run.splits.speakers)
+    return Data(_input_feeder(caffe, device, classes), loader, val, progress, step)
 
 
 def prepare_cache(run: Run, stop: StopRequest):
@@ -826,17 +884,19 @@ def loop(run: Run, solver, data: Data, stop: StopRequest) -> int:
                 run.validated.add(it)
             data.feed(solver.net, *next(batches))
             before = ForwardState(solver, run.args.engine == "torch")
-            solver.step(1)
-            loss = ddp.loss if ddp.enabled else data.loss(solver.net)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"the loss is {loss}")
-            data.progress.step(it, loss, solver.iter)
+            loss, lr = data.step(solver, it)
+            check_finite(loss)
+            data.progress.step(it, loss, lr, solver.iter)
             if ddp.is_main and every and solver.iter % every == 0:
+                check_finite(data.step.loss_now(solver))
                 snapshot(run, solver, stop)
         except Exception as exc:
             saved = save_after_failure(run, solver, data, stop, it, before, exc)
             raise TrainingError(f"{one_line(exc)} (iteration {it}); {saved}") from exc
-        if ddp.stop if ddp.enabled else stop.requested:
+        # data parallel: every process asks the all-reduced flag at the same iterations: every one on CPUs, at
+        # display iterations on GPUs (a read there waits for the GPU's queue)
+        if (ddp.enabled and it % ddp.stop_check_every(data.progress.display) == 0 and ddp.stop_requested()) or \
+                (not ddp.enabled and stop.requested):
             if ddp.is_main:
                 log.warning("stopped by %s at iteration %d; snapshot %s; continue with --resume auto",
                             stop.signal_name or "a signal to another process", solver.iter,
@@ -844,6 +904,13 @@ def loop(run: Run, solver, data: Data, stop: StopRequest) -> int:
             stop.settled = True
             return EXIT_INTERRUPTED
     return 0
+
+
+def check_finite(loss: float | None) -> None:
+    """The scripts stop on a non-finite loss (Caffe would train on): checked where the loss is read, at display
+    iterations and before a snapshot (NaN weights make every later loss NaN, so none slips through)."""
+    if loss is not None and not math.isfinite(loss):
+        raise FloatingPointError(f"the loss is {loss}")
 
 
 class ForwardState:

@@ -308,3 +308,27 @@ def test_output_diffs_reach_backward_while_output_views_are_kept(tmp_path):
     assert not diffs["x"].any()
     assert_within(net.params["ip"][0].diff, g.T @ net.blobs["x"].data, matmul_bound(g.T, net.blobs["x"].data))
     assert kept["y"].shape == (2, 4)
+
+
+def test_input_blobs_stay_synced_after_an_upload_no_download_in_the_pycaffe_loop(tmp_path, host_copies):
+    """SyncedMemory's SYNCED state: after the forward uploads what `blob.data[...] = x` wrote, host and device are
+    equal, so the next write into the input blobs downloads nothing (10 iterations of the canonical loop: one
+    download per input blob, at the first read); the outputs equal a fresh net's, and an output
+    blob, which every forward replaces, is downloaded at each read."""
+    from caffe_torch.opcount import OpCounter
+
+    net = make_net(tmp_path)
+    copies, outs = [], []
+    for k in range(10):
+        with OpCounter() as count:
+            batch(net, k)                                       # reads .data of 'data' and 'label'
+        copies.append(count.by_name["copy_.default"])
+        net.forward()
+        with OpCounter() as count:
+            outs.append(net.blobs["out"].data.copy())
+        assert count.by_name["copy_.default"] == 1            # a new result: downloaded
+    assert copies == [2] + [0] * 9
+    for k in (0, 9):
+        np.testing.assert_array_equal(outs[k], reference_outputs(tmp_path, k)[1])
+    net.blobs["data"].tensor = torch.zeros(4, 3, dtype=torch.float64)          # replaced: no longer SYNCED
+    np.testing.assert_array_equal(net.blobs["data"].data, np.zeros((4, 3)))

@@ -240,3 +240,50 @@ def test_errors():
 
     with pytest.raises(ValueError, match=r"utt_0: crops_provider must return \(n_crops, L\)"):
         embed(FakeNet(), UTTS, flat, progress=False)
+
+
+def test_device_path_matches_numpy_spectrograms_and_reads_back_once(tmp_path):
+    """On a caffe_torch net the crops' spectrograms are computed with spectrogram_torch on the net's device and
+    every result stays there until the end: the scores equal the NumPy path's (a spectrogram differs by
+    float32 rounding, < 1e-5, so the outputs of this small net by less than 1e-4 relative), and the whole run
+    of 6 utterances in 12 trunk batches and 3 head batches reads the device once (host syncs counted on the
+    CPU)."""
+    from fp import U32, assert_within
+    from test_e2e import FRAMES, SOFTMAX_HEAD, TRUNK
+    from test_voxdata_frontend import reference_spectrogram, rounding_bound
+
+    import caffe_torch
+    from caffe_torch.opcount import OpCounter
+    from speaker.evaluate import _device_spectrogram
+    from voxdata import crop_length, spectrogram
+
+    (tmp_path / "net.prototxt").write_text(TRUNK.format(frames=FRAMES, pooled=FRAMES // 2)
+                                           + SOFTMAX_HEAD.format(classes=4))
+    caffe_torch.set_random_seed(1)
+    net = caffe_torch.Net(str(tmp_path / "net.prototxt"), caffe_torch.TEST)
+    audio = {f"u{i}": np.random.default_rng(i).integers(-3000, 3000, 4000 + 500 * i).astype(np.int16)
+             for i in range(6)}
+
+    def provider(path, rng):
+        signal, n = audio[path], crop_length(FRAMES)
+        starts = rng.integers(0, len(signal) - n, 5)
+        return np.stack([signal[s:s + n] for s in starts])
+
+    # both front ends compute in float32: each within the float32 rounding bound of the float64 formula (the
+    # two differ by up to 3.4e-5 on these crops: "within 1e-5" of each other would not hold for NumPy's own)
+    crops = provider("u3", np.random.default_rng(0))
+    ref = np.stack([reference_spectrogram(c) for c in crops])
+    bound = np.stack([rounding_bound(c, U32) for c in crops])
+    assert_within(_device_spectrogram(net, crops)[:, 0].numpy(), ref, bound)
+    assert_within(spectrogram(crops), ref, bound)
+    runs = {}
+    for on_device in (True, False):
+        with OpCounter() as count:
+            out = crop_averaged_forward(net, list(audio), provider, ["fc5", "fc6"], rng=4, batch=3, head_batch=2,
+                                        progress=False, on_device=on_device)
+        runs[on_device] = out, count.syncs
+    (device, syncs), (numpy_path, _) = runs[True], runs[False]
+    assert syncs == 1
+    for b in ("fc5", "fc6"):
+        assert device[b].dtype == np.float32 and device[b].shape == numpy_path[b].shape == (6, 8 if b == "fc5" else 4)
+        np.testing.assert_allclose(device[b], numpy_path[b], rtol=1e-4, atol=1e-5)

@@ -14,8 +14,8 @@ import torch
 from fp import U32, assert_within
 
 import caffe_torch as caffe
-from speaker.evaluate import _chunk_bounds, embed, embed_full
-from voxdata.frontend import crop_length, spectrogram
+from speaker.evaluate import _chunk_bounds, _device_spectrogram, embed, embed_full
+from voxdata.frontend import crop_length
 
 
 def net_text(frames, kernel_h):
@@ -65,7 +65,7 @@ def assert_same(embedding, float64_ref, *ref_nets):
 def fc5_of(net, x):
     """fc5 of one exact-length input through a net built for that length (its pooling = the whole time)."""
     frames = net.blobs["data"].data.shape[2]
-    spec = spectrogram(x[None])[:, None]
+    spec = _device_spectrogram(net, x[None]).numpy()      # the protocols' front end on a caffe_torch net
     assert spec.shape[2] == frames
     net.blobs["data"].reshape(1, 1, frames, 257)
     net.blobs["label"].reshape(1, 1, 1, 1)

@@ -201,3 +201,55 @@ def test_float64_net_round_trip(tmp_path):
     a.save(str(tmp_path / "a.caffemodel"))
     b = caffe.Net(str(path), str(tmp_path / "a.caffemodel"), caffe.TEST, dtype=torch.float64)
     np.testing.assert_array_equal(b.params["fc"][0].data, a.params["fc"][0].data.astype(np.float32))
+
+
+def test_packed_blob_bytes_equal_protobufs_own_encoding():
+    """array_to_blob writes the values as packed wire bytes from NumPy: the same bytes protobuf makes from a
+    list of floats (empty and 0-axis blobs included), and float64 history exactly (double_data)."""
+    import torch
+
+    from caffe_torch.proto import caffe_pb2
+    from caffe_torch.weights import array_to_blob, blob_to_array
+
+    rng = np.random.default_rng(0)
+    for shape in [(), (0,), (3,), (4, 5, 3, 3), (1000,)]:
+        a = np.asarray(rng.standard_normal(shape), dtype=np.float64)
+        reference = caffe_pb2.BlobProto()
+        if a.ndim:                  # a 0-axis blob has no shape field (as Caffe writes it)
+            reference.shape.dim.extend(a.shape)
+        reference.data.extend(a.astype(np.float32).ravel().tolist())
+        assert array_to_blob(torch.from_numpy(a)).SerializeToString() == reference.SerializeToString()
+        exact = array_to_blob(torch.from_numpy(a), keep_double=True)
+        assert len(exact.data) == 0 and np.array_equal(blob_to_array(exact), a)
+
+
+def test_snapshot_wire_pieces_are_the_bytes_of_the_messages():
+    """A .caffemodel and a .solverstate written from NumPy memory (net_to_wire, blobs_message) hold the bytes
+    protobuf serialises from the messages with their values as lists (float32 and float64 history)."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    from caffe_torch.net import TRAIN, Net
+    from caffe_torch.proto import caffe_pb2
+    from caffe_torch.weights import blobs_message, net_to_wire
+
+    # the reference: the message built the way of before issue 21 (bench/bench_snapshot.py times both)
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_snapshot.py"
+    spec = importlib.util.spec_from_file_location("bench_snapshot", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    net = Net("prototxt/demo/ResNet-20_lm.prototxt", TRAIN)
+    assert b"".join(net_to_wire(net)) == bench.legacy_net_to_wire(net).SerializeToString()
+
+    history = [torch.randn(3, 2, dtype=torch.float64), torch.zeros(0), torch.randn(4)]
+    state = caffe_pb2.SolverState(iter=3, learned_net="x.caffemodel", current_step=1, learned_net_sha256=b"d")
+    state.layer_state.add(layer="margin", net="train", counter=7)
+    expected = caffe_pb2.SolverState()
+    expected.CopyFrom(state)
+    for h in history:
+        blob = expected.history.add()
+        blob.shape.dim.extend(h.shape)
+        (blob.double_data if h.dtype == torch.float64 else blob.data).extend(h.numpy().ravel().tolist())
+    assert b"".join(blobs_message(state, 3, history, keep_double=True)) == expected.SerializeToString()

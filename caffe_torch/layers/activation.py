@@ -37,7 +37,8 @@ class PReLU(Layer):
         self.add_blob(() if self.channel_shared else (bottom_shapes[0][1],), filler)
 
     def forward(self, x):
-        return F.prelu(x, self.blobs[0].reshape(-1))
+        w = self.blobs[0]
+        return F.prelu(x, w if w.dim() == 1 else w.reshape(-1))     # (no view op per call for the usual 1-D)
 
 
 @register("Sigmoid")

@@ -78,6 +78,10 @@ class Layer(nn.Module):
     is_source: bool = False
     # A Split layer (Caffe's InsertSplits): the net may hand its bottom to its readers without running it.
     is_split: bool = False
+    # Caffe's label range checks (loss, accuracy and margin layers) read the labels on the host: a sync per
+    # forward on a GPU. A training loop that checks its labels on the host before uploading them turns them
+    # off (Solver(label_checks=False)); pycaffe calls from scripts keep them.
+    check_labels: bool = True
     # False for the types whose Caffe layer CHECKs that no top is its bottom (AbsVal, Flatten, Reshape, Split)
     allows_in_place: bool = True
     # (min, max) number of bottoms and tops; None = no limit.

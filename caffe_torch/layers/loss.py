@@ -27,7 +27,10 @@ def _check_label_count(layer: Layer, shape, label_shape, axis: int) -> None:
 
 
 def check_label_range(lab: torch.Tensor, classes: int, layer: Layer, valid: torch.Tensor | None = None) -> None:
-    """Caffe's check 0 <= label < classes on the (non-ignored: `valid`) int64 labels; names the first bad one."""
+    """Caffe's check 0 <= label < classes on the (non-ignored: `valid`) int64 labels; names the first bad one.
+    Skipped for a layer whose labels its training loop checked on the host (`Layer.check_labels`)."""
+    if not layer.check_labels:
+        return
     bad = (lab < 0) | (lab >= classes)
     if valid is not None:
         bad &= valid

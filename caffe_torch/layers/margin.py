@@ -372,13 +372,13 @@ class LabelSpecificAdd(Layer):
         flat = x.reshape(n, -1)
         lab = _labels(label, n, flat.shape[1], self)
         rows = torch.arange(n, device=x.device)
-        bias = torch.tensor(self.bias, dtype=x.dtype, device=x.device)
+        b = self.bias          # a Python float: a kernel argument, no tensor made from it (no upload)
         with torch.no_grad():
-            hit = flat[rows, lab] > -bias
+            hit = flat[rows, lab] > -b
             add = torch.zeros_like(flat)
-            add[rows, lab] = torch.where(hit, bias, torch.zeros_like(bias))
+            add[rows, lab] = torch.zeros_like(hit, dtype=flat.dtype).masked_fill_(hit, b)
         out = (flat + add).reshape(x.shape)
-        return (out, bias.reshape(1).clone()) if two else out
+        return (out, torch.full((1,), b, dtype=x.dtype, device=x.device)) if two else out
 
 
 @register("AdditiveAngularMargin")

@@ -163,14 +163,15 @@ class _BaseConvolution(Layer):
         ys = []
         for x in xs:
             lead = tuple(x.shape[: self.axis])
-            x = x.reshape((-1,) + tuple(x.shape[self.axis:]))        # (N, C, *spatial), N = the lead axes
+            if self.axis != 1:                                      # (no view ops per call for the usual axis 1)
+                x = x.reshape((-1,) + tuple(x.shape[self.axis:]))    # (N, C, *spatial), N = the lead axes
             if n > 3:
                 y = self._forward_nd(x, bias)
             elif self.reverse:
                 y = _DECONV_FN[n](x, self.blobs[0], bias, self.stride, self.pad, 0, self.group, self.dilation)
             else:
                 y = _CONV_FN[n](x, self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)
-            ys.append(y.reshape(lead + tuple(y.shape[1:])))
+            ys.append(y if self.axis == 1 else y.reshape(lead + tuple(y.shape[1:])))
         return tuple(ys)
 
     def _forward_nd(self, x, bias):
