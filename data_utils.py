@@ -1,4 +1,4 @@
-"""The original's module name: re-exports voxdata's public API, and the `synth` command.
+"""The original's module name: re-exports voxdata's public API, and the commands `synth`, `cache` and `lists`.
 
     python data_utils.py synth --out DIR [--speakers 40 --utterances 30 --test-speakers 10 --seed 0 ...]
     python data_utils.py cache --iden-split DIR/iden_split.txt --out CACHE_DIR [--skip-bad]
