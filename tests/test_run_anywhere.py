@@ -1,6 +1,6 @@
 """`python -m caffe_torch my_script.py` from any folder (issue 24): tools/setup.sh puts the repository on
 .venv's import path (a .pth file), so after `source .venv/bin/activate` a pycaffe script in a folder of its own
-runs on caffe_torch with no PYTHONPATH, as README says."""
+runs on caffe_torch with no PYTHONPATH, as README and docs/pycaffe-scripts.md say."""
 
 import os
 import subprocess
