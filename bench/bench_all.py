@@ -20,6 +20,9 @@
     1,000 utterances, extrapolated from --eval-utterances utterances.
 (e) all-pairs scoring of 4,874 embeddings (11.9 M pairs, speaker.scoring.all_pairs_scores) and the EER over
     them (speaker.metrics.compute_eer).
+(f) data (bench/bench_data.py, which has more): the audio cache's decode throughput for wav and m4a with
+    --workers processes (files/s, hours of audio/s), and the training loader's examples/s on one core with
+    and without the noise + reverberation augmentation (defaults of voxdata.augment).
 Every examples/s figure also gives its ratio to the original's 89 examples/s (1.78 it/s at batch 50).
 CPU defaults are small (paper nets at batch 2, one timed iteration; demo nets at their batch 24) so that
 the whole run takes minutes; the batch and iterations are in the table.
@@ -358,6 +361,22 @@ def section_e(args, device, rows):
 
 
 # ---------------------------------------------------------------------------------------------------------
+def section_f(args, device, rows):
+    from bench_data import decode_rates, loader_rates
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in decode_rates(tmp, args.wavs, 8.0, [args.workers]):
+            note = f"{r['files']} files of 8 s, {r['workers']} workers"
+            rows.append(row("f", f"cache build, {r['format']}: files/s", "cpu", r["files_per_s"], "files/s",
+                            note=note))
+            rows.append(row("f", f"cache build, {r['format']}: hours of audio/s", "cpu", r["audio_hours_per_s"],
+                            "h audio/s", note=f"VoxCeleb2 dev (2,360 h) in {r['VoxCeleb2 dev hours']:.1f} h"))
+        loader, what = loader_rates(tmp, 50, 300, args.seconds, args.workers)
+    for r in loader:
+        rows.append(row("f", f"loader, {r['augmentation']}", "cpu", r["examples_per_s_one_core"], "examples/s",
+                        ratio=True, note=f"one core; {what}"))
+
+
 def row(section, item, device, value, unit, ratio=False, note=""):
     return {"section": section, "item": item, "device": str(device), "value": value, "unit": unit,
             "ratio_to_original_89": (value / ORIGINAL) if ratio and value is not None else None, "note": note}
@@ -395,7 +414,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-utterances", type=int, default=None, help="utterances timed in (d) (default: 20 "
                    "CUDA, 2 CPU; 1 for the paper net on the CPU)")
     p.add_argument("--crops", type=int, default=50, help="crops per utterance (d)")
-    p.add_argument("--sections", default="abcde", help="which sections to run (default: abcde)")
+    p.add_argument("--sections", default="abcdef", help="which sections to run (default: abcdef)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = p.parse_args(argv)
@@ -420,7 +439,8 @@ def main(argv=None) -> int:
     print(header, flush=True)
     rows: list[dict] = []
     t_all = time.perf_counter()
-    for s, fn in (("a", section_a), ("b", section_b), ("c", section_c), ("d", section_d), ("e", section_e)):
+    for s, fn in (("a", section_a), ("b", section_b), ("c", section_c), ("d", section_d), ("e", section_e),
+                  ("f", section_f)):
         if s in args.sections:
             t0 = time.perf_counter()
             fn(args, device, rows)

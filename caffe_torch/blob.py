@@ -46,6 +46,18 @@ import torch
 DEVICE, HOST = "device", "host"
 
 
+def reshaped_memory(t: torch.Tensor, shape) -> torch.Tensor | None:
+    """The memory `t` as Caffe's Blob::Reshape leaves it for a new `shape`: the same memory, its first values,
+    while the new count fits in what it holds (a kept view then still aliases it); None where Caffe would
+    allocate anew."""
+    t = t.detach()
+    shape = torch.Size(shape)
+    capacity = t.untyped_storage().nbytes() // t.element_size()
+    if t.storage_offset() != 0 or not t.is_contiguous() or shape.numel() > capacity:
+        return None
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), 0, shape)
+
+
 class _Anchor:
     """What a handed-out array hangs off: NumPy keeps it alive for as long as any view derived from it."""
 
@@ -211,7 +223,14 @@ class Blob:
         if t is None or t is mem.host:
             return
         t = t.detach()
-        if t.shape == mem.host.shape and t.data_ptr() != mem.host.data_ptr():
+        if t.shape != mem.host.shape:
+            # a new shape (a Filter's batch): the kept memory follows while the new count fits (Caffe's Reshape)
+            # (beyond it Caffe allocates anew, and the kept view is left with the old memory)
+            kept = reshaped_memory(mem.host, t.shape)
+            if kept is None:
+                return
+            mem.host = kept
+        if t.data_ptr() != mem.host.data_ptr():
             # through .data: the memory may be saved by autograd (an input); its version counter stays
             mem.host.data.copy_(t)
 

@@ -20,12 +20,13 @@ import torch
 from torch import nn
 
 from . import layers as _layers  # noqa: F401  (registers the layer types)
-from .blob import Blob, _ActivationBlob, _HostSync, clear_param_diff, param_blob, share_param_data
+from .blob import Blob, _ActivationBlob, _HostSync, clear_param_diff, param_blob, reshaped_memory, share_param_data
 from .debug_info import backward_debug_info, forward_debug_info
 from .errors import LayerError, PrototxtError
 from .layers.base import BuildContext, known_types, layer_class
 from .log import install as install_glog
 from .mode import MODE
+from .need_backward import plan as backward_plan
 from .proto import caffe_pb2
 from .prototxt import Source, read_net
 from .pycaffe_net import PycaffeNetMixin
@@ -200,6 +201,7 @@ class Net(PycaffeNetMixin):
         # nothing for a backward Caffe would allow but nobody runs
         self.enable_backward = self.phase == TRAIN or self.force_backward
         self._last_forward = None
+        self._replaying = False          # _redo_forward_with_graph is running
 
         available: dict[str, None] = OrderedDict()       # blobs not yet consumed, in production order
         shapes: dict[str, tuple[int, ...]] = {}
@@ -211,7 +213,8 @@ class Net(PycaffeNetMixin):
 
         for file_index, lp in insert_splits(filter_layers(net_param, state, src), unknown_bottom):
             where = src.where(file_index)
-            lp.phase = state.phase
+            if not lp.HasField("phase"):       # Caffe's Net::Init: a layer inherits the net's phase if unset
+                lp.phase = state.phase
             if not lp.name:
                 raise PrototxtError(f"{where}: a layer has no name")
             if lp.name in names_seen:
@@ -227,7 +230,7 @@ class Net(PycaffeNetMixin):
             if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
                 raise LayerError(lp.name, lp.type, "propagate_down must be given once per bottom", where)
             bottom_shapes = [shapes[b] for b in lp.bottom]
-            ctx = BuildContext(self.dtype, self.device, state.phase, MODE.generator, where)
+            ctx = BuildContext(self.dtype, self.device, lp.phase, MODE.generator, where)
             try:
                 layer = cls(lp, bottom_shapes, ctx)
                 top_shapes = layer.top_shapes(bottom_shapes)
@@ -242,7 +245,6 @@ class Net(PycaffeNetMixin):
             self._layer_params.append(lp)
             self.bottom_names[lp.name] = list(lp.bottom)
             self.top_names[lp.name] = list(lp.top)
-            self._propagate_down.append(list(lp.propagate_down) or [True] * len(lp.bottom))
             for b in lp.bottom:
                 available.pop(b, None)
             for j, t in enumerate(lp.top):
@@ -266,15 +268,30 @@ class Net(PycaffeNetMixin):
                     self._tensors[t] = self._placeholder(shp, real=lp.type == "Input")
                 if t not in self.blobs:
                     self.blobs[t] = self._activation_blob(t)
+            initial = layer.initial_tops()
+            if initial is not None:
+                for t, value in zip(lp.top, initial):
+                    self._tensors[t] = value
             if lp.type == "Input":
                 self.inputs.extend(lp.top)
             self._setup_loss_weights(layer, lp, where)
             self._setup_params(layer, lp, where)
         self.outputs = sorted(available)       # Caffe keeps the leftovers in a std::set: sorted by name
         self._finish_params()
-        # Caffe's Net::Init: a layer needs backward if one of its params learns (lr_mult != 0, or
-        # force_backward) or a bottom needs it; a net with no such layer does nothing on Backward
-        self._needs_backward = self.force_backward or any(any(flags) for flags in self._param_propagate)
+        self._backward_plan = backward_plan(self._layer_params, self._layers, self._loss_weights,
+                                            self.force_backward)
+        self._producer = {t: i for i, lname in enumerate(self._layer_names) for t in self.top_names[lname]}
+        # per layer and bottom, whether Caffe's backward gives that bottom a diff (its bottom_need_backward: the
+        # prototxt's propagate_down, overridden by force_backward; none where the layer's backward does not run):
+        # the forward records no gradient for the others
+        self._propagate_down = [list(b) if need else [False] * len(b) for b, need in
+                                zip(self._backward_plan.bottom_needs, self._backward_plan.layer_needs)]
+        # the blobs whose diff a whole backward writes (the others keep theirs: outputs, a non-learning layer's)
+        self._diff_written = {b for lp, flags in zip(self._layer_params, self._propagate_down)
+                              for b, flag in zip(lp.bottom, flags) if flag}
+        # Caffe's Net::Backward runs the layers that need backward (need_backward.py); a net with none does
+        # nothing on Backward
+        self._needs_backward = any(self._backward_plan.layer_needs)
 
     def _setup_loss_weights(self, layer, lp, where) -> None:
         weights = list(lp.loss_weight)
@@ -365,7 +382,20 @@ class Net(PycaffeNetMixin):
             self._tensors[name] = t
 
         def get_grad():
-            return self._grads.get(name)
+            g = self._grads.get(name)
+            shape = self._tensors[name].shape
+            if g is not None and g.shape != shape:
+                # the data changed shape (a Filter's batch, a reshaped input): Caffe's Blob::Reshape reshapes the
+                # diff with it, in the same memory while it fits, else in new zeroed memory
+                g = reshaped_memory(g, shape)
+                g = self._grads[name] = g if g is not None else torch.zeros(shape, dtype=self.dtype,
+                                                                            device=self.device)
+            if g is None and name in self._loss_weights:
+                # Caffe writes a loss top's weight into its diff when the net is built (SetLossWeights), and
+                # backward reads it from there: until a backward or the script writes it, that is its diff
+                t = get()
+                g = self._grads[name] = torch.full_like(t, self._loss_weights[name])
+            return g
 
         def set_grad(g):
             self._grads[name] = g
@@ -455,14 +485,23 @@ class Net(PycaffeNetMixin):
                 self._first_version[name] = t
             for i in range(start, end + 1):
                 layer = self._layers[i]
+                lname = self._layer_names[i]
                 if layer.is_source:
                     if debug is not None:        # Caffe's Input layer runs (doing nothing) and is logged
-                        debug.append((i, [], [self._tensors[t] for t in self.top_names[self._layer_names[i]]]))
+                        debug.append((i, [], [self._tensors[t] for t in self.top_names[lname]]))
                     continue
-                lname = self._layer_names[i]
+                if self._replaying and not self.top_names[lname]:
+                    continue
                 bottoms = []
                 for b, prop in zip(self.bottom_names[lname], self._propagate_down[i]):
                     t = self._tensors[b]
+                    if prop and record and not t.requires_grad and t.is_floating_point():
+                        # Caffe gives this bottom a diff though nothing before it learns (a data layer's top under
+                        # force_backward, an input with propagate_down: true): a leaf that collects it
+                        leaf = self._tensors[b] = t.detach().requires_grad_(True)
+                        if self._first_version.get(b) is t:
+                            self._first_version[b] = leaf
+                        t = leaf
                     bottoms.append(t if prop else t.detach())
                 if layer.is_split and not keep:
                     # implicit fan-out: the readers get the bottom tensor itself (Caffe's split tops share its
@@ -512,13 +551,36 @@ class Net(PycaffeNetMixin):
         """The weighted loss of the last forward (Caffe's Net::Forward return value)."""
         return 0.0 if self._loss is None else float(self._loss.detach())
 
+    def refuse_backward(self, start: int = -1, end: int = 0) -> None:
+        """Raise what Caffe's Net::Backward aborts on when it runs layers start..end (need_backward.py)."""
+        start = len(self._layers) - 1 if start < 0 else start
+        for i, why in reversed(self._backward_plan.refusals):
+            if end <= i <= start:
+                raise LayerError(self._layer_names[i], self._layer_params[i].type, why)
+
     def backward_loss(self, extra=None, retain_blob_diffs: bool = False) -> None:
-        """caffe_torch only: autograd from the last forward's loss (and `extra` {blob: diff})."""
+        """caffe_torch only: autograd from the last forward's loss tops (and `extra` {blob: diff}). Each loss top
+        is seeded with its diff (Caffe's backward reads it there: its loss weight unless the script wrote
+        another), or with the diff `extra` gives it."""
+        self.refuse_backward()
         self._sync.flush()
+        if extra is None:
+            extra = self._output_seeds()
         roots, seeds = [], []
-        if self._loss is not None and self._loss.requires_grad:
-            roots.append(self._loss)
-            seeds.append(torch.ones_like(self._loss))
+        written = {n: g for n, w in self._loss_weights.items()
+                   if (g := self._grads.get(n)) is not None and not bool((g == w).all())}
+        if not written and not (extra and set(extra) & set(self._loss_weights)):
+            if self._loss is not None and self._loss.requires_grad:       # every loss top at its loss weight
+                roots.append(self._loss)
+                seeds.append(torch.ones_like(self._loss))
+        else:
+            for name, w in self._loss_weights.items():
+                t = self._graph_tensors.get(name, self._tensors[name])
+                if extra and name in extra or not t.requires_grad:
+                    continue
+                g = written.get(name)
+                roots.append(t)
+                seeds.append(g.to(t) if g is not None and g.shape == t.shape else torch.full_like(t, w))
         for name, diff in (extra or {}).items():
             t = self._graph_tensors.get(name, self._tensors[name])
             roots.append(t)
@@ -534,9 +596,8 @@ class Net(PycaffeNetMixin):
         keep = retain_blob_diffs or self._debug_record is not None
         if keep:
             # the diffs this backward replaces are dropped first, so that two sets never live at once
-            for name, t in self._first_version.items():
-                if t.requires_grad:
-                    self._grads.pop(name, None)
+            for name in self._diff_written:
+                self._grads.pop(name, None)
         torch.autograd.backward([r for r, _ in roots_seeds], [s for _, s in roots_seeds])
         if keep:
             for name, t in self._first_version.items():
@@ -547,6 +608,19 @@ class Net(PycaffeNetMixin):
             self._debug_record = None
         self._sync.refresh("diff")
 
+    def _output_seeds(self) -> dict[str, torch.Tensor]:
+        """The diffs Caffe's Net::Backward reads from the outputs whose layer it runs (need_backward.py): what a
+        script left there, zeros if nothing (the layer's backward runs all the same). Loss tops apart:
+        backward_loss seeds them."""
+        seeds = {}
+        for name in self.outputs:
+            i = self._producer.get(name)
+            if name in self._loss_weights or i is None or not self._backward_plan.layer_needs[i]:
+                continue
+            g = self._grads.get(name)
+            seeds[name] = g if g is not None else torch.zeros_like(self._tensors[name])
+        return seeds
+
     def _redo_forward_with_graph(self) -> None:
         """A TEST net's first backward: record from now on, and redo the last forward with a graph (from the
         layer counters it started with; layers without bottoms (sources) keep the tops they gave)."""
@@ -556,7 +630,13 @@ class Net(PycaffeNetMixin):
         self.set_layer_states(states)
         while start <= end and not self.bottom_names[self._layer_names[start]]:
             start += 1
-        self.forward_range(start, end, retain)
+        # layers without tops (HDF5Output, Silence) add nothing to the graph, and an HDF5Output must not write the
+        # batch a second time
+        self._replaying = True
+        try:
+            self.forward_range(start, end, retain)
+        finally:
+            self._replaying = False
 
     def clear_param_diffs(self) -> None:
         """Caffe's Net::ClearParamDiffs (caffe_torch only; the solver calls it at the start of each step): every

@@ -162,9 +162,9 @@ class PycaffeNetMixin:
         self._sync.flush()
         whole = start == len(self._layers) - 1 and end == 0
         if whole and self._recorded_graph():
-            extra = {name: self.blobs[name].diff.copy() for name in self.outputs
-                     if name not in self._loss_weights}
-            self._core_backward_loss(extra=extra, retain_blob_diffs=True)
+            # every output whose layer Caffe's Net::Backward runs passes its diff on, a loss top its loss weight
+            # unless the script wrote another (backward_loss reads them)
+            self._core_backward_loss(retain_blob_diffs=True)
             self._graph_used = True
         else:
             self._backward_layerwise(start, end)
@@ -177,27 +177,12 @@ class PycaffeNetMixin:
         return any(n in graph and graph[n].requires_grad for n in self.outputs)
 
     def _diff_tensor(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        if name in self._loss_weights:          # Caffe keeps a loss top's diff at its loss weight
-            return torch.full_like(like, self._loss_weights[name])
         return torch.as_tensor(self.blobs[name].diff, dtype=like.dtype, device=like.device).reshape(like.shape)
 
-    def _bottom_needs_backward(self) -> list[list[bool]]:
-        """Caffe's Net::Init rule, per layer and bottom: a blob needs backward when the layer that produced it
-        did, and a layer does when one of its bottoms does or it learns a param (lr_mult != 0); net inputs only
-        with force_backward. Bottoms that need none get no diff, as in Caffe."""
-        needs = {name: bool(self.force_backward) for name in self.inputs}
-        per_layer = []
-        for lname, propagate in zip(self._layer_names, self._param_propagate):
-            bottoms = self.bottom_names[lname]
-            per_layer.append([needs.get(b, False) for b in bottoms])
-            need = self.force_backward or any(per_layer[-1]) or any(propagate)
-            for t in self.top_names[lname]:
-                needs[t] = need
-        return per_layer
-
     def _backward_layerwise(self, start: int, end: int) -> None:
+        self.refuse_backward(start, end)
         grads: dict[str, torch.Tensor] = {}        # diffs produced in this pass, by blob
-        bottom_needs = self._bottom_needs_backward()
+        layer_needs, bottom_needs = self._backward_plan.layer_needs, self._backward_plan.bottom_needs
         # names written by layer i or a later one: such a bottom of layer i no longer holds what layer i read
         # (an in-place chain), so its recorded input is used; any other bottom is read from its blob now, as
         # Caffe does (a value the user wrote there counts)
@@ -208,19 +193,20 @@ class PycaffeNetMixin:
             written_from[i] = later
         for i in range(start, end - 1, -1):
             module = self._layers[i]
-            if module.is_source:
-                continue
             lname = self._layer_names[i]
+            # Caffe's BackwardFromTo skips it; a layer without tops (HDF5Output, Silence) passes no diff back, and
+            # running its forward again would repeat its side effect (HDF5Output writes its batch once)
+            if module.is_source or not layer_needs[i] or not self.top_names[lname]:
+                continue
             bottom_names, top_names = self.bottom_names[lname], self.top_names[lname]
-            propagate = self._propagate_down[i]
             recorded = self._layer_inputs.get(i)
             if recorded is not None and len(recorded) != len(bottom_names):
                 recorded = None
             sources = [recorded[j] if recorded is not None and b in written_from[i] else self.blobs[b].tensor
                        for j, b in enumerate(bottom_names)]
             needed = bottom_needs[i]
-            bottoms = [s.detach().clone().requires_grad_(bool(p) and need and s.is_floating_point())
-                       for s, p, need in zip(sources, propagate, needed)]
+            bottoms = [s.detach().clone().requires_grad_(need and s.is_floating_point())
+                       for s, need in zip(sources, needed)]
             params = [p for p, flag in zip(module.blobs, self._param_propagate[i]) if flag and p.requires_grad]
             with torch.enable_grad():
                 out = (module(*bottoms) if i not in self._detached_params

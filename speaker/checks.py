@@ -107,7 +107,25 @@ def train_inputs(args, solver_param) -> None:
         input_file("--resume", args.resume, ".solverstate")
     if args.cache and Path(args.cache).exists() and not Path(args.cache).is_dir():
         raise InputError(f"--cache {args.cache}: is a file, not a cache folder")
+    for root in args.data_root:
+        input_dir("--data-root", root)
+    if args.train_list:
+        input_file("--train-list", args.train_list, "training list")
+    augmentation(args)
     solver_fields(solver_param, args.solver)
+
+
+def augmentation(args) -> None:
+    """--noise / --rir and their settings: the folders exist and hold what the recipe draws from (listed, not
+    opened: the files are checked with the recordings)."""
+    from voxdata.augment import AugmentConfig, list_bank
+
+    config = AugmentConfig.from_args(args)
+    try:
+        config.check()
+        list_bank(config)
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 # ---------------------------------------------------------------- evaluation

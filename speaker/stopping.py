@@ -1,10 +1,12 @@
 """Stop signals of a training run: honoured from the first second, never half-writing a file.
 
-Before training starts (pre-flight check, cache build, solver construction, restoring a snapshot) a stop signal
-raises Interrupted at once, wherever the process is: every file those stages write is written whole or not at
-all (temporary file + rename), the audio check saves what it checked, and an interrupted cache build leaves
-nothing that looks complete. Once training runs, the first signal only sets a flag that the loop reads between
-iterations: finish the iteration, write a snapshot, exit 99. A second SIGINT (Ctrl-C twice) raises
+Before training starts (pre-flight check, solver construction, restoring a snapshot) a stop signal raises
+Interrupted at once, wherever the process is: every file those stages write is written whole or not at all
+(temporary file + rename), and the audio check saves what it checked. A stage that polls the flag between small
+steps runs inside `polled()`: there a signal only sets the flag, the stage stops after its current step, and
+leaving the block raises Interrupted (the --cache build stops after the file it is on, keeping every decoded
+file, with nothing that looks complete). Once training runs, the first signal only sets a flag that the loop
+reads between iterations: finish the iteration, write a snapshot, exit 99. A second SIGINT (Ctrl-C twice) raises
 Interrupted(abort) wherever the process is, also while that snapshot is being written (Caffe's snapshot files
 are each renamed into place, the .solverstate last, so a half-written snapshot is never taken for one). Other
 repeated signals are logged and ignored: Grid Engine's -notify sends SIGUSR1 and then SIGUSR2, torchrun's agent
@@ -14,6 +16,7 @@ signal like SIGTERM.
 
 import logging
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger("train")
@@ -50,6 +53,7 @@ class StopRequest:
         self.writing: Path | None = None
         self.last_snapshot: Path | None = None
         self.settled = False
+        self.polling = False       # inside polled(): a signal sets the flag, the stage polls it
         self._old = {}
 
     @property
@@ -61,6 +65,26 @@ class StopRequest:
         if self.stage != "starting":
             self.done.append(self.stage)
         self.stage = stage
+
+    @contextmanager
+    def polled(self, stage: str):
+        """Run `stage`, which polls `requested` between its steps and stops itself when it is set (e.g.
+        build_cache's should_stop); a stop signal meanwhile raises Interrupted when the block is left, in place
+        of whatever the stopped stage raised. A second Ctrl-C aborts at once, as before training."""
+        self.begin(stage)
+        self.polling = True
+        try:
+            yield
+        except Interrupted:
+            raise
+        except BaseException:
+            if self.requested:       # what the stage raised when it stopped on the flag
+                raise Interrupted(self.signal_name, abort=False) from None
+            raise
+        finally:
+            self.polling = False
+        if self.requested:           # stopped after its last step
+            raise Interrupted(self.signal_name, abort=False)
 
     def __enter__(self):
         for name in STOP_SIGNALS:
@@ -75,11 +99,15 @@ class StopRequest:
             log.warning("%s received: ignored, the results are written and the process is exiting", name)
         elif self.signal_name is None:
             self.signal_name = name
-            if not self.training:
+            if not (self.training or self.polling):
                 raise Interrupted(name, abort=False)
+            if self.polling:          # the stage says when it stopped
+                return
             log.warning("%s received: finishing this iteration, then snapshot and exit", name)
         elif name == ABORT_SIGNAL:
             raise Interrupted(name, abort=True)
+        elif self.polling:
+            log.warning("%s received again: ignored while %s stops (a second Ctrl-C aborts)", name, self.stage)
         else:
             log.warning("%s received again: ignored until the snapshot is written (exit status %d; a second "
                         "Ctrl-C aborts)", name, EXIT_INTERRUPTED)

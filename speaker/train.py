@@ -23,6 +23,11 @@ train.log, exit status 1 (-v adds the traceback); another process holding the ru
 exception inside the loop (CUDA out of memory included) first writes a snapshot of the last completed
 iteration when the solver's state is consistent, then says how to resume.
 
+Today's recipe beside the paper's: several --data-root folders (VoxCeleb1 through its iden_split.txt,
+VoxCeleb2 dev's m4a scanned, or --train-list; voxdata/roots.py; the derived list is saved as
+<run>/train_list.txt and read back on --resume) and --noise / --rir augmentation on the loader side
+(voxdata/augment.py, seeded per example, so resumed and data-parallel runs see the same crops).
+
 Speed options (caffe_torch only, all off by default; see caffe_torch/fast.py): --channels-last, --amp bf16,
 --tf32, --compile; --cache decodes the training audio once into a memory-mapped int16 file (built on first
 use) so that the loader only slices.
@@ -56,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voxdata.augment import add_arguments as add_augment_arguments
 from voxdata.scan import CACHE_NAME
 
 from . import checks, rundir
@@ -90,10 +96,15 @@ def build_parser(augment: bool) -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("identification", "verification"), default="identification",
                    help="identification: train split 1, validate on split 2; verification: train every "
                    "speaker except the test speakers, validate on their split 2")
-    p.add_argument("--data-root", default="data/voxceleb1",
-                   help="folder holding wav/ (and vox1_meta.csv); default %(default)s")
+    p.add_argument("--data-root", nargs="+", default=["data/voxceleb1"], metavar="ROOT",
+                   help="folder holding wav/ (and vox1_meta.csv); default %(default)s. Several roots train on "
+                   "all of them (e.g. VoxCeleb1 dev + VoxCeleb2 dev); a root without iden_split.txt (VoxCeleb2: "
+                   "dev/aac/) is scanned, with --mode verification (see voxdata/roots.py)")
     p.add_argument("--iden-split", help="iden_split.txt (default: <data-root>/iden_split.txt if it exists, "
                    "else lists/iden_split.txt)")
+    p.add_argument("--train-list", metavar="FILE",
+                   help="training utterances as '<speaker> <path>' lines (voxceleb_trainer's train_list.txt; "
+                   "paths relative to a data root's audio folder) instead of the roots' lists or scans")
     p.add_argument("--gpu", type=int, default=None,
                    help="GPU index, -1 for the CPU (default: $SGE_GPU, else GPU 0 if CUDA is present, else CPU). "
                    "Under torchrun only --gpu -1 is used: each process takes GPU LOCAL_RANK (or the "
@@ -132,6 +143,7 @@ def build_parser(augment: bool) -> argparse.ArgumentParser:
                       "compiles (tens of seconds); falls back to the interpreted net if compiling fails")
     fast.add_argument("--deterministic", action="store_true",
                       help="deterministic cuDNN/CUDA algorithms, so a resumed GPU run equals the uninterrupted one")
+    add_augment_arguments(p)
     p.add_argument("--skip-bad-audio", action="store_true",
                    help="leave out unreadable, wrong-format or too short recordings found by the pre-flight "
                    "check (counted at the start and the end, listed in <out>/bad_audio.txt) instead of "
@@ -230,6 +242,7 @@ class Run:
     train_samples: dict[str, int] = field(default_factory=dict)  # their lengths (pre-flight check)
     val: tuple[list[str], np.ndarray] = ((), np.zeros(0))
     bad_audio: list[str] = field(default_factory=list)
+    augmenter: object = None                              # voxdata.augment.Augmenter (--noise / --rir) or None
     validated: set[int] = field(default_factory=set)     # iterations whose validation row the curve keeps
 
     @property
@@ -296,6 +309,8 @@ def prepare_run(args, augment: bool, ddp: DataParallel, stop: StopRequest, clean
     else:
         logging.basicConfig(level=logging.WARNING, format=f"[rank {ddp.rank}] %(levelname)s %(name)s: %(message)s")
     run = Run(args, augment, ddp, script, solver_param, net_path, net_param, batch, frames, gpu, run_dir)
+    stop.begin("checking the noise and RIR files")
+    load_augmenter(run)
     stop.begin("reading the lists")
     load_splits(run)
     stop.begin("checking the audio")
@@ -303,36 +318,65 @@ def prepare_run(args, augment: bool, ddp: DataParallel, stop: StopRequest, clean
     return run
 
 
-def _iden_split_path(args) -> Path:
-    """--iden-split, else <data-root>/iden_split.txt, else the repository's lists/ (as the test scripts)."""
+def _split_files(args) -> dict[str, Path]:
+    """The iden_split.txt of each data root that has one: --iden-split (one root), else
+    <data-root>/iden_split.txt, else (one root) the repository's lists/ (as the test scripts)."""
     from .evaluate import default_list
 
-    p = Path(args.iden_split or default_list(args.data_root, "iden_split.txt"))
-    if not p.exists():
-        if args.iden_split:
-            raise TrainingError(f"--iden-split {p}: no such file")
-        raise TrainingError(f"no iden_split.txt in {args.data_root} or {REPO / 'lists'}: give --iden-split "
-                            "(VoxCeleb1's list; see README)")
-    return p
+    roots = args.data_root
+    if args.iden_split:
+        if len(roots) > 1:
+            raise TrainingError("--iden-split is the list of one --data-root; with several roots each root holds "
+                                "its own iden_split.txt (or is scanned)")
+        if not Path(args.iden_split).exists():
+            raise TrainingError(f"--iden-split {args.iden_split}: no such file")
+        return {roots[0]: Path(args.iden_split)}
+    found = {}
+    for root in roots:
+        p = Path(default_list(root, "iden_split.txt") if len(roots) == 1 else Path(root) / "iden_split.txt")
+        if p.exists():
+            found[root] = p
+    return found
 
 
 def load_splits(run: Run) -> None:
-    """run.splits from the list; the classifier must have one output per training speaker."""
+    """run.splits from the list (one VoxCeleb1 root, as the paper) or from several roots / scans / a
+    --train-list (voxdata.roots; the derived training list is saved as <run>/train_list.txt, and a resumed run
+    reads it back); the classifier must have one output per training speaker."""
     from voxdata import read_iden_split
+    from voxdata.roots import train_list_text, training_splits
 
     args = run.args
-    if not Path(args.data_root).is_dir():
-        raise TrainingError(f"--data-root {args.data_root}: no such directory")
-    run.split_file = _iden_split_path(args)
-    with io_step("read", run.split_file):
-        run.splits = read_iden_split(run.split_file, mode=args.mode, data_root=args.data_root)
+    for root in args.data_root:
+        if not Path(root).is_dir():
+            raise TrainingError(f"--data-root {root}: no such directory")
+    split_files = _split_files(args)
+    saved_list = run.dir / "train_list.txt"
+    if len(args.data_root) == 1 and split_files and not args.train_list:
+        run.split_file = split_files[args.data_root[0]]
+        with io_step("read", run.split_file):
+            run.splits = read_iden_split(run.split_file, mode=args.mode, data_root=args.data_root[0])
+    else:
+        train_list = args.train_list or (saved_list if args.resume and saved_list.exists() else None)
+        if train_list is not None and not Path(train_list).is_file():
+            raise TrainingError(f"--train-list {train_list}: no such file")
+        run.split_file = Path(train_list or args.data_root[0])
+        if train_list == saved_list:
+            log.info("training list: %s (saved when the run started)", saved_list)
+        with io_step("read", run.split_file):
+            run.splits = training_splits(args.data_root, args.mode, {r: str(p) for r, p in split_files.items()},
+                                         train_list, progress=not args.no_progress)
+        if run.ddp.is_main and train_list != saved_list:
+            with io_step("write", saved_list):
+                rundir.write_atomic(saved_list, train_list_text(run.splits))
     missing_log = run.dir / "missing_files.txt"
     if run.splits.missing and run.ddp.is_main:
         with io_step("write", missing_log):
             rundir.write_atomic(missing_log, "\n".join(run.splits.missing) + "\n")
         log.warning("all %d missing files are listed in %s", len(run.splits.missing), missing_log)
     if len(run.splits.train) == 0:
-        raise TrainingError(f"{run.split_file}: no training utterance found under {run.splits.wav_dir} "
+        raise TrainingError(f"{run.split_file}: no training utterance found under "
+                            f"{run.splits.wav_dir or ', '.join(args.data_root)} "
                             f"({len(run.splits.missing)} listed files missing)")
     for layer, width in classifier_widths(run.net_param).items():
         if width != len(run.splits.speakers):
@@ -362,13 +406,13 @@ def preflight(run: Run) -> None:
                              workers=2 * (os.cpu_count() or 1), progress=not args.no_progress and ddp.is_main)
                   for subset, need in ((splits.train, min_train), (splits.val, 1)))
     bad = train.bad + val.bad
-    run.bad_audio = bad
+    run.bad_audio += bad           # after the noise/RIR files left out by load_augmenter
     n_files = len(splits.train) + len(splits.val)
     log.info("audio check: %d recordings, %d unusable (%d results reused from %s)", n_files, len(bad),
              train.reused + val.reused, cache_file)
-    if bad and ddp.is_main:
+    if run.bad_audio and ddp.is_main:
         with io_step("write", run.dir / BAD_AUDIO_LIST):
-            rundir.write_atomic(run.dir / BAD_AUDIO_LIST, "\n".join(bad) + "\n")
+            rundir.write_atomic(run.dir / BAD_AUDIO_LIST, "\n".join(run.bad_audio) + "\n")
     if bad and not args.skip_bad_audio:
         raise TrainingError(f"{len(bad)} of {n_files} recordings are unusable (first: {bad[0]}; all listed in "
                             f"{run.dir / BAD_AUDIO_LIST}): fix or remove them, or pass --skip-bad-audio to "
@@ -385,6 +429,26 @@ def preflight(run: Run) -> None:
         raise TrainingError(f"{run.split_file}: {len(empty)} of {len(splits.speakers)} speakers have no usable "
                             f"training utterance (first: {empty[0]}), so their classes would never be trained: "
                             "remove them from the list (and from num_output) or restore their recordings")
+
+
+def load_augmenter(run: Run) -> None:
+    """--noise / --rir: the noise and RIR files, checked like the recordings (bad ones refused, or left out and
+    counted with --skip-bad-audio)."""
+    from voxdata.augment import AugmentConfig
+    from voxdata.augment import load_augmenter as load
+    from voxdata.scan import default_cache_file
+
+    config = AugmentConfig.from_args(run.args)
+    try:
+        run.augmenter, bad = load(config, default_cache_file(run.dir), run.args.skip_bad_audio,
+                                  progress=not run.args.no_progress)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    if bad:
+        log.warning("--skip-bad-audio: leaving out %d unusable noise/RIR files (first: %s)", len(bad), bad[0])
+        run.bad_audio += bad
+    if run.augmenter is not None:
+        log.info("augmentation beside the paper's: %s; files %s", config.describe(), run.augmenter.record()["files"])
 
 
 def _usable(paths, labels, good: set) -> tuple[list[str], np.ndarray]:
@@ -700,37 +764,50 @@ def prepare_data(run: Run, caffe, solver, cache) -> Data:
     loader = train_loader(run.train[0], run.train[1], batch_size=run.batch, frames=run.frames, seed=args.seed,
                           start_batch=solver.iter, num_workers=args.workers, augment=run.augment, cache=cache,
                           on_error="skip" if args.skip_bad_audio else "raise", pin_memory=run.gpu is not None,
-                          rows=rows, lengths=lengths)
+                          rows=rows, lengths=lengths, augmenter=run.augmenter)
     loss_name = next(iter(solver.net.outputs), None)
     loss_blobs = [b for b in solver.net.outputs if "loss" in b.lower()] or [loss_name]
     return Data(_input_feeder(caffe, device), loader, val, Progress(run, solver), loss_blobs)
 
 
-def prepare_cache(run: Run):
-    """The --cache folder: built from the training files on first use, checked to hold them all. The processes
-    of a data-parallel launch (their process group has not started yet) take turns on a lock beside it: the
-    first builds, the others wait for it to finish, then open what it built."""
-    from voxdata import WavCache, build_cache
-    from voxdata.cache import INDEX
+def prepare_cache(run: Run, stop: StopRequest):
+    """The --cache folder made to hold the current samples of every training file: built on first use, an
+    unfinished build continued, new files added, files changed since they were decoded decoded again
+    (voxdata.cache). The processes of a data-parallel launch (their process group has not started yet) take
+    turns on a lock beside it: the first builds, the others find it current. A stop signal stops the build
+    after its current file; what it decoded is kept for the next start."""
+    from voxdata import build_cache
+    from voxdata.cache import CacheError
     from voxdata.lockfile import exclusive
 
     args, paths = run.args, run.train[0]
     if not args.cache:
         return None
-    index = Path(args.cache) / INDEX
-    with exclusive(f"{Path(args.cache).resolve()}.lock", "building the audio cache"):
-        if not index.exists():
-            log.info("building the audio cache %s from %d training files", args.cache, len(paths))
-            with io_step("build the audio cache", args.cache):
-                build_cache(paths, args.cache, on_error="skip" if args.skip_bad_audio else "raise",
-                            progress=not args.no_progress and run.ddp.is_main)
-    cache = WavCache(args.cache)
-    missing = [p for p in paths if p not in cache]
-    skipped = len(cache.skipped)
-    if missing and not (args.skip_bad_audio and len(missing) <= skipped):
-        raise TrainingError(f"--cache {args.cache}: {len(missing)} training files are not in the cache (first: "
-                            f"{missing[0]}); it was built from another list: delete it or pick another folder")
-    log.info("audio cache %s: %d recordings", args.cache, len(cache))
+    try:
+        stop.begin("waiting for the audio cache's lock")     # a signal stops the wait at once
+        with exclusive(f"{Path(args.cache).resolve()}.lock", "building the audio cache"):
+            cache = _current_cache(args.cache, paths)
+            if cache is None:
+                with stop.polled("building the audio cache"), io_step("build the audio cache", args.cache):
+                    cache = build_cache(paths, args.cache, on_error="skip" if args.skip_bad_audio else "raise",
+                                        progress=not args.no_progress and run.ddp.is_main,
+                                        should_stop=lambda: stop.signal_name)
+    except CacheError as exc:
+        raise TrainingError(f"--cache {args.cache}: {exc}") from None
+    log.info("audio cache %s: %d recordings (%d unusable left out)", args.cache, len(cache), len(cache.skipped))
+    return cache
+
+
+def _current_cache(folder, paths):
+    """The finished cache in `folder` if it holds every one of `paths` as its file is now, else None."""
+    from voxdata import WavCache
+    from voxdata.cache import INDEX
+
+    if not (Path(folder) / INDEX).exists():
+        return None
+    cache = WavCache(folder)
+    if any(p not in cache for p in paths) or cache.stale(paths):
+        return None
     return cache
 
 
@@ -859,8 +936,7 @@ def finish(run: Run, solver, data: Data, stop: StopRequest) -> None:
 def _train(args, augment: bool, ddp: DataParallel, stop: StopRequest, cleanup: ExitStack) -> int:
     ddp.local_stop = lambda: stop.requested
     run = prepare_run(args, augment, ddp, stop, cleanup)
-    stop.begin("preparing the audio cache")
-    cache = prepare_cache(run)
+    cache = prepare_cache(run, stop)
     stop.begin("building the solver")
     if ddp.enabled:
         ddp.init(run.gpu)          # after the long work each process does alone: no collective waits for it

@@ -7,11 +7,11 @@ The run: a tiny net with Dropout on a synthetic corpus, --cache (built by the ru
 iterations, a validation every 6, a curve row every iteration, one loader worker. Each start is a separate
 process (tests/hooked_run.py) killed at an event drawn from the seeded generator (the first kills take each
 kind once, the cache build first, then the kinds are drawn too): the k-th rename of a snapshot
-file, the k-th curve append (half of the row written first), the k-th recording the cache build decodes, the
-k-th validation forward, the k-th solver step; or, for "random" kills, after a delay drawn uniformly from the
-time an uninterrupted start takes (where that lands is up to the machine; what the run holds afterwards is
-checked all the same). A kill point that the start never reaches lets it finish: that run is checked, and
-the next kills go to a new run. Every finished run must equal the uninterrupted reference bit for bit:
+file, the k-th curve append (half of the row written first), the k-th recording the cache build has decoded
+and journaled, the k-th validation forward, the k-th solver step; or, for "random" kills, after a delay drawn
+uniformly from the time an uninterrupted start takes (where that lands is up to the machine; what the run
+holds afterwards is checked all the same). A kill point that the start never reaches lets it finish: that run
+is checked, and the next kills go to a new run. Every finished run must equal the uninterrupted reference bit for bit:
 final.caffemodel, every snapshot's .caffemodel and .solverstate (all but learned_net, the absolute path),
 training_curve.csv, the set of files in the run directory (no temporary file, no half snapshot), and the
 --cache folder complete with no temporary file. Exit status 0 when every check passed.

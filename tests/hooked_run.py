@@ -7,14 +7,17 @@
   snapshot    the K-th rename of a .caffemodel or .solverstate into snapshots/ (its temporary file is written)
   csv         the K-th write to training_curve.csv: the first half of the row is written and flushed first
               (what a kill in the middle of an append leaves)
-  cache       the K-th recording the --cache build decodes (in whatever process decodes it)
+  cache       the K-th recording the --cache build has decoded and journaled (its decoding workers
+              are other processes: the trainer acts after their result is written)
   validation  the K-th forward of the validation net
 ACTION: kill (SIGKILL, as `kill -9`), stop (SIGSTOP: frozen, holding whatever it holds), or a signal name
 (SIGHUP, SIGINT, ...) sent to the trainer.
 --ddp-events DIR (data-parallel tests, one process of a torchrun launch): touches DIR/init-rank<r> when the
 process group is about to start and DIR/waiting-rank<r> when the process waits for another one's cache lock; the
 process that builds the --cache first waits until the other rank did one of the two and writes which into
-DIR/observed-rank<r>; DIR/reads-rank<r> gets the number of recordings its training batches read.
+DIR/observed-rank<r>; DIR/reads-rank<r> gets the number of recordings its training batches read, and
+DIR/batches-rank<r>.npz the batches (its rows of them) it trained on: crops<k>, labels<k> (--workers 0 only).
+Without torchrun (a single process) it writes the rank-0 files.
 Exit status: trainAug's.
 """
 
@@ -92,15 +95,14 @@ def install(kind: str, k: int, action: str) -> None:
 
         train.Progress._write = write
     elif kind == "cache":
-        import voxdata.cache as cache
+        import voxdata
 
-        real_read = cache.read_wav
+        real_build = voxdata.build_cache
 
-        def read(*a, **kw):
-            counter.tick()
-            return real_read(*a, **kw)
+        def build(*a, **kw):           # the trainer looks build_cache up in voxdata when it builds
+            return real_build(*a, **kw, on_file=lambda n: counter.tick())
 
-        cache.read_wav = read
+        voxdata.build_cache = build
     elif kind == "validation":
         import speaker.validation as validation
 
@@ -117,6 +119,8 @@ def install(kind: str, k: int, action: str) -> None:
 
 def install_ddp_events(folder: Path) -> callable:
     """The data-parallel test's events (see the module docstring); returns what to call at the end."""
+    import numpy as np
+
     import voxdata
     import voxdata.loader as loader
     from speaker.data_parallel import DataParallel
@@ -155,8 +159,9 @@ def install_ddp_events(folder: Path) -> callable:
         (folder / f"observed-rank{rank}").write_text(seen)
         return real_build(*a, **kw)
 
-    voxdata.build_cache = build
-    reads = [0]
+    if "RANK" in os.environ:                 # (a single process has no other rank to wait for)
+        voxdata.build_cache = build
+    reads, batches = [0], {}
     real_batch = loader.TrainBatches.batch
 
     def batch(self, k):
@@ -168,10 +173,17 @@ def install_ddp_events(folder: Path) -> callable:
                 return read(path)
 
             self._read = counted
-        return real_batch(self, k)
+        crops, labels = real_batch(self, k)
+        batches[f"crops{k}"], batches[f"labels{k}"] = crops, labels
+        return crops, labels
 
     loader.TrainBatches.batch = batch
-    return lambda: (folder / f"reads-rank{rank}").write_text(str(reads[0]))
+
+    def done():
+        (folder / f"reads-rank{rank}").write_text(str(reads[0]))
+        np.savez(folder / f"batches-rank{rank}.npz", **batches)
+
+    return done
 
 
 def main(argv=None) -> int:

@@ -51,3 +51,28 @@ def test_bench_frontend_tiny(tmp_path):
     assert data["batch"] == 4 and data["frontend"] and data["loader"]
     for r in data["frontend"] + data["loader"]:
         assert math.isfinite(r["per_s"]) and r["per_s"] > 0, r
+
+
+def test_bench_data_tiny(tmp_path, capsys):
+    out = tmp_path / "data.json"
+    assert _bench("bench_data").main(["--files", "3", "--seconds", "1", "--workers", "2", "--batch", "2",
+                                      "--frames", "30", "--budget", "0.2", "--loader-workers", "1",
+                                      "--step-net", str(ROOT / "prototxt" / "demo" / "ResNet-20_softmax.prototxt"),
+                                      "--step-batch", "1", "--step-iters", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert {(r["format"], r["workers"]) for r in res["decode"]} == {("wav", 2), ("m4a", 2)}
+    for r in res["decode"]:
+        assert r["files"] == 3 and r["files_per_s"] > 0 and r["audio_hours_per_s"] > 0
+    assert len(res["loader"]) == 3 and res["cpu_step_examples_per_s"] > 0
+    for r in res["loader"]:
+        assert r["examples_per_s_one_core"] > 0 and r["examples_per_s_1_workers"] > 0
+    assert "h of audio/s" in capsys.readouterr().out
+
+
+def test_bench_all_section_f(tmp_path):
+    out = tmp_path / "all.json"
+    assert _bench("bench_all").main(["--device", "cpu", "--sections", "f", "--seconds", "0.2", "--wavs", "2",
+                                     "--workers", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["section"] for r in rows} == {"f"} and len(rows) == 7
+    assert all(r["value"] is not None and math.isfinite(r["value"]) and r["value"] > 0 for r in rows)

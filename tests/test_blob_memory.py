@@ -293,12 +293,13 @@ def test_output_diffs_reach_backward_while_output_views_are_kept(tmp_path):
     """A script that keeps the arrays `forward` returned and then back-propagates diffs of its own into the
     outputs (pycaffe's `net.backward(**diffs)`): the kept views must not cut the recorded graph (a backward
     that recomputed the layers instead gave the input a diff, which Caffe does not without force_backward).
-    Expected param diff written out in NumPy: dW = g.T @ x for y = x @ W.T + b."""
+    Expected param diff written out in NumPy: dW = g.T @ x for y = x @ W.T + b (y is a loss, so Caffe runs the
+    layer's backward, which reads the diff written into y)."""
     path = tmp_path / "ip.prototxt"
     path.write_text('layer { name: "in" type: "Input" top: "x" '
                     'input_param { shape { dim: 2 dim: 3 } } }\nlayer { name: "ip" type: "InnerProduct" '
-                    'bottom: "x" top: "y" inner_product_param { num_output: 4 weight_filler { type: "gaussian" } '
-                    '} }\n')
+                    'bottom: "x" top: "y" loss_weight: 1 inner_product_param { num_output: 4 weight_filler { '
+                    'type: "gaussian" } } }\n')
     net = caffe.Net(str(path), caffe.TRAIN, dtype=torch.float64)
     rng = np.random.default_rng(4)
     kept = net.forward(x=rng.standard_normal((2, 3)))      # {"y": a view of y's data}, kept

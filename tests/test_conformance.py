@@ -50,6 +50,7 @@ caffe, _IMPORT_ERROR = try_import_pycaffe(OUR_LAYERS)
 
 import caffe_torch  # noqa: E402
 from caffe_torch.proto import caffe_pb2  # noqa: E402
+from tests.caffe_facts import RTOL, make_array, rel_err  # noqa: E402
 
 pytestmark = [
     pytest.mark.caffe,
@@ -61,7 +62,6 @@ NETS = sorted((ROOT / "prototxt").glob("ResNet-20_*.prototxt")) + \
     sorted((ROOT / "prototxt" / "demo").glob("ResNet-20_*.prototxt"))
 NET_IDS = [str(p.relative_to(ROOT / "prototxt").with_suffix("")) for p in NETS]
 
-RTOL = 1e-5
 # The shipped nets at batch 2, input 1 x 32 x 33 (stage 4 is 2 x 3; the "all time steps" pooling is rescaled
 # to it) and 10 classes (top-5 accuracy needs at least 5); channel widths as shipped.
 BATCH, HEIGHT, WIDTH, CLASSES = 2, 32, 33, 10
@@ -88,26 +88,6 @@ def _engines():
         print("\nlargest max|caffe_torch - Caffe| / max|Caffe| per category:")
         for kind, (err, what) in sorted(WORST.items()):
             print(f"  {kind:28} {err:9.3g}  {what}")
-
-
-def rel_err(a, b) -> float:
-    """max|a - b| / max|b| (0 if equal, inf if b is all zero and a is not; NaNs must sit in the same places).
-    Computed in the arrays' own precision (float32 here; the few-ulp error of that is far below RTOL)."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.dtype != b.dtype or not np.issubdtype(a.dtype, np.floating):
-        a, b = a.astype(np.float64), b.astype(np.float64)
-    nan_a, nan_b = np.isnan(a), np.isnan(b)
-    if nan_a.any() or nan_b.any():
-        if not np.array_equal(nan_a, nan_b):
-            return float("inf")
-        a, b = a[~nan_b], b[~nan_b]
-    if a.size == 0:
-        return 0.0
-    diff = float(np.abs(a - b).max())
-    if diff == 0:
-        return 0.0
-    scale = float(np.abs(b).max())
-    return diff / scale if scale > 0 else float("inf")
 
 
 class Compare:
@@ -922,26 +902,7 @@ CASES += [
 def make_inputs(case: Case, rng) -> dict:
     out = {}
     for name, shape, kind in case.inputs:
-        parts = kind.split(":")
-        if parts[0] == "label":
-            v = rng.integers(0, int(parts[1]), size=shape).astype(np.float32)
-            if len(parts) > 2:
-                v.reshape(-1)[::3] = -1
-        elif kind == "int":
-            v = rng.integers(-2, 3, size=shape).astype(np.float32)
-        elif kind == "prob":
-            # probabilities in (0, 1) with a few at 0 (clamped to kLOG_THRESHOLD by the log losses)
-            v = rng.uniform(0.0, 1.0, size=shape).astype(np.float32)
-            v.reshape(-1)[::5] = 0
-        elif kind == "positive":        # uniform in [0.5, 2): for Log and fractional Power
-            v = rng.uniform(0.5, 2.0, size=shape).astype(np.float32)
-        elif kind == "cos":
-            v = rng.uniform(-0.99, 0.99, size=shape).astype(np.float32)
-        else:
-            v = rng.standard_normal(shape).astype(np.float32)
-            if kind == "zeros":
-                v.reshape(-1)[::4] = 0
-        out[name] = v
+        out[name] = make_array(kind, shape, rng)
     if any(kind == "cos" for *_, kind in case.inputs) and "label" in out:
         x, label = out["x"], out["label"].astype(int)
         x[0, label[0]] = -0.95   # below cos(pi - m) for m = 0.5 (and 0.2): the c - m sin m branch

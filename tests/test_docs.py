@@ -220,7 +220,7 @@ def test_data_utils_help_names_every_command():
     parser = data_utils._parser()
     first_line = parser.format_help().split("\n\n")[1].splitlines()[0]
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == {"synth", "cache", "lists"}
+    assert {"synth", "cache", "lists"} <= set(commands)
     assert all(f"`{name}`" in first_line for name in commands), first_line
 
 

@@ -74,3 +74,21 @@ def test_verification_stage2_starts_from_stage1():
     assert "fc6" in common and out["lm"]["fc6"][0] == (1211, 512)
     for name in common:
         assert out["softmax"][name] == out["lm"][name], name
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("classes", (5994, 7205))
+def test_vox2_nets_are_the_verification_nets_at_their_width(loss, classes):
+    """prototxt/vox2/5994 (VoxCeleb2 dev) and /7205 (+ VoxCeleb1 dev): the paper's net and solver, only the
+    classifier width (and the names) differ from prototxt/verification/."""
+    solver = read_solver(str(ROOT / "prototxt" / "vox2" / str(classes) / f"solver_{loss}.prototxt"))
+    assert solver.net == f"prototxt/vox2/{classes}/ResNet-20_{loss}.prototxt"
+    net, _ = read_net(str(ROOT / solver.net))
+    veri, _ = read_net(str(ROOT / "prototxt" / "verification" / f"ResNet-20_{loss}.prototxt"))
+    assert set().union(*_classifier(net).values()) == {classes}
+    tag = "_vox2" if classes == 5994 else "_vox12"
+    assert str(net).replace(str(classes), "N").replace(tag, "") == \
+        str(veri).replace("1211", "N").replace("_verification", "")
+    veri_solver = read_solver(str(ROOT / "prototxt" / "verification" / f"solver_{loss}.prototxt"))
+    for field in ("base_lr", "max_iter", "stepsize", "gamma", "momentum", "weight_decay", "snapshot"):
+        assert getattr(solver, field) == getattr(veri_solver, field), field

@@ -457,11 +457,12 @@ def test_coord_map_through_conv_pool_deconv_and_crop():
 @pytest.mark.parametrize("force_backward", [False, True])
 def test_ranged_backward_gives_inputs_a_diff_only_with_force_backward(tmp_path, force_backward):
     """The layer-by-layer backward (start=/end=) follows Caffe's need_backward: a net input gets a diff only
-    with force_backward (then d(x) = g @ W for y = x @ W.T + b, in NumPy); the layer's param diff either way."""
+    with force_backward (then d(x) = g @ W for y = x @ W.T + b, in NumPy); the layer's param diff either way
+    (y is a loss, so the layer's backward runs; the diff written into y is what it reads)."""
     path = tmp_path / "ip.prototxt"
     path.write_text(("force_backward: true\n" if force_backward else "") +
                     'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
-                    'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+                    'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" loss_weight: 1 '
                     'inner_product_param { num_output: 4 weight_filler { type: "gaussian" } } }\n')
     net = caffe.Net(str(path), caffe.TRAIN, dtype=torch.float64)
     rng = np.random.default_rng(8)

@@ -306,25 +306,26 @@ def test_stop_during_the_audio_check_exits_at_once_keeping_what_it_checked(corpu
     assert trainAug.main(train_args(solver, corpus, run, "--resume", "auto")) == 0      # it can go on
 
 
-def test_stop_during_the_cache_build_exits_at_once(corpus, tmp_path, monkeypatch, capsys, signals):
-    import voxdata.cache as cache_module
+def test_stop_during_the_cache_build_stops_it_after_the_current_file(corpus, tmp_path, monkeypatch, capsys,
+                                                                    signals):
+    import functools
 
-    trainer_pid, real_read, reads = os.getpid(), cache_module.read_wav, []
+    import voxdata
 
-    def read(path, *a, **kw):
-        reads.append(path)
-        if len(reads) == 3:
-            os.kill(trainer_pid, signal.SIGTERM)       # (from a decoding worker too, if the build has them)
-        return real_read(path, *a, **kw)
-
-    monkeypatch.setattr(cache_module, "read_wav", read)
+    real_build = voxdata.build_cache          # the signal arrives once the 3rd file is decoded and journaled
+    monkeypatch.setattr(voxdata, "build_cache", functools.partial(
+        real_build, on_file=lambda n: os.kill(os.getpid(), signal.SIGTERM) if n == 3 else None))
     solver = write_solver(tmp_path, SOFTMAX_HEAD, "c", max_iter=4, snapshot=2)
     run, cache = tmp_path / "run", tmp_path / "cache"
     assert trainAug.main(train_args(solver, corpus, run, "--cache", str(cache))) == 99
     err = capsys.readouterr().err
-    assert "stopped by SIGTERM while preparing the audio cache" in err and "Traceback" not in err
+    assert "stopped by SIGTERM while building the audio cache, before training" in err and "Traceback" not in err
+    assert "stopped (SIGTERM) after 3 of " in (run / "train.log").read_text()    # no file after the signal's
     assert not (cache / "index.json").exists()                          # nothing that looks complete
     assert not list(run.glob("snapshots/*")) and not (run / "args.json").exists()
+    monkeypatch.undo()
+    assert trainAug.main(train_args(solver, corpus, run, "--cache", str(cache), "--resume", "auto")) == 0
+    assert "continuing an unfinished build (3 files already decoded)" in (run / "train.log").read_text()
 
 
 def test_stop_during_solver_construction_exits_at_once(corpus, tmp_path, monkeypatch, capsys, signals):

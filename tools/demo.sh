@@ -3,7 +3,9 @@
 #   set-up -> synthetic VoxCeleb1-format corpus -> stage 1 (softmax) -> stage 2 (logistic margin, from the
 #   stage-1 weights) -> identification and verification tests of both -> results table and plots.
 # Everything lands in demo/ (corpus, runs, results.md). Re-running resumes/reuses what is there;
-# `rm -rf demo` starts over. Environment: DEMO_DIR (default demo), DEMO_CROPS (test crops, default 10).
+# `rm -rf demo` starts over. Environment: DEMO_DIR (default demo), DEMO_CROPS (test crops, default 10),
+# DEMO_RECIPE=modern (also today's augmentation: the same two stages with MUSAN-style noise + simulated-RIR
+# reverberation from `data_utils.py synth-noise`, tested the same way; its stage 2 adds a third row).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
@@ -29,7 +31,26 @@ echo "== stage 2: logistic margin, from the stage-1 weights"
 $PY trainAug.py --solver prototxt/demo/solver_lm.prototxt --weights "$DEMO/stage1_softmax/final.caffemodel" \
     --out "$DEMO/stage2_lm" "${common[@]}"
 
-for run in stage1_softmax stage2_lm; do
+runs=(stage1_softmax stage2_lm)
+rows=("softmax (stage 1)=$DEMO/stage1_softmax" "logistic margin (stage 2)=$DEMO/stage2_lm")
+if [ "${DEMO_RECIPE:-paper}" = modern ]; then
+    if [ ! -d "$DEMO/noise/simulated_rirs" ]; then
+        echo "== synthetic MUSAN-layout noise and simulated RIRs -> $DEMO/noise"
+        $PY data_utils.py synth-noise --out "$DEMO/noise"
+    fi
+    modern=(--noise "$DEMO/noise/musan" --rir "$DEMO/noise/simulated_rirs")
+    echo "== today's augmentation: stage 1 (softmax) with noise + reverberation"
+    $PY trainAug.py --solver prototxt/demo/solver_softmax.prototxt --out "$DEMO/modern_stage1_softmax" \
+        "${common[@]}" "${modern[@]}"
+    echo "== today's augmentation: stage 2 (logistic margin), from its stage-1 weights"
+    $PY trainAug.py --solver prototxt/demo/solver_lm.prototxt \
+        --weights "$DEMO/modern_stage1_softmax/final.caffemodel" --out "$DEMO/modern_stage2_lm" \
+        "${common[@]}" "${modern[@]}"
+    runs+=(modern_stage2_lm)
+    rows+=("logistic margin + noise/RIR augmentation (stage 2)=$DEMO/modern_stage2_lm")
+fi
+
+for run in "${runs[@]}"; do
     echo "== tests of $run"
     $PY test_identification.py --weights "$DEMO/$run/final.caffemodel" --data-root "$CORPUS" --crops "$CROPS" \
         --out "$DEMO/$run" --no-progress
@@ -39,7 +60,6 @@ done
 
 echo "== results (identification: held-out utterances of the 30 training speakers; verification: the 10"
 echo "   held-out speakers' trials)"
-$PY -m speaker.report "softmax (stage 1)=$DEMO/stage1_softmax" "logistic margin (stage 2)=$DEMO/stage2_lm" \
-    --out "$DEMO/results.md"
+$PY -m speaker.report "${rows[@]}" --out "$DEMO/results.md"
 echo "plots: $DEMO/*/training_curve.png, score_hist.png, roc.png, det.png"
 echo "demo wall time: $(( $(date +%s) - start )) s (after set-up: tools/setup.sh is not counted)"

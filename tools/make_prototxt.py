@@ -1,9 +1,10 @@
-"""Write the shipped prototxt files (prototxt/, prototxt/demo/, prototxt/verification/) from the paper.
+"""Write the shipped prototxt files (prototxt/, prototxt/demo/, prototxt/verification/, prototxt/vox2/) from the
+paper.
 
 The files it writes are ordinary Caffe prototxt: users change losses, widths or dropout by editing a copy
 of their own. The shipped files are this script's output (tests/test_make_prototxt.py runs --check, so a hand
 edit of a shipped file fails the suite): a change to them is made here, then all are regenerated
-(python tools/make_prototxt.py; --check exits 1 if a file differs). It keeps the fifteen net/solver pairs
+(python tools/make_prototxt.py; --check exits 1 if a file differs). It keeps the 25 net/solver pairs
 consistent with each other.
 
 The network (the paper, arXiv 1807.08312, and its published prototxt): ResNet-20 without batch norm. Four
@@ -38,6 +39,10 @@ PAPER = Size("paper", batch=50, frames=300, widths=(64, 128, 256, 512), units=(1
 # speakers (trainAug.py --mode verification), so stage 2 starts from a stage 1 with the same fc6 shape.
 VERIFICATION = Size("verification", batch=50, frames=300, widths=PAPER.widths, units=PAPER.units,
                     embedding=512, classes=1211)
+# Today's training data (README, "Today's recipe"): the same nets on VoxCeleb2 dev (5,994 speakers) and on
+# VoxCeleb2 dev + VoxCeleb1 dev (7,205 = 5,994 + 1,211), tested on VoxCeleb1-O/E/H.
+VOX2 = Size("vox2", batch=50, frames=300, widths=PAPER.widths, units=PAPER.units, embedding=512, classes=5994)
+VOX12 = Size("vox12", batch=50, frames=300, widths=PAPER.widths, units=PAPER.units, embedding=512, classes=7205)
 # Trains on 2 CPU cores in minutes: same depth and structure, a quarter of the frames, an eighth of the width.
 DEMO = Size("demo", batch=24, frames=100, widths=(8, 16, 32, 64), units=(1, 2, 4, 1), embedding=64, classes=30)
 
@@ -92,7 +97,7 @@ def trunk(size: Size) -> tuple[str, str]:
 
 def _header(size: Size, loss: str, note: str) -> str:
     crop = 160 * (size.frames - 1) + 401
-    suffix = {"demo": "_demo", "verification": "_verification"}.get(size.name, "")
+    suffix = {"demo": "_demo", "verification": "_verification", "vox2": "_vox2", "vox12": "_vox12"}.get(size.name, "")
     return (f'name: "ResNet-20_{loss}{suffix}"\n'
             f"# {note}\n"
             f"# Input: {size.batch} spectrograms of {size.frames} frames x 257 bins ({crop}-sample crops);\n"
@@ -124,7 +129,9 @@ def _accuracy(scores: str) -> str:
 
 def _classes_note(size: Size) -> str:
     what = {"paper": ": VoxCeleb1 identification; prototxt/verification/ has the 1211-class nets",
-            "verification": ": VoxCeleb1 verification training, the 40 test speakers held out"}.get(size.name, "")
+            "verification": ": VoxCeleb1 verification training, the 40 test speakers held out",
+            "vox2": ": VoxCeleb2 dev",
+            "vox12": ": VoxCeleb2 dev + VoxCeleb1 dev"}.get(size.name, "")
     return f"# ---- classifier: num_output = number of training speakers ({size.classes}{what})\n"
 
 
@@ -243,7 +250,7 @@ def solver(loss: str, size: Size, net_file: str) -> str:
     if size.name == "demo":
         prefix = PREFIX[loss].replace("512D", f"{size.embedding}D") + "_demo"
     else:
-        prefix = PREFIX[loss] + ("_verification" if size.name == "verification" else "")
+        prefix = PREFIX[loss] + ("" if size.name == "paper" else f"_{size.name}")
     return (f"# {NOTES[loss]}\n{note}"
             f'net: "{net_file}"\n'
             "# Validation (top-1/top-5 on split 2) is run by the training script every --test-interval.\n"
@@ -256,7 +263,8 @@ def solver(loss: str, size: Size, net_file: str) -> str:
 def files() -> dict[Path, str]:
     out = {}
     for size, folder in ((PAPER, ROOT / "prototxt"), (DEMO, ROOT / "prototxt" / "demo"),
-                         (VERIFICATION, ROOT / "prototxt" / "verification")):
+                         (VERIFICATION, ROOT / "prototxt" / "verification"),
+                         (VOX2, ROOT / "prototxt" / "vox2" / "5994"), (VOX12, ROOT / "prototxt" / "vox2" / "7205")):
         for loss in ("softmax", "lm", "amsoftmax", "asoftmax", "aam"):
             net_name = f"ResNet-20_{loss}.prototxt"
             body, _ = trunk(size)

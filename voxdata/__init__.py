@@ -1,8 +1,10 @@
-"""VoxCeleb1 data for the reproduction: lists, audio, crops, the paper's spectrogram, loaders, and a
-synthetic corpus in VoxCeleb1's layout. Knows nothing of Caffe. torch is imported only where needed."""
+"""VoxCeleb data for the reproduction: lists, audio (wav; VoxCeleb2's m4a), crops, the paper's spectrogram,
+loaders, noise/reverberation augmentation, the audio cache, and synthetic corpora in VoxCeleb1's and VoxCeleb2's
+layouts. Knows nothing of Caffe. torch is imported only where needed."""
 
 from .audio import SAMPLE_RATE, AudioError, read_wav, wav_info, write_wav
-from .cache import WavCache, build_cache
+from .augment import AugmentConfig, Augmenter, load_augmenter
+from .cache import CacheError, StaleCacheError, WavCache, build_cache
 from .crops import CropError, apply_crop, crop_params, random_crop
 from .frontend import crop_length, num_frames, spectrogram, spectrogram_torch
 from .lists import (
@@ -18,17 +20,22 @@ from .lists import (
     save_labels,
 )
 from .loader import EvalCrops, TrainBatches, batch_rng, eval_crops, train_loader
+from .roots import read_train_list, training_splits
 from .scan import ScanResult, scan_audio
 from .synth import make_corpus
 
 __all__ = [
     "SAMPLE_RATE",
     "AudioError",
+    "AugmentConfig",
+    "Augmenter",
+    "CacheError",
     "CropError",
     "EvalCrops",
     "ListFormatError",
     "ScanResult",
     "Splits",
+    "StaleCacheError",
     "TrainBatches",
     "Trials",
     "UttSet",
@@ -39,6 +46,7 @@ __all__ = [
     "crop_length",
     "crop_params",
     "eval_crops",
+    "load_augmenter",
     "load_labels",
     "make_corpus",
     "num_frames",
@@ -46,6 +54,7 @@ __all__ = [
     "random_crop",
     "read_iden_split",
     "read_meta",
+    "read_train_list",
     "read_trials",
     "read_wav",
     "save_labels",
@@ -53,6 +62,7 @@ __all__ = [
     "spectrogram",
     "spectrogram_torch",
     "train_loader",
+    "training_splits",
     "wav_info",
     "write_wav",
 ]

@@ -53,10 +53,14 @@ def _riff_truncation(path: str) -> str | None:
 
 def wav_info(path: str, sample_rate: int = SAMPLE_RATE) -> int:
     """Check a file's header (rate, channels, length, truncation) without decoding; returns its length in
-    samples. Raises AudioError naming the file."""
+    samples. Raises AudioError naming the file. `.m4a` files go to voxdata.m4a (PyAV), the rest to soundfile."""
     import soundfile as sf
 
     path = os.fspath(path)
+    if _is_m4a(path):
+        from .m4a import m4a_info
+
+        return m4a_info(path, sample_rate)
     try:
         info = sf.info(path)
     except Exception as e:  # LibsndfileError, RuntimeError, OSError: all mean "cannot read this file"
@@ -84,11 +88,16 @@ def read_wav(path, sample_rate: int = SAMPLE_RATE, start: int = 0, stop: int | N
 
     start/stop read only a slice (in samples). Raises AudioError (a ValueError) naming the file if it is
     unreadable, not `sample_rate`, not mono, empty or truncated. Other subtypes are converted to int16 (see
-    the module docstring; the paper's per-bin normalisation makes the scale irrelevant).
+    the module docstring; the paper's per-bin normalisation makes the scale irrelevant). `.m4a` (AAC, VoxCeleb2)
+    is decoded by voxdata.m4a with the same rules.
     """
     import soundfile as sf
 
     path = os.fspath(path)
+    if _is_m4a(path):
+        from .m4a import read_m4a
+
+        return read_m4a(path, sample_rate, start, stop)
     try:
         with sf.SoundFile(path) as f:
             _check(path, f.samplerate, f.channels, f.frames, sample_rate)
@@ -110,6 +119,12 @@ def read_wav(path, sample_rate: int = SAMPLE_RATE, start: int = 0, stop: int | N
         if problem:
             raise AudioError(f"{path}: {problem}")
     return data
+
+
+def _is_m4a(path: str) -> bool:
+    from .m4a import is_m4a
+
+    return is_m4a(path)
 
 
 def _float_to_int16(x: np.ndarray, path: str) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Path rules (explicit, so that evaluation finds the same files):
 - current layout, lines like `1 id10001/1zcIwhmdeo4/00001.wav`: paths are relative to `wav_dir`, which
-  defaults to `<data_root>/wav`;
+  defaults to `<data_root>/wav` (or `<data_root>/aac` where only that exists: VoxCeleb2; `.m4a` paths too);
 - 2017 layout, lines like `1 A.J._Buckley/1zcIwhmdeo4_0000001.wav`: paths are relative to `wav_dir`, which
   defaults to `<data_root>` itself.
 `data_root` defaults to the folder holding the list file. The speaker of an utterance is its first path
@@ -32,6 +32,16 @@ log = logging.getLogger(__name__)
 TEST_ID_RANGE = (10270, 10309)  # VoxCeleb1 verification test speakers, inclusive
 # The project's lists/ folder (README: lists may live there instead of the data root).
 PROJECT_LISTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lists")
+
+
+AUDIO_EXTENSIONS = (".wav", ".m4a")   # what list lines may name: VoxCeleb1's wav, VoxCeleb2's AAC
+
+
+def audio_dir(data_root) -> str:
+    """The folder that list paths (current layout) are relative to: <data_root>/wav (VoxCeleb1), else
+    <data_root>/aac when only that exists (VoxCeleb2's test set as its zip unpacks)."""
+    wav, aac = os.path.join(data_root, "wav"), os.path.join(data_root, "aac")
+    return aac if not os.path.isdir(wav) and os.path.isdir(aac) else wav
 
 
 class ListFormatError(ValueError):
@@ -184,10 +194,10 @@ def parse_iden_split(path) -> list[tuple[int, str]]:
                     f"{path}:{lineno}: expected '<1|2|3> <relative path>', got {line.strip()!r}"
                 )
             lay = _layout_of(fields[1])
-            if not lay or not fields[1].endswith(".wav"):
+            if not lay or not fields[1].endswith(AUDIO_EXTENSIONS):
                 raise ListFormatError(
                     f"{path}:{lineno}: path {fields[1]!r} is neither "
-                    "speaker/video/NNNNN.wav nor Name/video_NNNNNNN.wav"
+                    "speaker/video/NNNNN.wav (or .m4a) nor Name/video_NNNNNNN.wav"
                 )
             if layout is None:
                 layout = lay
@@ -258,7 +268,7 @@ def read_iden_split(
     layout = _layout_of(entries[0][1])
     data_root = os.fspath(data_root) if data_root is not None else os.path.dirname(os.path.abspath(path))
     if wav_dir is None:
-        wav_dir = os.path.join(data_root, "wav") if layout == "current" else data_root
+        wav_dir = audio_dir(data_root) if layout == "current" else data_root
     wav_dir = os.fspath(wav_dir)
     keys = sorted({rel.split("/", 1)[0] for _, rel in entries})
 
@@ -356,7 +366,7 @@ def read_trials(path, data_root=None, wav_dir=None, check_files: bool = False, m
                 )
             for p in fields[1:]:
                 lay = _layout_of(p)
-                if not lay or not p.endswith(".wav"):
+                if not lay or not p.endswith(AUDIO_EXTENSIONS):
                     raise ListFormatError(f"{path}:{lineno}: {p!r} is not a VoxCeleb utterance path")
                 layout = layout or lay
             # (the official lists hold no pair twice in one order; VoxCeleb1-O has 338 pairs in both orders)
@@ -374,7 +384,7 @@ def read_trials(path, data_root=None, wav_dir=None, check_files: bool = False, m
                               "would count twice in the error rates; remove the repeats")
     data_root = os.fspath(data_root) if data_root is not None else os.path.dirname(os.path.abspath(path))
     if wav_dir is None:
-        wav_dir = os.path.join(data_root, "wav") if layout == "current" else data_root
+        wav_dir = audio_dir(data_root) if layout == "current" else data_root
     wav_dir = os.fspath(wav_dir)
     missing: list[str] = []
     if check_files:

@@ -51,6 +51,9 @@ class TrainBatches:
     rows. A recording that fails to read then is an error even with on_error='skip' (skipping it would
     change the draws of the rows after it in this process alone); one too short for a crop (known from its
     length) is skipped as usual.
+    augmenter: a voxdata.augment.Augmenter (noise / reverberation) applied to each batch's crops; its
+    randomness is drawn per example from (seed, k, row), apart from the batch generator, for every row of the
+    batch in every process (only the rows this process owns are then read and augmented).
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class TrainBatches:
         on_error: str = "raise",
         rows: tuple[int, int] | None = None,
         lengths=None,
+        augmenter=None,
     ):
         if length is None:
             length = crop_length(frames if frames is not None else 300)
@@ -78,7 +82,7 @@ class TrainBatches:
             raise ValueError(f"need as many labels as paths (>0), got {len(self.paths)} and {len(self.labels)}")
         self.batch_size, self.length, self.seed = int(batch_size), int(length), int(seed)
         self.augment, self.repeat_short, self.on_error = augment, repeat_short, on_error
-        self.cache = cache
+        self.cache, self.augmenter = cache, augmenter
         self.sliced = rows is not None
         self.rows = (0, int(batch_size)) if rows is None else (int(rows[0]), int(rows[1]))
         self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
@@ -125,6 +129,8 @@ class TrainBatches:
                 raise AudioError(f"100 unusable files in a row while building batch {k}; last: {self.paths[i]}")
             if b >= lo:
                 crops[b - lo], labels[b - lo] = crop, self.labels[i]
+        if self.augmenter is not None:
+            crops = self.augmenter(crops, self.seed, k, self.rows, self.batch_size)
         return crops, labels
 
     def _crop(self, path: str, n: int | None, rng: np.random.Generator, decode: bool) -> np.ndarray | None:
@@ -194,18 +200,19 @@ def train_loader(
     prefetch_factor: int = 4,
     rows: tuple[int, int] | None = None,
     lengths=None,
+    augmenter=None,
 ):
     """Infinite DataLoader of training batches k = start_batch, start_batch + 1, ...
 
     Yields (crops int16 tensor (B, L), labels int64 tensor (B,)), or only rows lo..hi-1 of each batch with
     rows=(lo, hi) and the recordings' lengths (see TrainBatches). cache: a cache folder or WavCache (paths
-    must be its keys). pin_memory defaults to torch.cuda.is_available().
+    must be its keys). pin_memory defaults to torch.cuda.is_available(). augmenter: see TrainBatches.
     """
     import torch
     from torch.utils.data import DataLoader
 
     ds = TrainBatches(paths, labels, batch_size, length, frames, seed, augment, repeat_short, cache, on_error, rows,
-                      lengths)
+                      lengths, augmenter)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     kw = {}

@@ -83,6 +83,12 @@ class Layer(nn.Module):
     # (min, max) number of bottoms and tops; None = no limit.
     num_bottoms: tuple[int, int | None] = (1, 1)
     num_tops: tuple[int, int | None] = (1, 1)
+    # Where Caffe's backward aborts (caffe_torch/need_backward.py): bottom indices it refuses to back-propagate
+    # to ("all": NOT_IMPLEMENTED for any), whether its Backward is NOT_IMPLEMENTED outright, and the bottoms
+    # force_backward leaves alone (Caffe's AllowForceBackward: a loss layer's labels).
+    no_backward_to: tuple[int, ...] | str = ()
+    backward_not_implemented: bool = False
+    force_backward_skips: tuple[int, ...] = ()
 
     def __init__(self, param, bottom_shapes: Sequence[tuple[int, ...]], ctx: BuildContext):
         super().__init__()
@@ -134,6 +140,10 @@ class Layer(nn.Module):
     # ---- protocol
     def top_shapes(self, bottom_shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
         return [tuple(bottom_shapes[0])] * len(self.param.top)
+
+    def initial_tops(self) -> list[torch.Tensor] | None:
+        """Values the tops hold once the net is built (what Caffe's LayerSetUp writes into them), or None."""
+        return None
 
     def get_state(self) -> int | None:
         """An integer counter to save in a snapshot, or None if the layer has no such state."""

@@ -103,6 +103,11 @@ class DummyData(_DataLayer):
     def top_shapes(self, bottom_shapes):
         return list(self.shapes)
 
+    def initial_tops(self):
+        # Caffe's LayerSetUp runs one forward that fills the constant tops only (the others stay zero)
+        return [c.clone() if c is not None else torch.zeros(s, dtype=self._ctx_dtype, device=self._ctx_device)
+                for c, s in zip(self.constant, self.shapes)]
+
     @_eager
     def forward(self):
         tops = tuple(c.clone() if c is not None else self._fill(i) for i, c in enumerate(self.constant))

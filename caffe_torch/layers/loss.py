@@ -53,6 +53,9 @@ class SoftmaxWithLoss(Layer):
     `softmax_param.axis` (default 1). Optional second top: the probabilities. The gradient is Caffe's
     (p - onehot) * loss_weight / normaliser, also where the FLT_MIN clamp is active."""
 
+    no_backward_to = (1,)           # labels: "cannot backpropagate to label inputs" (need_backward.py)
+    force_backward_skips = (1,)     # LossLayer::AllowForceBackward
+
     is_loss = True
     num_bottoms = (2, 2)
     num_tops = (1, 2)
@@ -112,6 +115,8 @@ class Accuracy(Layer):
     """Fraction of (non-ignored) samples whose label is among the top_k scores. Ties are ranked as Caffe 1.0
     ranks (score, class) pairs: among equal scores the HIGHER class index comes first. Optional second top:
     per-class accuracy."""
+
+    no_backward_to = "all"          # Backward_cpu: NOT_IMPLEMENTED for any bottom (need_backward.py)
 
     num_bottoms = (2, 2)
     num_tops = (1, 2)

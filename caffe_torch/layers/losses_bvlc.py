@@ -37,6 +37,8 @@ def _log_clamped(p: torch.Tensor) -> torch.Tensor:
 
 
 class _LossLayer(Layer):
+    no_backward_to = (1,)           # labels / targets: Caffe aborts (need_backward.py)
+    force_backward_skips = (1,)     # LossLayer::AllowForceBackward
     is_loss = True
     num_bottoms = (2, 2)
 
@@ -55,6 +57,9 @@ class _LossLayer(Layer):
 class EuclideanLoss(_LossLayer):
     """loss = sum (a - b)^2 / N / 2 over bottoms a, b of the same count per sample; gradients (a - b) / N
     to a and -(a - b) / N to b (times the loss weight): the derivative."""
+
+    no_backward_to = ()             # both bottoms differentiable, force_backward reaches both
+    force_backward_skips = ()
 
     def top_shapes(self, bottom_shapes):
         shapes = super().top_shapes(bottom_shapes)
@@ -108,6 +113,9 @@ class _ContrastiveFunction(torch.autograd.Function):
 class ContrastiveLoss(_LossLayer):
     """Bottoms: a and b (N x C [x 1 x 1]) and the pair label y (N [x 1 x 1 x 1]; similar when int(y) != 0).
     contrastive_loss_param: margin (default 1), legacy_version (default false). See _ContrastiveFunction."""
+
+    no_backward_to = ()             # the similarity bottom is ignored, not refused
+    force_backward_skips = (2,)
 
     num_bottoms = (3, 3)
 
@@ -178,6 +186,8 @@ class InfogainLoss(_LossLayer):
     D x D matrix H from a third bottom or from `infogain_loss_param.source` (a binary BlobProto, read once at
     construction). Gradient to p only: -H[label_n, j] / max(p[n, j], 1e-20) / N. Caffe wants H as a
     1 x 1 x D x D blob; caffe_torch takes any blob of D * D values."""
+
+    no_backward_to = (1, 2)         # label inputs, infogain matrix input
 
     num_bottoms = (2, 3)
 

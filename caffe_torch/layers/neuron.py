@@ -197,6 +197,8 @@ def no_backward(layer: Layer, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class Threshold(Layer):
     """y = 1 if x > threshold else 0. No backward (as Caffe: an error if a gradient must pass through)."""
 
+    backward_not_implemented = True     # need_backward.py
+
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         self.threshold = param.threshold_param.threshold     # default 0

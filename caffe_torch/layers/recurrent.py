@@ -67,6 +67,9 @@ def lstm_unit(c_prev, gates, cont):
 class LSTMUnit(Layer):
     """Bottoms c_prev (1 x N x H), gate inputs (1 x N x 4H), cont (1 x N); tops c (1 x N x H), h (1 x N x H)."""
 
+    no_backward_to = (2,)           # sequence markers (need_backward.py)
+    force_backward_skips = (2,)
+
     num_bottoms = (3, 3)
     num_tops = (2, 2)
 
@@ -89,6 +92,9 @@ class LSTMUnit(Layer):
 
 class _Recurrent(Layer):
     """What RNN and LSTM share: bottoms, blobs, the hidden-state carry and the time loop."""
+
+    no_backward_to = (1,)           # sequence markers (need_backward.py)
+    force_backward_skips = (1,)
 
     num_bottoms = (2, 5)
     num_tops = (1, 3)
@@ -126,15 +132,19 @@ class _Recurrent(Layer):
 
     def top_shapes(self, bottom_shapes):
         x, cont = tuple(bottom_shapes[0]), tuple(bottom_shapes[1])
-        if len(x) < 2 or x[0] != self.T:
-            raise self.error(f"bottom x must be {self.T} x N x ... (T fixed at setup, as Caffe), got {x}")
+        # at least one feature axis: Caffe's unrolled net reads x with an InnerProduct at axis 2 (and x_static
+        # with one at axis 1), which aborts on a blob without that axis
+        if len(x) < 3 or x[0] != self.T:
+            raise self.error(f"bottom x must be {self.T} x N x features... (T fixed at setup, as Caffe; at least "
+                             f"3 axes), got {x}")
         n = x[1]
         if cont != (self.T, n):
             raise self.error(f"bottom cont must be T x N = {(self.T, n)}, got {cont}")
         if self.static_input:
             xs = tuple(bottom_shapes[2])
-            if len(xs) < 1 or xs[0] != n:
-                raise self.error(f"bottom x_static must be N x ... with N = {n}, got {xs}")
+            if len(xs) < 2 or xs[0] != n:
+                raise self.error(f"bottom x_static must be N x features... with N = {n} (at least 2 axes), got "
+                                 f"{xs}")
         state = (1, n, self.hidden)
         if self.expose_hidden:
             for k, s in enumerate(bottom_shapes[2 + self.static_input:]):

@@ -18,6 +18,8 @@ class ArgMax(Layer):
     channel 0 the indices, channel 1 the values), padded with trailing 1s to the bottom's number of axes.
     Ties: the larger index first (Caffe sorts (value, index) pairs with std::greater). No backward."""
 
+    backward_not_implemented = True     # need_backward.py
+
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         ap = param.argmax_param
@@ -65,6 +67,8 @@ class BatchReindex(Layer):
     """top[i] = bottom[0][bottom[1][i]] along the first axis; the gradient is summed back into the picked rows.
     bottom[1] is a 1-D blob of item indices (floats holding integers)."""
 
+    no_backward_to = (1,)           # "Cannot backprop to index." (need_backward.py)
+
     num_bottoms = (2, 2)
 
     def __init__(self, param, bottom_shapes, ctx):
@@ -104,8 +108,10 @@ class Crop(Layer):
 
     def _offsets(self, bottom_shapes) -> list[int]:
         big, ref = bottom_shapes
-        if len(big) != len(ref):
-            raise self.error(f"bottoms have {len(big)} and {len(ref)} axes; they must have the same number")
+        # Caffe reads bottom[1]->shape(i) for the cropped axes i < bottom 0's axes: a reference with more axes
+        # is fine (the extra ones are not read), one with fewer aborts
+        if len(ref) < len(big):
+            raise self.error(f"bottom 1 (the reference) has {len(ref)} axes, fewer than bottom 0's {len(big)}")
         offs = []
         for i in range(len(big)):
             o = 0
@@ -119,7 +125,7 @@ class Crop(Layer):
     def top_shapes(self, bottom_shapes):
         big, ref = bottom_shapes
         self._offsets(bottom_shapes)
-        return [tuple(big[:self.start]) + tuple(ref[self.start:])]
+        return [tuple(big[:self.start]) + tuple(ref[self.start:len(big)])]
 
     def forward(self, x, ref):
         offs = self._offsets([tuple(x.shape), tuple(ref.shape)])
@@ -159,6 +165,8 @@ class Filter(Layer):
     """Keep the items (first axis) whose selector (the last bottom, N x 1 x ...) is nonzero, for each other
     bottom; tops are those bottoms filtered, so their first axis depends on the data (built full size, as Caffe's
     first Reshape). Items not kept get a zero gradient; the selector gets none."""
+
+    no_backward_to = (-1,)          # the selector: Caffe aborts (need_backward.py)
 
     num_bottoms = (2, None)
     num_tops = (1, None)
@@ -239,6 +247,8 @@ class Parameter(Layer):
 class Embed(Layer):
     """Lookup table: top = W[index] + b, W input_dim x num_output, b num_output; the top has the bottom's shape
     plus an axis of num_output. The bottom holds integer ids in [0, input_dim) and gets no gradient."""
+
+    no_backward_to = (0,)           # "Can't backpropagate to EmbedLayer input." (need_backward.py)
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)

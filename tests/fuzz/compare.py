@@ -1,0 +1,269 @@
+"""Comparing what the two engines did with a case, and explaining the divergences that are known.
+
+Tolerance. Every numeric array (each blob's data and diff, each param's data and diff, kept arrays, forward
+outputs, after every stage) must satisfy caffe_facts.RTOL:  max|ours - Caffe| <= 1e-5 * max|Caffe|. Where it
+does not, caffe_torch's float64 run of the same case is the referee: an array whose float32 result is itself far
+from the float64 one is ill-conditioned at this input (a Softmax of large logits, a variance of nearly equal
+values, a solver amplifying over steps), and Caffe's float32 result then only has to be as close to the float64
+one as caffe_torch's is, up to CONDITION_FACTOR:
+    rel(Caffe, ref64) <= max(RTOL, CONDITION_FACTOR * rel(ours, ref64)).
+Names (blobs, layers, inputs, outputs), shapes, the solver's iteration and integer outputs compare exactly.
+
+Refusals. Both engines must complete the same stages. Where Caffe aborts (a CHECK or LOG(FATAL)), caffe_torch
+must raise one of its own errors (CaffeError: LayerError, PrototxtError, WeightsError) with a one-line message
+naming a layer of the net (or the solver / its file), at the same stage; an engine-internal exception (IndexError,
+RuntimeError ...) is a divergence. A refusal by one engine only is a divergence.
+
+Classification. Each divergence found gets a class: a quirk of the real build (caffe_facts.QUIRKS),
+"refused-earlier" (caffe_torch's own check refused the case at an earlier stage than the one where Caffe aborts:
+bad input is refused before long work starts), or "" (unexplained).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from google.protobuf import text_format
+
+from caffe_torch.proto import caffe_pb2
+
+from ..caffe_facts import QUIRKS, RTOL, rel_err
+from .builder import IGNORES_PROPAGATE_DOWN, SHARING_TYPES
+from .program import Program, stale_view_blobs
+from .worker import EngineResult
+
+CONDITION_FACTOR = 10.0
+HEAP_CRASH = re.compile(r"free\(\)|double free|corrupted|Segmentation|malloc")    # glibc's words when the heap breaks
+SPLIT_NAME = re.compile(r"_split(_\d+)?$")     # Caffe's InsertSplits names: <blob>_<layer>_<i>_split[_<j>]
+DIFF_SHARING = ("Reshape", "Concat", "Slice", "Parameter")    # their top shares its bottom's diff (caffe_facts)
+OUR_ERRORS = {"CaffeError", "LayerError", "PrototxtError", "WeightsError"}
+
+@dataclass
+class Divergence:
+    stage: str          # the stage where it shows
+    what: str           # refusal | refusal-message | names | shape | value | missing
+    key: str            # the observation (e.g. blob/diff/conv3) or the engines' ends
+    detail: str
+    cls: str = ""       # quirk id, "refused-earlier", or "" (unexplained)
+    ours_zero: bool = False            # a value divergence where caffe_torch's array is all zero
+    refused_earlier: bool = False      # caffe_torch raised its own error before the stage where Caffe aborts
+    lists: tuple = ()                  # a names divergence: (ours, Caffe's)
+
+    def __str__(self) -> str:
+        tag = f" [{self.cls}]" if self.cls else ""
+        return f"{self.stage} {self.what} {self.key}: {self.detail}{tag}"
+
+
+def _layer_names(prog: Program) -> list[str]:
+    return [lp.name for lp in prog.net_param().layer]
+
+
+def _names_a_layer(message: str, prog: Program) -> bool:
+    low = message.lower()
+    return any(f"'{n}'" in message or f'"{n}"' in message for n in _layer_names(prog)) or \
+        "solver" in low or ".prototxt" in low
+
+
+def compare_results(prog: Program, theirs: EngineResult, ours: EngineResult,
+                    ref: EngineResult | None = None) -> list[Divergence]:
+    """Every divergence between Caffe's result (`theirs`) and caffe_torch's (`ours`)."""
+    out: list[Divergence] = []
+    n = min(len(theirs.stages), len(ours.stages))
+    if theirs.stages[:n] != ours.stages[:n]:
+        out.append(Divergence("build", "refusal", "stages", f"{ours.stages} vs Caffe {theirs.stages}"))
+        return out
+    stage_after = theirs.stages[n] if len(theirs.stages) > n else (
+        ours.stages[n] if len(ours.stages) > n else "end")
+    if len(theirs.stages) != len(ours.stages) or (theirs.end == "done") != (ours.end == "done"):
+        where = theirs.stages[n - 1] if n else "build"
+        out.append(Divergence(stage_after if stage_after != "end" else where, "refusal", "end",
+                              f"caffe_torch {_end(ours)} after {ours.stages[-1:] or ['nothing']}; Caffe "
+                              f"{_end(theirs)} after {theirs.stages[-1:] or ['nothing']}",
+                              refused_earlier=ours.end == "error" and ours.error_type in OUR_ERRORS
+                              and theirs.end == "abort" and len(ours.stages) < len(theirs.stages)))
+    elif theirs.end != "done":
+        if theirs.end == "abort" and (ours.error_type not in OUR_ERRORS or "\n" in ours.message.strip()
+                                       or not _names_a_layer(ours.message, prog)):
+            out.append(Divergence(stage_after, "refusal-message", ours.error_type,
+                                  f"Caffe aborts ({theirs.message[:200]}); caffe_torch raises {ours.error_type}: "
+                                  f"{ours.message[:300]}"))
+        elif theirs.end == "abort" and prog.expect_field and prog.expect_field not in ours.message and \
+                not _names_what_caffe_names(theirs.message, ours.message):
+            out.append(Divergence(stage_after, "refusal-message", ours.error_type,
+                                  f"caffe_torch's error does not name the field '{prog.expect_field}' "
+                                  f"({prog.invalid}): {ours.message[:300]}"))
+    keys = [k for k in theirs.obs if k.split("/", 1)[0] in theirs.stages[:n]]
+    ours_keys = {k for k in ours.obs if k.split("/", 1)[0] in ours.stages[:n]}
+    for k in sorted(ours_keys - set(theirs.obs)):
+        out.append(Divergence(k.split("/", 1)[0], "missing", k.split("/", 1)[1], "only in caffe_torch"))
+    for k in keys:
+        stage, key = k.split("/", 1)
+        if k not in ours.obs:
+            out.append(Divergence(stage, "missing", key, "only in Caffe"))
+            continue
+        a, b = np.asarray(ours.obs[k]), np.asarray(theirs.obs[k])
+        if "names/" in key or a.dtype.kind in "USO" or b.dtype.kind in "USO":
+            if a.shape != b.shape or not np.array_equal(a, b):
+                out.append(Divergence(stage, "names", key, f"{list(a)} vs Caffe {list(b)}",
+                                      lists=(list(map(str, a)), list(map(str, b)))))
+            continue
+        if a.shape != b.shape:
+            out.append(Divergence(stage, "shape", key, f"{a.shape} vs Caffe {b.shape}"))
+            continue
+        err = rel_err(a, b)
+        if err <= RTOL:
+            continue
+        if ref is not None and k in ref.obs and np.asarray(ref.obs[k]).shape == b.shape:
+            r = np.asarray(ref.obs[k], dtype=np.float64)
+            ours_err, theirs_err = rel_err(a.astype(np.float64), r), rel_err(b.astype(np.float64), r)
+            if theirs_err <= max(RTOL, CONDITION_FACTOR * ours_err):
+                continue
+            detail = f"relative difference {err:.3g} (Caffe vs float64 {theirs_err:.3g}, ours {ours_err:.3g})"
+        else:
+            detail = f"relative difference {err:.3g}"
+        out.append(Divergence(stage, "value", key, detail, ours_zero=not a.any()))
+    return out
+
+
+def _names_what_caffe_names(theirs: str, ours: str) -> bool:
+    """Caffe's abort names blobs or layers ('b2', 'eucl5') and caffe_torch's error names them all: the mutation
+    broke the net somewhere else than its field (a renamed top leaves a later bottom unknown), and both say so."""
+    names = set(re.findall(r"'([^'\s]+)'", theirs))
+    return bool(names) and all(f"'{n}'" in ours for n in names)
+
+
+def _end(r: EngineResult) -> str:
+    if r.end == "done":
+        return "completes"
+    if r.end == "error":
+        return f"raises {r.error_type}: {r.message[:200]}"
+    return f"{r.end}s: {r.message[:200]}"
+
+
+# ------------------------------------------------------------------------------------------------ classes
+def _shared_producer(lp) -> bool:
+    return lp.type in SHARING_TYPES or (lp.type == "Concat" and len(lp.bottom) == 1) or \
+        (lp.type == "Slice" and len(lp.top) == 1)
+
+
+def _empty_window_possible(pp) -> bool:
+    """A stride larger than the kernel on an axis without padding (see the quirk pooling-empty-window)."""
+    if pp.global_pooling:
+        return False
+    k = (pp.kernel_h, pp.kernel_w) if pp.HasField("kernel_h") else (pp.kernel_size, pp.kernel_size)
+    s = (pp.stride_h, pp.stride_w) if pp.HasField("stride_h") else (pp.stride, pp.stride)
+    p = (pp.pad_h, pp.pad_w) if pp.HasField("pad_h") else (pp.pad, pp.pad)
+    return any(s_ > k_ and not p_ for k_, s_, p_ in zip(k, s, p))
+
+
+def _quirk_nets(net: caffe_pb2.NetParameter, prog: Program) -> set[str]:
+    """The QUIRKS of caffe_facts that a net's structure sets off (it then may diverge in any value)."""
+    found = set()
+    if prog.backward is not None:
+        # the script writes a diff into every output: into the bottom's diff too where the output's layer shares
+        # it, which a Split below then sums whether or not that layer's backward runs
+        consumed = {b for lp in net.layer for b in lp.bottom}
+        if any(lp.type in DIFF_SHARING and _shared_producer(lp) and set(lp.top) - consumed for lp in net.layer):
+            found.add("shared-blob-memory")
+    producer = {}
+    consumed = {b for lp in net.layer for b in lp.bottom}
+    for lp in net.layer:
+        in_place = [b for j, b in enumerate(lp.bottom) if j < len(lp.top) and lp.top[j] == b]
+        if lp.type == "Eltwise" and in_place and lp.eltwise_param.operation != caffe_pb2.EltwiseParameter.PROD:
+            found.add("eltwise-in-place")
+        if lp.type == "LRN" and in_place:
+            found.add("lrn-in-place")
+        if lp.type == "MVN" and in_place and lp.mvn_param.normalize_variance:
+            found.add("mvn-in-place-variance")
+        if in_place and (lp.type in ("BNLL", "Log") or lp.type == "ReLU" and lp.relu_param.negative_slope < 0 or
+                         lp.type == "Power" and lp.power_param.power not in (0, 1) and lp.power_param.scale):
+            found.add("neuron-in-place-backward")
+        if lp.type in IGNORES_PROPAGATE_DOWN and not all(lp.propagate_down):
+            found.add("ignores-propagate-down")
+        if lp.type.endswith("Loss") and not len(lp.loss_weight) and lp.top and lp.top[0] in consumed:
+            found.add("implicit-loss-top-read")
+        if lp.type == "Pooling" and _empty_window_possible(lp.pooling_param):
+            found.add("pooling-empty-window")
+        if any(b in producer and _shared_producer(producer[b]) for b in in_place):
+            found.add("shared-blob-memory")
+        if any(w and j < len(lp.bottom) and lp.bottom[j] == t for j, (t, w) in enumerate(zip(lp.top, lp.loss_weight))):
+            found.add("in-place-loss-weight")
+        for t in lp.top:
+            if t not in lp.bottom:
+                producer[t] = lp
+    return found
+
+
+def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program) -> dict[str, set[str]]:
+    """Observation keys (without the stage) that a quirk of caffe_facts explains in this net."""
+    keys: dict[str, set[str]] = {}
+    consumed = {b for lp in net.layer for b in lp.bottom}
+    for lp in net.layer:
+        weights = [w for w in lp.loss_weight]
+        if lp.type in DIFF_SHARING and _shared_producer(lp) and any(weights):
+            keys.setdefault("shared-blob-memory", set()).update(
+                f"blob/diff/{b}" for b in (*lp.bottom, *lp.top))
+            keys["shared-blob-memory"].update(f"param/diff/{lp.name}/0" for _ in [0] if lp.type == "Parameter")
+        if lp.type == "Parameter":            # its top's diff is the param's (a solver step's update shows)
+            keys.setdefault("shared-blob-memory", set()).add(f"blob/diff/{lp.top[0]}")
+            if prog.backward is not None and lp.top[0] not in consumed:
+                keys["shared-blob-memory"].add(f"param/diff/{lp.name}/0")
+        if lp.type == "Reshape":
+            keys.setdefault("shared-blob-memory-build", set()).add(f"blob/data/{lp.top[0]}")
+        if lp.type == "HingeLoss":
+            keys.setdefault("hinge-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
+        if lp.type == "Scale" and len(lp.propagate_down) and not lp.propagate_down[0] and lp.top[0] != lp.bottom[0]:
+            keys.setdefault("scale-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
+    return keys
+
+
+def _key_quirk(quirk_keys: dict[str, set[str]], d: Divergence) -> str:
+    # an array the script kept ("kept/blob/diff/x/0") shows what its blob's does ("blob/diff/x")
+    key = d.key.removeprefix("kept/").rsplit("/", 1)[0] if d.key.startswith("kept/") else d.key
+    for cls, keys in quirk_keys.items():
+        if cls == "shared-blob-memory-build":
+            if d.stage == "build" and key in keys:
+                return "shared-blob-memory"
+        elif key in keys or any(key.startswith(k + "_") and SPLIT_NAME.search(key) for k in keys):
+            return cls
+    return ""
+
+
+def classify(prog: Program, divs: list[Divergence]) -> list[Divergence]:
+    """Give each divergence its class (in place; returns `divs`)."""
+    net = prog.net_param()
+    quirks = _quirk_nets(net, prog)
+    quirk_keys = _quirk_keys(net, prog)
+    stale = stale_view_blobs(net)
+    stale_kept = any(what == "blob" and name in stale for what, name, _, _ in prog.keep)
+    solver = caffe_pb2.SolverParameter()
+    if prog.solver_text:
+        text_format.Parse(prog.solver_text, solver)
+    types = {lp.type for lp in net.layer}
+    for d in divs:
+        if d.what == "refusal" and "new_queue_pairs_" in d.detail:
+            d.cls = "data-layer-two-nets"
+        elif d.what == "refusal" and prog.expect_field == "iter_size" and "caffe_torch raises" in d.detail:
+            d.cls = "iter-size-zero"
+        elif d.what == "refusal" and "in place but changes its shape" in d.detail and "; Caffe completes" in d.detail:
+            d.cls = "in-place-reshape"
+        elif d.what == "refusal" and d.refused_earlier:
+            d.cls = "refused-earlier"
+        elif quirks and (d.what == "value" or d.what == "refusal" and HEAP_CRASH.search(d.detail)):
+            d.cls = sorted(quirks)[0]
+        elif d.what == "value" and (cls := _key_quirk(quirk_keys, d)):
+            d.cls = cls
+        elif stale_kept and (d.key.startswith("kept/") or d.what == "refusal"):
+            d.cls = "stale-view"
+        elif d.stage.startswith("step") and d.what == "value" and "BatchNorm" in types and solver.weight_decay:
+            d.cls = "batchnorm-stats-trained"
+    return divs
+
+
+def class_reason(cls: str) -> str:
+    """What a divergence class stands for."""
+    if cls == "refused-earlier":
+        return "caffe_torch's own check refuses the case before the stage where Caffe aborts"
+    return QUIRKS[cls].reason
