@@ -1,4 +1,4 @@
-"""The original's module name: re-exports voxdata's public API, and the `synth` command.
+"""The original's module name: re-exports voxdata's API; commands `synth`, `synth-noise`, `cache`, `lists`.
 
     python data_utils.py synth --out DIR [--format wav|m4a --speakers 40 --utterances 30 --test-speakers 10 ...]
     python data_utils.py synth-noise --out DIR [--seed 0 ...]

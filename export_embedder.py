@@ -20,7 +20,8 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", help="training run directory (net and final.caffemodel)")
-    p.add_argument("--net", help="TEST-phase net prototxt (default: see above)")
+    p.add_argument("--net", help="TEST-phase net prototxt (default: test.prototxt, deploy.prototxt or "
+                   "net.prototxt in --run-dir or its parent)")
     p.add_argument("--weights", help=".caffemodel (default: <run-dir>/final.caffemodel)")
     p.add_argument("-o", "--out", required=True, metavar="EMBEDDER.onnx", help="the ONNX file to write")
     p.add_argument("--int16", action="store_true", help="the input is int16 samples (default: float32, any "

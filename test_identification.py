@@ -10,14 +10,17 @@ Which utterances:
   --mode verification:   split 2 (validation) of the 1,211 training speakers, the only utterances of those
                          speakers the net never trained on (the 40 test speakers are not in its classifier).
   --subset overrides that choice (test | val).
-Class indices come from the labels JSON written by training (speaker keys in classifier order), never from
-re-deriving them here; --mode defaults to the mode recorded there.
+Class indices come from the labels JSON written by training (speaker keys in classifier order); --mode
+defaults to the mode recorded there. Weights trained elsewhere (no labels JSON: give --net and --weights) are
+numbered as training numbers them: the list's speakers in sorted order (id10001 first), in the mode whose
+speaker count is the classifier's size (1,251 identification, 1,211 verification on VoxCeleb1); a size that
+fits neither is an error.
 
 File defaults (explicit rules):
   --run-dir:    the folder of --weights (its parent when that folder is snapshots/).
   --net:        <run-dir>/test.prototxt, deploy.prototxt or net.prototxt (the training run's copy of its
                 net; its TEST phase is used), also looked up in run-dir's parent.
-  --labels:     <run-dir>/labels.json (also looked up in run-dir's parent).
+  --labels:     <run-dir>/labels.json (also looked up in run-dir's parent); none there: from the list.
   --iden-split: <data-root>/iden_split.txt when that file exists, else lists/iden_split.txt next to this
                 script.
   --out:        <run-dir>.
@@ -26,6 +29,9 @@ files are missing; missing files are counted and reported, the rest is evaluated
 Before the long part every test recording is checked once (cached in .audio_check.json next to the run
 directory) and the weights must hold every layer of the net: a bad recording or a partial .caffemodel is an
 error (--skip-bad-audio leaves bad recordings out).
+
+Exit status: 0 done; 1 error (one line on stderr naming the file or argument); 2 the command line does not
+parse (argparse); 130 stopped by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -38,19 +44,20 @@ from speaker.identification import run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog="See the module docstring for the default-file rules."
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="trained .caffemodel")
-    p.add_argument("--net", help="TEST-phase net prototxt (default: see above)")
+    p.add_argument("--net", help="TEST-phase net prototxt (default: test.prototxt, deploy.prototxt or net.prototxt in "
+                   "--run-dir or its parent)")
     p.add_argument("--run-dir", help="training run directory (default: the folder of --weights)")
-    p.add_argument("--labels", help="labels JSON saved by training (default: <run-dir>/labels.json)")
+    p.add_argument("--labels", help="labels JSON saved by training (default: <run-dir>/labels.json; without "
+                   "one, the list's speakers in sorted order)")
     p.add_argument("--data-root", required=True,
                    help="VoxCeleb1 root (wavs under <data-root>/wav, or in it for the 2017 layout)")
     p.add_argument("--iden-split", help="iden_split.txt (default: <data-root>/iden_split.txt if present, "
                    "else lists/iden_split.txt)")
     p.add_argument("--mode", choices=("identification", "verification"),
-                   help="how the net was trained (default: the mode in the labels JSON)")
+                   help="how the net was trained (default: the mode in the labels JSON, else the mode whose speaker "
+                   "count is the classifier's size)")
     p.add_argument("--subset", choices=("test", "val"),
                    help="utterances to test (default: test for identification, val for verification)")
     p.add_argument("--crops", type=int, default=50, help="random crops per utterance (default 50)")

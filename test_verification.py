@@ -27,6 +27,9 @@ score_hist.png, roc.png, det.png -- prefixed <list>_<norm>_ when there are sever
 score_hist_lists.png and det_lists.png then --, all_pairs_*.png, projection_pca.png / projection_tsne.png
 (--projection), det_compare.png (--compare), missing_files_<list>.txt if trial files are missing (those trials
 are dropped, counted, reported).
+
+Exit status: 0 done; 1 error (one line on stderr naming the file or argument); 2 the command line does not
+parse (argparse); 130 stopped by Ctrl-C (the embeddings finished so far are kept).
 """
 
 from __future__ import annotations
@@ -52,14 +55,13 @@ def _crops(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog="See the module docstring for the default-file rules."
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--scores", help="evaluate this 'label score [path1 path2]' file (no net needed)")
     src.add_argument("--embeddings", help="score trials from this embeddings.npz (no net needed)")
     src.add_argument("--weights", help="trained .caffemodel (net mode)")
-    p.add_argument("--net", help="TEST-phase net prototxt (default: see above)")
+    p.add_argument("--net", help="TEST-phase net prototxt (default: test.prototxt, deploy.prototxt or net.prototxt in "
+                   "--run-dir or its parent)")
     p.add_argument("--run-dir", help="training run directory (default: the folder of --weights); alone, it "
                    "means --weights <run-dir>/final.caffemodel")
     p.add_argument("--data-root", help="VoxCeleb1 root (wav files under <data-root>/wav or it)")
@@ -68,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "present, else lists/veri_test.txt)")
     p.add_argument("--all-pairs", action="store_true", help="also score every pair of the first list's utterances")
     p.add_argument("--p-target", type=float, action="append",
-                   help="P_target of a minDCF (repeatable; default 0.01 and 0.001; VoxSRC uses 0.05)")
+                   help="P_target of a minDCF (repeatable; default 0.01 and 0.001; given, it replaces both: "
+                   "--p-target 0.01 --p-target 0.05 for VoxSRC's and the paper's first)")
     p.add_argument("--c-miss", type=float, default=1.0, help="C_miss of the DCF (default 1)")
     p.add_argument("--c-fa", type=float, default=1.0, help="C_fa of the DCF (default 1)")
     p.add_argument("--norm", nargs="+", choices=("none", "snorm", "asnorm"),
@@ -111,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--projection-max", type=int, default=2000,
                    help="--projection: at most this many utterances (whole speakers, in id order; default 2000)")
     p.add_argument("--bins", type=int, default=100, help="histogram bins (default 100)")
-    p.add_argument("--out", help="output folder (see the default rule above)")
+    p.add_argument("--out", help="output folder (default: the run dir in net mode, else the folder of the "
+                   "--scores / --embeddings file)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
 

@@ -39,7 +39,7 @@ WIDTHS, UNITS = (64, 128, 256, 512), (1, 2, 4, 1)
 
 
 def generated_prototxt(embedding: int, classes: int) -> str:
-    """ResNet-20 as in paper.md "Network" (used only if prototxt/ResNet-20_softmax.prototxt is missing)."""
+    """ResNet-20 as tools/make_prototxt.py writes it (used only if prototxt/ResNet-20_softmax.prototxt is missing)."""
     def conv(name, bottom, n, stride, first):
         filler = 'type: "xavier"' if first else 'type: "gaussian" std: 0.01'
         bias_lr = "lr_mult: 2 decay_mult: 0" if first else "lr_mult: 0 decay_mult: 0"

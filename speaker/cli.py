@@ -1,7 +1,8 @@
 """How the evaluation scripts end when their work stops early, written once for test_identification.py and
 test_verification.py: a user's mistake (an argument, a list, a weights file, a read-only or full disk, a
-missing engine or GPU) is one line on stderr, exit status 2; Ctrl-C is one line saying what was kept, exit
-status 130; never a traceback. (Training has its own, with snapshots: speaker/train.py.)"""
+missing engine or GPU) is one line on stderr, exit status 1 (argparse's usage errors are 2); Ctrl-C is one
+line saying what was kept, exit status 130; never a traceback. (Training has its own, with snapshots:
+speaker/train.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Callable
 
 from .errors import TrainingError
 
-EXIT_ERROR = 2
+EXIT_ERROR = 1             # as training's errors; 2 is argparse's usage error
 EXIT_INTERRUPTED = 130      # 128 + SIGINT, what a shell reports for a Ctrl-C
 
 

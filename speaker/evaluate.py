@@ -1,6 +1,6 @@
 """The paper's multi-crop test protocol on any pycaffe-API net (caffe_torch or real pycaffe).
 
-Per utterance (paper.md, "Evaluation protocols"):
+Per utterance (the paper, arXiv 1807.08312):
   1. ``crops_provider(path, rng)`` draws the random augmented crops, int16 (n_crops, L) (voxdata's job);
   2. spectrogram -> (n_crops, 1, frames, 257) float32, run the net up to the pooling layer in chunks of
      ``batch`` crops and collect the pooled feature (n_crops, 512, 1, 17) ("res4_3p");

@@ -1,6 +1,6 @@
 """Verification and identification metrics: the one implementation every script uses.
 
-Conventions (see paper.md, "Evaluation protocols"):
+Conventions (the paper, arXiv 1807.08312, and its public scripts):
 
 - Scores are similarities: a trial is accepted when ``score >= threshold``.
 - ``compute_eer`` is the equal error rate where the miss rate (FNR = 1 - TPR) and the false-alarm rate

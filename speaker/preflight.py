@@ -13,12 +13,13 @@ from voxdata.scan import default_cache_file, scan_audio
 from .netinfo import weights_fit
 
 
-def check_eval_audio(paths, out_dir, name: str, log, skip_bad: bool = False, progress: bool = False,
+def check_eval_audio(paths, out_dir, name: str, log, skip_bad: bool | None = None, progress: bool = False,
                      min_samples: int = 1) -> list[str]:
     """The usable recordings among `paths` (input order): readable, and at least `min_samples` long (one crop
     when crops may not repeat a recording: --no-augment). Unusable ones are listed in
     <out_dir>/bad_audio_<name>.txt; they are an error (ValueError naming the count, the first and the list)
-    unless skip_bad, when they are left out with a warning."""
+    unless skip_bad, when they are left out with a warning. skip_bad None: the script has no --skip-bad-audio
+    (test_verification.py: a trial needs both of its recordings), so the error does not advise it."""
     result = scan_audio(paths, cache_file=default_cache_file(out_dir), workers=2 * (os.cpu_count() or 1),
                         progress=progress, min_samples=min_samples)
     if result.bad:
@@ -26,6 +27,8 @@ def check_eval_audio(paths, out_dir, name: str, log, skip_bad: bool = False, pro
         listing.write_text("\n".join(result.bad) + "\n")
         what = (f"{len(result.bad)} of {len(set(map(os.fspath, paths)))} recordings are unusable (first: "
                 f"{result.bad[0]}; all listed in {listing})")
+        if skip_bad is None:
+            raise ValueError(f"{what}: fix or replace them (a trial or cohort entry needs its recording)")
         if not skip_bad:
             raise ValueError(f"{what}: fix or remove them, or pass --skip-bad-audio to leave them out")
         log.warning("--skip-bad-audio: %s; left out", what)

@@ -10,7 +10,7 @@ TorchScript module; ONNX Runtime and TorchScript are compared with caffe_torch a
 
 OpenCV (cv2.dnn.readNetFromCaffe) reads the same deploy prototxt (what the export wrote as one) and .caffemodel
 as a second, independent reader of Caffe files; where it differs from Caffe is recorded in OPENCV below (and in
-README "Export"), and the test checks that table.
+docs/export.md), and the test checks that table.
 """
 
 import os

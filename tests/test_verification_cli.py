@@ -89,7 +89,7 @@ def test_scores_mode_custom_p_target_and_default_out(tv, tmp_path, capsys):
 )
 def test_scores_mode_errors(tv, tmp_path, capsys, text, match):
     (tmp_path / "s.txt").write_text(text)
-    assert tv.main(["--scores", str(tmp_path / "s.txt"), "--out", str(tmp_path / "o")]) == 2
+    assert tv.main(["--scores", str(tmp_path / "s.txt"), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "test_verification.py: error:" in err
     import re
@@ -99,10 +99,10 @@ def test_scores_mode_errors(tv, tmp_path, capsys, text, match):
 
 
 def test_argument_errors(tv, tmp_path, capsys):
-    assert tv.main(["--out", str(tmp_path)]) == 2
+    assert tv.main(["--out", str(tmp_path)]) == 1
     assert "give one of" in capsys.readouterr().err
     (tmp_path / "s.txt").write_text("1 0.5\n0 0.1\n")
-    assert tv.main(["--scores", str(tmp_path / "s.txt"), "--all-pairs"]) == 2
+    assert tv.main(["--scores", str(tmp_path / "s.txt"), "--all-pairs"]) == 1
     assert "--all-pairs needs embeddings" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: mutually exclusive sources
         tv.main(["--scores", "a", "--embeddings", "b"])
@@ -245,5 +245,5 @@ def test_identification_with_fake_engine(ti, fake, tmp_path, monkeypatch, capsys
     # A labels JSON from a verification-mode run is refused with identification mode.
     (run / "labels.json").write_text(json.dumps({"mode": "verification", "speakers": order,
                                                  "test_speakers": []}))
-    assert ti.main(args + ["--mode", "identification"]) == 2
+    assert ti.main(args + ["--mode", "identification"]) == 1
     assert "trained in 'verification' mode" in capsys.readouterr().err

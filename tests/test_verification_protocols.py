@@ -123,10 +123,10 @@ def test_lists_and_norms_from_one_embeddings_file(tv, tmp_path, capsys):
                     {"mode": "full", "crops": None})
     rc = tv.main(["--embeddings", emb_path, "--trials", str(tmp_path / "list_o.txt"), "--norm", "snorm",
                   "--cohort", str(tmp_path / "c2.npz"), "--out", str(tmp_path / "o2")])
-    assert rc == 2
+    assert rc == 1
     err = capsys.readouterr().err
     assert "another protocol" in err and "mode: trials 'crops', cohort 'full'" in err
-    assert tv.main(["--embeddings", emb_path, "--norm", "asnorm", "--trials", str(tmp_path / "list_o.txt")]) == 2
+    assert tv.main(["--embeddings", emb_path, "--norm", "asnorm", "--trials", str(tmp_path / "list_o.txt")]) == 1
     assert "needs --cohort" in capsys.readouterr().err
 
     # --compare: both runs' rows on one DET plot
@@ -246,7 +246,7 @@ def test_embedding_run_resumes_where_it_stopped(tv, tmp_path, monkeypatch, capsy
     partial = out / "embeddings.npz.partial"
     assert len(list(partial.glob("part_*.npz"))) == 2 and not (out / "embeddings.npz").exists()
     # another protocol does not mix with the stopped run
-    assert tv.main(args[:-4] + ["--seed", "4", "--save-every", "5", "--out", str(out)]) == 2
+    assert tv.main(args[:-4] + ["--seed", "4", "--save-every", "5", "--out", str(out)]) == 1
     assert "seed: 3 -> 4" in capsys.readouterr().err
     calls.clear()
     monkeypatch.setattr(ev, "embed", lambda net, utts, *a, **k: (calls.append(len(utts)), real_embed(

@@ -12,7 +12,7 @@ from voxdata.synth import synth_utterance
 
 
 def reference_spectrogram(x):
-    """paper.md, "Front end", one crop, float64, one frame at a time."""
+    """The paper's front end (voxdata/frontend.py's docstring), one crop, float64, one frame at a time."""
     x = np.asarray(x, dtype=np.float64)
     x = x - x.mean()
     y = np.empty_like(x)

@@ -1,14 +1,17 @@
 """Write the shipped prototxt files (prototxt/, prototxt/demo/, prototxt/verification/, prototxt/vox2/) from the
 paper.
 
-The files it writes are ordinary, hand-editable Caffe prototxt: users change losses, widths or dropout by
-editing them, not this script. It exists so that the 25 net/solver pairs stay consistent with each other;
-re-run it only to regenerate them all (python tools/make_prototxt.py; --check exits 1 if a file differs).
+The files it writes are ordinary Caffe prototxt: users change losses, widths or dropout by editing a copy
+of their own. The shipped files are this script's output (tests/test_make_prototxt.py runs --check, so a hand
+edit of a shipped file fails the suite): a change to them is made here, then all are regenerated
+(python tools/make_prototxt.py; --check exits 1 if a file differs). It keeps the 25 net/solver pairs
+consistent with each other.
 
-The network (paper.md, "Network"): ResNet-20 without batch norm. Four stages; each starts with a stride-2
-3x3 conv (xavier weights, bias lr_mult 2 / decay_mult 0) and continues with residual units of two 3x3 convs
-(gaussian std 0.01 weights, bias frozen at 0), every conv followed by a channel-wise PReLU; then average
-pooling over all time (kernel_h = frames / 16, kernel_w 1) -> "res4_3p", the embedding fc5, and the loss head.
+The network (the paper, arXiv 1807.08312, and its published prototxt): ResNet-20 without batch norm. Four
+stages; each starts with a stride-2 3x3 conv (xavier weights, bias lr_mult 2 / decay_mult 0) and continues
+with residual units of two 3x3 convs (gaussian std 0.01 weights, bias frozen at 0), every conv followed by a
+channel-wise PReLU; then average pooling over all time (kernel_h = frames / 16, kernel_w 1) -> "res4_3p", the
+embedding fc5, and the loss head.
 """
 
 import argparse
@@ -105,7 +108,7 @@ def _header(size: Size, loss: str, note: str) -> str:
 
 
 def _fc5(size: Size, stage2: bool) -> str:
-    # stage 1: weights lr 2 / decay 2 (paper.md); LM fine-tuning: weights 2 / 0, bias 1 / 0.
+    # stage 1: weights lr 2 / decay 2 (the original's prototxt); LM fine-tuning: weights 2 / 0, bias 1 / 0.
     params = ("param { lr_mult: 2 decay_mult: 0 } param { lr_mult: 1 decay_mult: 0 }" if stage2
               else "param { lr_mult: 2 decay_mult: 2 } param { lr_mult: 2 decay_mult: 0 }")
     return (f"# ---- embedding ({size.embedding}-D: edit num_output for 128-D)\n"

