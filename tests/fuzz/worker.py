@@ -1,7 +1,7 @@
 """Engine workers: one long-lived subprocess per engine that runs fuzz cases, so that a Caffe CHECK-abort (which
 kills the process) is a result, not a crash of the fuzzer.
 
-    python -m tests.fuzz.worker caffe|torch|torch64
+    python -m tests.fuzz.worker caffe|torch|torch64 SCRATCH_FOLDER
 
 `caffe` imports the real pycaffe build; `torch` binds `import caffe` to caffe_torch (as `python -m caffe_torch`
 does, so Python layers' `import caffe` gets it too); `torch64` is caffe_torch in float64, the reference that tells
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     from .program import Program
     from .script import run_program
 
-    base = Path(tempfile.mkdtemp(prefix=f"fuzz-{engine}-"))
+    base = Path(argv[1])                 # the parent's folder: it removes it even when this process aborts
     n = 0
     while True:
         msg = _recv(proto_in)
@@ -115,7 +115,6 @@ def main(argv=None) -> int:
         finally:
             os.chdir(base)
             shutil.rmtree(workdir, ignore_errors=True)
-    shutil.rmtree(base, ignore_errors=True)
     return 0
 
 
@@ -152,6 +151,7 @@ class Worker:
         self.log_dir = log_dir
         self.first_on_path = first_on_path      # a folder searched before the project (another caffe_torch)
         self.proc = None
+        self.workdir = None     # the worker's scratch folder, made and removed here: an abort cannot leak it
         self.cases = 0
 
     def _start(self) -> None:
@@ -160,7 +160,8 @@ class Worker:
         env = dict(os.environ, GLOG_minloglevel="2", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                    MKL_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
                        p for p in (self.first_on_path, str(ROOT), os.environ.get("PYTHONPATH")) if p))
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz.worker", self.engine],
+        self.workdir = tempfile.mkdtemp(prefix=f"fuzz-{self.engine}-")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz.worker", self.engine, self.workdir],
                                      cwd=self.first_on_path or ROOT, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, bufsize=0)
 
@@ -172,8 +173,12 @@ class Worker:
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
-            self.proc = None
+            self._ended()
             self.stderr.close()
+
+    def _ended(self) -> None:
+        self.proc = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _read(self, deadline_s: float):
         ready, _, _ = select.select([self.proc.stdout], [], [], deadline_s)
@@ -195,7 +200,7 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait()
                 res.end, res.message = "hang", f"no answer in {HANG_SECONDS:.0f} s"
-                self.proc = None
+                self._ended()
                 return res
             if msg is None:                   # the process died: Caffe's CHECK / LOG(FATAL) (or a crash)
                 self.proc.wait()
@@ -205,7 +210,7 @@ class Worker:
                 res.end = "abort"
                 res.message = fatal_message(text)
                 res.detail = f"exit {self.proc.returncode}"
-                self.proc = None
+                self._ended()
                 return res
             if msg[0] == "stage":
                 res.stages.append(msg[1])
