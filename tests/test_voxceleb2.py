@@ -169,6 +169,23 @@ def test_bad_recipe_arguments_are_one_line_before_the_run_folder_is_taken(vox2, 
         assert not run.exists(), extra                                 # refused before anything was written
 
 
+def test_a_bad_noise_file_is_one_line_before_training_or_left_out_and_counted(vox2, noise, tmp_path, capsys):
+    own = shutil.copytree(noise[1], tmp_path / "musan")
+    victim = sorted((own / "music").rglob("*.wav"))[0]
+    victim.write_bytes(b"RIFF....WAVEfmt not audio")
+    solver = tiny_solver(tmp_path, DEV, max_iter=2, snapshot=0, prefix="noise")
+    recipe = ["--noise", str(own), "--rir", noise[3], "--noise-prob", "1.0"]
+    assert trainAug.main(train_args(solver, [vox2], tmp_path / "refused", *recipe)) == 1
+    line = one_error_line(capsys.readouterr().err, "trainAug.py")
+    assert f"1 noise/RIR files are unusable (first: {victim}: " in line and "--skip-bad-audio" in line
+    assert not any((tmp_path / "refused").glob("snapshots/*")) and not (tmp_path / "refused" / "args.json").exists()
+    run = tmp_path / "skipped"
+    assert trainAug.main(train_args(solver, [vox2], run, *recipe, "--skip-bad-audio")) == 0
+    log = (run / "train.log").read_text()
+    assert f"leaving out 1 unusable noise/RIR files (first: {victim}: " in log and "Optimization Done" in log
+    assert (run / "bad_audio.txt").read_text().startswith(f"{victim}: ")
+
+
 def test_wrong_rate_m4a_and_missing_listed_files(vox2, tmp_path, capsys):
     solver = tiny_solver(tmp_path, DEV, max_iter=2, snapshot=0, prefix="rate")
     own = shutil.copytree(vox2, tmp_path / "vox2")
