@@ -62,6 +62,13 @@ def test_layout_scan_and_lists(vox2, vox1, tmp_path):
         assert Path(p).relative_to(dev).parts[0] == splits.speakers[label]
     with pytest.raises(ListFormatError, match="--mode verification"):
         training_splits([str(vox2)], "identification")
+    # unpacked without dev/: aac/idNNNNN/<video>/NNNNN.m4a
+    flat = tmp_path / "flat"
+    shutil.copytree(dev, flat / "aac")
+    alone = training_splits([str(flat)], "verification")
+    assert scan_folder(flat) == str(flat / "aac") and alone.speakers == splits.speakers
+    assert [Path(p).relative_to(flat / "aac") for p in alone.train.paths] == \
+        [Path(p).relative_to(dev) for p in splits.train.paths]
 
     # voxceleb_trainer's train_list.txt names converted wavs: the m4a of the same name is read
     listed = (vox2 / "train_list.txt").read_text().replace(".m4a", ".wav")
