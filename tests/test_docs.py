@@ -2,14 +2,15 @@
 CONTRIBUTING.md, docs/*.md and the folders' READMEs that runs one of the project's Python scripts or modules
 parses against that script's own argparse (its main() is called with parse_args stopped right after parsing:
 nothing runs), and there are no indented code blocks that would escape that check; every path in the first
-column of CONTRIBUTING.md's layout table exists; links between the docs resolve; the test scripts' --help is
-self-contained."""
+column of CONTRIBUTING.md's layout table exists, and the table names every top-level entry and module; links
+between the docs resolve; the test scripts' --help is self-contained."""
 
 import argparse
 import importlib
 import importlib.util
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -201,6 +202,27 @@ def test_contributing_layout_table_names_existing_files():
     assert len(paths) > 40
     missing = [p for p in paths if not (ROOT / p).exists()]
     assert not missing, f"CONTRIBUTING.md's layout table names files that do not exist: {missing}"
+
+
+# the package folders whose every module is named in the table (their __init__.py and test_*.py files aside)
+LAYOUT_PACKAGES = ("caffe_torch", "speaker", "voxdata", "bench", "tools", "tests")
+LAYOUT_EXEMPT = {"README.md", "CONTRIBUTING.md", ".gitignore"}     # the docs themselves, git's own file
+
+
+def test_contributing_layout_table_covers_the_repository():
+    """Every top-level file or folder git tracks, and every module directly in the package folders, is named
+    in the table (a folder counts as named when the table names it or a path inside it): a new file that the
+    table leaves out fails here."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout (the tracked files are git's list)")
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    named = {p.rstrip("/") for p in layout_paths()}
+    top = {f.split("/")[0] for f in files} - LAYOUT_EXEMPT
+    missing = sorted(t for t in top if t not in named and not any(n.startswith(t + "/") for n in named))
+    modules = [f for f in files if f.count("/") == 1 and f.endswith(".py") and f.split("/")[0] in LAYOUT_PACKAGES
+               and not Path(f).name.startswith("test_") and Path(f).name != "__init__.py"]
+    missing += [f for f in modules if f not in named]
+    assert not missing, f"CONTRIBUTING.md's layout table does not name: {missing}"
 
 
 @pytest.mark.parametrize("script", ["test_identification", "test_verification", "export_embedder"])
