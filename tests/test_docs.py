@@ -225,15 +225,43 @@ def test_contributing_layout_table_covers_the_repository():
     assert not missing, f"CONTRIBUTING.md's layout table does not name: {missing}"
 
 
-@pytest.mark.parametrize("script", ["test_identification", "test_verification", "export_embedder"])
+def unsaid_defaults(parser: argparse.ArgumentParser) -> list[str]:
+    """The options with a default that --help does not show: no help text at all (argparse then prints
+    nothing, whatever the formatter), or a help without "default" under a formatter that does not add it."""
+    adds = issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter)
+    return [a.option_strings[0] for a in parser._actions
+            if a.option_strings and a.help != argparse.SUPPRESS and a.default is not None and a.default is not False
+            and a.default != argparse.SUPPRESS and not (a.help and (adds or "default" in a.help))]
+
+
+def _script_parser(script: str) -> argparse.ArgumentParser:
+    if script.startswith("train"):           # trainAug.py / trainNoAug.py: speaker/train.py's parser
+        return importlib.import_module("speaker.train").build_parser(augment=script == "trainAug")
+    return importlib.import_module(script).build_parser()
+
+
+@pytest.mark.parametrize("script", ["test_identification", "test_verification", "export_embedder", "trainAug",
+                                    "trainNoAug"])
 def test_help_is_self_contained(script):
-    """--help says every default itself (no "see above" pointing at a docstring --help does not show) and
-    the exit statuses of the test scripts."""
-    text = importlib.import_module(script).build_parser().format_help()
+    """--help says every default itself (each option with a default says it; no "see above" pointing at a
+    docstring --help does not show) and the exit statuses of the test scripts."""
+    parser = _script_parser(script)
+    text = parser.format_help()
     assert "see above" not in text and "module docstring" not in text
+    unsaid = unsaid_defaults(parser)
+    assert not unsaid, f"{script} --help: options whose default it does not say: {unsaid}"
     if script.startswith("test_"):
         assert "Exit status: 0 done; 1 error" in " ".join(text.split())
         assert "2 the command line does not parse" in " ".join(text.split())
+
+
+def test_data_utils_commands_help_says_every_default():
+    import data_utils
+
+    parser = data_utils._parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    unsaid = {name: unsaid_defaults(sub) for name, sub in commands.items()}
+    assert not any(unsaid.values()), f"data_utils.py: options whose default --help does not say: {unsaid}"
 
 
 def test_data_utils_help_names_every_command():
