@@ -16,7 +16,9 @@ ACTION: kill (SIGKILL, as `kill -9`), stop (SIGSTOP: frozen, holding whatever it
 process group is about to start and DIR/waiting-rank<r> when the process waits for another one's cache lock; the
 process that builds the --cache first waits until the other rank did one of the two and writes which into
 DIR/observed-rank<r>; DIR/reads-rank<r> gets the number of recordings its training batches read, and
-DIR/batches-rank<r>.npz the batches (its rows of them) it trained on: crops<k>, labels<k> (--workers 0 only).
+DIR/batches-rank<r>.npz the batches (its rows of them) it trained on: crops<k>, labels<k> (--workers 0 only),
+and DIR/masks-rank<r>.npz the units each TRAIN forward of a Dropout layer kept: <layer>_<n> (rows, units) bool,
+with zeros-rank<r> the number of exact zeros among those layers' inputs (where a zero hides whether it was kept).
 Without torchrun (a single process) it writes the rank-0 files.
 Exit status: trainAug's.
 """
@@ -123,6 +125,8 @@ def install_ddp_events(folder: Path) -> callable:
 
     import voxdata
     import voxdata.loader as loader
+    from caffe_torch.layers.common import Dropout
+    from caffe_torch.proto import caffe_pb2
     from speaker.data_parallel import DataParallel
 
     rank = int(os.environ.get("RANK", "0"))
@@ -178,10 +182,24 @@ def install_ddp_events(folder: Path) -> callable:
         return crops, labels
 
     loader.TrainBatches.batch = batch
+    masks, zeros = {}, [0]
+    real_dropout = Dropout.forward
+
+    def dropout(self, x):
+        y = real_dropout(self, x)
+        if self.phase == caffe_pb2.TRAIN and self.ratio > 0:
+            n = sum(key.startswith(f"{self.name}_") for key in masks)
+            masks[f"{self.name}_{n}"] = (y != 0).cpu().numpy()
+            zeros[0] += int((x == 0).sum())
+        return y
+
+    Dropout.forward = dropout
 
     def done():
         (folder / f"reads-rank{rank}").write_text(str(reads[0]))
         np.savez(folder / f"batches-rank{rank}.npz", **batches)
+        np.savez(folder / f"masks-rank{rank}.npz", **masks)
+        (folder / f"zeros-rank{rank}").write_text(str(zeros[0]))
 
     return done
 

@@ -577,10 +577,11 @@ def test_a_slice_of_the_batch_decodes_only_its_rows(corpus):
 
 
 def test_two_ranks_with_dropout_equal_one_process_and_wait_on_locks_not_a_process_group(corpus, tmp_path):
-    """torchrun with 2 gloo processes, a Dropout net and a --cache that does not exist yet: the weights are one
-    process's (each rank drew its rows of the global batch's masks), each rank read only its 3 rows per batch,
-    and the rank that built the cache saw the other wait for the cache's lock, not in the process group (whose
-    collectives time out)."""
+    """torchrun with 2 gloo processes, a Dropout net and a --cache that does not exist yet, against one process:
+    each rank's Dropout kept exactly the units one process keeps in that rank's rows of every batch (bit for
+    bit: each rank draws the global batch's masks), the weights are one process's (up to the order of the
+    gradient sums), each rank read only its 3 rows per batch, and the rank that built the cache saw the other
+    wait for the cache's lock, not in the process group (whose collectives time out)."""
     from crash_harness import NET
     from test_ddp import args_for
 
@@ -589,17 +590,21 @@ def test_two_ranks_with_dropout_equal_one_process_and_wait_on_locks_not_a_proces
     solver.write_text('net: "net.prototxt"\nbase_lr: 0.05 lr_policy: "step" gamma: 0.5 stepsize: 3 momentum: 0.9 '
                       'weight_decay: 0.0005\nmax_iter: 6 display: 2 average_loss: 2 snapshot: 3 '
                       'snapshot_prefix: "result/ddp"\n')
-    single = tmp_path / "single"
-    assert trainAug.main(args_for(solver, corpus, single, "--cache", str(tmp_path / "cache1"))) == 0
-    events = tmp_path / "events"
-    events.mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-           "-m", "tests.hooked_run", "--ddp-events", str(events), "--",
-           *args_for(solver, corpus, tmp_path / "ddp", "--cache", str(tmp_path / "cache2"))]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def hooked(launch: list[str], name: str) -> Path:
+        """The trainer under tests/hooked_run.py's --ddp-events, launched by `launch`; returns the events folder."""
+        events = tmp_path / f"events-{name}"
+        events.mkdir()
+        cmd = [sys.executable, *launch, "-m", "tests.hooked_run", "--ddp-events", str(events), "--",
+               *args_for(solver, corpus, tmp_path / name, "--cache", str(tmp_path / f"cache-{name}"))]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # hang guard
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return events
+
+    one = hooked([], "single")
+    events = hooked(["-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"], "ddp")
     problems = []
     observed = [f.read_text() for f in events.glob("observed-rank*")]
     if observed != ["waiting"]:
@@ -607,7 +612,17 @@ def test_two_ranks_with_dropout_equal_one_process_and_wait_on_locks_not_a_proces
     reads = [int((events / f"reads-rank{r}").read_text()) for r in (0, 1)]
     if reads != [6 * 3, 6 * 3]:
         problems.append(f"the ranks read {reads} recordings in 6 iterations, not 3 per batch each")
-    a, b = params_of(single / "final.caffemodel"), params_of(tmp_path / "ddp" / "final.caffemodel")
+    want = np.load(one / "masks-rank0.npz")
+    ranks = [np.load(events / f"masks-rank{r}.npz") for r in (0, 1)]
+    assert sorted(want.files) == [f"drop5_{n}" for n in range(6)], want.files      # one mask per iteration
+    assert 0 < np.mean([want[k].mean() for k in want.files]) < 1                   # units kept and dropped
+    for key in want.files:
+        got = np.concatenate([r[key] for r in ranks]) if all(key in r.files for r in ranks) else None
+        if got is None or not np.array_equal(got, want[key]):
+            problems.append(f"{key}: the ranks' Dropout masks are not those of one process's batch")
+    zeros = [int((folder / f"zeros-rank{r}").read_text()) for folder, r in ((one, 0), (events, 0), (events, 1))]
+    assert zeros == [0, 0, 0], zeros                # (an exact zero input would hide whether it was kept)
+    a, b = params_of(tmp_path / "single" / "final.caffemodel"), params_of(tmp_path / "ddp" / "final.caffemodel")
     for name in a:
         for x, y in zip(a[name], b[name]):
             if not np.allclose(y, x, rtol=1e-5, atol=1e-7):

@@ -51,8 +51,9 @@ def test_every_subtype_gives_the_int16_spectrogram(tmp_path, subtype):
 
 def test_float_clips_beyond_full_scale(tmp_path):
     p = tmp_path / "loud.wav"
-    sf.write(p, np.array([2.0, -2.0, 0.5]), 16000, subtype="FLOAT")
-    np.testing.assert_array_equal(read_wav(p), [32767, -32768, 16384])
+    # libsndfile's scale is 32768 (int16 v is stored as v / 32768): 0.75 is 24576, 32767/32768 is 32767
+    sf.write(p, np.array([2.0, -2.0, 0.5, 0.75, -1.0, 32767 / 32768]), 16000, subtype="FLOAT")
+    np.testing.assert_array_equal(read_wav(p), [32767, -32768, 16384, 24576, -32768, 32767])
 
 
 def _bad_corpus(tmp_path):
