@@ -59,9 +59,9 @@ def _parser() -> argparse.ArgumentParser:
         default=10,
         help="held-out verification speakers (the last ids; Set=test in vox1_meta.csv)",
     )
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of everything the corpus draws")
     s.add_argument("--min-videos", type=int, default=4, help="videos (channels) per speaker, at least 3")
-    s.add_argument("--max-videos", type=int, default=6)
+    s.add_argument("--max-videos", type=int, default=6, help="videos per speaker, at most")
     s.add_argument("--min-dur", type=float, default=4.0, help="shortest utterance (s)")
     s.add_argument("--max-dur", type=float, default=10.0, help="longest utterance (s)")
     s.add_argument("--trials", type=int, default=2000, help="verification trials (half target)")
@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     n.add_argument("--out", required=True, help="output folder (gets musan/ and simulated_rirs/)")
-    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--seed", type=int, default=0, help="seed of the noise, music, speech and rooms drawn")
     n.add_argument("--noise", type=int, default=6, help="noise files")
     n.add_argument("--music", type=int, default=6, help="music files")
     n.add_argument("--speech", type=int, default=10, help="speech files (babble)")

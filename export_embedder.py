@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int16", action="store_true", help="the input is int16 samples (default: float32, any "
                    "scale: the front end's normalisation makes the embedding scale-free)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 to 21; default 17)")
-    p.add_argument("--data-blob", default="data")
-    p.add_argument("--pool-blob", default="res4_3p")
-    p.add_argument("--embed-blob", default="fc5")
+    p.add_argument("--data-blob", default="data", help="the net's input blob (default %(default)s)")
+    p.add_argument("--pool-blob", default="res4_3p", help="the pooled blob (default %(default)s)")
+    p.add_argument("--embed-blob", default="fc5", help="the embedding blob (default %(default)s)")
     return p
 
 

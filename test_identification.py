@@ -69,12 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "shorter than one crop is refused by the pre-flight check (the paper tests WITH augmentation)")
     p.add_argument("--seed", type=int, default=0, help="crop seed (default 0)")
     p.add_argument("--gpu", type=int, default=None,
-                   help="GPU id, -1 = CPU (default: $SGE_GPU, else 0 with CUDA, else CPU)")
+                   help="GPU id, -1 = CPU (default: $SGE_GPU, else 0 with CUDA on caffe_torch, else CPU)")
     p.add_argument("--engine", choices=("torch", "caffe"), default="torch",
                    help="caffe_torch (torch, default) or real pycaffe (caffe)")
-    p.add_argument("--cache", help="voxdata wav cache folder (keys: absolute wav paths)")
-    p.add_argument("--data-blob", default="data")
-    p.add_argument("--pool-blob", default="res4_3p")
+    p.add_argument("--cache", help="audio cache folder holding every recording tested (data_utils.py cache "
+                   "builds one of all splits; keys: absolute audio paths)")
+    p.add_argument("--data-blob", default="data", help="the net's input blob (default %(default)s)")
+    p.add_argument("--pool-blob", default="res4_3p",
+                   help="the pooled blob averaged over the crops (default %(default)s)")
     p.add_argument("--score-blob", help="class-score blob (default: the blob the net's Accuracy layers read)")
     p.add_argument("--out", help="output folder (default: the run dir)")
     p.add_argument("--skip-bad-audio", action="store_true",

@@ -101,13 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=500,
                    help="net mode: save partial embeddings every N utterances (default 500)")
     p.add_argument("--gpu", type=int, default=None,
-                   help="GPU id, -1 = CPU (default: $SGE_GPU, else 0 with CUDA, else CPU)")
+                   help="GPU id, -1 = CPU (default: $SGE_GPU, else 0 with CUDA on caffe_torch, else CPU)")
     p.add_argument("--engine", choices=("torch", "caffe"), default="torch",
                    help="caffe_torch (torch, default) or real pycaffe (caffe)")
-    p.add_argument("--cache", help="voxdata wav cache folder (keys: absolute wav paths)")
-    p.add_argument("--data-blob", default="data")
-    p.add_argument("--pool-blob", default="res4_3p")
-    p.add_argument("--embed-blob", default="fc5")
+    p.add_argument("--cache", help="audio cache folder holding every recording tested (data_utils.py cache "
+                   "builds one of all splits; keys: absolute audio paths)")
+    p.add_argument("--data-blob", default="data", help="the net's input blob (default %(default)s)")
+    p.add_argument("--pool-blob", default="res4_3p",
+                   help="the pooled blob averaged over the crops (default %(default)s)")
+    p.add_argument("--embed-blob", default="fc5", help="the embedding blob (default %(default)s)")
     p.add_argument("--compare", nargs="+", metavar="RUN_DIR", help="DET curves of these runs on one plot")
     p.add_argument("--projection", action="store_true",
                    help="PCA and t-SNE pictures of the first list's embeddings, coloured by speaker")

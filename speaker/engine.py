@@ -88,8 +88,9 @@ def load_engine(name: str, gpu: int | None):
             caffe = importlib.import_module("caffe")
         except ImportError as exc:
             raise EngineError(
-                f"--engine caffe: cannot import pycaffe ({exc}). Build it with `make caffe` (see README), or put "
-                "your own SphereFace / AM-Softmax pycaffe build on PYTHONPATH.") from None
+                f"--engine caffe: cannot import pycaffe ({exc}). Build it with `make caffe` "
+                "(docs/pycaffe-scripts.md), or put your own SphereFace / AM-Softmax pycaffe build on PYTHONPATH."
+            ) from None
     else:
         raise ValueError(f"unknown engine {name!r}: use 'torch' or 'caffe'")
     if gpu is None:

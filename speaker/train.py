@@ -86,16 +86,17 @@ def build_parser(augment: bool) -> argparse.ArgumentParser:
     name = "trainAug.py" if augment else "trainNoAug.py"
     p = argparse.ArgumentParser(
         prog=name,
-        description=("Train a prototxt net on VoxCeleb1 (or the synthetic corpus) "
+        description=("Train a prototxt net on VoxCeleb1, VoxCeleb2 dev or the synthetic corpus "
                      + ("with repetition + time-reversal augmentation." if augment else "without augmentation.")),
-        epilog=f"Exit status: 0 done, 1 error, {EXIT_BUSY} the run directory is in use by another process, "
+        epilog=f"Exit status: 0 done, 1 error, {EXIT_BUSY} the command line does not parse or the run directory "
+        "is in use by another process, "
         f"{EXIT_INTERRUPTED} stopped by a signal (after a snapshot, once training has started).")
     p.add_argument("--solver", required=True, help="solver prototxt (its net: is the network)")
     p.add_argument("--weights", help="initialise from this .caffemodel (layers matched by name), e.g. the "
                    "stage-1 weights for stage-2 fine-tuning")
     p.add_argument("--mode", choices=("identification", "verification"), default="identification",
-                   help="identification: train split 1, validate on split 2; verification: train every "
-                   "speaker except the test speakers, validate on their split 2")
+                   help="identification (default): train split 1, validate on split 2; verification: train "
+                   "every speaker except the test speakers, validate on their split 2")
     p.add_argument("--data-root", nargs="+", default=["data/voxceleb1"], metavar="ROOT",
                    help="folder holding wav/ (and vox1_meta.csv); default %(default)s. Several roots train on "
                    "all of them (e.g. VoxCeleb1 dev + VoxCeleb2 dev); a root without iden_split.txt (VoxCeleb2: "
@@ -106,12 +107,14 @@ def build_parser(augment: bool) -> argparse.ArgumentParser:
                    help="training utterances as '<speaker> <path>' lines (voxceleb_trainer's train_list.txt; "
                    "paths relative to a data root's audio folder) instead of the roots' lists or scans")
     p.add_argument("--gpu", type=int, default=None,
-                   help="GPU index, -1 for the CPU (default: $SGE_GPU, else GPU 0 if CUDA is present, else CPU). "
+                   help="GPU index, -1 for the CPU (default: $SGE_GPU, else GPU 0 if CUDA is present and the "
+                   "engine is caffe_torch, else CPU). "
                    "Under torchrun only --gpu -1 is used: each process takes GPU LOCAL_RANK (or the "
                    "LOCAL_RANK-th entry of $SGE_GPU) and any other --gpu is ignored")
     p.add_argument("--engine", choices=("torch", "caffe"), default="torch",
                    help="torch = caffe_torch (default); caffe = a real pycaffe build")
-    p.add_argument("--seed", type=int, default=1, help="seed of the batch stream and of the weight fillers")
+    p.add_argument("--seed", type=int, default=1,
+                   help="seed of the batch stream and of the weight fillers; default %(default)s")
     p.add_argument("--resume", nargs="?", const="auto", metavar="auto|FILE.solverstate",
                    help="continue from the newest snapshot in the run directory that loads (auto) or from FILE")
     p.add_argument("--force", action="store_true",
@@ -120,7 +123,7 @@ def build_parser(augment: bool) -> argparse.ArgumentParser:
     p.add_argument("--test-interval", type=int, default=1000,
                    help="validate every N iterations (0 = only at the end); default %(default)s")
     p.add_argument("--val-utterances", type=int, default=0,
-                   help="validate on the first N validation utterances only (0 = all)")
+                   help="validate on the first N validation utterances only (0 = all); default %(default)s")
     p.add_argument("--out", help="run directory (default runs/<solver name>); the audio check cache is "
                    f"{CACHE_NAME} in the folder above it")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),

@@ -2,14 +2,15 @@
 CONTRIBUTING.md, docs/*.md and the folders' READMEs that runs one of the project's Python scripts or modules
 parses against that script's own argparse (its main() is called with parse_args stopped right after parsing:
 nothing runs), and there are no indented code blocks that would escape that check; every path in the first
-column of CONTRIBUTING.md's layout table exists; links between the docs resolve; the test scripts' --help is
-self-contained."""
+column of CONTRIBUTING.md's layout table exists, and the table names every top-level entry and module; links
+between the docs resolve; the test scripts' --help is self-contained."""
 
 import argparse
 import importlib
 import importlib.util
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -203,15 +204,64 @@ def test_contributing_layout_table_names_existing_files():
     assert not missing, f"CONTRIBUTING.md's layout table names files that do not exist: {missing}"
 
 
-@pytest.mark.parametrize("script", ["test_identification", "test_verification", "export_embedder"])
+# the package folders whose every module is named in the table (their __init__.py and test_*.py files aside)
+LAYOUT_PACKAGES = ("caffe_torch", "speaker", "voxdata", "bench", "tools", "tests")
+LAYOUT_EXEMPT = {"README.md", "CONTRIBUTING.md", ".gitignore"}     # the docs themselves, git's own file
+
+
+def test_contributing_layout_table_covers_the_repository():
+    """Every top-level file or folder git tracks, and every module directly in the package folders, is named
+    in the table (a folder counts as named when the table names it or a path inside it): a new file that the
+    table leaves out fails here."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout (the tracked files are git's list)")
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    named = {p.rstrip("/") for p in layout_paths()}
+    top = {f.split("/")[0] for f in files} - LAYOUT_EXEMPT
+    missing = sorted(t for t in top if t not in named and not any(n.startswith(t + "/") for n in named))
+    modules = [f for f in files if f.count("/") == 1 and f.endswith(".py") and f.split("/")[0] in LAYOUT_PACKAGES
+               and not Path(f).name.startswith("test_") and Path(f).name != "__init__.py"]
+    missing += [f for f in modules if f not in named]
+    assert not missing, f"CONTRIBUTING.md's layout table does not name: {missing}"
+
+
+def unsaid_defaults(parser: argparse.ArgumentParser) -> list[str]:
+    """The options with a default that --help does not show: no help text at all (argparse then prints
+    nothing, whatever the formatter), or a help without "default" under a formatter that does not add it."""
+    adds = issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter)
+    return [a.option_strings[0] for a in parser._actions
+            if a.option_strings and a.help != argparse.SUPPRESS and a.default is not None and a.default is not False
+            and a.default != argparse.SUPPRESS and not (a.help and (adds or "default" in a.help))]
+
+
+def _script_parser(script: str) -> argparse.ArgumentParser:
+    if script.startswith("train"):           # trainAug.py / trainNoAug.py: speaker/train.py's parser
+        return importlib.import_module("speaker.train").build_parser(augment=script == "trainAug")
+    return importlib.import_module(script).build_parser()
+
+
+@pytest.mark.parametrize("script", ["test_identification", "test_verification", "export_embedder", "trainAug",
+                                    "trainNoAug"])
 def test_help_is_self_contained(script):
-    """--help says every default itself (no "see above" pointing at a docstring --help does not show) and
-    the exit statuses of the test scripts."""
-    text = importlib.import_module(script).build_parser().format_help()
+    """--help says every default itself (each option with a default says it; no "see above" pointing at a
+    docstring --help does not show) and the exit statuses of the test scripts."""
+    parser = _script_parser(script)
+    text = parser.format_help()
     assert "see above" not in text and "module docstring" not in text
+    unsaid = unsaid_defaults(parser)
+    assert not unsaid, f"{script} --help: options whose default it does not say: {unsaid}"
     if script.startswith("test_"):
         assert "Exit status: 0 done; 1 error" in " ".join(text.split())
         assert "2 the command line does not parse" in " ".join(text.split())
+
+
+def test_data_utils_commands_help_says_every_default():
+    import data_utils
+
+    parser = data_utils._parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    unsaid = {name: unsaid_defaults(sub) for name, sub in commands.items()}
+    assert not any(unsaid.values()), f"data_utils.py: options whose default --help does not say: {unsaid}"
 
 
 def test_data_utils_help_names_every_command():

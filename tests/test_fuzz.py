@@ -4,7 +4,7 @@ Cases 0 .. N_NETS - 1 (each a random net, pycaffe program and, for some, one ill
 run on the real build and on caffe_torch. Every divergence must be explained: a documented quirk of the build
 (tests/caffe_facts.py) or caffe_torch refusing bad input earlier than Caffe aborts. The number of cases
 is fixed, not the time: the same nets on every machine, whatever its load. Run with -s for the table; run the
-fuzzer itself for longer (`python -m tests.fuzz --budget 30m`, README's conformance section).
+fuzzer itself for longer (`python -m tests.fuzz --budget 30m`, docs/conformance-and-fuzzing.md).
 """
 
 import pytest

@@ -62,6 +62,13 @@ def test_layout_scan_and_lists(vox2, vox1, tmp_path):
         assert Path(p).relative_to(dev).parts[0] == splits.speakers[label]
     with pytest.raises(ListFormatError, match="--mode verification"):
         training_splits([str(vox2)], "identification")
+    # unpacked without dev/: aac/idNNNNN/<video>/NNNNN.m4a
+    flat = tmp_path / "flat"
+    shutil.copytree(dev, flat / "aac")
+    alone = training_splits([str(flat)], "verification")
+    assert scan_folder(flat) == str(flat / "aac") and alone.speakers == splits.speakers
+    assert [Path(p).relative_to(flat / "aac") for p in alone.train.paths] == \
+        [Path(p).relative_to(dev) for p in splits.train.paths]
 
     # voxceleb_trainer's train_list.txt names converted wavs: the m4a of the same name is read
     listed = (vox2 / "train_list.txt").read_text().replace(".m4a", ".wav")
@@ -169,6 +176,23 @@ def test_bad_recipe_arguments_are_one_line_before_the_run_folder_is_taken(vox2, 
         assert not run.exists(), extra                                 # refused before anything was written
 
 
+def test_a_bad_noise_file_is_one_line_before_training_or_left_out_and_counted(vox2, noise, tmp_path, capsys):
+    own = shutil.copytree(noise[1], tmp_path / "musan")
+    victim = sorted((own / "music").rglob("*.wav"))[0]
+    victim.write_bytes(b"RIFF....WAVEfmt not audio")
+    solver = tiny_solver(tmp_path, DEV, max_iter=2, snapshot=0, prefix="noise")
+    recipe = ["--noise", str(own), "--rir", noise[3], "--noise-prob", "1.0"]
+    assert trainAug.main(train_args(solver, [vox2], tmp_path / "refused", *recipe)) == 1
+    line = one_error_line(capsys.readouterr().err, "trainAug.py")
+    assert f"1 noise/RIR files are unusable (first: {victim}: " in line and "--skip-bad-audio" in line
+    assert not any((tmp_path / "refused").glob("snapshots/*")) and not (tmp_path / "refused" / "args.json").exists()
+    run = tmp_path / "skipped"
+    assert trainAug.main(train_args(solver, [vox2], run, *recipe, "--skip-bad-audio")) == 0
+    log = (run / "train.log").read_text()
+    assert f"leaving out 1 unusable noise/RIR files (first: {victim}: " in log and "Optimization Done" in log
+    assert (run / "bad_audio.txt").read_text().startswith(f"{victim}: ")
+
+
 def test_wrong_rate_m4a_and_missing_listed_files(vox2, tmp_path, capsys):
     solver = tiny_solver(tmp_path, DEV, max_iter=2, snapshot=0, prefix="rate")
     own = shutil.copytree(vox2, tmp_path / "vox2")
@@ -191,6 +215,52 @@ def test_wrong_rate_m4a_and_missing_listed_files(vox2, tmp_path, capsys):
     assert trainAug.main(train_args(solver, [vox2], tmp_path / "r2", "--train-list", str(gone))) == 1
     line = one_error_line(capsys.readouterr().err, "trainAug.py")
     assert f"{gone}: no training utterance found" in line and "1 listed files missing" in line
+
+
+def test_classifier_width_is_checked_against_the_scanned_speakers(vox2, tmp_path, capsys):
+    solver = tiny_solver(tmp_path, DEV + 1, max_iter=2, snapshot=0, prefix="width")
+    assert trainAug.main(train_args(solver, [vox2], tmp_path / "run")) == 1
+    line = one_error_line(capsys.readouterr().err, "trainAug.py")
+    assert f"num_output {DEV + 1} but {vox2} (verification mode) has {DEV} training speakers" in line
+
+
+AUDIO_S = r"decoded (\d+) files \(([\d.]+) h of audio\) in ([\d.]+) s with (\d+) workers: ([\d.]+) files/s, " \
+          r"([\d.]+) h of audio/s"
+
+
+def test_cache_cli_over_a_vox2_root_reports_throughput_and_names_a_bad_m4a(vox2, tmp_path, caplog, capsys):
+    """`data_utils.py cache --data-root` on VoxCeleb2's layout: every m4a cached, the closing line's files/s and
+    hours of audio/s agree with its file count, the cached samples and its seconds (each printed rounded: the
+    bounds are the rounding's); a damaged m4a then is one error line naming it, or skipped with --skip-bad."""
+    import re
+
+    from voxdata import WavCache
+
+    own = shutil.copytree(vox2, tmp_path / "vox2")
+    out = tmp_path / "cache"
+    caplog.set_level("INFO")
+    assert data_utils.main(["cache", "--data-root", str(own), "--out", str(out), "--workers", "2", "--quiet"]) == 0
+    files = sorted(str(p) for p in (own / "dev" / "aac").rglob("*.m4a"))
+    cache = WavCache(out)
+    assert len(cache) == len(files) and all(p in cache for p in files)
+    hours = sum(len(cache.get(p)) for p in files) / 16000 / 3600
+    (line,) = [r.getMessage() for r in caplog.records if "files/s" in r.getMessage()]
+    n, h, s, workers, fps, hps = re.search(AUDIO_S, line).groups()
+    assert (int(n), int(workers), h) == (len(files), 2, f"{hours:.2f}")
+    s, fps, hps = float(s), float(fps), float(hps)
+    slow, fast = s + 0.05, max(s - 0.05, 1e-9)           # the seconds, printed to 0.1
+    assert len(files) / slow - 0.05 <= fps <= len(files) / fast + 0.05
+    assert hours / slow - 0.0005 <= hps <= hours / fast + 0.0005
+
+    victim = Path(files[3])
+    victim.write_bytes(victim.read_bytes()[:300])
+    capsys.readouterr()
+    assert data_utils.main(["cache", "--data-root", str(own), "--out", str(out), "--quiet"]) == 1
+    err = [x for x in capsys.readouterr().err.splitlines() if "error: " in x]
+    assert len(err) == 1 and err[0].startswith(f"data_utils.py cache: error: {victim}: "), err
+    assert data_utils.main(["cache", "--data-root", str(own), "--out", str(out), "--quiet", "--skip-bad"]) == 0
+    again = WavCache(out)
+    assert len(again) == len(files) - 1 and len(again.skipped) == 1 and again.skipped[0].startswith(f"{victim}: ")
 
 
 def test_resume_with_augmentation_is_bit_identical(vox2, vox1, noise, tmp_path):

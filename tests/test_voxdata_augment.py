@@ -92,6 +92,36 @@ def test_reverberation_is_scipys_convolution_with_the_normalised_rir(folders, cr
         assert np.max(np.abs(out[b] - np.rint(ref))) <= 1
 
 
+def test_reverberation_comes_before_the_noise_whose_snr_is_the_reverberated_crops(folders, crops):
+    """Both on every example: the output is the float64 reference (scipy's convolution with the normalised RIR,
+    then each noise file scaled to its SNR against the reverberated crop) within the float32 arithmetic's bound,
+    and the other order (noise first, against the dry crop, then reverberated) lies outside that bound."""
+    eps = np.finfo(np.float32).eps
+    aug = augmenter(folders, noise_prob=1.0, rir_prob=1.0)
+    for k in range(2):
+        plans = aug.plans(len(crops), LENGTH, seed=9, k=k)
+        out = aug.apply(crops, plans).astype(np.float64)
+        for b, plan in enumerate(plans):
+            dry = crops[b].astype(np.float64)
+            h = read_wav(aug.bank.rirs[plan.rir][0]).astype(np.float64)
+            h /= np.linalg.norm(h)
+            parts = np.stack([noise_crop(aug, plan.category, i, s, w) for i, s, w, _ in plan.files])    # (J, L)
+            power = np.mean(parts**2, axis=1) * 10 ** (np.array([f[3] for f in plan.files]) / 10)
+            wet = scipy.signal.convolve(dry, h)[:LENGTH]
+            ref = wet + np.sqrt(np.mean(wet**2) / power) @ parts
+            other = scipy.signal.convolve(dry + np.sqrt(np.mean(dry**2) / power) @ parts, h)[:LENGTH]
+            assert np.abs(ref).max() < 32767                                        # nothing clipped
+            # the float32 FFT convolution's error (the bound of the test above) bounds every sample of the
+            # reverberated row and, through ||x||_2, the relative error of each noise gain; then the gain's
+            # float32 cast, the product and the sum (3 eps), and the rounding to int16 (0.5)
+            reverb = 5 * np.log2(LENGTH + len(h) - 1) * eps * np.linalg.norm(dry) * np.abs(h).sum()
+            gains = np.sqrt(np.mean(wet**2) / power)
+            noise = np.sum(gains * np.abs(parts).max(axis=1)) * (reverb / np.linalg.norm(wet) + 3 * eps)
+            bound = reverb + noise + 0.5
+            assert np.abs(out[b] - ref).max() <= bound, (k, b)
+            assert np.abs(out[b] - other).max() > bound, (k, b)
+
+
 def test_each_example_is_seeded_by_batch_and_row_alone(folders, crops):
     aug = augmenter(folders)
     full = aug(crops, seed=7, k=3)

@@ -30,7 +30,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 TEST_ID_RANGE = (10270, 10309)  # VoxCeleb1 verification test speakers, inclusive
-# The project's lists/ folder (README: lists may live there instead of the data root).
+# The project's lists/ folder (lists/README.md: lists may live there instead of the data root).
 PROJECT_LISTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lists")
 
 

@@ -49,10 +49,11 @@ def main(argv=None) -> int:
     size.add_argument("--budget", type=parse_budget, help="wall time to spend on new cases (e.g. 30m)")
     size.add_argument("--nets", type=int, help="number of cases to run")
     ap.add_argument("--seed", type=int, default=0, help="first case seed (default 0)")
-    ap.add_argument("--jobs", type=int, default=1, help="cases run at the same time (each: 2-3 processes)")
-    ap.add_argument("--out", type=Path, default=Path("fuzz-out"), help="where logs and shrunk cases go")
+    ap.add_argument("--jobs", type=int, default=1, help="cases run at the same time (each: 2-3 processes; default 1)")
+    ap.add_argument("--out", type=Path, default=Path("fuzz-out"),
+                    help="where logs and shrunk cases go (default fuzz-out)")
     ap.add_argument("--no-shrink", action="store_true", help="list failing cases without shrinking them")
-    ap.add_argument("--max-shrinks", type=int, default=10, help="failures of distinct kinds to shrink")
+    ap.add_argument("--max-shrinks", type=int, default=10, help="failures of distinct kinds to shrink (default 10)")
     args = ap.parse_args(argv)
     if args.jobs < 1 or (args.nets is not None and args.nets < 1):
         ap.error("--jobs and --nets must be >= 1")
