@@ -210,10 +210,14 @@ class Blob:
             mem.host = torch.empty(t.shape, dtype=t.dtype)
             mem.head, mem.synced = DEVICE, None
         if mem.head == DEVICE and not self._in_sync(which, mem):
-            mem.host.copy_(t.detach())          # device-to-host: blocking
-            self._mark_synced(which, mem)
+            self._download(which, mem, t)
         self._sync.to_host(self, which, mem)
         return mem.view()
+
+    def _download(self, which: str, mem: _Memory, t: torch.Tensor) -> None:
+        """Device tensor `t` -> host copy (host-copy path, blocking); they are SYNCED afterwards."""
+        mem.host.copy_(t.detach())
+        self._mark_synced(which, mem)
 
     def _mark_synced(self, which: str, mem: _Memory) -> None:
         """Host copy and device tensor are equal now (after an upload or a download): SYNCED, for the blobs

@@ -9,11 +9,17 @@ from caffe_torch.fast import FastOptions, apply_to_solver
 from caffe_torch.opcount import OpCounter
 
 
-def update_ops(solver) -> int:
+def counted_update(solver) -> OpCounter:
+    """The aten ops and host syncs of one apply_update after a forward/backward."""
     solver.net.clear_param_diffs()
     solver.forward_backward()
     with OpCounter() as count:
         solver.apply_update()
+    return count
+
+
+def update_ops(solver) -> int:
+    count = counted_update(solver)
     assert count.syncs == 0
     return count.ops
 
@@ -26,6 +32,22 @@ def test_update_ops_are_per_group_not_per_blob_and_frozen_blobs_cost_nothing():
     live_groups = [g for g in solver._groups if g[0] != 0]
     assert len(solver._params) == 66 and len(live_groups) < len(solver._groups)
     assert update_ops(solver) <= 6 * len(live_groups)
+
+
+def test_clipping_is_one_norm_reduction_and_one_read():
+    """clip_gradients: the global L2 norm of all the diffs from one foreach reduction, read once (Caffe logs it;
+    a loop over the 66 blobs read one norm each), and the scaling, when the norm exceeds the limit, one
+    foreach call."""
+    plain = counted_update(small_solver("prototxt/demo", "lm", 4)).by_name
+    for clip, scaled in ((1e6, False), (1e-6, True)):
+        solver = small_solver("prototxt/demo", "lm", 4)
+        solver.param.clip_gradients = clip
+        count = counted_update(solver)
+        assert count.syncs == 1
+        extra = count.by_name - plain
+        assert (extra["_foreach_norm.Scalar"], extra["linalg_vector_norm.default"],
+                extra["_foreach_mul_.Scalar"]) == (1, 1, int(scaled)), extra
+        assert extra.total() <= 6, extra          # besides: the stack of the per-blob norms, the read's detach
 
 
 def test_frozen_blob_with_a_restored_history_is_updated_as_caffe():

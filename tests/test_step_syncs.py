@@ -4,6 +4,7 @@ the solver's step on the demo and paper nets and for the training script's whole
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from test_e2e import LM_HEAD, train_args, write_solver
@@ -81,6 +82,30 @@ def test_layers_check_labels_in_pycaffe_calls_and_not_in_the_training_loop():
         checked.net.forward()
 
 
+def test_the_feeder_checks_labels_on_the_host_before_uploading_and_reads_nothing_back():
+    """The training loop's feeder (Solver(label_checks=False)'s other half): a batch with a label out of range
+    is refused naming it before anything reaches the net; a good batch is fed with no host sync."""
+    from types import SimpleNamespace
+
+    import caffe_torch
+    from speaker.errors import TrainingError
+    from speaker.train import _input_feeder
+    from voxdata import crop_length
+
+    net = SimpleNamespace(blobs={"data": SimpleNamespace(tensor=None), "label": SimpleNamespace(tensor=None)})
+    feed = _input_feeder(caffe_torch, torch.device("cpu"), classes=4)
+    crops = torch.from_numpy(np.random.default_rng(0).integers(-3000, 3000, (3, crop_length(20)), dtype=np.int16))
+    for bad in (4, -1):
+        with pytest.raises(TrainingError, match=rf"label {bad} out of range \[0, 4\) in a training batch"):
+            feed(net, crops, torch.tensor([0, bad, 3]))
+        assert net.blobs["data"].tensor is None and net.blobs["label"].tensor is None
+    with OpCounter() as count:
+        feed(net, crops, torch.tensor([0, 2, 3]))
+    assert count.syncs == 0
+    assert net.blobs["data"].tensor.shape == (3, 1, 20, 257)
+    assert net.blobs["label"].tensor.flatten().tolist() == [0.0, 2.0, 3.0]
+
+
 def test_training_loop_syncs_once_per_display(corpus, tmp_path, monkeypatch):
     """trainAug's loop on a margin net (LabelSpecificAdd): 8 iterations, display 2, no validation or snapshot
     inside the loop: 4 reads, one per display line."""
@@ -106,6 +131,35 @@ def test_training_loop_syncs_once_per_display(corpus, tmp_path, monkeypatch):
     assert counts["syncs"] - 1 == 8 // 2, counts["by_name"]
     curve = (tmp_path / "run" / "training_curve.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in curve[1:] if row.split(",")[1]] == ["0", "2", "4", "6"]
+
+
+def test_data_parallel_all_reduce_reads_nothing_and_the_stop_flag_once_when_asked(monkeypatch):
+    """DDP's gradient hook (one all-reduce of the diffs, the loss and the stop flag, on a one-process gloo
+    group here) reads nothing back: the steps sync at display only; the stop flag is read when the loop asks
+    (stop_requested: every display on a GPU), one read."""
+    import torch.distributed as dist
+
+    from speaker.data_parallel import DataParallel
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        ddp = DataParallel()
+        solver = small_solver("prototxt/demo", "lm", 2)
+        solver.gradient_hook = ddp.gradient_hook
+        solver.step(1)
+        with OpCounter() as count:
+            solver.step(4)                      # iterations 1..4: display at 2 and 4
+        assert count.syncs == 2, count.by_name
+        assert count.by_name["allreduce_.default"] == 4
+        with OpCounter() as count:
+            assert not ddp.stop_requested()
+        assert count.syncs == 1
+        ddp.local_stop = lambda: True           # a signal reached this process: the next all-reduce carries it
+        solver.step(1)
+        assert ddp.stop_requested()
+    finally:
+        dist.destroy_process_group()
 
 
 def test_training_net_records_nothing_per_layer_and_refuses_a_ranged_backward():
