@@ -1,9 +1,29 @@
-"""Fixtures shared by the end-to-end test files (test_e2e.py, test_train_safety.py, test_bad_input.py): the
-tiny synthetic corpus their tiny nets train on, and a copy of it that a test may damage."""
+"""Fixtures shared by the test files: the tiny synthetic corpus the end-to-end tests' tiny nets train on
+(test_e2e.py, test_train_safety.py, test_bad_input.py), a copy of it that a test may damage, one torch thread
+for a test that compares runs bit for bit; and torch's thread count put back after every test, so that no test
+depends on which tests ran before it in the same process."""
 
 import shutil
 
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread during the test (the float32 sums of its kernels are ordered by the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -121,13 +121,15 @@ def test_two_stages_then_both_tests(corpus, tmp_path):
         assert (out / png).stat().st_size > 1000
 
 
-def test_sigterm_snapshot_and_resume_equals_uninterrupted(corpus, tmp_path):
+def test_sigterm_snapshot_and_resume_equals_uninterrupted(corpus, tmp_path, one_thread):
+    # bit for bit means one thread count for all three runs (float32 sums in the kernels are ordered by it):
+    # here 1, in this process (one_thread) and in the interrupted child (OMP_NUM_THREADS)
     solver = write_solver(tmp_path, SOFTMAX_HEAD, "sig", max_iter=40, snapshot=2)
     full = tmp_path / "full"
     assert trainAug.main(train_args(solver, corpus, full, "--seed", "5")) == 0
 
     cut = tmp_path / "cut"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     # with loader worker processes, and the signal sent to the whole process group (as `kill -- -PGID`, a
     # terminal's Ctrl-C or a scheduler would): the workers must neither die of it nor keep the run alive.
     # The run sends it itself right after its snapshot of iteration 2 (an event, not a delay: on any machine
