@@ -139,8 +139,8 @@ class _HostSync:
             for key, (blob, which, mem) in list(self.viewed.items()):
                 if not mem.viewed():
                     del self.viewed[key]
-                elif which == "data":
-                    blob._adopt_memory(mem)
+                else:
+                    blob._adopt_memory(which, mem)
 
     def refresh(self, which: str) -> None:
         """After an operation that replaced tensors out of place: copy `which` (data or diff) of every viewed
@@ -230,8 +230,9 @@ class Blob:
             # by autograd for the coming backward (which then reads the written values, as Caffe's would)
             t.data.copy_(mem.host)
 
-    def _adopt_memory(self, mem: _Memory) -> None:
-        """Zero-copy path, before an operation: the viewed memory becomes the blob's tensor (activations)."""
+    def _adopt_memory(self, which: str, mem: _Memory) -> None:
+        """Zero-copy path, before an operation: the viewed memory becomes the blob's tensor or its diff
+        (activations), so that what a script wrote through a kept view is what the layers read."""
 
     def _refresh(self, which: str, mem: _Memory) -> None:
         """Zero-copy path, after an operation: copy the new tensor into the viewed memory."""
@@ -327,10 +328,14 @@ class _ActivationBlob(Blob):
             (self._set if which == "data" else self._set_grad)(t)
         return t.detach()
 
-    def _adopt_memory(self, mem: _Memory) -> None:
+    def _adopt_memory(self, which: str, mem: _Memory) -> None:
         t = self._peek()
-        if t is not mem.host and t.shape == mem.host.shape:
-            self._set(mem.host)
+        if which == "data":
+            if t is not mem.host and t.shape == mem.host.shape:
+                self._set(mem.host)
+        elif self._get_grad() is not mem.host and t.shape == mem.host.shape:
+            # a backward that replaced the diff copied it into the memory (refresh); the memory is the diff again
+            self._set_grad(mem.host)
 
     # SYNCED: an activation's (or input's) data tensor is replaced by every forward that computes it, and
     # changed in place only through its version counter; the same tensor at the same version is unchanged
