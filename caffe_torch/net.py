@@ -283,6 +283,11 @@ class Net(PycaffeNetMixin):
         self._backward_plan = backward_plan(self._layer_params, self._layers, self._loss_weights,
                                             self.force_backward)
         self._producer = {t: i for i, lname in enumerate(self._layer_names) for t in self.top_names[lname]}
+        # loss tops that a Split reads (a loss layer whose explicit loss_weight InsertSplits moved to the split,
+        # keeping Caffe's default 1 on the layer's own top): the Split's backward overwrites their diff with the sum
+        # of its tops', so their own weight counts in the forward's loss but seeds no gradient
+        self._split_loss_tops = frozenset(t for t in self._loss_weights for lp in self._layer_params
+                                          if lp.type == "Split" and t in lp.bottom)
         # per layer and bottom, whether Caffe's backward gives that bottom a diff (its bottom_need_backward: the
         # prototxt's propagate_down, overridden by force_backward; none where the layer's backward does not run):
         # the forward records no gradient for the others
@@ -531,15 +536,21 @@ class Net(PycaffeNetMixin):
         # the blobs' tensors as this forward left them, for backward: a kept view makes the next operation swap
         # a blob's tensor for its (graph-less) memory (caffe_torch/blob.py), and the graph must outlive that
         self._graph_tensors = dict(self._tensors) if record else {}
-        loss = None
-        for name, w in self._loss_weights.items():
-            t = self._tensors[name]
-            term = t.sum() * w
-            loss = term if loss is None else loss + term
+        loss = self._weighted_sum(self._loss_weights)
         self._loss = loss
+        self._loss_root = loss if not self._split_loss_tops else self._weighted_sum(
+            {n: w for n, w in self._loss_weights.items() if n not in self._split_loss_tops})
         self._debug_record = debug
         if debug is not None:
             forward_debug_info(self, debug)
+        return loss
+
+    def _weighted_sum(self, weights: dict[str, float]) -> torch.Tensor | None:
+        """Caffe's loss: the sum over the tops of (top values summed) x loss weight; None without loss tops."""
+        loss = None
+        for name, w in weights.items():
+            term = self._tensors[name].sum() * w
+            loss = term if loss is None else loss + term
         return loss
 
     @staticmethod
@@ -573,13 +584,13 @@ class Net(PycaffeNetMixin):
         written = {n: g for n, w in self._loss_weights.items()
                    if (g := self._grads.get(n)) is not None and not bool((g == w).all())}
         if not written and not (extra and set(extra) & set(self._loss_weights)):
-            if self._loss is not None and self._loss.requires_grad:       # every loss top at its loss weight
-                roots.append(self._loss)
-                seeds.append(torch.ones_like(self._loss))
+            if self._loss_root is not None and self._loss_root.requires_grad:    # every loss top at its weight
+                roots.append(self._loss_root)
+                seeds.append(torch.ones_like(self._loss_root))
         else:
             for name, w in self._loss_weights.items():
                 t = self._graph_tensors.get(name, self._tensors[name])
-                if extra and name in extra or not t.requires_grad:
+                if extra and name in extra or not t.requires_grad or name in self._split_loss_tops:
                     continue
                 g = written.get(name)
                 roots.append(t)

@@ -123,6 +123,11 @@ QUIRKS = {q.id: q for q in [
           "because of that; this build has the upgrade but an older BatchNormLayer without the masking, so with "
           "or without those specs its solver applies weight decay and momentum to the running mean, variance "
           "and scale factor"),
+    Quirk("batchnorm-backward-runs", "the same bug of this build (batchnorm-stats-trained): since its BatchNorm "
+          "statistics count as learnable, Net::Init marks every BatchNorm under a loss as needing backward, and its "
+          "tops too; so the layers after it compute bottom diffs that Caffe 1.0 leaves at zero, and BatchNorm's "
+          "Backward (which ignores propagate_down) writes its bottom's diff, dividing an in-place blob's diff by the "
+          "standard deviation; caffe_torch follows Caffe 1.0 (no backward there)"),
     Quirk("mvn-in-place-variance", "known BVLC quirk, not reproduced: MVN with normalize_variance in place "
           "back-propagates from the overwritten bottom (mvn_layer.cpp reads bottom_data = top_data), a wrong "
           "gradient; caffe_torch's is the derivative"),

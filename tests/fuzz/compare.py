@@ -216,7 +216,23 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program) -> dict[str, set[str
             keys.setdefault("hinge-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
         if lp.type == "Scale" and len(lp.propagate_down) and not lp.propagate_down[0] and lp.top[0] != lp.bottom[0]:
             keys.setdefault("scale-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
+    if prog.backward is not None or prog.steps:
+        keys["batchnorm-backward-runs"] = _batchnorm_backward_blobs(net)
     return keys
+
+
+def _batchnorm_backward_blobs(net: caffe_pb2.NetParameter) -> set[str]:
+    """Diff keys that the build's BatchNorm backward reaches (quirk batchnorm-backward-runs): the bottoms of every
+    BatchNorm and every blob computed from a BatchNorm's top, later in the net."""
+    reached: set[str] = set()
+    bottoms: set[str] = set()
+    for lp in net.layer:
+        if lp.type == "BatchNorm":
+            bottoms.update(lp.bottom)
+            reached.update(lp.top)
+        elif reached.intersection(lp.bottom):
+            reached.update(lp.top)
+    return {f"blob/diff/{b}" for b in reached | bottoms}
 
 
 def _key_quirk(quirk_keys: dict[str, set[str]], d: Divergence) -> str:
