@@ -509,6 +509,11 @@ class Net(PycaffeNetMixin):
                         if self._first_version.get(b) is t:
                             self._first_version[b] = leaf
                         t = leaf
+                    if self._sync.viewed and b in self.top_names[lname] and t.is_floating_point():
+                        # in place on a blob a script keeps a view of: after this forward the view's memory gets
+                        # the top (blob.py's refresh), so the layer must not hold that memory as its saved input
+                        # (Caffe's in-place layers keep what their backward needs, e.g. PReLU's bottom_memory_)
+                        t = t.clone()
                     bottoms.append(t if prop else t.detach())
                 if layer.is_split and not keep:
                     # implicit fan-out: the readers get the bottom tensor itself (Caffe's split tops share its
