@@ -219,6 +219,25 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program) -> dict[str, set[str
     return keys
 
 
+def _unneeded_bottom_keys(net: caffe_pb2.NetParameter) -> dict[str, set[str]]:
+    """Bottom diffs that Caffe writes where its Net::Init decided the bottom needs none (a data or input blob
+    below a layer whose params make it run backward): a BatchNorm's (any bottom; quirk ignores-propagate-down),
+    a RNN's or LSTM's input x and static input (recurrent_layer.cpp back-propagates the unrolled net to them
+    unconditionally, lstm_layer.cpp's `propagate_down: true`; same quirk), a Scale's bottom 0 (its scratch;
+    scale-scratch-diff). Only a divergence where caffe_torch's diff is all zero is explained by these."""
+    keys: dict[str, set[str]] = {}
+    for lp in net.layer:
+        if lp.type == "BatchNorm":
+            keys.setdefault("ignores-propagate-down", set()).update(f"blob/diff/{b}" for b in lp.bottom)
+        if lp.type in ("RNN", "LSTM"):
+            hidden = {"RNN": 1, "LSTM": 2}[lp.type] if lp.recurrent_param.expose_hidden else 0
+            xs = lp.bottom[:1] + (lp.bottom[2:3] if len(lp.bottom) > 2 + hidden else [])
+            keys.setdefault("ignores-propagate-down", set()).update(f"blob/diff/{b}" for b in xs)
+        if lp.type == "Scale" and lp.top[0] != lp.bottom[0]:
+            keys.setdefault("scale-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
+    return keys
+
+
 def _key_quirk(quirk_keys: dict[str, set[str]], d: Divergence) -> str:
     # an array the script kept ("kept/blob/diff/x/0") shows what its blob's does ("blob/diff/x")
     key = d.key.removeprefix("kept/").rsplit("/", 1)[0] if d.key.startswith("kept/") else d.key
@@ -236,6 +255,7 @@ def classify(prog: Program, divs: list[Divergence]) -> list[Divergence]:
     net = prog.net_param()
     quirks = _quirk_nets(net, prog)
     quirk_keys = _quirk_keys(net, prog)
+    unneeded_keys = _unneeded_bottom_keys(net)
     stale = stale_view_blobs(net)
     stale_kept = any(what == "blob" and name in stale for what, name, _, _ in prog.keep)
     solver = caffe_pb2.SolverParameter()
@@ -253,7 +273,8 @@ def classify(prog: Program, divs: list[Divergence]) -> list[Divergence]:
             d.cls = "refused-earlier"
         elif quirks and (d.what == "value" or d.what == "refusal" and HEAP_CRASH.search(d.detail)):
             d.cls = sorted(quirks)[0]
-        elif d.what == "value" and (cls := _key_quirk(quirk_keys, d)):
+        elif d.what == "value" and (cls := _key_quirk(quirk_keys, d) or
+                                    d.ours_zero and _key_quirk(unneeded_keys, d)):
             d.cls = cls
         elif stale_kept and (d.key.startswith("kept/") or d.what == "refusal"):
             d.cls = "stale-view"
