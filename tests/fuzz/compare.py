@@ -226,6 +226,8 @@ def _unneeded_bottom_keys(net: caffe_pb2.NetParameter) -> dict[str, set[str]]:
     unconditionally, lstm_layer.cpp's `propagate_down: true`; same quirk), a Scale's bottom 0 (its scratch;
     scale-scratch-diff). Only a divergence where caffe_torch's diff is all zero is explained by these."""
     keys: dict[str, set[str]] = {}
+    if net.force_backward:          # every such bottom needs backward: caffe_torch gives it its diff too
+        return keys
     for lp in net.layer:
         if lp.type == "BatchNorm":
             keys.setdefault("ignores-propagate-down", set()).update(f"blob/diff/{b}" for b in lp.bottom)
