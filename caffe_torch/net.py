@@ -94,6 +94,16 @@ def upgrade_inputs(param, src: Source) -> None:
     src.layer_lines.insert(0, 0)
 
 
+def upgrade_batch_norm(param) -> None:
+    """Caffe's UpgradeNetBatchNorm (upgrade_proto.cpp, run when any net file is read): a BatchNorm with exactly
+    three `param` specs (the old definition's `param { lr_mult: 0 }` x3) loses them. Net::Init then sees the
+    default lr_mult 1, so the layer needs backward (its tops too), while LayerSetUp's own lr_mult 0 keeps the
+    statistics out of the solver (see _setup_params)."""
+    for lp in param.layer:
+        if lp.type == "BatchNorm" and len(lp.param) == 3:
+            del lp.param[:]
+
+
 class _Learnable:
     """One learnable blob as Caffe's Net::AppendParam keeps it: its lr_mult / decay_mult and whether a ParamSpec
     set them. The owner (first layer naming the param, or an unnamed one) gives its ParamSpec's values; a
@@ -168,6 +178,7 @@ class Net(PycaffeNetMixin):
                                 "definition (only when reading weights); upgrade the file to 'layer' "
                                 "blocks (Caffe's upgrade_net_proto_text)")
         upgrade_inputs(net_param, src)
+        upgrade_batch_norm(net_param)
         self._net_param = net_param
         self._build(net_param, state, src)
         self._init_pycaffe(record_layer_inputs)

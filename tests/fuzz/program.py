@@ -81,8 +81,11 @@ class Program:
 def stale_view_blobs(net: caffe_pb2.NetParameter) -> set[str]:
     """Blobs whose memory Caffe replaces at a forward (ShareData, set_cpu_data), so that a .data view taken
     before it dangles (caffe_facts QUIRKS: stale-view)."""
-    return {t for lp in net.layer if lp.type in STALE_VIEW_TYPES or (lp.type, len(lp.bottom), len(lp.top)) in
-            (("Concat", 1, 1), ("Slice", 1, 1)) for t in lp.top}
+    stale = {t for lp in net.layer if lp.type in STALE_VIEW_TYPES or (lp.type, len(lp.bottom), len(lp.top)) in
+             (("Concat", 1, 1), ("Slice", 1, 1)) for t in lp.top}
+    # an RNN's / LSTM's exposed hidden-state tops: its Forward_cpu ShareData's them to the unrolled net's outputs
+    return stale | {t for lp in net.layer if lp.type in ("RNN", "LSTM") and lp.recurrent_param.expose_hidden
+                    for t in lp.top[1:]}
 
 
 def draw_solver(rng: np.random.Generator, level: int, stages, test_net: bool, decay: bool = True) -> str:
