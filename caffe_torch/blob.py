@@ -38,7 +38,8 @@ model here:
   values are copied into it: keep either views or your own tensors, not both.
 - Limits (as in Caffe only where Caffe has them): a partial forward that starts at an in-place layer whose
   top is viewed copies the result over the memory that layer read; writes through a kept view between a
-  forward and its backward reach the backward only for blobs the forward read from memory (inputs).
+  forward and its backward reach the backward only for blobs the forward read from memory (inputs that no
+  layer computes in place: the forward reads a copy of those, as the memory receives the in-place top).
 """
 
 import weakref

@@ -2,7 +2,8 @@
 
 The program (run by tests/fuzz/script.py in each engine's worker):
   build  Net(net, phase, level, stages), or get_solver(solver) and its net (+ its test net)
-         every learnable blob set to values drawn from the case seed (caffe_facts.random_param)
+         every learnable blob (of the test net too) set to values drawn from the case seed
+         (caffe_facts.random_param)
          `keep`: .data / .diff arrays the script holds on to from here on
   fwd0   inputs of round 0 written into the input blobs (or MemoryData's set_input_arrays), net.forward()
   bwd0   net.backward(**diffs) with random diffs for the outputs that are not losses, or the same diffs
