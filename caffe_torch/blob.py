@@ -36,10 +36,10 @@ model here:
   CPU the memory is whatever tensor the blob had when the view was taken, so a view kept of a blob whose
   tensor you assigned (or of a layer's top that is its bottom unchanged) aliases that tensor, and later
   values are copied into it: keep either views or your own tensors, not both.
-- Limits (as in Caffe only where Caffe has them): a partial forward that starts at an in-place layer whose
-  top is viewed copies the result over the memory that layer read; writes through a kept view between a
-  forward and its backward reach the backward only for blobs the forward read from memory (inputs that no
-  layer computes in place: the forward reads a copy of those, as the memory receives the in-place top).
+- In place: a layer computing in place on a viewed blob reads a copy of it, since the memory receives its
+  top after the forward (Caffe's in-place layers keep what their backward needs themselves). Limit: writes
+  through a kept view between a forward and its backward reach the backward only for blobs the forward read
+  from memory (inputs that no layer computes in place).
 """
 
 import weakref

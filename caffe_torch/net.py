@@ -290,9 +290,6 @@ class Net(PycaffeNetMixin):
             self._setup_loss_weights(layer, lp, where)
             self._setup_params(layer, lp, where)
         self.outputs = sorted(available)       # Caffe keeps the leftovers in a std::set: sorted by name
-        # inputs that a layer computing in place overwrites (see _run_layers)
-        self._rewritten_inputs = {t for lp in self._layer_params for j, t in enumerate(lp.top)
-                                  if t in self.inputs and j < len(lp.bottom) and lp.bottom[j] == t}
         self._finish_params()
         self._backward_plan = backward_plan(self._layer_params, self._layers, self._loss_weights,
                                             self.force_backward)
@@ -500,10 +497,6 @@ class Net(PycaffeNetMixin):
         with torch.set_grad_enabled(record):
             for name in self.inputs:
                 t = self._tensors[name]
-                if record and name in self._rewritten_inputs and self._sync.viewed:
-                    # a kept .data view makes the input's tensor the view's memory (blob.py), into which the
-                    # in-place layer's top is copied after this forward: the graph keeps the input's values
-                    t = self._tensors[name] = t.clone()
                 if record and self.force_backward and t.is_floating_point():
                     t = t.detach().requires_grad_(True)
                     self._tensors[name] = t
