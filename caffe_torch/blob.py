@@ -36,9 +36,10 @@ model here:
   CPU the memory is whatever tensor the blob had when the view was taken, so a view kept of a blob whose
   tensor you assigned (or of a layer's top that is its bottom unchanged) aliases that tensor, and later
   values are copied into it: keep either views or your own tensors, not both.
-- Limits (as in Caffe only where Caffe has them): a partial forward that starts at an in-place layer whose
-  top is viewed copies the result over the memory that layer read; writes through a kept view between a
-  forward and its backward reach the backward only for blobs the forward read from memory (inputs).
+- In place: a layer computing in place on a viewed blob reads a copy of it, since the memory receives its
+  top after the forward (Caffe's in-place layers keep what their backward needs themselves). Limit: writes
+  through a kept view between a forward and its backward reach the backward only for blobs the forward read
+  from memory (inputs that no layer computes in place).
 """
 
 import weakref
@@ -139,8 +140,8 @@ class _HostSync:
             for key, (blob, which, mem) in list(self.viewed.items()):
                 if not mem.viewed():
                     del self.viewed[key]
-                elif which == "data":
-                    blob._adopt_memory(mem)
+                else:
+                    blob._adopt_memory(which, mem)
 
     def refresh(self, which: str) -> None:
         """After an operation that replaced tensors out of place: copy `which` (data or diff) of every viewed
@@ -234,8 +235,9 @@ class Blob:
             # by autograd for the coming backward (which then reads the written values, as Caffe's would)
             t.data.copy_(mem.host)
 
-    def _adopt_memory(self, mem: _Memory) -> None:
-        """Zero-copy path, before an operation: the viewed memory becomes the blob's tensor (activations)."""
+    def _adopt_memory(self, which: str, mem: _Memory) -> None:
+        """Zero-copy path, before an operation: the viewed memory becomes the blob's tensor or its diff
+        (activations), so that what a script wrote through a kept view is what the layers read."""
 
     def _refresh(self, which: str, mem: _Memory) -> None:
         """Zero-copy path, after an operation: copy the new tensor into the viewed memory."""
@@ -331,10 +333,14 @@ class _ActivationBlob(Blob):
             (self._set if which == "data" else self._set_grad)(t)
         return t.detach()
 
-    def _adopt_memory(self, mem: _Memory) -> None:
+    def _adopt_memory(self, which: str, mem: _Memory) -> None:
         t = self._peek()
-        if t is not mem.host and t.shape == mem.host.shape:
-            self._set(mem.host)
+        if which == "data":
+            if t is not mem.host and t.shape == mem.host.shape:
+                self._set(mem.host)
+        elif self._get_grad() is not mem.host and t.shape == mem.host.shape:
+            # a backward that replaced the diff copied it into the memory (refresh); the memory is the diff again
+            self._set_grad(mem.host)
 
     # SYNCED: an activation's (or input's) data tensor is replaced by every forward that computes it, and
     # changed in place only through its version counter; the same tensor at the same version is unchanged

@@ -94,6 +94,16 @@ def upgrade_inputs(param, src: Source) -> None:
     src.layer_lines.insert(0, 0)
 
 
+def upgrade_batch_norm(param) -> None:
+    """Caffe's UpgradeNetBatchNorm (upgrade_proto.cpp, run when any net file is read): a BatchNorm with exactly
+    three `param` specs (the old definition's `param { lr_mult: 0 }` x3) loses them. Net::Init then sees the
+    default lr_mult 1, so the layer needs backward (its tops too), while LayerSetUp's own lr_mult 0 keeps the
+    statistics out of the solver (see _setup_params)."""
+    for lp in param.layer:
+        if lp.type == "BatchNorm" and len(lp.param) == 3:
+            del lp.param[:]
+
+
 class _Learnable:
     """One learnable blob as Caffe's Net::AppendParam keeps it: its lr_mult / decay_mult and whether a ParamSpec
     set them. The owner (first layer naming the param, or an unnamed one) gives its ParamSpec's values; a
@@ -168,6 +178,7 @@ class Net(PycaffeNetMixin):
                                 "definition (only when reading weights); upgrade the file to 'layer' "
                                 "blocks (Caffe's upgrade_net_proto_text)")
         upgrade_inputs(net_param, src)
+        upgrade_batch_norm(net_param)
         self._net_param = net_param
         self._build(net_param, state, src)
         self._init_pycaffe(record_layer_inputs)
@@ -283,6 +294,11 @@ class Net(PycaffeNetMixin):
         self._backward_plan = backward_plan(self._layer_params, self._layers, self._loss_weights,
                                             self.force_backward)
         self._producer = {t: i for i, lname in enumerate(self._layer_names) for t in self.top_names[lname]}
+        # loss tops that a Split reads (a loss layer whose explicit loss_weight InsertSplits moved to the split,
+        # keeping Caffe's default 1 on the layer's own top): the Split's backward overwrites their diff with the sum
+        # of its tops', so their own weight counts in the forward's loss but seeds no gradient
+        self._split_loss_tops = frozenset(t for t in self._loss_weights for lp in self._layer_params
+                                          if lp.type == "Split" and t in lp.bottom)
         # per layer and bottom, whether Caffe's backward gives that bottom a diff (its bottom_need_backward: the
         # prototxt's propagate_down, overridden by force_backward; none where the layer's backward does not run):
         # the forward records no gradient for the others
@@ -504,6 +520,11 @@ class Net(PycaffeNetMixin):
                         if self._first_version.get(b) is t:
                             self._first_version[b] = leaf
                         t = leaf
+                    if self._sync.viewed and b in self.top_names[lname] and t.is_floating_point():
+                        # in place on a blob a script keeps a view of: after this forward the view's memory gets
+                        # the top (blob.py's refresh), so the layer must not hold that memory as its saved input
+                        # (Caffe's in-place layers keep what their backward needs, e.g. PReLU's bottom_memory_)
+                        t = t.clone()
                     bottoms.append(t if prop else t.detach())
                 if layer.is_split and not keep:
                     # implicit fan-out: the readers get the bottom tensor itself (Caffe's split tops share its
@@ -531,15 +552,21 @@ class Net(PycaffeNetMixin):
         # the blobs' tensors as this forward left them, for backward: a kept view makes the next operation swap
         # a blob's tensor for its (graph-less) memory (caffe_torch/blob.py), and the graph must outlive that
         self._graph_tensors = dict(self._tensors) if record else {}
-        loss = None
-        for name, w in self._loss_weights.items():
-            t = self._tensors[name]
-            term = t.sum() * w
-            loss = term if loss is None else loss + term
+        loss = self._weighted_sum(self._loss_weights)
         self._loss = loss
+        self._loss_root = loss if not self._split_loss_tops else self._weighted_sum(
+            {n: w for n, w in self._loss_weights.items() if n not in self._split_loss_tops})
         self._debug_record = debug
         if debug is not None:
             forward_debug_info(self, debug)
+        return loss
+
+    def _weighted_sum(self, weights: dict[str, float]) -> torch.Tensor | None:
+        """Caffe's loss: the sum over the tops of (top values summed) x loss weight; None without loss tops."""
+        loss = None
+        for name, w in weights.items():
+            term = self._tensors[name].sum() * w
+            loss = term if loss is None else loss + term
         return loss
 
     @staticmethod
@@ -573,13 +600,13 @@ class Net(PycaffeNetMixin):
         written = {n: g for n, w in self._loss_weights.items()
                    if (g := self._grads.get(n)) is not None and not bool((g == w).all())}
         if not written and not (extra and set(extra) & set(self._loss_weights)):
-            if self._loss is not None and self._loss.requires_grad:       # every loss top at its loss weight
-                roots.append(self._loss)
-                seeds.append(torch.ones_like(self._loss))
+            if self._loss_root is not None and self._loss_root.requires_grad:    # every loss top at its weight
+                roots.append(self._loss_root)
+                seeds.append(torch.ones_like(self._loss_root))
         else:
             for name, w in self._loss_weights.items():
                 t = self._graph_tensors.get(name, self._tensors[name])
-                if extra and name in extra or not t.requires_grad:
+                if extra and name in extra or not t.requires_grad or name in self._split_loss_tops:
                     continue
                 g = written.get(name)
                 roots.append(t)

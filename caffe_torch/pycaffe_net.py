@@ -210,9 +210,18 @@ class PycaffeNetMixin:
             bottoms = [s.detach().clone().requires_grad_(need and s.is_floating_point())
                        for s, need in zip(sources, needed)]
             params = [p for p, flag in zip(module.blobs, self._param_propagate[i]) if flag and p.requires_grad]
+            # the forward is run again for its graph only: what it moves besides (BatchNorm's statistics in TRAIN,
+            # a layer's counter) is put back, as Caffe's Backward leaves them
+            kept = [(p, p.detach().clone()) for p in module.blobs if not p.requires_grad]
+            state = module.get_state()
             with torch.enable_grad():
                 out = (module(*bottoms) if i not in self._detached_params
                        else self._call_detached(module, self._detached_params[i], bottoms))
+            with torch.no_grad():
+                for p, value in kept:
+                    p.copy_(value)
+            if state is not None:
+                module.set_state(state)
             outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
             roots, seeds = [], []
             for name, t in zip(top_names, outs):

@@ -161,7 +161,9 @@ QUIRKS = {q.id: q for q in [
           "derivative at the input"),
     Quirk("ignores-propagate-down", "BVLC bug, not reproduced: the Backward of BatchNorm, Softmax, MVN, Im2col and "
           "Flatten writes the bottom's diff even where propagate_down is false (when the layer's backward runs "
-          "at all); caffe_torch gives such a bottom no diff"),
+          "at all), and so do RNN and LSTM to their input x and static input (recurrent_layer.cpp back-propagates "
+          "the unrolled net, whose x_transform has propagate_down: true); with their params these run backward "
+          "also over a data or input blob that Net::Init gives no diff; caffe_torch gives such a bottom no diff"),
     Quirk("implicit-loss-top-read", "a loss layer's top with its default loss weight (no loss_weight field) that "
           "another layer reads: Caffe's InsertSplits inserts no Split for an implicit weight, so the reader's "
           "backward overwrites the diff that held the weight and the loss layer scales its gradient by that "
@@ -175,12 +177,13 @@ QUIRKS = {q.id: q for q in [
           "until a backward overwrites it; caffe_torch leaves the diff alone"),
     Quirk("scale-scratch-diff", "ScaleLayer::Backward computes the scale's gradient in its bottom 0's diff (the "
           "\"hack\" of scale_layer.cpp: the eltwise product top_diff * bottom_data stored there), also where "
-          "propagate_down is false for that bottom, which is then left holding it; caffe_torch gives it no diff"),
+          "propagate_down is false for that bottom (or it is a data or input blob Net::Init gives no diff), which is "
+          "then left holding it; caffe_torch gives it no diff"),
     Quirk("stale-view", "pycaffe use-after-free, not reproduced: a .data view of a Flatten, Split or Parameter "
-          "top (or of a MemoryData / Data / ImageData top) taken before a forward points at memory that the "
-          "forward replaces (ShareData / set_cpu_data) and frees, and so does a .diff view of a Flatten's bottom "
-          "across a backward; reading it gives garbage, writing it corrupts the heap. caffe_torch's views "
-          "follow the blob"),
+          "top (or of a MemoryData / Data / ImageData top, or of a RNN's or LSTM's exposed hidden-state top) "
+          "taken before a forward points at memory that the forward replaces (ShareData / set_cpu_data) and "
+          "frees, and so does a .diff view of a Flatten's bottom across a backward; reading it gives garbage, "
+          "writing it corrupts the heap. caffe_torch's views follow the blob"),
     Quirk("data-layer-two-nets", "this build's DataReader aborts (\"new_queue_pairs_.size() == 0\") when a "
           "solver's train and test nets both have a Data layer; caffe_torch runs them"),
     Quirk("iter-size-zero", "Caffe accepts iter_size: 0, then divides the (zero) diffs by it and every weight "

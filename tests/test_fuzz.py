@@ -11,7 +11,7 @@ import pytest
 
 from speaker.engine import try_import_pycaffe
 from tests.fuzz.makers import GENERATED_TYPES
-from tests.fuzz.runner import Engines, Score, run_seeds
+from tests.fuzz.runner import Engines, Score, case_program, run_seeds
 
 caffe, _IMPORT_ERROR = try_import_pycaffe({"MarginInnerProduct", "Normalize", "LabelSpecificAdd",
                                            "AdditiveAngularMargin"})
@@ -37,3 +37,20 @@ def test_fixed_seed_set(tmp_path):
     assert {t for t in GENERATED_TYPES if not score.type_nets[t]} == set()
     assert not score.failed, "unexplained divergences:\n  " + "\n  ".join(
         f"case {o.seed}: {o.unexplained[0]}" for o in score.failed[:20])
+
+
+def test_loss_weight_count_mutation_is_not_cleared_by_a_split():
+    """An invalid case with one loss_weight too many: Caffe's InsertSplits clears a layer's loss_weight when a weighted
+    top is read by another layer (the Split carries the weight), so any count passes there and Caffe aborts, if at
+    all, for another reason (seed 200117: an InfogainLoss under force_backward). The mutation avoids such layers."""
+    mutated = 0
+    for seed in range(200000, 200300):
+        prog = case_program(seed)
+        if not prog.invalid.endswith("counts: loss_weight"):
+            continue
+        mutated += 1
+        net = prog.net_param()
+        lp = next(lp for lp in net.layer if lp.name == prog.invalid.split("'")[1])
+        assert len(lp.loss_weight) == len(lp.top) + 1
+        assert not set(lp.top) & {b for other in net.layer if other is not lp for b in other.bottom}, seed
+    assert mutated

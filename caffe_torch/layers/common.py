@@ -85,6 +85,7 @@ class Eltwise(Layer):
         super().__init__(param, bottom_shapes, ctx)
         ep = param.eltwise_param
         self.op = ep.operation                                    # default SUM
+        self.stable_prod_grad = ep.stable_prod_grad               # default true
         self.coeff = list(ep.coeff)
         if self.coeff and self.op != _Elt.SUM:
             raise self.error("coeff is only for operation SUM")
@@ -101,6 +102,9 @@ class Eltwise(Layer):
             for c, x in zip(coeff[1:], xs[1:]):
                 y = y + (x * c if c != 1 else x)
             return y
+        if self.op == _Elt.PROD and not self.stable_prod_grad and torch.is_grad_enabled() and \
+                any(x.requires_grad for x in xs):
+            return _QuotientGradProd.apply(*xs)
         if self.op == _Elt.PROD:
             y = xs[0]
             for x in xs[1:]:
@@ -116,6 +120,24 @@ class Eltwise(Layer):
                 idx = torch.where(larger, torch.full_like(idx, j), idx)
                 best = torch.where(larger, x, best)
         return torch.stack(xs).gather(0, idx.unsqueeze(0)).squeeze(0)
+
+
+class _QuotientGradProd(torch.autograd.Function):
+    """Eltwise PROD with stable_prod_grad: false: Caffe's backward gives bottom i the diff (top / bottom_i) *
+    top_diff (caffe_div, then caffe_mul: eltwise_layer.cpp), NaN or inf where bottom_i is 0."""
+
+    @staticmethod
+    def forward(ctx, *xs):
+        y = xs[0]
+        for x in xs[1:]:
+            y = y * x
+        ctx.save_for_backward(y, *xs)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, *xs = ctx.saved_tensors
+        return tuple(y / x * g if need else None for x, need in zip(xs, ctx.needs_input_grad))
 
 
 def _broadcast_shape(x_ndim: int, axis: int, param_shape) -> tuple[int, ...]:

@@ -50,6 +50,19 @@ def _normalizer(mode: int, outer: int, inner: int, valid: torch.Tensor) -> torch
     return torch.clamp(n, min=1.0)          # Caffe: max(1, normalizer)
 
 
+class _FloorValue(torch.autograd.Function):
+    """max(x, lo) as the value, the identity as the gradient (also where x is -inf: a logit of -inf gives p = 0,
+    whose log Caffe clamps to log(FLT_MIN); x + (max(x, lo) - x).detach() would be -inf + inf = NaN there)."""
+
+    @staticmethod
+    def forward(ctx, x, lo):
+        return x.clamp(min=lo)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
 @register("SoftmaxWithLoss")
 class SoftmaxWithLoss(Layer):
     """loss = -sum over non-ignored positions of log(max(p[label], FLT_MIN)) / normaliser; softmax over
@@ -105,7 +118,7 @@ class SoftmaxWithLoss(Layer):
         safe = torch.where(valid, lab, torch.zeros_like(lab))
         picked = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
         # value as Caffe's log(max(p, FLT_MIN)); gradient of log_softmax (= p - onehot) everywhere
-        clamped = picked + (picked.clamp(min=math.log(_FLT_MIN)) - picked).detach()
+        clamped = _FloorValue.apply(picked, math.log(_FLT_MIN))
         total = -(clamped * valid.to(clamped.dtype)).sum()
         loss = total / _normalizer(self.mode, outer, inner, valid.sum()).to(total.dtype)
         if len(self.param.top) > 1:

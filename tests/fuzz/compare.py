@@ -216,6 +216,34 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program) -> dict[str, set[str
             keys.setdefault("hinge-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
         if lp.type == "Scale" and len(lp.propagate_down) and not lp.propagate_down[0] and lp.top[0] != lp.bottom[0]:
             keys.setdefault("scale-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
+    if not net.force_backward:
+        # a BatchNorm in place on a net input: its backward runs (its params) and, ignoring propagate_down, writes
+        # the input's diff, which is its top's: the top's diff divided by the standard deviation
+        inputs = set(net.input) | {t for lp in net.layer if not lp.bottom for t in lp.top}
+        keys.setdefault("ignores-propagate-down", set()).update(
+            f"blob/diff/{lp.bottom[0]}" for lp in net.layer
+            if lp.type == "BatchNorm" and lp.top[:1] == lp.bottom[:1] and lp.bottom[0] in inputs)
+    return keys
+
+
+def _unneeded_bottom_keys(net: caffe_pb2.NetParameter) -> dict[str, set[str]]:
+    """Bottom diffs that Caffe writes where its Net::Init decided the bottom needs none (a data or input blob
+    below a layer whose params make it run backward): a BatchNorm's (any bottom; quirk ignores-propagate-down),
+    a RNN's or LSTM's input x and static input (recurrent_layer.cpp back-propagates the unrolled net to them
+    unconditionally, lstm_layer.cpp's `propagate_down: true`; same quirk), a Scale's bottom 0 (its scratch;
+    scale-scratch-diff). Only a divergence where caffe_torch's diff is all zero is explained by these."""
+    keys: dict[str, set[str]] = {}
+    if net.force_backward:          # every such bottom needs backward: caffe_torch gives it its diff too
+        return keys
+    for lp in net.layer:
+        if lp.type == "BatchNorm":
+            keys.setdefault("ignores-propagate-down", set()).update(f"blob/diff/{b}" for b in lp.bottom)
+        if lp.type in ("RNN", "LSTM"):
+            hidden = {"RNN": 1, "LSTM": 2}[lp.type] if lp.recurrent_param.expose_hidden else 0
+            xs = lp.bottom[:1] + (lp.bottom[2:3] if len(lp.bottom) > 2 + hidden else [])
+            keys.setdefault("ignores-propagate-down", set()).update(f"blob/diff/{b}" for b in xs)
+        if lp.type == "Scale" and lp.top[0] != lp.bottom[0]:
+            keys.setdefault("scale-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
     return keys
 
 
@@ -236,6 +264,7 @@ def classify(prog: Program, divs: list[Divergence]) -> list[Divergence]:
     net = prog.net_param()
     quirks = _quirk_nets(net, prog)
     quirk_keys = _quirk_keys(net, prog)
+    unneeded_keys = _unneeded_bottom_keys(net)
     stale = stale_view_blobs(net)
     stale_kept = any(what == "blob" and name in stale for what, name, _, _ in prog.keep)
     solver = caffe_pb2.SolverParameter()
@@ -253,7 +282,8 @@ def classify(prog: Program, divs: list[Divergence]) -> list[Divergence]:
             d.cls = "refused-earlier"
         elif quirks and (d.what == "value" or d.what == "refusal" and HEAP_CRASH.search(d.detail)):
             d.cls = sorted(quirks)[0]
-        elif d.what == "value" and (cls := _key_quirk(quirk_keys, d)):
+        elif d.what == "value" and (cls := _key_quirk(quirk_keys, d) or
+                                    d.ours_zero and _key_quirk(unneeded_keys, d)):
             d.cls = cls
         elif stale_kept and (d.key.startswith("kept/") or d.what == "refusal"):
             d.cls = "stale-view"

@@ -117,7 +117,10 @@ def _counts(rng, net):
         return None
     lp = lps[int(rng.integers(len(lps)))]
     k = int(rng.integers(3))
-    if k == 0:
+    read = {b for other in net.layer if other is not lp for b in other.bottom}
+    # a weighted top another layer reads gets a Split, and Caffe's InsertSplits then clears the layer's
+    # loss_weight (the Split's first top carries the weight): any count would pass, so it is no mutation
+    if k == 0 and not set(lp.top) & read:
         lp.ClearField("loss_weight")
         lp.loss_weight.extend([1.0] * (len(lp.top) + 1))
         return lp, "loss_weight"

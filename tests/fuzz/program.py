@@ -2,7 +2,8 @@
 
 The program (run by tests/fuzz/script.py in each engine's worker):
   build  Net(net, phase, level, stages), or get_solver(solver) and its net (+ its test net)
-         every learnable blob set to values drawn from the case seed (caffe_facts.random_param)
+         every learnable blob (of the test net too) set to values drawn from the case seed
+         (caffe_facts.random_param)
          `keep`: .data / .diff arrays the script holds on to from here on
   fwd0   inputs of round 0 written into the input blobs (or MemoryData's set_input_arrays), net.forward()
   bwd0   net.backward(**diffs) with random diffs for the outputs that are not losses, or the same diffs
@@ -81,8 +82,11 @@ class Program:
 def stale_view_blobs(net: caffe_pb2.NetParameter) -> set[str]:
     """Blobs whose memory Caffe replaces at a forward (ShareData, set_cpu_data), so that a .data view taken
     before it dangles (caffe_facts QUIRKS: stale-view)."""
-    return {t for lp in net.layer if lp.type in STALE_VIEW_TYPES or (lp.type, len(lp.bottom), len(lp.top)) in
-            (("Concat", 1, 1), ("Slice", 1, 1)) for t in lp.top}
+    stale = {t for lp in net.layer if lp.type in STALE_VIEW_TYPES or (lp.type, len(lp.bottom), len(lp.top)) in
+             (("Concat", 1, 1), ("Slice", 1, 1)) for t in lp.top}
+    # an RNN's / LSTM's exposed hidden-state tops: its Forward_cpu ShareData's them to the unrolled net's outputs
+    return stale | {t for lp in net.layer if lp.type in ("RNN", "LSTM") and lp.recurrent_param.expose_hidden
+                    for t in lp.top[1:]}
 
 
 def draw_solver(rng: np.random.Generator, level: int, stages, test_net: bool, decay: bool = True) -> str:

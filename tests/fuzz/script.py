@@ -152,6 +152,10 @@ def run_program(caffe, prog: Program, workdir: Path, emit, net_kwargs=None) -> N
         net = caffe.Net(str(workdir / "net.prototxt"), phase, level=prog.level, stages=list(prog.stages),
                         **net_kwargs)
     _fill_params(net, prog.seed)
+    if test_net is not None:
+        # its blobs are its own until the first test shares the train net's (Caffe's ShareTrainedLayersWith in
+        # Solver::Test): filled otherwise, they would hold each engine's own filler draws
+        _fill_params(test_net, prog.seed)
     _memory_data(caffe, net, prog)
     if test_net is not None:
         _memory_data(caffe, test_net, prog)
