@@ -554,18 +554,18 @@ class Net(PycaffeNetMixin):
         self._graph_tensors = dict(self._tensors) if record else {}
         loss = self._weighted_sum(self._loss_weights)
         self._loss = loss
-        self._loss_root = loss if not self._split_loss_tops else self._weighted_sum(
-            {n: w for n, w in self._loss_weights.items() if n not in self._split_loss_tops})
         self._debug_record = debug
         if debug is not None:
             forward_debug_info(self, debug)
         return loss
 
-    def _weighted_sum(self, weights: dict[str, float]) -> torch.Tensor | None:
-        """Caffe's loss: the sum over the tops of (top values summed) x loss weight; None without loss tops."""
+    def _weighted_sum(self, weights: dict[str, float], tensors=None) -> torch.Tensor | None:
+        """Caffe's loss: the sum over the tops of (top values summed) x loss weight; None without loss tops.
+        `tensors`: the blobs to read (default the net's current tensors)."""
+        tensors = self._tensors if tensors is None else tensors
         loss = None
         for name, w in weights.items():
-            term = self._tensors[name].sum() * w
+            term = tensors.get(name, self._tensors[name]).sum() * w
             loss = term if loss is None else loss + term
         return loss
 
@@ -600,9 +600,13 @@ class Net(PycaffeNetMixin):
         written = {n: g for n, w in self._loss_weights.items()
                    if (g := self._grads.get(n)) is not None and not bool((g == w).all())}
         if not written and not (extra and set(extra) & set(self._loss_weights)):
-            if self._loss_root is not None and self._loss_root.requires_grad:    # every loss top at its weight
-                roots.append(self._loss_root)
-                seeds.append(torch.ones_like(self._loss_root))
+            root = self._loss          # every loss top at its loss weight, but those a Split reads (see __init__)
+            if self._split_loss_tops and root is not None:
+                root = self._weighted_sum({n: w for n, w in self._loss_weights.items()
+                                           if n not in self._split_loss_tops}, self._graph_tensors)
+            if root is not None and root.requires_grad:
+                roots.append(root)
+                seeds.append(torch.ones_like(root))
         else:
             for name, w in self._loss_weights.items():
                 t = self._graph_tensors.get(name, self._tensors[name])
