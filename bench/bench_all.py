@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import caffe_torch as caffe  # noqa: E402
 from bench.timing import interleaved_times  # noqa: E402
-from caffe_torch.fast import FastOptions, apply_to_solver, cpu_bf16_native, cpu_capability, tf32_scope  # noqa: E402
+from caffe_torch.fast import FastOptions, cpu_bf16_native, cpu_capability, tf32_scope  # noqa: E402
 from caffe_torch.proto import caffe_pb2  # noqa: E402
 from caffe_torch.prototxt import read_net  # noqa: E402
 from caffe_torch.solver import SGDSolver  # noqa: E402
@@ -122,10 +122,8 @@ def make_solver(param, device: torch.device, options: FastOptions | None):
     sp = text_format.Parse(SOLVER, caffe_pb2.SolverParameter())
     sp.net_param.CopyFrom(param)
     caffe.set_random_seed(0)
-    solver = SGDSolver(solver_param=sp, device=device, blob_diffs=False)     # as speaker/train.py builds it
-    if options is not None and options.any():
-        apply_to_solver(solver, options)
-    return solver
+    # as speaker/train.py builds it
+    return SGDSolver(solver_param=sp, device=device, blob_diffs=False, fast=options)
 
 
 def _fill(net, batch: int, classes: int, device, seed: int = 0) -> None:

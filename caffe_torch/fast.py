@@ -1,8 +1,12 @@
 """Opt-in speed options for caffe_torch nets (the GPU fast path). Nothing here is on by default.
 
-    from caffe_torch.fast import FastOptions, apply_to_solver
+    from caffe_torch.fast import FastOptions
     opts = FastOptions(channels_last=True, amp="bf16", tf32=True, compile=True)
-    apply_to_solver(solver, opts)          # the train net and every test net; or apply(net, opts)
+    solver = caffe_torch.SGDSolver("solver.prototxt", fast=opts)     # the train net and every test net
+    net = caffe_torch.Net("net.prototxt", caffe_torch.TEST, fast=opts)
+
+Chosen when the net is built: Net.__init__ calls prepare, layer_call and compiled_layers below, and its
+forward_range / backward_loss run inside precision_scope.
 
 - `channels_last`: convolution weights (and the convolutions' inputs) in NHWC memory order, the layout
   cuDNN's tensor-core kernels want. Same numbers (only the memory order changes; summation order inside
@@ -15,7 +19,8 @@
   trunk (e.g. res4_3p) are cast back to float32. Expected deviation: ~1e-2 relative on activations, training
   curves indistinguishable. fp16 is not offered: it needs loss scaling, which Caffe's solver does not have.
   On a CPU without native bfloat16 (no AVX512-BF16 / AMX; see `cpu_capability()`) bf16 is 15-18x *slower*
-  than fp32 (measured on an AMD EPYC: the paper net 0.09 vs 1.63 examples/s), so `apply` refuses it there.
+  than fp32 (measured on an AMD EPYC: the paper net 0.09 vs 1.63 examples/s), so a net with it is refused
+  there.
 - `tf32`: TensorFloat-32 for float32 convolutions and matrix products on Ampere+ GPUs (torch's switches are
   process-wide, so they are turned on only while this net runs its forward and backward, and restored
   after: another net or benchmark in the process keeps full fp32; no effect on the CPU). ~1e-3 relative.
@@ -220,14 +225,14 @@ class _LayerCall:
             return layer(*bottoms)
 
 
-def _stateful_layers_eager(net) -> None:
-    """Run the layers with a per-forward counter (margin annealing) outside the compiled graph: dynamo guards
-    on a Python int attribute, so a counter that changes every forward would otherwise recompile every step
-    (until torch's recompile limit, then the whole forward would run uncompiled)."""
+def _stateful_layers_eager(net, inner):
+    """A layer call that runs the layers with a per-forward counter (margin annealing) outside the compiled
+    graph (and the others through `inner`, or plainly): dynamo guards on a Python int attribute, so a counter
+    that changes every forward would otherwise recompile every step (until torch's recompile limit, then the
+    whole forward would run uncompiled). None when the net has no such layer."""
     stateful = {i for i, m in enumerate(net.modules) if m.get_state() is not None}
     if not stateful:
-        return
-    inner = net.layer_call
+        return inner
 
     def plain(i, layer, bottoms):
         return layer(*bottoms) if inner is None else inner(i, layer, bottoms)
@@ -237,92 +242,79 @@ def _stateful_layers_eager(net) -> None:
     def layer_call(i, layer, bottoms):
         return eager(i, layer, bottoms) if i in stateful else plain(i, layer, bottoms)
 
-    net.layer_call = layer_call
+    return layer_call
 
 
-def _compile_forward(net, mode) -> None:
-    """Replace net's layer loop by a compiled version that falls back to the interpreted one if compiling
-    fails: at the first forward, or at the first backward of a newly compiled graph (then that iteration's
-    forward and backward are redone interpreted, from the diffs and layer counters they started with)."""
-    eager = net._run_layers
-    eager_backward = net.backward_loss
-    kw = {} if mode is True else {"mode": mode}
-    state = {"ok": True}
-    _stateful_layers_eager(net)
-    try:
-        compiled = torch.compile(eager, **kw)
-    except Exception as exc:  # unknown mode, no compiler for this platform
-        log.warning("torch.compile unavailable for net '%s' (%s); using the interpreted forward", net.name, exc)
-        state["ok"] = False
-        compiled = eager
-    # input shapes whose compiled backward has run once (a new shape compiles a new graph and backward)
-    verified: set[tuple] = set()
-    last: dict = {}
+class CompiledLayers:
+    """A net's layer loop (Net._run_layers) compiled with torch.compile, falling back to the interpreted one if
+    compiling fails: at the first forward, or at the first backward of a newly compiled graph (then that
+    iteration's forward and backward are redone interpreted, from the diffs and layer counters they started
+    with). The net calls run_layers / backward_loss instead of its interpreted ones when it has one."""
 
-    def fail(what, exc):
-        state["ok"] = False
-        log.warning("torch.compile of net '%s' failed in %s (%s: %s); using the interpreted forward", net.name,
+    def __init__(self, net, mode):
+        self.net = net
+        self.ok = True
+        try:
+            self.compiled = torch.compile(net._run_layers, **({} if mode is True else {"mode": mode}))
+        except Exception as exc:  # unknown mode, no compiler for this platform
+            log.warning("torch.compile unavailable for net '%s' (%s); using the interpreted forward", net.name,
+                        exc)
+            self.ok = False
+        # input shapes whose compiled backward has run once (a new shape compiles a new graph and backward)
+        self.verified: set[tuple] = set()
+        # what redoing the last forward interpreted needs, should its compiled backward fail
+        self.last: dict = {}
+
+    def _fail(self, what, exc) -> None:
+        self.ok = False
+        log.warning("torch.compile of net '%s' failed in %s (%s: %s); using the interpreted forward", self.net.name,
                     what, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
 
-    def run_layers(start, end, retain_blob_diffs=False):
-        if state["ok"]:
+    def run_layers(self, start, end, retain_blob_diffs=False):
+        net = self.net
+        if self.ok:
             key = (start, end, tuple(tuple(net.blobs[n].shape) for n in net.inputs))
-            if key not in verified:
-                # what redoing this forward interpreted needs, should its compiled backward fail
-                last.update(key=key, args=(start, end, retain_blob_diffs), states=net.layer_states(),
-                            grads=[None if p.grad is None else p.grad.clone() for p, *_ in net._learnable])
+            if key not in self.verified:
+                self.last.update(key=key, args=(start, end, retain_blob_diffs), states=net.layer_states(),
+                                 grads=[None if p.grad is None else p.grad.clone() for p, *_ in net._learnable])
             else:
-                last.clear()
+                self.last.clear()
             try:
-                return compiled(start, end, retain_blob_diffs)
+                return self.compiled(start, end, retain_blob_diffs)
             except Exception as exc:  # any compiler/backend failure: run interpreted from now on
-                fail("the forward", exc)
-                if last:
-                    net.set_layer_states(last["states"])
-        return eager(start, end, retain_blob_diffs)
+                self._fail("the forward", exc)
+                if self.last:
+                    net.set_layer_states(self.last["states"])
+        return net._run_layers(start, end, retain_blob_diffs)
 
-    def backward_loss(extra=None, retain_blob_diffs=False):
-        if not (state["ok"] and last):
-            return eager_backward(extra, retain_blob_diffs)
+    def backward_loss(self, extra=None, retain_blob_diffs=False):
+        net, last = self.net, self.last
+        if not (self.ok and last):
+            return net._backward_loss(extra, retain_blob_diffs)
         try:
-            eager_backward(extra, retain_blob_diffs)
+            net._backward_loss(extra, retain_blob_diffs)
         except Exception as exc:  # the compiled backward is compiled at its first call
-            fail("the backward", exc)
+            self._fail("the backward", exc)
             for (p, *_), g in zip(net._learnable, last["grads"]):
                 p.grad = g
             net.set_layer_states(last["states"])
             net.forward_range(*last["args"])
-            eager_backward(extra, retain_blob_diffs)
+            net._backward_loss(extra, retain_blob_diffs)
         else:
-            verified.add(last["key"])
+            self.verified.add(last["key"])
         last.clear()
 
-    net._run_layers = run_layers
-    net.backward_loss = backward_loss
-    net._fast_compile_state = state
+
+def precision_scope(options: FastOptions):
+    """What a net's forward and backward run inside: TF32 on for this net only (torch's switches are
+    process-wide, restored after), or nothing."""
+    return tf32_scope() if options.tf32 else contextlib.nullcontext()
 
 
-def _tf32_for(net) -> None:
-    """TF32 on while this net runs its forward and backward only (torch's switches are process-wide)."""
-    forward, backward = net.forward_range, net.backward_loss
-
-    def forward_range(start, end, retain_blob_diffs=False):
-        with tf32_scope():
-            return forward(start, end, retain_blob_diffs)
-
-    def backward_loss(extra=None, retain_blob_diffs=False):
-        with tf32_scope():
-            return backward(extra, retain_blob_diffs)
-
-    net.forward_range, net.backward_loss = forward_range, backward_loss
-
-
-def apply(net, options: FastOptions) -> None:
-    """Apply `options` to one caffe_torch Net in place (call once, before training)."""
-    if getattr(net, "_fast_options", None) is not None:
-        raise RuntimeError(f"fast options already applied to net '{net.name}'")
+def prepare(net, options: FastOptions) -> None:
+    """The process-wide switches and weight layout `options` ask for, at the net's construction (Net calls it
+    before it builds its layer call and compiled loop)."""
     check_device(options, net.device)
-    net._fast_options = options
     if options.deterministic:
         set_deterministic(True)
     if options.channels_last:
@@ -333,17 +325,13 @@ def apply(net, options: FastOptions) -> None:
                     if w.dim() == 4:
                         # in place on the Parameter (same object: the solver, shared nets, snapshots keep it)
                         w.data = w.data.contiguous(memory_format=torch.channels_last)
-    if options.channels_last or options.amp:
-        net.layer_call = _LayerCall(net, options)
-    if options.compile:
-        _compile_forward(net, options.compile)
-    if options.tf32:
-        _tf32_for(net)
 
 
-def apply_to_solver(solver, options: FastOptions) -> None:
-    """Apply `options` to the solver's train net and test nets (their shared weights are converted once)."""
-    apply(solver.net, options)
-    for tn in solver.test_nets:
-        apply(tn, options)
-    solver.match_history_layout()          # momentum in the weights' (channels_last) memory order
+def layer_call(net, options: FastOptions):
+    """Net.layer_call for `options`: None (a plain call per layer), or f(index, layer, bottoms)."""
+    call = _LayerCall(net, options) if options.channels_last or options.amp else None
+    return _stateful_layers_eager(net, call) if options.compile else call
+
+
+def compiled_layers(net, options: FastOptions) -> CompiledLayers | None:
+    return CompiledLayers(net, options.compile) if options.compile else None

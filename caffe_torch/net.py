@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import fast as fast_options
 from . import layers as _layers  # noqa: F401  (registers the layer types)
 from .blob import Blob, _ActivationBlob, _HostSync, clear_param_diff, param_blob, reshaped_memory, share_param_data
 from .debug_info import backward_debug_info, forward_debug_info
 from .errors import LayerError, PrototxtError
+from .fast import FastOptions
 from .layers.base import BuildContext, known_types, layer_class
 from .log import install as install_glog
 from .mode import MODE
@@ -136,10 +138,12 @@ class Net(PycaffeNetMixin):
     `weights=`, `level=`, `stages=`; caffe_torch extensions: `dtype=` (default float32), `device=` (default
     from set_mode_cpu/gpu and set_device), `net_param=` (an already parsed NetParameter instead of a file),
     `record_layer_inputs=` (default True; False for a training loop's net that never runs a ranged backward:
-    its forwards then keep no per-layer records, see pycaffe_net)."""
+    its forwards then keep no per-layer records, see pycaffe_net), `fast=` (caffe_torch.fast.FastOptions:
+    channels-last, bf16 autocast, TF32, torch.compile; default none)."""
 
     def __init__(self, network_file=None, *args, phase=None, weights=None, level=0, stages=None,
-                 dtype=torch.float32, device=None, net_param=None, record_layer_inputs=True):
+                 dtype=torch.float32, device=None, net_param=None, record_layer_inputs=True,
+                 fast: FastOptions | None = None):
         if len(args) == 2:            # Net(prototxt, weights, phase)
             weights, phase = args
         elif len(args) == 1:          # Net(prototxt, phase)
@@ -163,9 +167,6 @@ class Net(PycaffeNetMixin):
         self.name = net_param.name
         self._src = src
         self._sync = _HostSync()
-        # caffe_torch.fast: None, or f(index, layer, bottoms) that runs layer `index` instead of a plain call
-        # (autocast regions, compiled layers)
-        self.layer_call = None
         # Caffe's Net(file, phase, level, stages): the file's state, with phase and level replaced by the
         # constructor's and its stages appended
         state = caffe_pb2.NetState()
@@ -182,6 +183,14 @@ class Net(PycaffeNetMixin):
         self._net_param = net_param
         self._build(net_param, state, src)
         self._init_pycaffe(record_layer_inputs)
+        # the speed options, chosen here once (caffe_torch.fast): layer_call is None or f(index, layer, bottoms)
+        # that runs layer `index` instead of a plain call (autocast regions, channels-last inputs, layers kept out
+        # of a compiled graph); _compiled is None or the compiled layer loop that forward_range and
+        # backward_loss use instead of the interpreted one
+        self.fast = fast if fast is not None else FastOptions()
+        fast_options.prepare(self, self.fast)
+        self.layer_call = fast_options.layer_call(self, self.fast)
+        self._compiled = fast_options.compiled_layers(self, self.fast)
         if weights is not None:
             self.copy_from(weights)
 
@@ -473,7 +482,11 @@ class Net(PycaffeNetMixin):
             self._last_forward = (start, end, retain_blob_diffs, self.layer_states())
         if start > 0:
             self._materialize_bottoms(start, end)
-        loss = self._run_layers(start, end, retain_blob_diffs)
+        with fast_options.precision_scope(self.fast):
+            if self._compiled is not None:
+                loss = self._compiled.run_layers(start, end, retain_blob_diffs)
+            else:
+                loss = self._run_layers(start, end, retain_blob_diffs)
         self._sync.refresh("data")          # kept views of out-of-place results follow (nothing if none kept)
         return loss
 
@@ -486,8 +499,9 @@ class Net(PycaffeNetMixin):
                     self._tensors[b] = torch.zeros(self._tensors[b].shape, dtype=self.dtype, device=self.device)
 
     def _run_layers(self, start: int, end: int, retain_blob_diffs: bool) -> torch.Tensor | None:
-        """The layer loop of forward_range (what caffe_torch.fast compiles). A forward leaves the blobs' diffs as
-        they are (Caffe's Forward writes data only): `.diff` shows the last backward's until the next one."""
+        """The layer loop of forward_range (what caffe_torch.fast.CompiledLayers compiles). A forward leaves the
+        blobs' diffs as they are (Caffe's Forward writes data only): `.diff` shows the last backward's until the
+        next one."""
         record = self.enable_backward and torch.is_grad_enabled()
         self._first_version: dict[str, torch.Tensor] = {}
         # debug_info: every layer's bottoms and tops, for Caffe's [Forward] / [Backward] lines (debug_info.py)
@@ -591,6 +605,13 @@ class Net(PycaffeNetMixin):
         """caffe_torch only: autograd from the last forward's loss tops (and `extra` {blob: diff}). Each loss top
         is seeded with its diff (Caffe's backward reads it there: its loss weight unless the script wrote
         another), or with the diff `extra` gives it."""
+        with fast_options.precision_scope(self.fast):
+            if self._compiled is not None:
+                return self._compiled.backward_loss(extra, retain_blob_diffs)
+            return self._backward_loss(extra, retain_blob_diffs)
+
+    def _backward_loss(self, extra, retain_blob_diffs: bool) -> None:
+        """backward_loss, interpreted (what a compiled forward's backward runs too: autograd through its graph)."""
         self.refuse_backward()
         self._layer_inputs.clear()          # pycaffe_net's records of the forward go with its graph
         self._sync.flush()

@@ -158,10 +158,9 @@ class PycaffeNetMixin:
         whole = start == len(self._layers) - 1 and end == 0
         if whole and self._recorded_graph():
             # every output whose layer Caffe's Net::Backward runs passes its diff on, a loss top its loss weight
-            # unless the script wrote another (backward_loss reads them); the class's backward_loss: caffe_torch.fast's
-            # compiled one serves the training loop only
+            # unless the script wrote another (backward_loss reads them)
             records = dict(self._layer_inputs)       # kept for a second (layer by layer) backward
-            type(self).backward_loss(self, retain_blob_diffs=True)
+            self.backward_loss(retain_blob_diffs=True)
             self._layer_inputs.update(records)
             self._graph_used = True
         else:

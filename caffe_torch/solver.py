@@ -31,6 +31,7 @@ import torch
 
 from .blob import set_param_diff
 from .errors import PrototxtError, WeightsError
+from .fast import FastOptions
 from .mode import set_random_seed
 from .net import TEST, TRAIN, Net
 from .opcount import host_values
@@ -138,13 +139,13 @@ class Solver(PycaffeSolverMixin):
     the per-top views of Split layers, nor the per-layer records of a ranged backward), `label_checks=`
     (default True: the loss, accuracy and margin layers check the label range, as Caffe's, which reads the
     labels on the host every forward; False for a training loop that checks its labels on the host before
-    uploading them)."""
+    uploading them), `fast=` (caffe_torch.fast.FastOptions for the train net and every test net)."""
 
     type_name = "SGD"
     n_history = 1     # history blobs per learnable blob (Adam and AdaDelta keep two)
 
     def __init__(self, solver_file=None, *, solver_param=None, dtype=torch.float32, device=None,
-                 base_dir=None, blob_diffs=True, label_checks=True):
+                 base_dir=None, blob_diffs=True, label_checks=True, fast: FastOptions | None = None):
         if solver_param is None:
             if solver_file is None:
                 raise TypeError("Solver needs a solver prototxt file (or solver_param=)")
@@ -164,6 +165,7 @@ class Solver(PycaffeSolverMixin):
         if p.random_seed >= 0:
             set_random_seed(p.random_seed)
         self.blob_diffs = bool(blob_diffs)
+        self.fast = fast
         self.net = self._make_net(TRAIN, None, dtype, device)
         for layer in self.net.modules:
             layer.check_labels = bool(label_checks)
@@ -179,7 +181,9 @@ class Solver(PycaffeSolverMixin):
         # Caffe forces lr_mult 0 on blobs a layer never learns (BatchNorm's statistics): they get no update
         # (and no weight decay), whatever the ParamSpec says.
         self._lr_mults = [lr if prm.requires_grad else 0.0 for prm, lr, _, _ in self._params]
-        # Caffe's layout: [first history of every blob..., second history of every blob...] (Adam, AdaDelta)
+        # Caffe's layout: [first history of every blob..., second history of every blob...] (Adam, AdaDelta); each
+        # in its blob's memory format (channels_last weights with `fast`), so the foreach update reads both in one
+        # order
         self.history = [torch.zeros_like(prm.data) for _ in range(self.n_history) for prm, *_ in self._params]
         # per learnable blob: is its history still all zero (then a frozen blob's update is provably zero)
         self._zero_history = [True] * len(self._params)
@@ -312,7 +316,7 @@ class Solver(PycaffeSolverMixin):
         stages = list(state.stage) if state is not None else []
         # a training loop that reads no diffs runs no ranged backward either: no per-layer records
         kw = dict(level=level, stages=stages, dtype=dtype, device=device,
-                  record_layer_inputs=phase != TRAIN or self.blob_diffs)
+                  record_layer_inputs=phase != TRAIN or self.blob_diffs, fast=self.fast)
         if kind in ("train_net_param", "net_param", "test_net_param"):
             msg = {"train_net_param": p.train_net_param, "net_param": p.net_param}.get(kind)
             if kind == "test_net_param":
@@ -520,9 +524,9 @@ class Solver(PycaffeSolverMixin):
             grads = [prm.grad for prm in params]
             if p.iter_size > 1:                                        # Normalize
                 torch._foreach_mul_(grads, 1.0 / p.iter_size)
-            if local_decay:                                            # Regularize
+            if local_decay:                                            # Regularize: diff += decay * (w or sign w)
                 decay = params if p.regularization_type == "L2" else torch._foreach_sign(params)
-                torch._foreach_add_(grads, torch._foreach_mul(decay, local_decay))
+                torch._foreach_add_(grads, decay, alpha=local_decay)  # Caffe's axpy
             self.compute_update(live, grads, self._dtype_round(rate * lr_mult))
             for i in live:
                 self._zero_history[i] = False
@@ -544,15 +548,6 @@ class Solver(PycaffeSolverMixin):
             log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale factor %g",
                      norm, p.clip_gradients, factor)
             torch._foreach_mul_(grads, factor)
-
-    def match_history_layout(self) -> None:
-        """Give every history blob its parameter's memory format (after caffe_torch.fast made convolution
-        weights channels_last), so that the foreach update reads both in one order."""
-        n = len(self._params)
-        for k, h in enumerate(self.history):
-            prm = self._params[k % n][0]
-            if h.stride() != prm.stride():
-                self.history[k] = torch.empty_like(prm).copy_(h)
 
     def _after_update(self) -> None:
         # happynear fork: optional clamping / clipping of weights after the update (off by default)

@@ -492,8 +492,13 @@ def build_solver(run: Run):
         if args.engine == "torch":
             # the loop reads no activation diff: caffe_torch keeps none after a step (pycaffe's default keeps them)
             # and the feeder checks the labels on the host: the layers read nothing back (no host sync)
+            from caffe_torch.fast import FastOptions
+
+            fast = FastOptions.from_args(args)
+            if fast.any():
+                log.info("speed options: %s", fast.describe())
             solver = caffe.get_solver(str(solver_copy), blob_diffs=False,
-                                      label_checks=not classifier_widths(run.net_param))
+                                      label_checks=not classifier_widths(run.net_param), fast=fast)
         else:
             solver = caffe.get_solver(str(solver_copy))
     except Exception as exc:
@@ -800,20 +805,14 @@ def prepare_data(run: Run, caffe, solver, cache) -> Data:
                  "nccl" if run.gpu is not None else "gloo", run.batch // ddp.world)
         ddp.attach(solver, run.batch)
     fast = FastOptions.from_args(args)
-    if fast.any():
-        from caffe_torch.fast import apply_to_solver
-
-        log.info("speed options: %s", fast.describe())
-        apply_to_solver(solver, fast)
     val = None
     if len(run.val[0]) and ddp.is_main:
         n_val = args.val_utterances or len(run.val[0])
+        # the validation net in the training net's memory layout and autocast precision (not compiled)
+        val_fast = FastOptions(channels_last=fast.channels_last, amp=fast.amp) \
+            if fast.channels_last or fast.amp else None
         val = Validator(caffe, run.net_path, solver.net, run.val[0][:n_val], run.val[1][:n_val], run.frames,
-                        args.seed, run.augment)
-        if fast.channels_last or fast.amp:
-            from caffe_torch.fast import apply
-
-            apply(val.net, FastOptions(channels_last=fast.channels_last, amp=fast.amp))
+                        args.seed, run.augment, fast=val_fast)
     rows = ddp.rows(run.batch)
     lengths = [run.train_samples[p] for p in run.train[0]] if rows is not None else None
     loader = train_loader(run.train[0], run.train[1], batch_size=run.batch, frames=run.frames, seed=args.seed,

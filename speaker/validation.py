@@ -12,12 +12,13 @@ log = logging.getLogger("train")
 class Validator:
     """The TEST net and the fixed crops; run(feed) -> (top1, top5)."""
 
-    def __init__(self, caffe, net_file: Path, train_net, paths, labels, frames, seed, augment):
+    def __init__(self, caffe, net_file: Path, train_net, paths, labels, frames, seed, augment, fast=None):
+        """`fast`: caffe_torch.fast.FastOptions for the TEST net (caffe_torch only), or None."""
         from voxdata import eval_crops
 
         from .evaluate import accuracy_input
 
-        self.net = caffe.Net(str(net_file), caffe.TEST)
+        self.net = caffe.Net(str(net_file), caffe.TEST, **({} if fast is None else {"fast": fast}))
         self.net.share_with(train_net)
         self.labels = np.asarray(labels)
         self.scores_name = accuracy_input(self.net)

@@ -195,3 +195,27 @@ def test_cli_errors(corpus, tmp_path, capsys):
     wrong = write_solver(tmp_path, SOFTMAX_HEAD.replace("{classes}", "9"), "w", name="wrong")
     assert trainAug.main(train_args(wrong, corpus, tmp_path / "r5")) == 1
     assert "num_output 9" in capsys.readouterr().err
+
+
+def test_speed_options_reach_the_training_and_validation_nets(corpus, tmp_path, monkeypatch):
+    """trainAug --channels-last: the solver's net and the validation net are built with it (caffe_torch.fast is
+    chosen when a net is built), the validation net without what only training uses; the run finishes. (That
+    channels-last gives the plain numbers is tests/test_fast.py's.)"""
+    from caffe_torch import fast
+
+    built = []
+    prepare = fast.prepare
+
+    def spy(net, options):
+        built.append((net.phase, options))
+        prepare(net, options)
+    monkeypatch.setattr(fast, "prepare", spy)
+    solver = write_solver(tmp_path, SOFTMAX_HEAD, "cl", max_iter=4)
+    run = tmp_path / "cl"
+    assert trainAug.main(train_args(solver, corpus, run, "--channels-last")) == 0
+    assert "speed options: channels_last" in (run / "train.log").read_text()
+    import caffe_torch
+    train_nets = [o for phase, o in built if phase == caffe_torch.TRAIN]
+    test_nets = [o for phase, o in built if phase == caffe_torch.TEST]
+    assert train_nets and all(o.channels_last for o in train_nets)
+    assert test_nets and all(o.channels_last and not o.compile for o in test_nets)

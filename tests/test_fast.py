@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import caffe_torch as caffe
-from caffe_torch.fast import FastOptions, apply, apply_to_solver, set_tf32, tf32_enabled
+from caffe_torch.fast import FastOptions, set_tf32, tf32_enabled
 from caffe_torch.prototxt import parse_net_text
 
 B, H, W, CLASSES = 4, 16, 33, 5
@@ -35,23 +35,21 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc6" bottom: "label" top:
 @pytest.fixture(autouse=True)
 def _bf16_allowed(monkeypatch):
     """These tests check bf16's numbers, not its speed: let it run on a CPU that emulates bfloat16 too (where
-    caffe_torch.fast.apply refuses it as 15-18x slower)."""
+    building a net with it is refused as 15-18x slower)."""
     monkeypatch.setattr("caffe_torch.fast.cpu_bf16_native", lambda cpuinfo=None: True)
 
 
-def make_solver(tmp_path):
+def make_solver(tmp_path, fast=None):
     (tmp_path / "net.prototxt").write_text(NET)
     (tmp_path / "solver.prototxt").write_text(
         'net: "net.prototxt" base_lr: 0.05 lr_policy: "fixed" momentum: 0.9 weight_decay: 0.0005 '
         'max_iter: 100 display: 0 random_seed: 5\n')
     caffe.set_mode_cpu()
-    return caffe.SGDSolver(str(tmp_path / "solver.prototxt"))
+    return caffe.SGDSolver(str(tmp_path / "solver.prototxt"), fast=fast)
 
 
 def run(tmp_path, options, iters=4):
-    solver = make_solver(tmp_path)
-    if options is not None:
-        apply_to_solver(solver, options)
+    solver = make_solver(tmp_path, options)
     gen = torch.Generator().manual_seed(3)
     losses = []
     for _ in range(iters):
@@ -128,11 +126,16 @@ def test_tf32_switch():
         _restore_tf32(old)
 
 
-def test_apply_twice_refused(tmp_path):
-    solver = make_solver(tmp_path)
-    apply(solver.net, FastOptions(channels_last=True))
-    with pytest.raises(RuntimeError, match="already"):
-        apply(solver.net, FastOptions(channels_last=True))
+def test_options_chosen_at_construction(tmp_path):
+    """Issue 21 item 6: the options are the nets' own, chosen when they are built (train and test nets, and a
+    pycaffe Net), and nothing is replaced on an instance: what a step runs is the class's code."""
+    options = FastOptions(channels_last=True, amp="bf16", tf32=True, compile=True)
+    solver = make_solver(tmp_path, options)
+    test_net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, fast=options)
+    for net in (solver.net, test_net):
+        assert net.fast is options and net.layer_call is not None and net._compiled is not None
+        assert net.params["conv1_1"][0].tensor.is_contiguous(memory_format=torch.channels_last)
+        assert not {"forward_range", "backward_loss", "_run_layers", "forward", "backward"} & set(vars(net))
 
 
 def test_defaults_untouched(tmp_path):
@@ -147,7 +150,7 @@ def test_compile_same_result(tmp_path):
     pytest.importorskip("torch._inductor")
     l0, w0, _ = run(tmp_path, None, iters=2)
     l1, w1, solver = run(tmp_path, FastOptions(compile=True), iters=2)
-    assert solver.net._fast_compile_state["ok"], "compile fell back to the interpreted forward"
+    assert solver.net._compiled.ok, "compile fell back to the interpreted forward"
     np.testing.assert_allclose(l1, l0, rtol=1e-4)
     assert max_rel(w1, w0) < 1e-4
 
@@ -163,7 +166,7 @@ def test_compile_falls_back(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(torch, "compile", broken_compile)
     with caplog.at_level("WARNING", logger="caffe_torch.fast"):
         _, w1, solver = run(tmp_path, FastOptions(compile=True), iters=2)
-    assert not solver.net._fast_compile_state["ok"]
+    assert not solver.net._compiled.ok
     assert "interpreted forward" in caplog.text
     assert max_rel(w1, w0) < 1e-6
 

@@ -9,7 +9,7 @@ import torch
 
 import caffe_torch as caffe
 from caffe_torch import fast
-from caffe_torch.fast import FastOptions, apply_to_solver, tf32_enabled
+from caffe_torch.fast import FastOptions, tf32_enabled
 
 NET = """name: "tiny"
 layer { name: "data" type: "Input" top: "data" top: "label"
@@ -23,12 +23,12 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc6" bottom: "label" top: 
 """
 
 
-def make_solver(tmp_path):
+def make_solver(tmp_path, fast=None):
     (tmp_path / "net.prototxt").write_text(NET)
     (tmp_path / "solver.prototxt").write_text(
         'net: "net.prototxt" base_lr: 0.05 lr_policy: "fixed" momentum: 0.9 max_iter: 100 random_seed: 5\n')
     caffe.set_mode_cpu()
-    return caffe.SGDSolver(str(tmp_path / "solver.prototxt"), dtype=torch.float64)
+    return caffe.SGDSolver(str(tmp_path / "solver.prototxt"), dtype=torch.float64, fast=fast)
 
 
 def train(solver, steps=3):
@@ -63,12 +63,11 @@ def test_compile_falls_back_when_the_backward_fails(tmp_path, monkeypatch, caplo
         return compiled
 
     monkeypatch.setattr(torch, "compile", compile_with_broken_backward)
-    solver = make_solver(tmp_path)
-    apply_to_solver(solver, FastOptions(compile=True))
+    solver = make_solver(tmp_path, FastOptions(compile=True))
     with caplog.at_level("WARNING", logger="caffe_torch.fast"):
         got = train(solver)
     assert "failed in the backward" in caplog.text
-    assert not solver.net._fast_compile_state["ok"]
+    assert not solver.net._compiled.ok
     for name in reference:
         for a, b in zip(reference[name], got[name]):
             np.testing.assert_allclose(b, a, rtol=1e-12)
@@ -81,14 +80,13 @@ def test_margin_counter_does_not_recompile_every_step(tmp_path, monkeypatch):
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="eager", **kw))
     dynamo.reset()
-    solver = make_solver(tmp_path)
-    apply_to_solver(solver, FastOptions(compile=True))
+    solver = make_solver(tmp_path, FastOptions(compile=True))
     dynamo.utils.counters.clear()
     train(solver, steps=2)                                  # compiles (the first shapes, the first counter)
     graphs = dynamo.utils.counters["stats"]["unique_graphs"]
     assert graphs > 0
     train(solver, steps=4)                                  # the counter changes each step: no new graphs
-    assert solver.net._fast_compile_state["ok"]
+    assert solver.net._compiled.ok
     assert dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     assert not dynamo.utils.counters["recompiles"]
     assert solver.net.layer_states() == {"fc6": 6}
@@ -99,9 +97,8 @@ def test_tf32_is_scoped_to_its_net(tmp_path):
     before = tf32_enabled()
     fast.set_tf32(False)
     try:
-        solver = make_solver(tmp_path)
+        solver = make_solver(tmp_path, FastOptions(tf32=True))
         seen = []
-        apply_to_solver(solver, FastOptions(tf32=True))
         real = solver.net._run_layers
 
         def spy(*args):
@@ -124,11 +121,10 @@ def test_bf16_refused_on_a_cpu_that_emulates_it(tmp_path, monkeypatch):
     assert fast.cpu_bf16_native(CPUINFO_SPR)
     assert "bf16 emulated" in fast.cpu_capability(CPUINFO_EPYC)
     monkeypatch.setattr(fast, "cpu_bf16_native", lambda cpuinfo=None: False)
-    solver = make_solver(tmp_path)
     with pytest.raises(ValueError, match="15-18x slower"):
-        apply_to_solver(solver, FastOptions(amp="bf16"))
+        make_solver(tmp_path, FastOptions(amp="bf16"))
     monkeypatch.setattr(fast, "cpu_bf16_native", lambda cpuinfo=None: True)
-    apply_to_solver(make_solver(tmp_path), FastOptions(amp="bf16"))
+    make_solver(tmp_path, FastOptions(amp="bf16"))
     assert FastOptions(amp="bf16").precision() == "bf16" and FastOptions(tf32=True).precision() == "tf32"
 
 
@@ -136,7 +132,7 @@ def test_deterministic_sets_torch_switches(tmp_path, monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     assert FastOptions.from_args(type("A", (), {"deterministic": True})()).deterministic
     try:
-        apply_to_solver(make_solver(tmp_path), FastOptions(deterministic=True))
+        make_solver(tmp_path, FastOptions(deterministic=True))
         assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
         assert torch.backends.cudnn.benchmark is False
         import os
@@ -171,9 +167,7 @@ def test_cuda_deterministic_resume_equals_uninterrupted(tmp_path):
             f'snapshot_prefix: "{d}/s"\n')
         caffe.set_mode_gpu()
         try:
-            s = caffe.SGDSolver(str(d / "solver.prototxt"))
-            apply_to_solver(s, FastOptions(deterministic=True))
-            return s
+            return caffe.SGDSolver(str(d / "solver.prototxt"), fast=FastOptions(deterministic=True))
         finally:
             caffe.set_mode_cpu()
     try:

@@ -5,7 +5,7 @@ arithmetic is checked by test_solver.py and the conformance suite.)"""
 import torch
 from test_step_syncs import small_solver
 
-from caffe_torch.fast import FastOptions, apply_to_solver
+from caffe_torch.fast import FastOptions
 from caffe_torch.opcount import OpCounter
 
 
@@ -65,8 +65,7 @@ def test_frozen_blob_with_a_restored_history_is_updated_as_caffe():
 
 
 def test_history_in_the_weights_memory_format_after_channels_last():
-    solver = small_solver("prototxt/demo", "lm", 4)
-    apply_to_solver(solver, FastOptions(channels_last=True))
+    solver = small_solver("prototxt/demo", "lm", 4, fast=FastOptions(channels_last=True))
     n = len(solver._params)
     convs = 0
     for k, h in enumerate(solver.history):

@@ -18,7 +18,7 @@ from caffe_torch.solver import _SOLVERS
 HEADS = ("softmax", "asoftmax", "amsoftmax", "lm", "aam")
 
 
-def small_solver(folder: str, head: str, display: int):
+def small_solver(folder: str, head: str, display: int, fast=None):
     """The prototxt's solver and net, batch 2, spectrograms 9 bins wide instead of 257; the paper net with 1/16
     of its convolutions' channels: the same layers and ops per step, far less arithmetic."""
     param = read_solver(f"{folder}/solver_{head}.prototxt")
@@ -35,7 +35,7 @@ def small_solver(folder: str, head: str, display: int):
     param.display, param.average_loss, param.snapshot, param.base_lr = display, display, 0, 1e-4
     param.ClearField("test_iter")
     param.ClearField("test_interval")
-    solver = _SOLVERS[param.type](solver_param=param, blob_diffs=False, label_checks=False)
+    solver = _SOLVERS[param.type](solver_param=param, blob_diffs=False, label_checks=False, fast=fast)
     solver.net.blobs["data"].tensor = torch.randn(solver.net.blobs["data"].shape)
     solver.net.blobs["label"].tensor = torch.tensor([0.0, 1.0]).view(2, 1, 1, 1)
     return solver

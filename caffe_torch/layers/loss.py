@@ -38,16 +38,20 @@ def check_label_range(lab: torch.Tensor, classes: int, layer: Layer, valid: torc
         raise layer.error(f"label {lab[bad][0].item()} out of range [0, {classes})")
 
 
-def _normalizer(mode: int, outer: int, inner: int, valid: torch.Tensor) -> torch.Tensor:
+def _normalizer(mode: int, outer: int, inner: int, valid):
+    """Caffe's GetNormalizer, max(1, n): a Python number, or a 0-dim tensor where it counts the non-ignored
+    labels (`valid`: their count, an int when nothing is ignored, else a tensor)."""
     if mode == _Norm.FULL:
-        n = torch.tensor(float(outer * inner))
+        n = outer * inner
     elif mode == _Norm.VALID:
-        n = valid.to(torch.float64)
+        n = valid
     elif mode == _Norm.BATCH_SIZE:
-        n = torch.tensor(float(outer))
+        n = outer
     else:  # NONE
-        n = torch.tensor(1.0)
-    return torch.clamp(n, min=1.0)          # Caffe: max(1, normalizer)
+        n = 1
+    if isinstance(n, torch.Tensor):
+        return torch.clamp(n.to(torch.float64), min=1.0)
+    return float(max(n, 1))
 
 
 class _FloorValue(torch.autograd.Function):
@@ -109,18 +113,22 @@ class SoftmaxWithLoss(Layer):
     def forward(self, x, label):
         outer, classes = count(x.shape, 0, self.axis), x.shape[self.axis]
         inner = count(x.shape, self.axis + 1)
-        logp = torch.log_softmax(x, dim=self.axis).reshape(outer, classes, inner)
-        lab = _labels(label, outer * inner, self).reshape(outer, inner)
-        valid = torch.ones_like(lab, dtype=torch.bool)
-        if self.ignore_label is not None:
-            valid = lab != self.ignore_label
+        logp = torch.log_softmax(x, dim=self.axis)
+        if logp.shape != (outer, classes, inner):      # (outer, classes, inner); a (N, classes) one stays 2-D
+            logp = logp.reshape(outer, classes, inner)
+        lab = _labels(label, outer * inner, self)                       # (outer,) or (outer, inner)
+        if logp.dim() == 3:
+            lab = lab.reshape(outer, inner)
+        # without an ignore_label every position counts: no mask (fewer ops per step on a GPU)
+        valid = None if self.ignore_label is None else lab != self.ignore_label
         check_label_range(lab, classes, self, valid)
-        safe = torch.where(valid, lab, torch.zeros_like(lab))
-        picked = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
+        safe = lab if valid is None else torch.where(valid, lab, 0)
+        picked = logp.gather(1, safe.unsqueeze(1))
         # value as Caffe's log(max(p, FLT_MIN)); gradient of log_softmax (= p - onehot) everywhere
         clamped = _FloorValue.apply(picked, math.log(_FLT_MIN))
-        total = -(clamped * valid.to(clamped.dtype)).sum()
-        loss = total / _normalizer(self.mode, outer, inner, valid.sum()).to(total.dtype)
+        total = -(clamped.sum() if valid is None else (clamped * valid.unsqueeze(1).to(clamped.dtype)).sum())
+        normalizer = _normalizer(self.mode, outer, inner, outer * inner if valid is None else valid.sum())
+        loss = total / (normalizer.to(total.dtype) if isinstance(normalizer, torch.Tensor) else normalizer)
         if len(self.param.top) > 1:
             return loss, torch.softmax(x, dim=self.axis)
         return loss
@@ -159,24 +167,32 @@ class Accuracy(Layer):
         with torch.no_grad():
             outer, classes, inner = count(x.shape, 0, self.axis), x.shape[self.axis], \
                 count(x.shape, self.axis + 1)
-            scores = x.detach().reshape(outer, classes, inner).transpose(1, 2).reshape(-1, classes)
+            scores = x.detach()
+            if inner > 1:
+                scores = scores.reshape(outer, classes, inner).transpose(1, 2).reshape(-1, classes)
+            elif scores.shape != (outer, classes):
+                scores = scores.reshape(outer, classes)
             lab = _labels(label, outer * inner, self)
-            valid = torch.ones_like(lab, dtype=torch.bool)
-            if self.ignore_label is not None:
-                valid = lab != self.ignore_label
+            # without an ignore_label every sample counts: no mask (fewer ops per step on a GPU)
+            valid = None if self.ignore_label is None else lab != self.ignore_label
             check_label_range(lab, classes, self, valid)
-            safe = torch.where(valid, lab, torch.zeros_like(lab))
-            target = scores.gather(1, safe.unsqueeze(1))
-            idx = torch.arange(classes, device=x.device).unsqueeze(0)
-            ahead = (scores > target) | ((scores == target) & (idx > safe.unsqueeze(1)))
-            correct = (ahead.sum(dim=1) < self.top_k) & valid
-            n_valid = valid.sum()
-            # Caffe 1.0 divides by the count of non-ignored samples as it is (0 / 0 = NaN if all are ignored)
-            acc = correct.sum().to(x.dtype) / n_valid.to(x.dtype)
+            column = (lab if valid is None else torch.where(valid, lab, 0)).unsqueeze(1)     # (samples, 1)
+            target = scores.gather(1, column)
+            # classes ranked ahead of the label: a higher score, or an equal score and a higher class index
+            ahead = torch.where(torch.arange(classes, device=x.device) > column, scores >= target, scores > target)
+            correct = ahead.sum(dim=1) < self.top_k
+            if valid is None:
+                acc = correct.sum(dtype=x.dtype) / (outer * inner)
+            else:
+                correct &= valid
+                # Caffe 1.0 divides by the count of non-ignored samples as it is (0 / 0 = NaN if all are ignored)
+                acc = correct.sum(dtype=x.dtype) / valid.sum(dtype=x.dtype)
             if len(self.param.top) == 1:
                 return acc
+            safe = column[:, 0]
+            counted = safe if valid is None else safe[valid]
             per_class_n = torch.zeros(classes, dtype=x.dtype, device=x.device).index_add_(
-                0, safe[valid], torch.ones_like(safe[valid], dtype=x.dtype))
+                0, counted, torch.ones_like(counted, dtype=x.dtype))
             per_class_c = torch.zeros(classes, dtype=x.dtype, device=x.device).index_add_(
                 0, safe[correct], torch.ones_like(safe[correct], dtype=x.dtype))
             per_class = torch.where(per_class_n > 0, per_class_c / per_class_n.clamp(min=1),
