@@ -155,10 +155,12 @@ QUIRKS = {q.id: q for q in [
           "blob's diff once, when the net is built, and the layer's in-place backward overwrites that diff with "
           "the bottom's, so every later backward seeds the loss with the last bottom diff instead of the weight; "
           "caffe_torch seeds it with the weight each time"),
-    Quirk("neuron-in-place-backward", "BVLC bug, not reproduced: computed in place, BNLL, Log, Power (power other "
-          "than 0 and 1) and ReLU with a negative negative_slope back-propagate from their bottom's data, which "
-          "the top has overwritten, so their gradient is that of the wrong input; caffe_torch's is the "
-          "derivative at the input"),
+    Quirk("neuron-in-place-backward", "BVLC bug, not reproduced: computed in place, BNLL, Log and ReLU with a "
+          "negative negative_slope back-propagate from their bottom's data, which the top has overwritten, so their "
+          "gradient is that of the wrong input; Power with power and scale both nonzero (any power, 1 too) writes "
+          "dy/dx into the bottom's diff, which in place is the top's, before multiplying it by the top's diff "
+          "(power_layer.cpp: caffe_set / caffe_div ... then caffe_mul(top_diff, bottom_diff)), so it gets "
+          "dy/dx squared; caffe_torch's is the derivative at the input times the top's diff"),
     Quirk("ignores-propagate-down", "BVLC bug, not reproduced: the Backward of BatchNorm, Softmax, MVN, Im2col and "
           "Flatten writes the bottom's diff even where propagate_down is false (when the layer's backward runs "
           "at all), and so do RNN and LSTM to their input x and static input (recurrent_layer.cpp back-propagates "

@@ -178,7 +178,7 @@ def _quirk_nets(net: caffe_pb2.NetParameter, prog: Program) -> set[str]:
         if lp.type == "MVN" and in_place and lp.mvn_param.normalize_variance:
             found.add("mvn-in-place-variance")
         if in_place and (lp.type in ("BNLL", "Log") or lp.type == "ReLU" and lp.relu_param.negative_slope < 0 or
-                         lp.type == "Power" and lp.power_param.power not in (0, 1) and lp.power_param.scale):
+                         lp.type == "Power" and lp.power_param.power and lp.power_param.scale):
             found.add("neuron-in-place-backward")
         if lp.type in IGNORES_PROPAGATE_DOWN and not all(lp.propagate_down):
             found.add("ignores-propagate-down")
