@@ -174,6 +174,14 @@ QUIRKS = {q.id: q for q in [
           "clipped, so with a stride larger than the kernel the last window can start past the bottom; MAX then "
           "gives -FLT_MAX with mask -1 and its backward adds the gradient at index -1 (heap corruption), AVE "
           "divides by a window of size 0"),
+    Quirk("flatten-backward-shares-diff", "BVLC bug, not reproduced: FlattenLayer::Backward_cpu makes its bottom's "
+          "diff its top's (bottom[0]->ShareDiff(*top[0]), flatten_layer.cpp) instead of copying; where that "
+          "bottom's diff was shared when it was made (the top of a one-bottom Concat, one-top Slice, Reshape or "
+          "Parameter, a RNN's or LSTM's output: ShareDiff in their Reshape), the blob, param or unrolled net it was "
+          "shared with never gets the gradient, nor does anything upstream (a Convolution under Reshape + Flatten "
+          "never learns); layers computing in place on that bottom back-propagate in the top's diff, which then "
+          "holds their bottom's (and, as a loss top, seeds the next backward with it); caffe_torch back-propagates "
+          "through Flatten as through any reshape"),
     Quirk("hinge-scratch-diff", "HingeLoss computes its forward in its bottom's diff (caffe_copy into "
           "bottom[0]->mutable_cpu_diff(), hinge_loss_layer.cpp), so after a forward that diff holds the margins "
           "until a backward overwrites it; caffe_torch leaves the diff alone"),

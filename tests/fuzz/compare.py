@@ -27,7 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 from google.protobuf import text_format
 
+from caffe_torch.errors import CaffeError, PrototxtError
+from caffe_torch.net import filter_layers, upgrade_inputs
 from caffe_torch.proto import caffe_pb2
+from caffe_torch.prototxt import Source
+from caffe_torch.splits import insert_splits
 
 from ..caffe_facts import QUIRKS, RTOL, rel_err
 from .builder import IGNORES_PROPAGATE_DOWN, SHARING_TYPES
@@ -226,6 +230,73 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program) -> dict[str, set[str
     return keys
 
 
+def _caffe_layers(net: caffe_pb2.NetParameter, prog: Program) -> list:
+    """The layers Caffe's Net::Init builds for the program's state: `input:` fields as an Input layer, filtered,
+    Split layers inserted (caffe_torch's functions for these, whose layer and blob names the fuzzer compares);
+    [] for a net they refuse."""
+    def unknown_bottom(file_index, lp, blob):
+        raise PrototxtError(blob)
+
+    param = caffe_pb2.NetParameter()
+    param.CopyFrom(net)
+    src = Source("net")
+    state = caffe_pb2.NetState(phase=prog.phase, level=prog.level, stage=prog.stages)
+    try:
+        upgrade_inputs(param, src)
+        return [lp for _, lp in insert_splits(filter_layers(param, state, src), unknown_bottom)]
+    except CaffeError:
+        return []
+
+
+def _flatten_diff_keys(net: caffe_pb2.NetParameter, prog: Program) -> tuple[set[str], tuple[str, ...]]:
+    """What the quirk flatten-backward-shares-diff explains: observation keys (a param key ending in "/*" stands for
+    all the layer's params), and the stages where it explains any value. A Flatten's Backward makes its bottom's
+    diff its top's (ShareDiff), so where that bottom blob (the version the Flatten alone reads: no Split) is the
+    top of a layer whose Reshape made its diff another's (a one-bottom Concat's, one-top Slice's, Reshape's: its
+    bottom's; Parameter's: its param's; RNN's / LSTM's first top: the unrolled net's), that other never gets the
+    gradient, nor anything upstream of it, and solver steps differ from there on; and the layers computing in
+    place on that bottom back-propagate in the top's diff (it holds their bottom's), which where the top has a loss
+    weight (Caffe's seed, written once at set-up) seeds the solver's later backwards."""
+    layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
+    keys: set[str] = set()
+    stages: set[str] = set()
+    for i, flat in enumerate(layers):
+        if flat.type != "Flatten" or not flat.bottom or not flat.top:
+            continue
+        b = flat.bottom[0]
+        writers = [lp for lp in layers[:i] if b in lp.top]
+        in_place = False
+        while writers and b in writers[-1].bottom:
+            writers.pop()
+            in_place = True
+        if in_place:
+            keys.add(f"blob/diff/{flat.top[0]}")
+            if any(flat.loss_weight[:1]):
+                stages.add("step")
+        producer = writers[-1] if writers else None
+        if producer is None or not (producer.type in DIFF_SHARING and _shared_producer(producer) or
+                                    producer.type in ("RNN", "LSTM") and producer.top[0] == b):
+            continue
+        stages.add("step")
+        upstream = producer.bottom[:1]
+        if producer.type in ("RNN", "LSTM"):       # x and the static input (not the markers, nor hidden states)
+            hidden = {"RNN": 1, "LSTM": 2}[producer.type] if producer.recurrent_param.expose_hidden else 0
+            upstream = producer.bottom[:1] + (producer.bottom[2:3] if len(producer.bottom) > 2 + hidden else [])
+        keys.add(f"param/diff/{producer.name}/*")
+        seen: set[str] = set()
+        while upstream:
+            blob = upstream.pop()
+            if blob in seen:
+                continue
+            seen.add(blob)
+            keys.add(f"blob/diff/{blob}")
+            for lp in layers[:i]:
+                if blob in lp.top:
+                    keys.add(f"param/diff/{lp.name}/*")
+                    upstream.extend(lp.bottom)
+    return keys, tuple(sorted(stages))
+
+
 def _unneeded_bottom_keys(net: caffe_pb2.NetParameter) -> dict[str, set[str]]:
     """Bottom diffs that Caffe writes where its Net::Init decided the bottom needs none (a data or input blob
     below a layer whose params make it run backward): a BatchNorm's (any bottom; quirk ignores-propagate-down),
@@ -254,7 +325,8 @@ def _key_quirk(quirk_keys: dict[str, set[str]], d: Divergence) -> str:
         if cls == "shared-blob-memory-build":
             if d.stage == "build" and key in keys:
                 return "shared-blob-memory"
-        elif key in keys or any(key.startswith(k + "_") and SPLIT_NAME.search(key) for k in keys):
+        elif key in keys or key.rsplit("/", 1)[0] + "/*" in keys or \
+                any(key.startswith(k + "_") and SPLIT_NAME.search(key) for k in keys):
             return cls
     return ""
 
@@ -265,6 +337,8 @@ def classify(prog: Program, divs: list[Divergence]) -> list[Divergence]:
     quirks = _quirk_nets(net, prog)
     quirk_keys = _quirk_keys(net, prog)
     unneeded_keys = _unneeded_bottom_keys(net)
+    flatten_keys, flatten_stages = _flatten_diff_keys(net, prog)
+    quirk_keys["flatten-backward-shares-diff"] = flatten_keys
     stale = stale_view_blobs(net)
     stale_kept = any(what == "blob" and name in stale for what, name, _, _ in prog.keep)
     solver = caffe_pb2.SolverParameter()
@@ -285,6 +359,8 @@ def classify(prog: Program, divs: list[Divergence]) -> list[Divergence]:
         elif d.what == "value" and (cls := _key_quirk(quirk_keys, d) or
                                     d.ours_zero and _key_quirk(unneeded_keys, d)):
             d.cls = cls
+        elif d.what == "value" and d.stage.startswith(flatten_stages):
+            d.cls = "flatten-backward-shares-diff"
         elif stale_kept and (d.key.startswith("kept/") or d.what == "refusal"):
             d.cls = "stale-view"
         elif d.stage.startswith("step") and d.what == "value" and "BatchNorm" in types and solver.weight_decay:
