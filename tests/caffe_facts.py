@@ -182,6 +182,10 @@ QUIRKS = {q.id: q for q in [
           "never learns); layers computing in place on that bottom back-propagate in the top's diff, which then "
           "holds their bottom's (and, as a loss top, seeds the next backward with it); caffe_torch back-propagates "
           "through Flatten as through any reshape"),
+    Quirk("relu-minus-inf", "Caffe's CPU ReLU computes max(x, 0) + negative_slope * min(x, 0) (relu_layer.cpp), "
+          "NaN for x = -inf with negative_slope 0 (0 * -inf), and the NaN spreads from there; caffe_torch gives 0, "
+          "as the cuDNN engine does (cudnnActivationForward, Caffe's default ReLU engine in a cuDNN build: "
+          "layer_factory.cpp GetReLULayer)"),
     Quirk("hinge-scratch-diff", "HingeLoss computes its forward in its bottom's diff (caffe_copy into "
           "bottom[0]->mutable_cpu_diff(), hinge_loss_layer.cpp), so after a forward that diff holds the margins "
           "until a backward overwrites it; caffe_torch leaves the diff alone"),

@@ -52,6 +52,8 @@ class Divergence:
     detail: str
     cls: str = ""       # quirk id, "refused-earlier", or "" (unexplained)
     ours_zero: bool = False            # a value divergence where caffe_torch's array is all zero
+    nan_only: bool = False             # ... where Caffe's has NaNs that caffe_torch's has not, and they agree elsewhere
+    nan_over_zero: bool = False        # ... and caffe_torch's is 0 wherever Caffe's is NaN
     refused_earlier: bool = False      # caffe_torch raised its own error before the stage where Caffe aborts
     lists: tuple = ()                  # a names divergence: (ours, Caffe's)
 
@@ -127,7 +129,11 @@ def compare_results(prog: Program, theirs: EngineResult, ours: EngineResult,
             detail = f"relative difference {err:.3g} (Caffe vs float64 {theirs_err:.3g}, ours {ours_err:.3g})"
         else:
             detail = f"relative difference {err:.3g}"
-        out.append(Divergence(stage, "value", key, detail, ours_zero=not a.any()))
+        theirs_nan = np.isnan(b) if b.dtype.kind == "f" else np.zeros(b.shape, bool)
+        nan_only = bool(theirs_nan.any()) and not np.isnan(a[~theirs_nan]).any() and \
+            rel_err(a[~theirs_nan], b[~theirs_nan]) <= RTOL
+        out.append(Divergence(stage, "value", key, detail, ours_zero=not a.any(), nan_only=nan_only,
+                              nan_over_zero=nan_only and not a[theirs_nan].any()))
     return out
 
 
@@ -345,6 +351,11 @@ def classify(prog: Program, divs: list[Divergence]) -> list[Divergence]:
     if prog.solver_text:
         text_format.Parse(prog.solver_text, solver)
     types = {lp.type for lp in net.layer}
+    # a ReLU (negative_slope 0) whose top Caffe makes NaN where caffe_torch's is 0 (an input of -inf): the NaNs
+    # then go wherever that top goes (quirk relu-minus-inf)
+    relu_keys = {f"{k}/{lp.top[0]}" for lp in net.layer if lp.type == "ReLU" and lp.top and
+                 not lp.relu_param.negative_slope for k in ("blob/data", "forward")}
+    relu_nan = any(d.nan_over_zero and d.key in relu_keys for d in divs)
     for d in divs:
         if d.what == "refusal" and "new_queue_pairs_" in d.detail:
             d.cls = "data-layer-two-nets"
@@ -359,6 +370,8 @@ def classify(prog: Program, divs: list[Divergence]) -> list[Divergence]:
         elif d.what == "value" and (cls := _key_quirk(quirk_keys, d) or
                                     d.ours_zero and _key_quirk(unneeded_keys, d)):
             d.cls = cls
+        elif d.what == "value" and relu_nan and d.nan_only:
+            d.cls = "relu-minus-inf"
         elif d.what == "value" and d.stage.startswith(flatten_stages):
             d.cls = "flatten-backward-shares-diff"
         elif stale_kept and (d.key.startswith("kept/") or d.what == "refusal"):
