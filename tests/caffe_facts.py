@@ -178,7 +178,7 @@ QUIRKS = {q.id: q for q in [
           "diff its top's (bottom[0]->ShareDiff(*top[0]), flatten_layer.cpp) instead of copying; where that "
           "bottom's diff was shared when it was made (the top of a one-bottom Concat, one-top Slice, Reshape or "
           "Parameter, a RNN's or LSTM's output: ShareDiff in their Reshape), the blob, param or unrolled net it was "
-          "shared with never gets the gradient, nor does anything upstream (a Convolution under Reshape + Flatten "
+          "shared with never gets the gradient, nor does anything upstream (an InnerProduct under Reshape + Flatten "
           "never learns); layers computing in place on that bottom back-propagate in the top's diff, which then "
           "holds their bottom's (and, as a loss top, seeds the next backward with it); caffe_torch back-propagates "
           "through Flatten as through any reshape"),
