@@ -155,10 +155,12 @@ QUIRKS = {q.id: q for q in [
           "blob's diff once, when the net is built, and the layer's in-place backward overwrites that diff with "
           "the bottom's, so every later backward seeds the loss with the last bottom diff instead of the weight; "
           "caffe_torch seeds it with the weight each time"),
-    Quirk("neuron-in-place-backward", "BVLC bug, not reproduced: computed in place, BNLL, Log, Power (power other "
-          "than 0 and 1) and ReLU with a negative negative_slope back-propagate from their bottom's data, which "
-          "the top has overwritten, so their gradient is that of the wrong input; caffe_torch's is the "
-          "derivative at the input"),
+    Quirk("neuron-in-place-backward", "BVLC bug, not reproduced: computed in place, BNLL, Log and ReLU with a "
+          "negative negative_slope back-propagate from their bottom's data, which the top has overwritten, so their "
+          "gradient is that of the wrong input; Power with power and scale both nonzero (any power, 1 too) writes "
+          "dy/dx into the bottom's diff, which in place is the top's, before multiplying it by the top's diff "
+          "(power_layer.cpp: caffe_set / caffe_div ... then caffe_mul(top_diff, bottom_diff)), so it gets "
+          "dy/dx squared; caffe_torch's is the derivative at the input times the top's diff"),
     Quirk("ignores-propagate-down", "BVLC bug, not reproduced: the Backward of BatchNorm, Softmax, MVN, Im2col and "
           "Flatten writes the bottom's diff even where propagate_down is false (when the layer's backward runs "
           "at all), and so do RNN and LSTM to their input x and static input (recurrent_layer.cpp back-propagates "
@@ -172,6 +174,18 @@ QUIRKS = {q.id: q for q in [
           "clipped, so with a stride larger than the kernel the last window can start past the bottom; MAX then "
           "gives -FLT_MAX with mask -1 and its backward adds the gradient at index -1 (heap corruption), AVE "
           "divides by a window of size 0"),
+    Quirk("flatten-backward-shares-diff", "BVLC bug, not reproduced: FlattenLayer::Backward_cpu makes its bottom's "
+          "diff its top's (bottom[0]->ShareDiff(*top[0]), flatten_layer.cpp) instead of copying; where that "
+          "bottom's diff was shared when it was made (the top of a one-bottom Concat, one-top Slice, Reshape or "
+          "Parameter, a RNN's or LSTM's output: ShareDiff in their Reshape), the blob, param or unrolled net it was "
+          "shared with never gets the gradient, nor does anything upstream (an InnerProduct under Reshape + Flatten "
+          "never learns); layers computing in place on that bottom back-propagate in the top's diff, which then "
+          "holds their bottom's (and, as a loss top, seeds the next backward with it); caffe_torch back-propagates "
+          "through Flatten as through any reshape"),
+    Quirk("relu-minus-inf", "Caffe's CPU ReLU computes max(x, 0) + negative_slope * min(x, 0) (relu_layer.cpp), "
+          "NaN for x = -inf with negative_slope 0 (0 * -inf), and the NaN spreads from there; caffe_torch gives 0, "
+          "as the cuDNN engine does (cudnnActivationForward, Caffe's default ReLU engine in a cuDNN build: "
+          "layer_factory.cpp GetReLULayer)"),
     Quirk("hinge-scratch-diff", "HingeLoss computes its forward in its bottom's diff (caffe_copy into "
           "bottom[0]->mutable_cpu_diff(), hinge_loss_layer.cpp), so after a forward that diff holds the margins "
           "until a backward overwrites it; caffe_torch leaves the diff alone"),

@@ -27,7 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 from google.protobuf import text_format
 
+from caffe_torch.errors import CaffeError, PrototxtError
+from caffe_torch.net import filter_layers, upgrade_inputs
 from caffe_torch.proto import caffe_pb2
+from caffe_torch.prototxt import Source
+from caffe_torch.splits import insert_splits
 
 from ..caffe_facts import QUIRKS, RTOL, rel_err
 from .builder import IGNORES_PROPAGATE_DOWN, SHARING_TYPES
@@ -48,6 +52,8 @@ class Divergence:
     detail: str
     cls: str = ""       # quirk id, "refused-earlier", or "" (unexplained)
     ours_zero: bool = False            # a value divergence where caffe_torch's array is all zero
+    nan_only: bool = False             # ... where Caffe's has NaNs that caffe_torch's has not, and they agree elsewhere
+    nan_over_zero: bool = False        # ... and caffe_torch's is 0 wherever Caffe's is NaN
     refused_earlier: bool = False      # caffe_torch raised its own error before the stage where Caffe aborts
     lists: tuple = ()                  # a names divergence: (ours, Caffe's)
 
@@ -123,7 +129,11 @@ def compare_results(prog: Program, theirs: EngineResult, ours: EngineResult,
             detail = f"relative difference {err:.3g} (Caffe vs float64 {theirs_err:.3g}, ours {ours_err:.3g})"
         else:
             detail = f"relative difference {err:.3g}"
-        out.append(Divergence(stage, "value", key, detail, ours_zero=not a.any()))
+        theirs_nan = np.isnan(b) if b.dtype.kind == "f" else np.zeros(b.shape, bool)
+        nan_only = bool(theirs_nan.any()) and not np.isnan(a[~theirs_nan]).any() and \
+            rel_err(a[~theirs_nan], b[~theirs_nan]) <= RTOL
+        out.append(Divergence(stage, "value", key, detail, ours_zero=not a.any(), nan_only=nan_only,
+                              nan_over_zero=nan_only and not a[theirs_nan].any()))
     return out
 
 
@@ -178,7 +188,7 @@ def _quirk_nets(net: caffe_pb2.NetParameter, prog: Program) -> set[str]:
         if lp.type == "MVN" and in_place and lp.mvn_param.normalize_variance:
             found.add("mvn-in-place-variance")
         if in_place and (lp.type in ("BNLL", "Log") or lp.type == "ReLU" and lp.relu_param.negative_slope < 0 or
-                         lp.type == "Power" and lp.power_param.power not in (0, 1) and lp.power_param.scale):
+                         lp.type == "Power" and lp.power_param.power and lp.power_param.scale):
             found.add("neuron-in-place-backward")
         if lp.type in IGNORES_PROPAGATE_DOWN and not all(lp.propagate_down):
             found.add("ignores-propagate-down")
@@ -226,6 +236,73 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program) -> dict[str, set[str
     return keys
 
 
+def _caffe_layers(net: caffe_pb2.NetParameter, prog: Program) -> list:
+    """The layers Caffe's Net::Init builds for the program's state: `input:` fields as an Input layer, filtered,
+    Split layers inserted (caffe_torch's functions for these, whose layer and blob names the fuzzer compares);
+    [] for a net they refuse."""
+    def unknown_bottom(file_index, lp, blob):
+        raise PrototxtError(blob)
+
+    param = caffe_pb2.NetParameter()
+    param.CopyFrom(net)
+    src = Source("net")
+    state = caffe_pb2.NetState(phase=prog.phase, level=prog.level, stage=prog.stages)
+    try:
+        upgrade_inputs(param, src)
+        return [lp for _, lp in insert_splits(filter_layers(param, state, src), unknown_bottom)]
+    except CaffeError:
+        return []
+
+
+def _flatten_diff_keys(net: caffe_pb2.NetParameter, prog: Program) -> tuple[set[str], tuple[str, ...]]:
+    """What the quirk flatten-backward-shares-diff explains: observation keys (a param key ending in "/*" stands for
+    all the layer's params), and the stages where it explains any value. A Flatten's Backward makes its bottom's
+    diff its top's (ShareDiff), so where that bottom blob (the version the Flatten alone reads: no Split) is the
+    top of a layer whose Reshape made its diff another's (a one-bottom Concat's, one-top Slice's, Reshape's: its
+    bottom's; Parameter's: its param's; RNN's / LSTM's first top: the unrolled net's), that other never gets the
+    gradient, nor anything upstream of it, and solver steps differ from there on; and the layers computing in
+    place on that bottom back-propagate in the top's diff (it holds their bottom's), which where the top has a loss
+    weight (Caffe's seed, written once at set-up) seeds the solver's later backwards."""
+    layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
+    keys: set[str] = set()
+    stages: set[str] = set()
+    for i, flat in enumerate(layers):
+        if flat.type != "Flatten" or not flat.bottom or not flat.top:
+            continue
+        b = flat.bottom[0]
+        writers = [lp for lp in layers[:i] if b in lp.top]
+        in_place = False
+        while writers and b in writers[-1].bottom:
+            writers.pop()
+            in_place = True
+        if in_place:
+            keys.add(f"blob/diff/{flat.top[0]}")
+            if any(flat.loss_weight[:1]):
+                stages.add("step")
+        producer = writers[-1] if writers else None
+        if producer is None or not (producer.type in DIFF_SHARING and _shared_producer(producer) or
+                                    producer.type in ("RNN", "LSTM") and producer.top[0] == b):
+            continue
+        stages.add("step")
+        upstream = producer.bottom[:1]
+        if producer.type in ("RNN", "LSTM"):       # x and the static input (not the markers, nor hidden states)
+            hidden = {"RNN": 1, "LSTM": 2}[producer.type] if producer.recurrent_param.expose_hidden else 0
+            upstream = producer.bottom[:1] + (producer.bottom[2:3] if len(producer.bottom) > 2 + hidden else [])
+        keys.add(f"param/diff/{producer.name}/*")
+        seen: set[str] = set()
+        while upstream:
+            blob = upstream.pop()
+            if blob in seen:
+                continue
+            seen.add(blob)
+            keys.add(f"blob/diff/{blob}")
+            for lp in layers[:i]:
+                if blob in lp.top:
+                    keys.add(f"param/diff/{lp.name}/*")
+                    upstream.extend(lp.bottom)
+    return keys, tuple(sorted(stages))
+
+
 def _unneeded_bottom_keys(net: caffe_pb2.NetParameter) -> dict[str, set[str]]:
     """Bottom diffs that Caffe writes where its Net::Init decided the bottom needs none (a data or input blob
     below a layer whose params make it run backward): a BatchNorm's (any bottom; quirk ignores-propagate-down),
@@ -254,7 +331,8 @@ def _key_quirk(quirk_keys: dict[str, set[str]], d: Divergence) -> str:
         if cls == "shared-blob-memory-build":
             if d.stage == "build" and key in keys:
                 return "shared-blob-memory"
-        elif key in keys or any(key.startswith(k + "_") and SPLIT_NAME.search(key) for k in keys):
+        elif key in keys or key.rsplit("/", 1)[0] + "/*" in keys or \
+                any(key.startswith(k + "_") and SPLIT_NAME.search(key) for k in keys):
             return cls
     return ""
 
@@ -265,12 +343,19 @@ def classify(prog: Program, divs: list[Divergence]) -> list[Divergence]:
     quirks = _quirk_nets(net, prog)
     quirk_keys = _quirk_keys(net, prog)
     unneeded_keys = _unneeded_bottom_keys(net)
+    flatten_keys, flatten_stages = _flatten_diff_keys(net, prog)
+    quirk_keys["flatten-backward-shares-diff"] = flatten_keys
     stale = stale_view_blobs(net)
     stale_kept = any(what == "blob" and name in stale for what, name, _, _ in prog.keep)
     solver = caffe_pb2.SolverParameter()
     if prog.solver_text:
         text_format.Parse(prog.solver_text, solver)
     types = {lp.type for lp in net.layer}
+    # a ReLU (negative_slope 0) whose top Caffe makes NaN where caffe_torch's is 0 (an input of -inf): the NaNs
+    # then go wherever that top goes (quirk relu-minus-inf)
+    relu_keys = {f"{k}/{lp.top[0]}" for lp in net.layer if lp.type == "ReLU" and lp.top and
+                 not lp.relu_param.negative_slope for k in ("blob/data", "forward")}
+    relu_nan = any(d.nan_over_zero and d.key in relu_keys for d in divs)
     for d in divs:
         if d.what == "refusal" and "new_queue_pairs_" in d.detail:
             d.cls = "data-layer-two-nets"
@@ -285,6 +370,10 @@ def classify(prog: Program, divs: list[Divergence]) -> list[Divergence]:
         elif d.what == "value" and (cls := _key_quirk(quirk_keys, d) or
                                     d.ours_zero and _key_quirk(unneeded_keys, d)):
             d.cls = cls
+        elif d.what == "value" and relu_nan and d.nan_only:
+            d.cls = "relu-minus-inf"
+        elif d.what == "value" and d.stage.startswith(flatten_stages):
+            d.cls = "flatten-backward-shares-diff"
         elif stale_kept and (d.key.startswith("kept/") or d.what == "refusal"):
             d.cls = "stale-view"
         elif d.stage.startswith("step") and d.what == "value" and "BatchNorm" in types and solver.weight_decay:

@@ -69,9 +69,9 @@ def _power(g, lp, b):
     p = lp.power_param
     positive = b.kind in ("positive", "prob")
     powers = (1.0, 2.0, 3.0, 0.0) + ((0.5, -1.0, 1.5) if positive else ())
-    if _in_place(lp):       # Caffe's backward reads the overwritten bottom unless the derivative is constant
-        powers = (1.0, 0.0)
-    if g.chance(0.8):
+    if _in_place(lp):       # Caffe's in-place backward is wrong unless dy/dx = 0 (neuron-in-place-backward)
+        powers = (0.0,)
+    if g.chance(0.8) or _in_place(lp):
         p.power = float(g.choice(powers))
     if g.chance(0.5):
         p.scale = float(g.choice((1.0, 2.0, 0.5) if positive else (1.0, 2.0, -1.0, 0.0)))
