@@ -196,10 +196,18 @@ def _quirk_nets(net: caffe_pb2.NetParameter, prog: Program) -> set[str]:
     return found
 
 
+def _leading_axes_scales(net: caffe_pb2.NetParameter) -> list:
+    """The Scale layers with a learned scale from axis 0 over at least one axis (quirk scale-leading-axes-diff: its
+    diff is written, not accumulated; a negative axis or leading axes of size 1 are not recognised here)."""
+    return [lp for lp in net.layer if lp.type == "Scale" and len(lp.bottom) == 1 and lp.scale_param.HasField("axis")
+            and lp.scale_param.axis == 0 and lp.scale_param.num_axes != 0]
+
+
 def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program) -> dict[str, set[str]]:
     """Observation keys (without the stage) that a quirk of caffe_facts explains in this net."""
     keys: dict[str, set[str]] = {}
     consumed = {b for lp in net.layer for b in lp.bottom}
+    leading_scales = _leading_axes_scales(net)
     for lp in net.layer:
         weights = [w for w in lp.loss_weight]
         if lp.type in DIFF_SHARING and _shared_producer(lp) and any(weights):
@@ -216,6 +224,13 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program) -> dict[str, set[str
             keys.setdefault("hinge-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
         if lp.type == "Scale" and len(lp.propagate_down) and not lp.propagate_down[0] and lp.top[0] != lp.bottom[0]:
             keys.setdefault("scale-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
+        if lp in leading_scales:
+            # the scale's diff, and every blob sharing its memory (ParamSpec name)
+            shared = lp.param[0].name if len(lp.param) else ""
+            keys.setdefault("scale-leading-axes-diff", set()).update(
+                f"param/diff/{other.name}/{j}" for other in net.layer for j, spec in enumerate(other.param)
+                if shared and spec.name == shared)
+            keys["scale-leading-axes-diff"].add(f"param/diff/{lp.name}/0")
     if not net.force_backward:
         # a BatchNorm in place on a net input: its backward runs (its params) and, ignoring propagate_down, writes
         # the input's diff, which is its top's: the top's diff divided by the standard deviation
@@ -289,6 +304,8 @@ def classify(prog: Program, divs: list[Divergence]) -> list[Divergence]:
             d.cls = "stale-view"
         elif d.stage.startswith("step") and d.what == "value" and "BatchNorm" in types and solver.weight_decay:
             d.cls = "batchnorm-stats-trained"
+        elif d.stage.startswith("step") and d.what == "value" and solver.iter_size > 1 and _leading_axes_scales(net):
+            d.cls = "scale-leading-axes-diff"      # the step's update misses all but the last pass's scale diff
     return divs
 
 
