@@ -524,7 +524,10 @@ class Net(PycaffeNetMixin):
                         # in place on a blob a script keeps a view of: after this forward the view's memory gets
                         # the top (blob.py's refresh), so the layer must not hold that memory as its saved input
                         # (Caffe's in-place layers keep what their backward needs, e.g. PReLU's bottom_memory_)
-                        t = t.clone()
+                        clone = t.clone()
+                        if not record and self._first_version.get(b) is t:
+                            self._first_version[b] = clone     # what a layer-by-layer backward reads (pycaffe_net)
+                        t = clone
                     bottoms.append(t if prop else t.detach())
                 if layer.is_split and not keep:
                     # implicit fan-out: the readers get the bottom tensor itself (Caffe's split tops share its
