@@ -541,6 +541,9 @@ class Net(PycaffeNetMixin):
                     out = layer(*bottoms) if self.layer_call is None else self.layer_call(i, layer, bottoms)
                 if isinstance(out, torch.Tensor):
                     out = (out,)
+                if layer.keeps_tops:
+                    out = tuple(self._tensors[t].detach() if keep and not self._tensors[t].is_meta else o
+                                for t, o, keep in zip(self.top_names[lname], out, layer.keeps_tops))
                 for tname, t in zip(self.top_names[lname], out):
                     if tname not in self.bottom_names[lname]:
                         self._first_version[tname] = t
