@@ -54,3 +54,25 @@ def test_loss_weight_count_mutation_is_not_cleared_by_a_split():
         assert len(lp.loss_weight) == len(lp.top) + 1
         assert not set(lp.top) & {b for other in net.layer if other is not lp for b in other.bottom}, seed
     assert mutated
+
+
+@pytest.mark.parametrize("scale_param, iter_size, diff_explained, step_explained", [
+    ("axis: 0", 2, True, True), ("axis: 0 num_axes: 2", 2, True, True), ("axis: 0", 1, True, False),
+    ("axis: 1", 2, False, False), ("axis: 0 num_axes: 0", 2, False, False)])
+def test_scale_leading_axes_diff_explains_only_its_scale(scale_param, iter_size, diff_explained, step_explained):
+    """Quirk scale-leading-axes-diff (seed 400297): a Scale with its learned scale from axis 0 (and more than one
+    value) has Caffe's diff written, not accumulated: its param diff diverges after a second backward, and any
+    value after a step of an iter_size > 1 solver. A Scale from axis 1, or whose scale is one value (num_axes 0),
+    accumulates in Caffe too; other layers' diffs are not explained."""
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+
+    net = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 3 dim: 2 dim: 4 } } }\n'
+           f'layer {{ name: "sc" type: "Scale" bottom: "x" top: "y" scale_param {{ {scale_param} }} }}\n'
+           'layer { name: "ip" type: "InnerProduct" bottom: "y" top: "z" inner_product_param { num_output: 2 } }\n')
+    prog = Program(net_text=net, solver_text=f'base_lr: 0.1 lr_policy: "fixed" iter_size: {iter_size}')
+    divs = classify(prog, [Divergence("bwd1", "value", "param/diff/sc/0", "relative difference 0.5"),
+                           Divergence("step1", "value", "blob/data/z", "relative difference 0.1"),
+                           Divergence("bwd1", "value", "param/diff/ip/0", "relative difference 0.5")])
+    quirk = "scale-leading-axes-diff"
+    assert [d.cls for d in divs] == [quirk if diff_explained else "", quirk if step_explained else "", ""]
