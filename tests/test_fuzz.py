@@ -7,6 +7,7 @@ is fixed, not the time: the same nets on every machine, whatever its load. Run w
 fuzzer itself for longer (`python -m tests.fuzz --budget 30m`, docs/conformance-and-fuzzing.md).
 """
 
+import numpy as np
 import pytest
 
 from speaker.engine import try_import_pycaffe
@@ -76,3 +77,22 @@ def test_scale_leading_axes_diff_explains_only_its_scale(scale_param, iter_size,
                            Divergence("bwd1", "value", "param/diff/ip/0", "relative difference 0.5")])
     quirk = "scale-leading-axes-diff"
     assert [d.cls for d in divs] == [quirk if diff_explained else "", quirk if step_explained else "", ""]
+
+
+@pytest.mark.parametrize("x_shape, scale_param, quirk", [
+    ((1, 2, 4), "", "scale-leading-axes-diff"), ((1, 2, 4), "num_axes: -1", "scale-whole-bottom-diff"),
+    ((1, 1, 4), "num_axes: 1", ""), ((3, 2, 4), "", ""), ((3, 2, 4), "axis: -3", "scale-leading-axes-diff")])
+def test_written_scale_diffs_read_the_bottoms_shape(x_shape, scale_param, quirk):
+    """With Caffe's result at hand the rule reads the bottom's shape (seed 300013: a batch of 1 under a Scale
+    from axis 1): outer_dim_ 1 and a scale of several values, or the whole bottom, is written; one value over a
+    larger bottom, or outer_dim_ > 1, accumulates."""
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+    from tests.fuzz.worker import EngineResult
+
+    net = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
+           f'layer {{ name: "sc" type: "Scale" bottom: "x" top: "y" scale_param {{ {scale_param} }} }}\n')
+    theirs = EngineResult(stages=["build"], obs={"build/blob/data/x": np.zeros(x_shape, np.float32)})
+    divs = classify(Program(net_text=net), [Divergence("bwd1", "value", "param/diff/sc/0", "relative difference 1")],
+                    theirs)
+    assert divs[0].cls == quirk
