@@ -538,7 +538,10 @@ class Net(PycaffeNetMixin):
                         # in place on a blob a script keeps a view of: after this forward the view's memory gets
                         # the top (blob.py's refresh), so the layer must not hold that memory as its saved input
                         # (Caffe's in-place layers keep what their backward needs, e.g. PReLU's bottom_memory_)
-                        t = t.clone()
+                        clone = t.clone()
+                        if not record and self._first_version.get(b) is t:
+                            self._first_version[b] = clone     # what a layer-by-layer backward reads (pycaffe_net)
+                        t = clone
                     bottoms.append(t if prop else t.detach())
                 if layer.is_split and not keep:
                     # implicit fan-out: the readers get the bottom tensor itself (Caffe's split tops share its
@@ -552,6 +555,9 @@ class Net(PycaffeNetMixin):
                     out = layer(*bottoms) if self.layer_call is None else self.layer_call(i, layer, bottoms)
                 if isinstance(out, torch.Tensor):
                     out = (out,)
+                if layer.keeps_tops:
+                    out = tuple(self._tensors[t].detach() if keep and not self._tensors[t].is_meta else o
+                                for t, o, keep in zip(self.top_names[lname], out, layer.keeps_tops))
                 for tname, t in zip(self.top_names[lname], out):
                     if tname not in self.bottom_names[lname]:
                         self._first_version[tname] = t

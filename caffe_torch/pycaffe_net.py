@@ -12,8 +12,9 @@ loss weight, and a layer with learnable blobs gets its param diffs even when no 
 - The whole net after a forward that recorded a graph: one autograd pass from the net's outputs seeded with
   those diffs (what Caffe's layer-by-layer pass computes, with the forward's own dropout masks).
 - A range (`start=` / `end=`), or a net with no recorded forward: layer by layer in reverse, each layer run
-  again on detached copies of its bottoms (the ones of its last forward when they were recorded, else the
-  blobs' current data) so that gradients stop at the range's bottoms, as Caffe's do. A stochastic layer
+  again on detached copies of its bottoms (for a bottom computed in place since, what the last forward gave
+  the layer: recorded, or in a TEST net's unrecorded forward rebuilt from the blob's first version; else the
+  blob's current data) so that gradients stop at the range's bottoms, as Caffe's do. A stochastic layer
   (Dropout) draws a new mask there, and a layer that updates state in forward (BatchNorm's running
   averages in TRAIN) updates it again: use the whole-net backward for those.
 """
@@ -203,25 +204,14 @@ class PycaffeNetMixin:
             recorded = self._layer_inputs.get(i)
             if recorded is not None and len(recorded) != len(bottom_names):
                 recorded = None
-            sources = [recorded[j] if recorded is not None and b in written_from[i] else self.blobs[b].tensor
-                       for j, b in enumerate(bottom_names)]
+            sources = [self.blobs[b].tensor if b not in written_from[i] else recorded[j] if recorded is not None
+                       else self._unrecorded_input(i, b) for j, b in enumerate(bottom_names)]
             needed = bottom_needs[i]
             bottoms = [s.detach().clone().requires_grad_(need and s.is_floating_point())
                        for s, need in zip(sources, needed)]
             params = [p for p, flag in zip(module.blobs, self._param_propagate[i]) if flag and p.requires_grad]
-            # the forward is run again for its graph only: what it moves besides (BatchNorm's statistics in TRAIN,
-            # a layer's counter) is put back, as Caffe's Backward leaves them
-            kept = [(p, p.detach().clone()) for p in module.blobs if not p.requires_grad]
-            state = module.get_state()
             with torch.enable_grad():
-                out = (module(*bottoms) if i not in self._detached_params
-                       else self._call_detached(module, self._detached_params[i], bottoms))
-            with torch.no_grad():
-                for p, value in kept:
-                    p.copy_(value)
-            if state is not None:
-                module.set_state(state)
-            outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+                outs = self._rerun_layer(i, bottoms)
             roots, seeds = [], []
             for name, t in zip(top_names, outs):
                 seed = grads[name] if name in grads else self._diff_tensor(name, t)
@@ -254,6 +244,44 @@ class PycaffeNetMixin:
             self.blobs[name].diff[...] = g.detach().cpu().numpy()
         self._sync.flush()
         self._sync.refresh("diff")          # kept param diff views show the new diffs (caffe_torch/blob.py)
+
+    def _rerun_layer(self, i: int, bottoms: list) -> tuple:
+        """Layer i's forward run again for its result (or graph) only: what it moves besides (BatchNorm's statistics
+        in TRAIN, a layer's counter) is put back, as Caffe's Backward leaves them."""
+        module = self._layers[i]
+        kept = [(p, p.detach().clone()) for p in module.blobs if not p.requires_grad]
+        state = module.get_state()
+        out = (module(*bottoms) if i not in self._detached_params
+               else self._call_detached(module, self._detached_params[i], bottoms))
+        with torch.no_grad():
+            for p, value in kept:
+                p.copy_(value)
+        if state is not None:
+            module.set_state(state)
+        return (out,) if isinstance(out, torch.Tensor) else tuple(out)
+
+    def _unrecorded_input(self, i: int, name: str) -> torch.Tensor:
+        """What blob `name` held when layer i read it in the last forward, a layer at or after i having computed it
+        in place since, for a forward that kept no records (a TEST net's: evaluation pays nothing for a backward
+        that may never come): its first version in that forward (net.py's _first_version, kept anyway) put through
+        the layers in place on it before i again (Caffe's in-place PReLU and Scale keep their input for backward
+        themselves: bottom_memory_, temp_). The blob's data now where that forward did not run layer i, or an
+        in-place layer before i reads another bottom too."""
+        current = self.blobs[name].tensor
+        if self._last_forward is None or name not in self._first_version:
+            return current
+        start, end = self._last_forward[:2]
+        if not start <= i <= end:
+            return current
+        value = self._first_version[name]
+        for k in range(start, i):
+            lname = self._layer_names[k]
+            if name in self.top_names[lname] and name in self.bottom_names[lname]:
+                if len(self.bottom_names[lname]) != 1:
+                    return current
+                with torch.no_grad():
+                    value = self._rerun_layer(k, [value])[self.top_names[lname].index(name)]
+        return value
 
     def set_input_arrays(self, data, labels) -> None:
         """pycaffe's Net.set_input_arrays: hand (N, C, H, W) data and N labels to the net's first layer, which

@@ -117,6 +117,11 @@ QUIRKS = {q.id: q for q in [
           "values as the bottom, Caffe's ScaleLayer::Backward writes the scale diff instead of adding to it "
           "(caffe_mul into the diff, scale_layer.cpp), so a second backward (iter_size > 1) drops the first "
           "one's gradient; caffe_torch accumulates as caffe.md's step() and every other layer do"),
+    Quirk("scale-leading-axes-diff", "known BVLC quirk, not reproduced: when its learned scale spans the bottom's "
+          "leading axes (outer_dim_ 1: axis 0) with more than one value, Caffe's ScaleLayer::Backward sums the scale "
+          "diff by caffe_cpu_gemv with beta 0 straight into the diff (scale_layer.cpp), writing it instead of adding "
+          "to it: a second backward, a sharer's or an iter_size > 1 step's gradient is dropped; caffe_torch "
+          "accumulates"),
     Quirk("batchnorm-stats-trained", "known bug of this build (brocolli-caffe 9.0.2): Caffe 1.0's "
           "BatchNormLayer::LayerSetUp gives its three statistics blobs lr_mult 0 (caffe_torch does the same), "
           "and Caffe 1.0's UpgradeNetBatchNorm drops the `param { lr_mult: 0 }` x3 that older prototxts carry "

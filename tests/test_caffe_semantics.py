@@ -9,7 +9,8 @@ build):
 - tops own their memory wherever Caffe's layer copies (and every `.data` / `.diff` is C-ordered);
 - Caffe's set-up CHECKs are errors naming the file, line, layer and field;
 - Split layers where Caffe's InsertSplits puts them, with its names, summed in a ranged backward;
-- the snapshot folder is checked when the solver is built.
+- the snapshot folder is checked when the solver is built;
+- a TEST net's backward reads what its in-place layers read in the forward, though that forward recorded nothing.
 """
 
 import logging
@@ -579,3 +580,48 @@ def test_snapshot_folder_is_checked_when_the_solver_is_built(tmp_path):
     s = solver_from(tmp_path, STEP_NET, f'base_lr: 0.1 lr_policy: "fixed" snapshot: 5 snapshot_prefix: '
                     f'"{tmp_path / "snap"}"')
     assert s.iter == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["file", "net.prototxt", "solver.prototxt"]
+
+
+IN_PLACE_TEST_NET = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 2 dim: 2 } } }
+layer { name: "p0" type: "PReLU" bottom: "x" top: "x" }
+layer { name: "sc" type: "Scale" bottom: "x" top: "x" }
+layer { name: "p1" type: "PReLU" bottom: "x" top: "x" }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "out" loss_weight: 1 inner_product_param { num_output: 2 } }
+"""
+
+
+@pytest.mark.parametrize("how", ["whole", "ranged", "kept-view"])
+def test_test_net_backward_reads_in_place_inputs_of_its_forward(tmp_path, how):
+    """A TEST net without force_backward records nothing in its forwards (evaluation pays nothing for a backward
+    that may never come), yet its backward, whole or ranged, must read what each in-place layer read in that
+    forward, as Caffe's in-place PReLU and Scale keep it (bottom_memory_, temp_), not the blob's overwritten data.
+    NumPy reference of the chain x -> PReLU(a) -> Scale(s) -> PReLU(b) -> InnerProduct(W), all in place on x."""
+    net = net_from(tmp_path, IN_PLACE_TEST_NET, caffe.TEST)
+    rng = np.random.default_rng(5)
+    a, s, b = (net.params[n][0] for n in ("p0", "sc", "p1"))
+    a.data[...], s.data[...], b.data[...] = [0.3, 0.5, 0.7], [-1.5, 0.8, 2.0], [0.2, 0.4, 0.9]
+    w = net.params["ip"][0].data
+    w[...] = rng.standard_normal(w.shape)
+    x = rng.standard_normal((2, 3, 2, 2)).astype(np.float32)
+    view = net.blobs["x"].data if how == "kept-view" else None       # its memory gets the forward's top
+    net.blobs["x"].data[...] = x
+    net.forward()
+    if how == "ranged":
+        net.backward(start="ip", end="sc")
+    else:
+        net.backward()
+    if view is not None:
+        np.testing.assert_array_equal(view, net.blobs["x"].data)
+    per_channel = (1, 3, 1, 1)
+    x = x.astype(np.float64)
+    y1 = np.where(x > 0, x, a.data.reshape(per_channel) * x)
+    y2 = s.data.reshape(per_channel) * y1
+    dy3 = (np.ones((2, 2)) @ w).reshape(x.shape)
+    dy2 = dy3 * np.where(y2 > 0, 1, b.data.reshape(per_channel))
+    dy1 = dy2 * s.data.reshape(per_channel)
+    # Caffe's PReLU slope diff: sum of top_diff * bottom_data over bottom_data <= 0, per channel
+    np.testing.assert_allclose(b.diff, (dy3 * y2 * (y2 <= 0)).sum((0, 2, 3)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s.diff, (dy2 * y1).sum((0, 2, 3)), rtol=1e-5, atol=1e-5)
+    da = 0 if how == "ranged" else (dy1 * x * (x <= 0)).sum((0, 2, 3))      # a range ending at sc leaves p0
+    np.testing.assert_allclose(a.diff, da, rtol=1e-5, atol=1e-5)

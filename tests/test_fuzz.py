@@ -7,6 +7,7 @@ is fixed, not the time: the same nets on every machine, whatever its load. Run w
 fuzzer itself for longer (`python -m tests.fuzz --budget 30m`, docs/conformance-and-fuzzing.md).
 """
 
+import numpy as np
 import pytest
 
 from speaker.engine import try_import_pycaffe
@@ -54,3 +55,44 @@ def test_loss_weight_count_mutation_is_not_cleared_by_a_split():
         assert len(lp.loss_weight) == len(lp.top) + 1
         assert not set(lp.top) & {b for other in net.layer if other is not lp for b in other.bottom}, seed
     assert mutated
+
+
+@pytest.mark.parametrize("scale_param, iter_size, diff_explained, step_explained", [
+    ("axis: 0", 2, True, True), ("axis: 0 num_axes: 2", 2, True, True), ("axis: 0", 1, True, False),
+    ("axis: 1", 2, False, False), ("axis: 0 num_axes: 0", 2, False, False)])
+def test_scale_leading_axes_diff_explains_only_its_scale(scale_param, iter_size, diff_explained, step_explained):
+    """Quirk scale-leading-axes-diff (seed 400297): a Scale with its learned scale from axis 0 (and more than one
+    value) has Caffe's diff written, not accumulated: its param diff diverges after a second backward, and any
+    value after a step of an iter_size > 1 solver. A Scale from axis 1, or whose scale is one value (num_axes 0),
+    accumulates in Caffe too; other layers' diffs are not explained."""
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+
+    net = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 3 dim: 2 dim: 4 } } }\n'
+           f'layer {{ name: "sc" type: "Scale" bottom: "x" top: "y" scale_param {{ {scale_param} }} }}\n'
+           'layer { name: "ip" type: "InnerProduct" bottom: "y" top: "z" inner_product_param { num_output: 2 } }\n')
+    prog = Program(net_text=net, solver_text=f'base_lr: 0.1 lr_policy: "fixed" iter_size: {iter_size}')
+    divs = classify(prog, [Divergence("bwd1", "value", "param/diff/sc/0", "relative difference 0.5"),
+                           Divergence("step1", "value", "blob/data/z", "relative difference 0.1"),
+                           Divergence("bwd1", "value", "param/diff/ip/0", "relative difference 0.5")])
+    quirk = "scale-leading-axes-diff"
+    assert [d.cls for d in divs] == [quirk if diff_explained else "", quirk if step_explained else "", ""]
+
+
+@pytest.mark.parametrize("x_shape, scale_param, quirk", [
+    ((1, 2, 4), "", "scale-leading-axes-diff"), ((1, 2, 4), "num_axes: -1", "scale-whole-bottom-diff"),
+    ((1, 1, 4), "num_axes: 1", ""), ((3, 2, 4), "", ""), ((3, 2, 4), "axis: -3", "scale-leading-axes-diff")])
+def test_written_scale_diffs_read_the_bottoms_shape(x_shape, scale_param, quirk):
+    """With Caffe's result at hand the rule reads the bottom's shape (seed 300013: a batch of 1 under a Scale
+    from axis 1): outer_dim_ 1 and a scale of several values, or the whole bottom, is written; one value over a
+    larger bottom, or outer_dim_ > 1, accumulates."""
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+    from tests.fuzz.worker import EngineResult
+
+    net = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
+           f'layer {{ name: "sc" type: "Scale" bottom: "x" top: "y" scale_param {{ {scale_param} }} }}\n')
+    theirs = EngineResult(stages=["build"], obs={"build/blob/data/x": np.zeros(x_shape, np.float32)})
+    divs = classify(Program(net_text=net), [Divergence("bwd1", "value", "param/diff/sc/0", "relative difference 1")],
+                    theirs)
+    assert divs[0].cls == quirk

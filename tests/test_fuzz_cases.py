@@ -44,7 +44,7 @@ def test_case(workers, name):
     divs = compare_results(prog, theirs, ours)
     if any(d.what == "value" for d in divs):
         divs = compare_results(prog, theirs, ours, workers["torch64"].run(text, js))
-    unexplained = [d for d in classify(prog, divs) if not d.cls]
+    unexplained = [d for d in classify(prog, divs, theirs) if not d.cls]
     assert not unexplained, f"{name}: caffe_torch differs from the stored Caffe result:\n  " + \
         "\n  ".join(map(str, unexplained[:20]))
 

@@ -41,6 +41,27 @@ def test_dummy_data_constant_and_refilled_gaussian(tmp_path):
     assert abs(second["b"].std() - 2) < 0.3 and abs(second["b"].mean()) < 0.3
 
 
+def test_dummy_data_constant_top_keeps_what_was_written_there(tmp_path):
+    """Caffe's DummyDataLayer fills a constant top once (LayerSetUp) and its Forward leaves it alone: what an
+    in-place layer or the script wrote into the blob is what the next forward starts from (real pycaffe gives
+    3, 6, 14, 28 here); a non-constant top is refilled."""
+    net = make_net(tmp_path, layer("DummyData", ["a", "g"], """dummy_data_param {
+        shape { dim: 2 dim: 3 } shape { dim: 2 }
+        data_filler { type: "constant" value: 1.5 } data_filler { type: "gaussian" std: 1 } }""") +
+        'layer { name: "p" type: "Power" bottom: "a" top: "a" power_param { scale: 2 } }\n'
+        'layer { name: "q" type: "Power" bottom: "g" top: "g" power_param { shift: 100 } }\n')
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["a"].data, np.full((2, 3), 3, np.float32))
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["a"].data, np.full((2, 3), 6, np.float32))
+    assert np.abs(net.blobs["g"].data - 100).max() < 50     # refilled, then shifted once (not twice: 200)
+    net.blobs["a"].data[...] = 7
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["a"].data, np.full((2, 3), 14, np.float32))
+    net.forward(start="p")
+    np.testing.assert_array_equal(net.blobs["a"].data, np.full((2, 3), 28, np.float32))
+
+
 def test_dummy_data_legacy_dims_and_default_zero(tmp_path):
     net = make_net(tmp_path, layer("DummyData", ["a", "b"], """dummy_data_param {
         num: 2 channels: 3 channels: 1 height: 4 width: 5 }"""))

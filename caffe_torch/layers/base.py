@@ -78,6 +78,9 @@ class Layer(nn.Module):
     is_source: bool = False
     # A Split layer (Caffe's InsertSplits): the net may hand its bottom to its readers without running it.
     is_split: bool = False
+    # Per top, whether a forward leaves it as its blob holds it (DummyData's constant tops: Caffe fills them once,
+    # so what an in-place layer or a script wrote there stays); empty: the forward gives every top.
+    keeps_tops: tuple[bool, ...] = ()
     # Caffe's label range checks (loss, accuracy and margin layers) read the labels on the host: a sync per
     # forward on a GPU. A training loop that checks its labels on the host before uploading them turns them
     # off (Solver(label_checks=False)); pycaffe calls from scripts keep them.

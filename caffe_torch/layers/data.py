@@ -62,8 +62,9 @@ class _DataLayer(Layer):
 # ------------------------------------------------------------------------------------------ DummyData
 @register("DummyData")
 class DummyData(_DataLayer):
-    """Tops filled by data_filler (default constant 0): constant fillers once, at construction; any other
-    filler anew at every forward (Caffe's refill rule)."""
+    """Tops filled by data_filler (default constant 0): constant fillers once, at construction (a forward then
+    leaves the top as its blob holds it: keeps_tops); any other filler anew at every forward (Caffe's refill
+    rule)."""
 
     num_tops = (1, None)
 
@@ -90,6 +91,7 @@ class DummyData(_DataLayer):
         fillers = list(dp.data_filler) or [caffe_pb2.FillerParameter(type="constant", value=0)]
         self.fillers = [fillers[0 if len(fillers) == 1 else i] for i in range(n_top)]
         self.constant = [self._fill(i) if f.type == "constant" else None for i, f in enumerate(self.fillers)]
+        self.keeps_tops = tuple(c is not None for c in self.constant)
 
     def _fill(self, i: int) -> torch.Tensor:
         from ..fillers import fill

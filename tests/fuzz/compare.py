@@ -206,7 +206,40 @@ def _quirk_nets(net: caffe_pb2.NetParameter, prog: Program) -> set[str]:
     return found
 
 
-def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program) -> dict[str, set[str]]:
+def _written_scale_diffs(net: caffe_pb2.NetParameter, shapes: dict[str, tuple]) -> dict[str, str]:
+    """{Scale layer: quirk} for the Scales whose learned scale's diff Caffe writes instead of adding to: those whose
+    scale starts at the bottom's first axis of size > 1 (outer_dim_ 1), unless it is one value over a larger
+    bottom (scale-leading-axes-diff; scale-whole-bottom-diff where it covers the whole bottom). `shapes`: the blobs'
+    shapes where known; without its bottom's shape a Scale counts only with an explicit `axis: 0`."""
+    found = {}
+    for lp in net.layer:
+        sp = lp.scale_param
+        if lp.type != "Scale" or len(lp.bottom) != 1:
+            continue
+        shape = shapes.get(lp.bottom[0])
+        if shape is None:
+            if sp.HasField("axis") and sp.axis == 0 and sp.num_axes != 0:
+                found[lp.name] = "scale-leading-axes-diff"
+            continue
+        axis = sp.axis % len(shape) if shape else 0
+        end = len(shape) if sp.num_axes == -1 else axis + sp.num_axes
+        outer, scale, inner = (int(np.prod(shape[a:b])) for a, b in ((0, axis), (axis, end), (end, len(shape))))
+        if outer == 1 and (inner == 1 or scale > 1):
+            found[lp.name] = "scale-whole-bottom-diff" if inner == 1 else "scale-leading-axes-diff"
+    return found
+
+
+def blob_shapes(result: EngineResult | None) -> dict[str, tuple]:
+    """{blob: shape} as an engine's first observation of each blob's data shows it."""
+    shapes: dict[str, tuple] = {}
+    for key, value in (result.obs.items() if result is not None else ()):
+        rest = key.partition("/")[2]
+        if rest.startswith("blob/data/"):
+            shapes.setdefault(rest.removeprefix("blob/data/"), tuple(np.shape(value)))
+    return shapes
+
+
+def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict[str, str]) -> dict[str, set[str]]:
     """Observation keys (without the stage) that a quirk of caffe_facts explains in this net."""
     keys: dict[str, set[str]] = {}
     consumed = {b for lp in net.layer for b in lp.bottom}
@@ -226,6 +259,13 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program) -> dict[str, set[str
             keys.setdefault("hinge-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
         if lp.type == "Scale" and len(lp.propagate_down) and not lp.propagate_down[0] and lp.top[0] != lp.bottom[0]:
             keys.setdefault("scale-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
+        if lp.name in written_scales:
+            # the scale's diff, and every blob sharing its memory (ParamSpec name)
+            shared = lp.param[0].name if len(lp.param) else ""
+            quirk = keys.setdefault(written_scales[lp.name], set())
+            quirk.update(f"param/diff/{other.name}/{j}" for other in net.layer for j, spec in enumerate(other.param)
+                         if shared and spec.name == shared)
+            quirk.add(f"param/diff/{lp.name}/0")
     if not net.force_backward:
         # a BatchNorm in place on a net input: its backward runs (its params) and, ignoring propagate_down, writes
         # the input's diff, which is its top's: the top's diff divided by the standard deviation
@@ -337,11 +377,12 @@ def _key_quirk(quirk_keys: dict[str, set[str]], d: Divergence) -> str:
     return ""
 
 
-def classify(prog: Program, divs: list[Divergence]) -> list[Divergence]:
-    """Give each divergence its class (in place; returns `divs`)."""
+def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None = None) -> list[Divergence]:
+    """Give each divergence its class (in place; returns `divs`). `theirs`: Caffe's result, for the blobs' shapes."""
     net = prog.net_param()
     quirks = _quirk_nets(net, prog)
-    quirk_keys = _quirk_keys(net, prog)
+    written_scales = _written_scale_diffs(net, blob_shapes(theirs))
+    quirk_keys = _quirk_keys(net, prog, written_scales)
     unneeded_keys = _unneeded_bottom_keys(net)
     flatten_keys, flatten_stages = _flatten_diff_keys(net, prog)
     quirk_keys["flatten-backward-shares-diff"] = flatten_keys
@@ -378,6 +419,8 @@ def classify(prog: Program, divs: list[Divergence]) -> list[Divergence]:
             d.cls = "stale-view"
         elif d.stage.startswith("step") and d.what == "value" and "BatchNorm" in types and solver.weight_decay:
             d.cls = "batchnorm-stats-trained"
+        elif d.stage.startswith("step") and d.what == "value" and solver.iter_size > 1 and written_scales:
+            d.cls = min(written_scales.values())      # the step's update misses all but the last pass's scale diff
     return divs
 
 

@@ -78,7 +78,7 @@ class Engines:
         if any(d.what == "value" for d in divs):
             ref = self.torch64.run(prog.net_text, meta)
             divs = compare_results(prog, theirs, ours, ref)
-        return classify(prog, divs), theirs, ours
+        return classify(prog, divs, theirs), theirs, ours
 
 
 def net_types(prog: Program) -> set[str]:
