@@ -139,6 +139,9 @@ QUIRKS = {q.id: q for q in [
           "top (issue #2968, never fixed in 1.0); caffe_torch builds it"),
     Quirk("sigmoid-ce-ignore-normalization", "this build's SigmoidCrossEntropyLoss predates Caffe 1.0's and "
           "ignores loss_param ignore_label / normalization; caffe_torch follows Caffe 1.0"),
+    Quirk("sigmoid-ce-legacy-num", "this build's (pre-1.0) SigmoidCrossEntropyLoss divides by bottom[0]->num(), a "
+          "legacy accessor that aborts on a bottom of more than 4 axes (forward and backward); Caffe 1.0 divides by "
+          "its normaliser (shape(0) for BATCH_SIZE), as caffe_torch does"),
     Quirk("margin-exact-gradient", "margin_inner_product_param exact_gradient is a caffe_torch extension the "
           "C++ build refuses on purpose (tests/test_caffe_build.py)"),
     Quirk("pycaffe-scalar-kwargs", "real pycaffe's net.backward(**diffs) and net.forward(**blobs) check the batch "

@@ -682,6 +682,12 @@ CASES += [
     Case("Eltwise-MAX", _layer("Eltwise", "eltwise_param { operation: MAX }", ("a", "b", "c")), E3),
     Case("Eltwise-MAX-ties", _layer("Eltwise", "eltwise_param { operation: MAX }", ("a", "b", "c")),
          tuple((n, s, "int") for n, s, _ in E3)),
+    # bottoms of other shapes but as many values: the build's Eltwise has no shape check, the top is bottom 0's
+    Case("Eltwise-SUM-other-shapes",
+         _layer("Eltwise", "eltwise_param { coeff: 2 coeff: -1 coeff: 1 }", ("a", "b", "c")),
+         (("a", (2, 3, 1, 2), "normal"), ("b", (2, 6), "normal"), ("c", (12,), "normal"))),
+    Case("Eltwise-MAX-other-shapes", _layer("Eltwise", "eltwise_param { operation: MAX }", ("a", "b")),
+         (("a", (2, 3, 2), "normal"), ("b", (2, 3, 1, 2), "normal"))),
     Case("ReLU", _layer("ReLU"), (("x", (2, 3, 4, 5), "zeros"),)),
     Case("ReLU-leaky-in-place", _layer("ReLU", "relu_param { negative_slope: 0.1 }", tops=("x",)),
          (("x", (2, 3, 4, 5), "zeros"),)),

@@ -96,3 +96,23 @@ def test_written_scale_diffs_read_the_bottoms_shape(x_shape, scale_param, quirk)
     divs = classify(Program(net_text=net), [Divergence("bwd1", "value", "param/diff/sc/0", "relative difference 1")],
                     theirs)
     assert divs[0].cls == quirk
+
+
+def test_wiring_mutation_gives_a_top_a_second_producer():
+    """An invalid case whose top duplicates another layer's: the other producer must be in the net whatever its state
+    and the top not already the layer's own. Seed 400427 drew an alternative excluded by a NetStateRule that the
+    generator gives the layer's own top, so nothing changed and Caffe aborted on the valid net (BatchReindex under
+    force_backward), naming no field."""
+    mutated = 0
+    for seed in range(400000, 400500):
+        prog = case_program(seed)
+        if " wiring: " not in prog.invalid or prog.expect_field == "nowhere":
+            continue
+        mutated += 1
+        net = prog.net_param()
+        lp = next(lp for lp in net.layer if lp.name == prog.invalid.split("'")[1])
+        others = [o for o in net.layer if o is not lp and prog.expect_field in o.top]
+        assert lp.top[0] == prog.expect_field and others, seed
+        assert any(not len(o.include) and not len(o.exclude) for o in others), seed
+    assert mutated
+    assert " wiring: " not in case_program(400427).invalid

@@ -97,8 +97,21 @@ def test_eltwise_sum_prod_max():
         gradcheck_layer(layer, [a, b, c])
     with pytest.raises(Exception, match="coeff"):
         make("Eltwise", "eltwise_param { operation: PROD coeff: 1 coeff: 1 }", [a.shape] * 2)
-    with pytest.raises(Exception, match="same shape"):
+    with pytest.raises(Exception, match="as many values"):
         make("Eltwise", "", [(3, 5), (3, 4)])
+
+
+def test_eltwise_bottoms_of_other_shapes():
+    # the build's EltwiseLayer::Reshape (shape CHECK commented out): the top takes bottom 0's shape, every bottom is
+    # read as count(bottom 0) flat values; fuzz case eltwise-other-shape-same-count checks it against the build
+    a, b, c = rnd(2, 3, 1, 1, seed=1), rnd(2, 3, seed=2), rnd(6, seed=3)
+    for op, ref in (("SUM", lambda x, y, z: x + y + z), ("PROD", lambda x, y, z: x * y * z),
+                    ("MAX", lambda x, y, z: np.maximum(np.maximum(x, y), z))):
+        layer = make("Eltwise", f"eltwise_param {{ operation: {op} }}", [a.shape, b.shape, c.shape])
+        assert layer.top_shapes([a.shape, b.shape, c.shape]) == [(2, 3, 1, 1)]
+        flat = [x.numpy().reshape(-1) for x in (a, b, c)]
+        np.testing.assert_allclose(layer(a, b, c).numpy(), ref(*flat).reshape(2, 3, 1, 1))
+        gradcheck_layer(layer, [a, b, c])
 
 
 def test_eltwise_max_tie_rule():

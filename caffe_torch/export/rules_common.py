@@ -64,15 +64,17 @@ def inner_product_torch(e: LayerExport) -> TorchForward:
 
 @onnx_rule("Eltwise")
 def eltwise(e: LayerExport) -> list[str]:
-    """SUM (with coefficients), PROD, MAX."""
+    """SUM (with coefficients), PROD, MAX; a bottom of another shape (as many values) reshaped to bottom 0's."""
     layer = e.layer
+    xs = [x if i == 0 or e.in_shapes[i] == e.in_shapes[0] else
+          e.g.reshape(x, e.static_target(), e.n(f"bottom{i}")) for i, x in enumerate(e.x)]
     if layer.op == _Elt.SUM:
-        coeff = layer.coeff or [1.0] * len(e.x)
+        coeff = layer.coeff or [1.0] * len(xs)
         terms = [x if c == 1 else e.op("Mul", [x, e.const(c, f"coeff{i}")]) for i, (x, c) in
-                 enumerate(zip(e.x, coeff))]
+                 enumerate(zip(xs, coeff))]
         op = "Sum"
     else:
-        terms, op = e.x, "Mul" if layer.op == _Elt.PROD else "Max"
+        terms, op = xs, "Mul" if layer.op == _Elt.PROD else "Max"
     if op == "Mul":
         y = terms[0]
         for i, t in enumerate(terms[1:], start=1):

@@ -26,6 +26,8 @@ class PReLU(Layer):
     """ReLU with a learned slope per channel (axis 1), or one shared slope (a 0-axis blob, as Caffe);
     slope filler default constant 0.25."""
 
+    legacy_bottoms = (0,)           # LayerSetUp: bottom[0]->channels()
+
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         pp = param.prelu_param

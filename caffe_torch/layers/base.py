@@ -96,6 +96,9 @@ class Layer(nn.Module):
     no_backward_to: tuple[int, ...] | str = ()
     backward_not_implemented: bool = False
     force_backward_skips: tuple[int, ...] = ()
+    # Bottom indices Caffe's layer reads with Blob's legacy num() / channels() / height() / width() at set-up or in
+    # its forward: they CHECK num_axes() <= 4 (blob.hpp), so a bottom of more axes aborts; refused when built.
+    legacy_bottoms: tuple[int, ...] = ()
 
     def __init__(self, param, bottom_shapes: Sequence[tuple[int, ...]], ctx: BuildContext):
         super().__init__()
@@ -111,6 +114,11 @@ class Layer(nn.Module):
         if not self.allows_in_place and param.bottom and param.bottom[0] in param.top:
             raise self.error(f"does not allow in-place computation (top '{param.bottom[0]}' is its bottom; "
                              "Caffe refuses it)")
+        for i in self.legacy_bottoms:
+            if i < len(bottom_shapes) and len(bottom_shapes[i]) > 4:
+                raise self.error(f"bottom {i} ('{param.bottom[i]}') has shape {tuple(bottom_shapes[i])}: Caffe's "
+                                 f"{self.type_name} reads it with the legacy num/channels/height/width accessors, "
+                                 "which take at most 4 axes")
 
     # ---- helpers for subclasses
     def error(self, message: str) -> LayerError:

@@ -94,11 +94,21 @@ class Eltwise(Layer):
             raise self.error("coeff is only for operation SUM")
         if self.coeff and len(self.coeff) != len(bottom_shapes):
             raise self.error(f"needs one coeff per bottom ({len(bottom_shapes)}), got {len(self.coeff)}")
-        for s in bottom_shapes[1:]:
-            if tuple(s) != tuple(bottom_shapes[0]):
-                raise self.error(f"all bottoms must have the same shape, got {bottom_shapes}")
+        self.top_shapes(bottom_shapes)
+
+    def top_shapes(self, bottom_shapes):
+        # the build's EltwiseLayer::Reshape has BVLC's shape CHECK commented out: the top takes bottom 0's shape
+        # and every bottom is read as count(bottom 0) flat values, so bottoms of other shapes but as many values
+        # are legal; with another count Caffe would read past the end of a smaller bottom, refused here
+        n = count(bottom_shapes[0])
+        for i, s in enumerate(bottom_shapes[1:], start=1):
+            if count(s) != n:
+                raise self.error(f"bottom {i} has shape {tuple(s)} ({count(s)} values), bottom 0 "
+                                 f"{tuple(bottom_shapes[0])} ({n}): all bottoms must have as many values")
+        return [tuple(bottom_shapes[0])]
 
     def forward(self, *xs):
+        xs = [xs[0]] + [x if x.shape == xs[0].shape else x.reshape(xs[0].shape) for x in xs[1:]]
         if self.op == _Elt.SUM:
             coeff = self.coeff or [1.0] * len(xs)
             y = xs[0] * coeff[0] if coeff[0] != 1 else xs[0]

@@ -60,6 +60,12 @@ class EuclideanLoss(_LossLayer):
 
     no_backward_to = ()             # both bottoms differentiable, force_backward reaches both
     force_backward_skips = ()
+    legacy_bottoms = (0,)           # Forward: bottom[0]->num()
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        if len(bottom_shapes[1]) > 4:   # Backward: bottom[i]->num() for each bottom it back-propagates to
+            self.no_backward_to = (1,)
 
     def top_shapes(self, bottom_shapes):
         shapes = super().top_shapes(bottom_shapes)
@@ -116,6 +122,7 @@ class ContrastiveLoss(_LossLayer):
 
     no_backward_to = ()             # the similarity bottom is ignored, not refused
     force_backward_skips = (2,)
+    legacy_bottoms = (0, 1, 2)      # LayerSetUp: channels(), height(), width() of all three
 
     num_bottoms = (3, 3)
 
@@ -147,6 +154,8 @@ class HingeLoss(_LossLayer):
     elsewhere; loss = sum t / N (norm L1, default) or sum t^2 / N (L2). The gradient is the derivative (0 where
     t = 0, as Caffe's sign(0))."""
 
+    legacy_bottoms = (0,)           # Forward: bottom[0]->num()
+
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         self.norm = param.hinge_loss_param.norm                 # default L1
@@ -166,6 +175,8 @@ class HingeLoss(_LossLayer):
 class MultinomialLogisticLoss(_LossLayer):
     """loss = -sum_n log(max(p[n, label_n], 1e-20)) / N over N x D probabilities; gradient
     -1 / max(p, 1e-20) / N at the label (also where the clamp is active, as Caffe's)."""
+
+    legacy_bottoms = (0, 1)         # Reshape: bottom[1]->channels() ...; Forward: bottom[0]->num()
 
     def top_shapes(self, bottom_shapes):
         shapes = super().top_shapes(bottom_shapes)
@@ -188,6 +199,7 @@ class InfogainLoss(_LossLayer):
     1 x 1 x D x D blob; caffe_torch takes any blob of D * D values."""
 
     no_backward_to = (1, 2)         # label inputs, infogain matrix input
+    legacy_bottoms = (0, 1, 2)      # Reshape: bottom[0]->num(), bottom[1]->channels() ..., H's num() ...
 
     num_bottoms = (2, 3)
 

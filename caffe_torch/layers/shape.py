@@ -132,7 +132,7 @@ class Slice(Layer):
         bounds = [0] + self.points + [dim]
         sizes = [b - a for a, b in zip(bounds, bounds[1:])]
         if any(s <= 0 for s in sizes):
-            raise self.error(f"slice points {self.points} must increase strictly within (0, {dim})")
+            raise self.error(f"slice_point {self.points} must increase strictly within (0, {dim})")
         return sizes
 
     def top_shapes(self, bottom_shapes):

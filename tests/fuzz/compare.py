@@ -404,6 +404,9 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
             d.cls = "iter-size-zero"
         elif d.what == "refusal" and "in place but changes its shape" in d.detail and "; Caffe completes" in d.detail:
             d.cls = "in-place-reshape"
+        elif d.what == "refusal" and "SigmoidCrossEntropyLoss" in types and "; Caffe aborts" in d.detail and \
+                "caffe_torch completes" in d.detail and "Cannot use legacy accessors" in d.detail:
+            d.cls = "sigmoid-ce-legacy-num"
         elif d.what == "refusal" and d.refused_earlier:
             d.cls = "refused-earlier"
         elif quirks and (d.what == "value" or d.what == "refusal" and HEAP_CRASH.search(d.detail)):

@@ -142,11 +142,13 @@ def _wiring(rng, net):
     if lp.bottom and rng.random() < 0.5:
         lp.bottom[int(rng.integers(len(lp.bottom)))] = "nowhere"
         return lp, "nowhere"
-    producers = [x for x in net.layer if x.top and x is not lp]
+    # another layer always in the net (an alternative excluded by a NetStateRule produces nothing), whose top is
+    # not already one of lp's (the generator gives such alternatives lp's own tops: no mutation then)
+    producers = [x for x in _kept(net) if x.top and x is not lp]
     if not producers or not lp.top:
         return None
     other = producers[int(rng.integers(len(producers)))]
-    if other.top[0] in lp.bottom:
+    if other.top[0] in lp.bottom or other.top[0] in lp.top:
         return None
     lp.top[0] = other.top[0]
     return lp, other.top[0]
