@@ -524,9 +524,9 @@ class Solver(PycaffeSolverMixin):
             grads = [prm.grad for prm in params]
             if p.iter_size > 1:                                        # Normalize
                 torch._foreach_mul_(grads, 1.0 / p.iter_size)
-            if local_decay:                                            # Regularize: diff += decay * (w or sign w)
+            if local_decay:                                            # Regularize
                 decay = params if p.regularization_type == "L2" else torch._foreach_sign(params)
-                torch._foreach_add_(grads, decay, alpha=local_decay)  # Caffe's axpy
+                torch._foreach_add_(grads, torch._foreach_mul(decay, local_decay))
             self.compute_update(live, grads, self._dtype_round(rate * lr_mult))
             for i in live:
                 self._zero_history[i] = False

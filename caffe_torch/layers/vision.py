@@ -355,12 +355,12 @@ class Pooling(Layer):
         if self.method == _Pool.STOCHASTIC:
             return self._stochastic(x, k, s, oh, ow, extra_h, extra_w)
         # AVE: the sum over the window clipped to the image, divided by the window clipped to the padded
-        # extent [-pad, size + pad) (Caffe's pool_size); without padding every window lies inside the image
-        # and pool_size is the kernel's area (one op)
-        if not (p[0] or p[1] or extra_h or extra_w):
-            return F.avg_pool2d(x, k, s)
-        x = F.pad(x, (p[1], extra_w, p[0], extra_h))
-        total = F.avg_pool2d(x, k, s, divisor_override=1)[:, :, :oh, :ow]
+        # extent [-pad, size + pad) (Caffe's pool_size)
+        if p[0] or p[1] or extra_h or extra_w:
+            x = F.pad(x, (p[1], extra_w, p[0], extra_h))
+        total = F.avg_pool2d(x, k, s, divisor_override=1)
+        if total.shape[2:] != (oh, ow):
+            total = total[:, :, :oh, :ow]
         return total / self._divisor(h, w, oh, ow, k, s, p, total)
 
     def _stochastic(self, x, k, s, oh, ow, extra_h, extra_w):
