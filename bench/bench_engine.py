@@ -231,6 +231,7 @@ def main(argv=None) -> int:
         # the same layers as the hand-written net: the prototxt's training Accuracy layers left out
         same = build_engine_solver(args, device, accuracy=False)
         same.net.blobs["data"].tensor, same.net.blobs["label"].tensor = x, net.blobs["label"].tensor
+        same.step(1)                    # iteration 0 displays (one read): count steps as the rows above do
         counts["engine_same_layers"] = per_step_counts(lambda: same.step(1))
     t_engine, t_torch = (statistics.median(times[name]) for name in ("engine", "torch"))
     n = args.batch
