@@ -208,6 +208,9 @@ QUIRKS = {q.id: q for q in [
           "writing it corrupts the heap. caffe_torch's views follow the blob"),
     Quirk("data-layer-two-nets", "this build's DataReader aborts (\"new_queue_pairs_.size() == 0\") when a "
           "solver's train and test nets both have a Data layer; caffe_torch runs them"),
+    Quirk("dropout-ratio-unchecked", "DropoutLayer checks 0 < dropout_ratio < 1 only with DCHECK "
+          "(dropout_layer.cpp), which a Release build leaves out: a ratio of 1 then scales by 1 / (1 - 1) = inf; "
+          "caffe_torch refuses a ratio outside [0, 1) when the net is built"),
     Quirk("iter-size-zero", "Caffe accepts iter_size: 0, then divides the (zero) diffs by it and every weight "
           "turns NaN at the first step; caffe_torch refuses it when the solver is built"),
     Quirk("in-place-reshape", "Caffe lets a layer computing in place give its top another shape (MVN's 4-D top on "

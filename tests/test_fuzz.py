@@ -116,3 +116,39 @@ def test_wiring_mutation_gives_a_top_a_second_producer():
         assert any(not len(o.include) and not len(o.exclude) for o in others), seed
     assert mutated
     assert " wiring: " not in case_program(400427).invalid
+
+
+def test_dropout_ratio_one_is_the_release_builds_quirk():
+    """Seeds 300091, 500254: the invalid case sets dropout_ratio: 1.0, which caffe_torch refuses at build and the
+    Release build runs (its only check is a DCHECK): quirk dropout-ratio-unchecked. The same refusal for another
+    mutated field, or a Caffe abort, stays unexplained."""
+    from tests.fuzz.compare import Divergence, classify
+
+    prog = case_program(500254)
+    assert prog.expect_field == "dropout_ratio"
+    detail = ("caffe_torch raises LayerError: net.prototxt:56: layer 'drop2' (type Dropout): dropout_ratio must be in "
+              "[0, 1), got 1.0 after ['nothing']; Caffe completes after ['step1']")
+    assert classify(prog, [Divergence("build", "refusal", "end", detail)])[0].cls == "dropout-ratio-unchecked"
+    aborts = detail.replace("Caffe completes", "Caffe aborts")
+    assert classify(prog, [Divergence("build", "refusal", "end", aborts)])[0].cls != "dropout-ratio-unchecked"
+    other = case_program(400427)
+    assert other.expect_field != "dropout_ratio"
+    assert classify(other, [Divergence("build", "refusal", "end", detail)])[0].cls != "dropout-ratio-unchecked"
+
+
+def test_rms_decay_mutation_breaks_only_rms_decay():
+    """Seed 420134: the rms_decay mutation landed in a solver with momentum 0.9, which RMSProp refuses first (in both
+    engines), so the demanded field was not the one that failed: the mutation now leaves no momentum."""
+    from google.protobuf import text_format
+
+    from caffe_torch.proto import caffe_pb2
+
+    mutated = 0
+    for seed in range(420000, 420400):
+        prog = case_program(seed)
+        if prog.expect_field != "rms_decay":
+            continue
+        mutated += 1
+        s = text_format.Parse(prog.solver_text, caffe_pb2.SolverParameter())
+        assert s.type == "RMSProp" and s.rms_decay == 1.5 and s.momentum == 0, seed
+    assert mutated

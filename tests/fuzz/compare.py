@@ -402,6 +402,9 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
             d.cls = "data-layer-two-nets"
         elif d.what == "refusal" and prog.expect_field == "iter_size" and "caffe_torch raises" in d.detail:
             d.cls = "iter-size-zero"
+        elif d.what == "refusal" and prog.expect_field == "dropout_ratio" and "caffe_torch raises" in d.detail and \
+                "dropout_ratio must be in [0, 1)" in d.detail and "; Caffe completes" in d.detail:
+            d.cls = "dropout-ratio-unchecked"
         elif d.what == "refusal" and "in place but changes its shape" in d.detail and "; Caffe completes" in d.detail:
             d.cls = "in-place-reshape"
         elif d.what == "refusal" and "SigmoidCrossEntropyLoss" in types and "; Caffe aborts" in d.detail and \

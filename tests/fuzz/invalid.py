@@ -262,6 +262,7 @@ def _solver(rng, prog: Program):
         field = "momentum"
     elif k == 1:
         s.type, s.rms_decay, field = "RMSProp", 1.5, "rms_decay"
+        s.ClearField("momentum")        # RMSProp refuses any momentum first (seed 420134): break one field only
     elif k == 2:
         s.ClearField("lr_policy")
         field = "lr_policy"
