@@ -229,7 +229,7 @@ def _stateful_layers_eager(net, inner):
     """A layer call that runs the layers with a per-forward counter (margin annealing) outside the compiled
     graph (and the others through `inner`, or plainly): dynamo guards on a Python int attribute, so a counter
     that changes every forward would otherwise recompile every step (until torch's recompile limit, then the
-    whole forward would run uncompiled). None when the net has no such layer."""
+    whole forward would run uncompiled). `inner` itself when the net has no such layer."""
     stateful = {i for i, m in enumerate(net.modules) if m.get_state() is not None}
     if not stateful:
         return inner
