@@ -216,52 +216,63 @@ def main(argv=None) -> int:
         model(x, label).backward()
         optimizer.step()
 
-    # same weights, same input: the two losses must agree before their speeds mean anything
+    # the same layers as the hand-written net: the prototxt's training Accuracy layers left out (same weights)
+    same = build_engine_solver(args, device, accuracy=False)
     with torch.no_grad():
-        engine_loss = float(net.forward_range(0, len(net.modules) - 1))
+        for name, blobs in net.params.items():
+            for mine, theirs in zip(same.net.params[name], blobs):
+                mine.tensor.copy_(theirs.tensor)
+    same.net.blobs["data"].tensor, same.net.blobs["label"].tensor = x, net.blobs["label"].tensor
+
+    # same weights, same input: the losses must agree before their speeds mean anything
+    with torch.no_grad():
         torch_loss = float(model(x, label))
-    if abs(engine_loss - torch_loss) > 1e-3 * max(1.0, abs(torch_loss)):
-        print(f"loss mismatch: engine {engine_loss} vs hand-written {torch_loss}", file=sys.stderr)
-        return 1
+        for engine_net in (net, same.net):
+            engine_loss = float(engine_net.forward_range(0, len(engine_net.modules) - 1))
+            if abs(engine_loss - torch_loss) > 1e-3 * max(1.0, abs(torch_loss)):
+                print(f"loss mismatch: engine {engine_loss} vs hand-written {torch_loss}", file=sys.stderr)
+                return 1
+
+    def engine_same_step():
+        same.step(1)
 
     with tf32_scope(False):            # fp32 as it says, whatever torch's cuDNN default
-        times = interleaved_times({"engine": engine_step, "torch": torch_step}, args.iters, warmup=args.warmup,
-                                  sync=sync)
-        counts = {"engine": per_step_counts(engine_step), "torch": per_step_counts(torch_step)}
-        # the same layers as the hand-written net: the prototxt's training Accuracy layers left out
-        same = build_engine_solver(args, device, accuracy=False)
-        same.net.blobs["data"].tensor, same.net.blobs["label"].tensor = x, net.blobs["label"].tensor
-        same.step(1)                    # iteration 0 displays (one read): count steps as the rows above do
-        counts["engine_same_layers"] = per_step_counts(lambda: same.step(1))
-    t_engine, t_torch = (statistics.median(times[name]) for name in ("engine", "torch"))
+        times = interleaved_times({"engine": engine_step, "engine_same_layers": engine_same_step,
+                                   "torch": torch_step}, args.iters, warmup=args.warmup, sync=sync, alternate=True)
+        counts = {name: per_step_counts(step) for name, step in
+                  (("engine", engine_step), ("engine_same_layers", engine_same_step), ("torch", torch_step))}
+    t_engine, t_same, t_torch = (statistics.median(times[name]) for name in ("engine", "engine_same_layers", "torch"))
     n = args.batch
     result = {
         "device": str(device), "threads": torch.get_num_threads(), "batch": args.batch, "iters": args.iters,
         "input": [1, args.frames, args.freq], "loss": engine_loss, "precision": "fp32 (TF32 off)",
         "cpu": cpu_capability(), "timing": "median of alternating iterations",
         "engine_examples_per_s": n / t_engine, "torch_examples_per_s": n / t_torch,
-        "ratio_engine_over_torch": t_torch / t_engine,
-        "engine_aten_ops_per_step": counts["engine"][0], "torch_aten_ops_per_step": counts["torch"][0],
-        "engine_syncs_per_step": counts["engine"][1], "torch_syncs_per_step": counts["torch"][1],
-        "engine_same_layers_aten_ops_per_step": counts["engine_same_layers"][0],
+        "engine_same_layers_examples_per_s": n / t_same,
+        "ratio_engine_over_torch": t_torch / t_engine, "ratio_engine_same_layers_over_torch": t_torch / t_same,
         "display": solver.param.display,
-        "note": "engine includes its top1/top5 Accuracy layers, as in training" if "top1Accuracy" in
-        net._layer_names else "",
+        "note": "engine: the prototxt as trained (its top1/top5 Accuracy layers included); engine_same_layers: "
+                "without them, the hand-written net's layers" if "top1Accuracy" in net._layer_names else "",
     }
+    for name in ("engine", "engine_same_layers", "torch"):
+        result[f"{name}_aten_ops_per_step"], result[f"{name}_syncs_per_step"] = counts[name]
     print(f"ResNet-20 training step (forward, backward, SGD update), batch {args.batch} x 1 x {args.frames} x "
           f"{args.freq}, median of {args.iters} alternating iters after {args.warmup} warm-up, {device} "
           f"({result['threads']} threads), fp32; CPU {result['cpu']}")
-    for name, label in (("engine", "caffe_torch engine"), ("torch", "hand-written torch")):
-        print(f"  {label} : {result[f'{name}_examples_per_s']:8.2f} examples/s, "
-              f"{result[f'{name}_aten_ops_per_step']:7.1f} aten ops/step, "
-              f"{result[f'{name}_syncs_per_step']:.3f} host syncs/step")
-    if "top1Accuracy" in net._layer_names:
-        print(f"  engine without its Accuracy layers (the hand-written net's layers): "
-              f"{result['engine_same_layers_aten_ops_per_step']:.1f} aten ops/step, ratio "
-              f"{result['engine_same_layers_aten_ops_per_step'] / result['torch_aten_ops_per_step']:.3f}")
-    print(f"  ratio engine/torch : {result['ratio_engine_over_torch']:8.3f} (throughput), "
-          f"{result['engine_aten_ops_per_step'] / result['torch_aten_ops_per_step']:.3f} (aten ops); the engine "
-          f"reads the loss every {solver.param.display} steps (display)")
+    rows = (("engine", "caffe_torch engine, prototxt as trained", "ratio_engine_over_torch"),
+            ("engine_same_layers", "caffe_torch engine, no Accuracy layers", "ratio_engine_same_layers_over_torch"),
+            ("torch", "hand-written torch", None))
+    for name, label, ratio in rows:
+        if name == "engine_same_layers" and "top1Accuracy" not in net._layer_names:
+            continue
+        line = (f"  {label:40}: {result[f'{name}_examples_per_s']:8.2f} examples/s, "
+                f"{result[f'{name}_aten_ops_per_step']:7.1f} aten ops/step, "
+                f"{result[f'{name}_syncs_per_step']:.3f} host syncs/step")
+        if ratio:
+            line += (f"; vs hand-written {result[ratio]:.3f} (throughput), "
+                     f"{result[f'{name}_aten_ops_per_step'] / result['torch_aten_ops_per_step']:.3f} (aten ops)")
+        print(line)
+    print(f"  the engine reads the loss every {solver.param.display} steps (display)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
