@@ -217,5 +217,14 @@ QUIRKS = {q.id: q for q in [
           "a 2-D bottom, ...): Blob::Reshape then reshapes the bottom blob itself at set-up, so every earlier "
           "reader of that blob sees the new shape from the next forward on (a Slice aborts); caffe_torch refuses "
           "such a net at construction, naming the layer and the top (give the top another name)"),
+    Quirk("parameter-top-diff", "BVLC bug, not reproduced: ParameterLayer::Forward_cpu makes its top's diff the "
+          "param's (top[0]->ShareDiff(*blobs_[0]), parameter_layer.hpp). So a loss_weight on that top is lost at the "
+          "first forward (Layer::SetLossWeights wrote the weight into the top's own diff, which the ShareDiff "
+          "replaces; Layer::Forward then dots the top with the param's diff) and the param never learns from it; "
+          "and the layer reading the top (a Split where it has several readers: split_layer.cpp caffe_copy / "
+          "caffe_add) writes the param's diff in its backward instead of adding to it, so over iter_size > 1 passes "
+          "(or two net.backward() calls) only the last pass's gradient is kept. caffe_torch gives the param the "
+          "loss weight's gradient and accumulates its diff (caffe.md: any top can carry a loss_weight; step() "
+          "accumulates the iter_size passes' diffs)"),
     Quirk("scale-min-max", "happynear's Scale min_value / max_value: the build's ScaleParameter lacks them"),
 ]}

@@ -152,3 +152,67 @@ def test_rms_decay_mutation_breaks_only_rms_decay():
         s = text_format.Parse(prog.solver_text, caffe_pb2.SolverParameter())
         assert s.type == "RMSProp" and s.rms_decay == 1.5 and s.momentum == 0, seed
     assert mutated
+
+
+PARAMETER_NET = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+                 'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "z"\n'
+                 '        inner_product_param { num_output: 2 } }\n'
+                 'layer { name: "p" type: "Parameter" top: "p" {weight} parameter_param { shape { dim: 2 dim: 3 } } }\n'
+                 '{reader}')
+
+
+@pytest.mark.parametrize("weight, reader, iter_size, step_explained", [
+    ("loss_weight: 2", "", 1, True),
+    ("", 'layer { name: "pw" type: "Power" bottom: "p" top: "y" loss_weight: 1 }\n', 2, True),
+    ("", 'layer { name: "pw" type: "Power" bottom: "p" top: "y" loss_weight: 1 }\n', 1, False),
+    ("", "", 2, False)])
+def test_parameter_top_diff_explains_what_the_param_reaches(weight, reader, iter_size, step_explained):
+    """Quirk parameter-top-diff: a Parameter's top diff is its param's in Caffe, so a loss weight on the unread top is
+    lost (seed 500949) and a reader's backward writes the param's diff, keeping only the last of iter_size passes (seed
+    500051). After a step it explains the values connected to the param (the test net's too, and a kept param array),
+    never those of an unconnected layer; with one pass and no loss weight on the top nothing."""
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+
+    net = PARAMETER_NET.replace("{weight}", weight).replace("{reader}", reader)
+    prog = Program(net_text=net, solver_text=f'base_lr: 0.1 lr_policy: "fixed" iter_size: {iter_size}', steps=[1],
+                   test_net=True, backward=None)
+    divs = classify(prog, [Divergence("step1", "value", "param/data/p/0", "relative difference 0.1"),
+                           Divergence("step1", "value", "kept/param/data/p/0", "relative difference 0.1"),
+                           Divergence("step1", "value", "test/blob/data/p", "relative difference 0.1"),
+                           Divergence("step1", "value", "param/data/ip/0", "relative difference 0.1"),
+                           Divergence("step1", "value", "blob/data/z", "relative difference 0.1")])
+    quirk = "parameter-top-diff" if step_explained else ""
+    assert [d.cls for d in divs] == [quirk, quirk, quirk, "", ""]
+
+
+def test_parameter_top_diff_second_backward():
+    """A second net.backward() without clearing: Caffe's reader writes the Parameter's diff (the last pass's), an
+    InnerProduct's weight diff adds up in both engines."""
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+
+    reader = 'layer { name: "pw" type: "Power" bottom: "p" top: "y" loss_weight: 1 }\n'
+    prog = Program(net_text=PARAMETER_NET.replace("{weight}", "").replace("{reader}", reader), second_round=True)
+    divs = classify(prog, [Divergence("bwd1", "value", "param/diff/p/0", "relative difference 0.5"),
+                           Divergence("bwd1", "value", "param/diff/ip/0", "relative difference 0.5"),
+                           Divergence("bwd0", "value", "param/diff/p/0", "relative difference 0.5")])
+    assert [d.cls for d in divs] == ["parameter-top-diff", "", ""]
+
+
+def test_hinge_scratch_diff_in_the_test_net():
+    """Seeds 500283, 501051: Solver::TestClassification runs the test net's forward, whose HingeLoss writes its margins
+    into its bottom's diff (hinge_loss_layer.cpp) as the train net's does: quirk hinge-scratch-diff for the test net's
+    key too; a quirk that needs a backward (Scale's scratch diff) is not read for the test net, which runs none."""
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+
+    net = ('layer { name: "in" type: "Input" top: "x" top: "l" input_param { shape { dim: 3 dim: 4 } shape { dim: 3 } '
+           '} }\n'
+           'layer { name: "sc" type: "Scale" bottom: "x" top: "s" propagate_down: false }\n'
+           'layer { name: "h" type: "HingeLoss" bottom: "s" bottom: "l" top: "loss" }\n')
+    prog = Program(net_text=net, solver_text='base_lr: 0.1 lr_policy: "fixed"', steps=[1], test_net=True)
+    divs = classify(prog, [Divergence("step1", "value", "test/blob/diff/s", "relative difference 1"),
+                           Divergence("step1", "value", "test/blob/diff/x", "relative difference 1"),
+                           Divergence("step1", "value", "blob/diff/x", "relative difference 1")])
+    assert [d.cls for d in divs] == ["hinge-scratch-diff", "", "scale-scratch-diff"]

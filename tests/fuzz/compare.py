@@ -43,6 +43,8 @@ HEAP_CRASH = re.compile(r"free\(\)|double free|corrupted|Segmentation|malloc")  
 SPLIT_NAME = re.compile(r"_split(_\d+)?$")     # Caffe's InsertSplits names: <blob>_<layer>_<i>_split[_<j>]
 DIFF_SHARING = ("Reshape", "Concat", "Slice", "Parameter")    # their top shares its bottom's diff (caffe_facts)
 OUR_ERRORS = {"CaffeError", "LayerError", "PrototxtError", "WeightsError"}
+# the quirks that show in a solver's test net too: a forward's scratch diff, and the trained params' values
+TEST_NET_QUIRKS = ("hinge-scratch-diff", "parameter-top-diff")
 
 @dataclass
 class Divergence:
@@ -364,9 +366,54 @@ def _unneeded_bottom_keys(net: caffe_pb2.NetParameter) -> dict[str, set[str]]:
     return keys
 
 
+def _connected(layers: list, start) -> tuple[set[str], set[str]]:
+    """The blobs and layer names connected to layer `start` through blobs and shared params (ParamSpec name): what a
+    changed value of its param reaches in the following forwards, backwards and updates."""
+    names, blobs, params = {start.name}, set(start.top) | set(start.bottom), {s.name for s in start.param if s.name}
+    grown = True
+    while grown:
+        grown = False
+        for lp in layers:
+            shared = {s.name for s in lp.param if s.name}
+            if lp.name not in names and (blobs & {*lp.bottom, *lp.top} or params & shared):
+                names.add(lp.name)
+                blobs |= {*lp.bottom, *lp.top}
+                params |= shared
+                grown = True
+    return blobs, names
+
+
+def _parameter_top_keys(net: caffe_pb2.NetParameter, prog: Program,
+                        solver: caffe_pb2.SolverParameter) -> list[tuple[str, set[str]]]:
+    """(stage prefix, observation keys) that the quirk parameter-top-diff explains: a Parameter layer's top diff is
+    its param's in Caffe, so a loss weight on that top (no reader: InsertSplits moves a read top's weight to its
+    Split) never reaches the param, and a reader's backward writes the param's diff instead of adding to it (iter_size
+    > 1; the script's second backward). Once the param's value differs, a step spreads it to everything connected."""
+    layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
+    found = []
+    for lp in layers:
+        if lp.type != "Parameter" or not lp.top:
+            continue
+        read = any(lp.top[0] in other.bottom for other in layers)
+        if (not read and any(lp.loss_weight[:1])) or (read and solver.iter_size > 1):
+            blobs, names = _connected(layers, lp)
+            found.append(("step", {f"blob/{f}/{b}" for b in blobs for f in ("data", "diff")} |
+                          {f"param/{f}/{n}/*" for n in names for f in ("data", "diff")}))
+        if read and prog.second_round and prog.backward is not None:
+            found.append(("bwd1", {f"param/diff/{lp.name}/*", f"blob/diff/{lp.top[0]}"}))
+    return found
+
+
 def _key_quirk(quirk_keys: dict[str, set[str]], d: Divergence) -> str:
-    # an array the script kept ("kept/blob/diff/x/0") shows what its blob's does ("blob/diff/x")
-    key = d.key.removeprefix("kept/").rsplit("/", 1)[0] if d.key.startswith("kept/") else d.key
+    # an array the script kept shows what its blob's or param's does: "kept/blob/diff/x/0" is "blob/diff/x",
+    # "kept/param/data/L/1" is "param/data/L/1"
+    key = d.key.removeprefix("kept/")
+    if d.key.startswith("kept/blob/"):
+        key = key.rsplit("/", 1)[0]
+    if key.startswith("test/"):
+        # the solver's test net (the same prototxt; its params share the train net's data) runs forwards only
+        key = key.removeprefix("test/")
+        quirk_keys = {cls: keys for cls, keys in quirk_keys.items() if cls in TEST_NET_QUIRKS}
     for cls, keys in quirk_keys.items():
         if cls == "shared-blob-memory-build":
             if d.stage == "build" and key in keys:
@@ -397,6 +444,7 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
     relu_keys = {f"{k}/{lp.top[0]}" for lp in net.layer if lp.type == "ReLU" and lp.top and
                  not lp.relu_param.negative_slope for k in ("blob/data", "forward")}
     relu_nan = any(d.nan_over_zero and d.key in relu_keys for d in divs)
+    parameter_keys = _parameter_top_keys(net, prog, solver)
     for d in divs:
         if d.what == "refusal" and "new_queue_pairs_" in d.detail:
             d.cls = "data-layer-two-nets"
@@ -417,6 +465,9 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
         elif d.what == "value" and (cls := _key_quirk(quirk_keys, d) or
                                     d.ours_zero and _key_quirk(unneeded_keys, d)):
             d.cls = cls
+        elif d.what == "value" and any(d.stage.startswith(stage) and _key_quirk({"parameter-top-diff": keys}, d)
+                                       for stage, keys in parameter_keys):
+            d.cls = "parameter-top-diff"
         elif d.what == "value" and relu_nan and d.nan_only:
             d.cls = "relu-minus-inf"
         elif d.what == "value" and d.stage.startswith(flatten_stages):
