@@ -157,8 +157,19 @@ QUIRKS = {q.id: q for q in [
           "Reshape, Concat, Slice and Parameter its diff as well (the data layers' tops point into the batch "
           "buffers). So a layer computing in place on such a top rewrites the bottom, the sibling tops or the data "
           "source; a loss weight on such a top (Caffe writes it into the top's diff) shows in the bottom's or the "
-          "param's diff; a diff written into a Parameter top is the param's diff; a Reshape top holds its bottom's "
-          "values before any forward. caffe_torch's tops are separate blobs that views of the bottom feed"),
+          "param's diff; a diff written into a Parameter top is the param's diff; the tops of Split, Flatten, "
+          "Reshape, one-bottom Concat and one-top Slice hold their bottom's values from set-up on, before any forward "
+          "(their Reshape, run by Net::Init, calls ShareData: split_layer.cpp, flatten_layer.cpp, reshape_layer.cpp, "
+          "concat_layer.cpp, slice_layer.cpp) (a Parameter top's loss weight, lost at the first forward: "
+          "parameter-top-diff). caffe_torch's tops are separate blobs that views of the bottom feed"),
+    Quirk("backward-reads-overwritten-top", "BVLC bug, not reproduced: the Backward_cpu of TanH, Sigmoid, Exp, "
+          "ELU, Softmax, Normalize, ACROSS_CHANNELS LRN, Power (power not 0, 1 or 2, scale nonzero), MVN with "
+          "normalize_variance and Eltwise PROD without stable_prod_grad reads its top's data (tanh_layer.cpp: "
+          "top[0]->cpu_data()), and computing in place ReLU, AbsVal, BNLL, Log and Power (power not 0 or 1, scale "
+          "nonzero) read their bottom's, the same blob; where a later layer computes in place on that top, the blob "
+          "holds that layer's output when the backward runs, so the gradient is taken at the wrong values (TanH "
+          "under an in-place Sigmoid back-propagates 1 - sigmoid(tanh(x))^2 for 1 - tanh(x)^2); caffe_torch's is "
+          "the derivative at the layer's own output"),
     Quirk("in-place-loss-weight", "a loss weight on a top computed in place: Caffe writes the weight into the "
           "blob's diff once, when the net is built, and the layer's in-place backward overwrites that diff with "
           "the bottom's, so every later backward seeds the loss with the last bottom diff instead of the weight; "

@@ -216,3 +216,91 @@ def test_hinge_scratch_diff_in_the_test_net():
                            Divergence("step1", "value", "test/blob/diff/x", "relative difference 1"),
                            Divergence("step1", "value", "blob/diff/x", "relative difference 1")])
     assert [d.cls for d in divs] == ["hinge-scratch-diff", "", "scale-scratch-diff"]
+
+
+_X = 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+
+
+@pytest.mark.parametrize("layers, explained", [
+    ('layer { name: "th" type: "TanH" bottom: "x" top: "t" }\n'
+     'layer { name: "sg" type: "Sigmoid" bottom: "t" top: "t" }\n', True),
+    ('layer { name: "th" type: "TanH" bottom: "x" top: "x" }\n'
+     'layer { name: "sg" type: "Sigmoid" bottom: "x" top: "x" }\n', True),
+    ('layer { name: "re" type: "ReLU" bottom: "x" top: "x" }\n'
+     'layer { name: "sg" type: "Sigmoid" bottom: "x" top: "x" }\n', True),
+    ('layer { name: "th" type: "TanH" bottom: "x" top: "t" }\n'
+     'layer { name: "sg" type: "Sigmoid" bottom: "t" top: "u" }\n', False),
+    ('layer { name: "re" type: "ReLU" bottom: "x" top: "t" }\n'
+     'layer { name: "sg" type: "Sigmoid" bottom: "t" top: "t" }\n', False),
+    ('layer { name: "pw" type: "Power" bottom: "x" top: "t" power_param { power: 2 } }\n'
+     'layer { name: "sg" type: "Sigmoid" bottom: "t" top: "t" }\n', False)])
+def test_backward_reads_overwritten_top_explains_the_readers_bottoms(layers, explained):
+    """Quirk backward-reads-overwritten-top (seed 420059): a layer whose Backward reads its top's data (TanH), or its
+    bottom's computing in place (ReLU), under a later in-place layer on that top gets the gradient at that layer's
+    output: its bottom's diff (and what is upstream) diverges. Without the later in-place layer, or for a layer
+    reading only its bottom out of place (ReLU, Power 2), nothing is explained; the top's own data never is."""
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+
+    prog = Program(net_text=_X + layers, backward="kwargs")
+    divs = classify(prog, [Divergence("bwd0", "value", "blob/diff/x", "relative difference 0.3"),
+                           Divergence("fwd0", "value", "blob/data/t", "relative difference 0.3")])
+    assert [d.cls for d in divs] == ["backward-reads-overwritten-top" if explained else "", ""]
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_backward_reads_overwritten_top_explains_steps_where_upstream_learns(learned):
+    """After a solver step every value may differ where a layer upstream of the reader has params (its update
+    follows the wrong gradient); with none upstream only the diffs do."""
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+    from tests.fuzz.worker import EngineResult
+
+    net = _X + ('layer { name: "ip" type: "InnerProduct" bottom: "x" top: "h" inner_product_param { num_output: 2 } }\n'
+                'layer { name: "th" type: "TanH" bottom: "h" top: "t" }\n'
+                'layer { name: "sg" type: "Sigmoid" bottom: "t" top: "t" }\n')
+    obs = {"build/param/data/ip/0": np.zeros((2, 3), np.float32)} if learned else {}
+    prog = Program(net_text=net, backward=None, solver_text='base_lr: 0.1 lr_policy: "fixed"', steps=[1])
+    divs = classify(prog, [Divergence("step1", "value", "blob/data/t", "relative difference 0.1")],
+                    EngineResult(stages=["build"], obs=obs))
+    assert divs[0].cls == ("backward-reads-overwritten-top" if learned else "")
+
+
+@pytest.mark.parametrize("caffe_top, stage, ours_zero, explained", [
+    (0.5, "build", True, True), (0.25, "build", True, False), (0.5, "fwd0", True, False),
+    (0.5, "build", False, False)])
+def test_set_up_shared_top_holds_its_bottoms_values(caffe_top, stage, ours_zero, explained):
+    """Quirk shared-blob-memory (seed 420007): a one-top Slice's top shares its bottom's data from set-up on, so the
+    built net's top holds the DummyData constant where caffe_torch's is 0. Only that: a built top that is not its
+    bottom's values, a later stage, or a nonzero top of ours stays unexplained."""
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+    from tests.fuzz.worker import EngineResult
+
+    net = ('layer { name: "d" type: "DummyData" top: "a" dummy_data_param { data_filler { type: "constant" '
+           'value: 0.5 } shape { dim: 2 dim: 2 } } }\n'
+           'layer { name: "s" type: "Slice" bottom: "a" top: "b" }\n')
+    theirs = EngineResult(stages=["build"], obs={"build/blob/data/a": np.full((2, 2), 0.5, np.float32),
+                                                 "build/blob/data/b": np.full((2, 2), caffe_top, np.float32)})
+    divs = classify(Program(net_text=net, backward=None), [Divergence(stage, "value", "blob/data/b",
+                                                                      "relative difference 1", ours_zero=ours_zero)],
+                    theirs)
+    assert divs[0].cls == ("shared-blob-memory" if explained else "")
+
+
+@pytest.mark.parametrize("loss_weight, key, stage, explained", [
+    (2.0, "param/data/p/0", "step1", True), (2.0, "blob/data/b", "step2", True), (2.0, "param/data/p/0", "fwd0", False),
+    (0.0, "param/data/p/0", "step1", False), (2.0, "param/data/q/0", "step1", False)])
+def test_parameter_loss_weight_lost_explains_its_steps(loss_weight, key, stage, explained):
+    """Quirk parameter-top-diff (seed 300195): a Parameter top's loss weight is lost at the first forward (ShareDiff
+    with the param), so Caffe's solver never learns from that loss: the param's data (and its top's, the same
+    memory) after a step differ. Not before a step, not without a loss weight, not another layer's param."""
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+
+    net = (f'layer {{ name: "p" type: "Parameter" top: "b" loss_weight: {loss_weight} '
+           'parameter_param { shape { dim: 2 } } }\n'
+           'layer { name: "q" type: "Parameter" top: "c" parameter_param { shape { dim: 2 } } }\n')
+    prog = Program(net_text=net, backward=None, solver_text='base_lr: 0.1 lr_policy: "fixed"', steps=[1, 1])
+    divs = classify(prog, [Divergence(stage, "value", key, "relative difference 0.001")])
+    assert divs[0].cls == ("parameter-top-diff" if explained else "")

@@ -255,8 +255,6 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
             keys.setdefault("shared-blob-memory", set()).add(f"blob/diff/{lp.top[0]}")
             if prog.backward is not None and lp.top[0] not in consumed:
                 keys["shared-blob-memory"].add(f"param/diff/{lp.name}/0")
-        if lp.type == "Reshape":
-            keys.setdefault("shared-blob-memory-build", set()).add(f"blob/data/{lp.top[0]}")
         if lp.type == "HingeLoss":
             keys.setdefault("hinge-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
         if lp.type == "Scale" and len(lp.propagate_down) and not lp.propagate_down[0] and lp.top[0] != lp.bottom[0]:
@@ -276,6 +274,22 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
             f"blob/diff/{lp.bottom[0]}" for lp in net.layer
             if lp.type == "BatchNorm" and lp.top[:1] == lp.bottom[:1] and lp.bottom[0] in inputs)
     return keys
+
+
+def _set_up_shared_keys(net: caffe_pb2.NetParameter, prog: Program, theirs: EngineResult | None) -> set[str]:
+    """Build values of the tops whose Reshape (run at set-up) makes them share their bottom's data in Caffe: a
+    Split's, Flatten's, Reshape's, one-bottom Concat's, one-top Slice's (quirk shared-blob-memory), where Caffe's
+    built top holds exactly its built bottom's values."""
+    found = set()
+    for lp in _caffe_layers(net, prog):
+        if lp.type not in ("Split", "Flatten", "Reshape", "Concat", "Slice") or not _shared_producer(lp):
+            continue
+        bottom = theirs.obs.get(f"build/blob/data/{lp.bottom[0]}") if theirs is not None else None
+        for t in lp.top:
+            top = theirs.obs.get(f"build/blob/data/{t}") if theirs is not None else None
+            if bottom is not None and top is not None and np.array_equal(np.ravel(top), np.ravel(bottom)):
+                found.add(f"blob/data/{t}")
+    return found
 
 
 def _caffe_layers(net: caffe_pb2.NetParameter, prog: Program) -> list:
@@ -331,18 +345,69 @@ def _flatten_diff_keys(net: caffe_pb2.NetParameter, prog: Program) -> tuple[set[
             hidden = {"RNN": 1, "LSTM": 2}[producer.type] if producer.recurrent_param.expose_hidden else 0
             upstream = producer.bottom[:1] + (producer.bottom[2:3] if len(producer.bottom) > 2 + hidden else [])
         keys.add(f"param/diff/{producer.name}/*")
-        seen: set[str] = set()
-        while upstream:
-            blob = upstream.pop()
-            if blob in seen:
-                continue
-            seen.add(blob)
-            keys.add(f"blob/diff/{blob}")
-            for lp in layers[:i]:
-                if blob in lp.top:
-                    keys.add(f"param/diff/{lp.name}/*")
-                    upstream.extend(lp.bottom)
+        keys |= _upstream_diff_keys(layers[:i], upstream)
     return keys, tuple(sorted(stages))
+
+
+def _upstream_diff_keys(layers: list, blobs) -> set[str]:
+    """The diffs a wrong gradient into `blobs` reaches: theirs, and those of every blob and param (a param key
+    ending in "/*" stands for all the layer's params) of the `layers` upstream of them."""
+    keys: set[str] = set()
+    upstream, seen = list(blobs), set()
+    while upstream:
+        blob = upstream.pop()
+        if blob in seen:
+            continue
+        seen.add(blob)
+        keys.add(f"blob/diff/{blob}")
+        for lp in layers:
+            if blob in lp.top:
+                keys.add(f"param/diff/{lp.name}/*")
+                upstream.extend(lp.bottom)
+    return keys
+
+
+def _reads_top_data(lp) -> bool:
+    """Whether the layer's Backward_cpu reads data that a later layer computing in place on its top overwrites: its
+    top's, or, where it computes in place itself, its bottom's, the same blob (quirk backward-reads-overwritten-top;
+    Power: power 2 reads only the bottom, power 1 or a zero power * scale nothing)."""
+    pp = lp.power_param
+    power_reads = pp.power != 1 and pp.power * pp.scale != 0
+    in_place = bool(lp.bottom) and bool(lp.top) and lp.top[0] == lp.bottom[0]
+    return lp.type in ("TanH", "Sigmoid", "Exp", "ELU", "Softmax", "Normalize") or \
+        lp.type == "LRN" and lp.lrn_param.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS or \
+        lp.type == "Power" and power_reads and (pp.power != 2 or in_place) or \
+        lp.type == "MVN" and lp.mvn_param.normalize_variance or \
+        lp.type == "Eltwise" and lp.eltwise_param.operation == caffe_pb2.EltwiseParameter.PROD and \
+        not lp.eltwise_param.stable_prod_grad or \
+        in_place and lp.type in ("ReLU", "AbsVal", "BNLL", "Log")
+
+
+def _overwritten_top_keys(net: caffe_pb2.NetParameter, prog: Program,
+                          theirs: EngineResult | None) -> tuple[set[str], tuple[str, ...]]:
+    """What the quirk backward-reads-overwritten-top explains: a layer whose Backward reads its top's data, where a
+    later layer computes in place on that top (so the blob holds that layer's output by the backward), gives its
+    bottoms, and everything upstream, the gradient at the wrong values: those diffs (keys as _flatten_diff_keys'),
+    and every value after a solver step where a layer upstream has params (in Caffe's built net)."""
+    layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
+    keys: set[str] = set()
+    for i, lp in enumerate(layers):
+        if _reads_top_data(lp) and any(_later_in_place(layers[i + 1:], t) for t in lp.top):
+            keys |= _upstream_diff_keys(layers[:i + 1], lp.bottom)
+    names = {k.split("/")[2] for k in keys if k.startswith("param/")}
+    learned = theirs is not None and any(k.split("/")[3] in names for k in theirs.obs
+                                         if k.startswith("build/param/data/"))
+    return keys, ("step",) if learned else ()
+
+
+def _later_in_place(later: list, blob: str) -> bool:
+    """Whether a layer of `later` computes in place on `blob` before another layer produces it anew."""
+    for lp in later:
+        if any(j < len(lp.bottom) and lp.bottom[j] == t == blob for j, t in enumerate(lp.top)):
+            return True
+        if blob in lp.top:
+            return False
+    return False
 
 
 def _unneeded_bottom_keys(net: caffe_pb2.NetParameter) -> dict[str, set[str]]:
@@ -416,7 +481,7 @@ def _key_quirk(quirk_keys: dict[str, set[str]], d: Divergence) -> str:
         quirk_keys = {cls: keys for cls, keys in quirk_keys.items() if cls in TEST_NET_QUIRKS}
     for cls, keys in quirk_keys.items():
         if cls == "shared-blob-memory-build":
-            if d.stage == "build" and key in keys:
+            if d.stage == "build" and d.ours_zero and key in keys:
                 return "shared-blob-memory"
         elif key in keys or key.rsplit("/", 1)[0] + "/*" in keys or \
                 any(key.startswith(k + "_") and SPLIT_NAME.search(key) for k in keys):
@@ -430,9 +495,12 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
     quirks = _quirk_nets(net, prog)
     written_scales = _written_scale_diffs(net, blob_shapes(theirs))
     quirk_keys = _quirk_keys(net, prog, written_scales)
+    quirk_keys["shared-blob-memory-build"] = _set_up_shared_keys(net, prog, theirs)
     unneeded_keys = _unneeded_bottom_keys(net)
     flatten_keys, flatten_stages = _flatten_diff_keys(net, prog)
     quirk_keys["flatten-backward-shares-diff"] = flatten_keys
+    overwritten_keys, overwritten_stages = _overwritten_top_keys(net, prog, theirs)
+    quirk_keys["backward-reads-overwritten-top"] = overwritten_keys
     stale = stale_view_blobs(net)
     stale_kept = any(what == "blob" and name in stale for what, name, _, _ in prog.keep)
     solver = caffe_pb2.SolverParameter()
@@ -472,6 +540,8 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
             d.cls = "relu-minus-inf"
         elif d.what == "value" and d.stage.startswith(flatten_stages):
             d.cls = "flatten-backward-shares-diff"
+        elif d.what == "value" and d.stage.startswith(overwritten_stages):
+            d.cls = "backward-reads-overwritten-top"
         elif stale_kept and (d.key.startswith("kept/") or d.what == "refusal"):
             d.cls = "stale-view"
         elif d.stage.startswith("step") and d.what == "value" and "BatchNorm" in types and solver.weight_decay:
