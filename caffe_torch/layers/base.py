@@ -78,6 +78,10 @@ class Layer(nn.Module):
     is_source: bool = False
     # A Split layer (Caffe's InsertSplits): the net may hand its bottom to its readers without running it.
     is_split: bool = False
+    # Whether the tops' shapes depend on the bottoms' values or on user code run at every forward (Filter's batch,
+    # a Python layer's reshape): the layers below it check their shapes at run time (Net._check_follower), as
+    # Caffe's Layer::Forward runs each layer's Reshape; such a layer's own forward checks its bottoms' shapes.
+    shapes_from_data: bool = False
     # Per top, whether a forward leaves it as its blob holds it (DummyData's constant tops: Caffe fills them once,
     # so what an in-place layer or a script wrote there stays); empty: the forward gives every top.
     keeps_tops: tuple[bool, ...] = ()
