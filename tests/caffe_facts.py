@@ -157,8 +157,11 @@ QUIRKS = {q.id: q for q in [
           "Reshape, Concat, Slice and Parameter its diff as well (the data layers' tops point into the batch "
           "buffers). So a layer computing in place on such a top rewrites the bottom, the sibling tops or the data "
           "source; a loss weight on such a top (Caffe writes it into the top's diff) shows in the bottom's or the "
-          "param's diff; a diff written into a Parameter top is the param's diff; a Reshape top holds its bottom's "
-          "values before any forward. caffe_torch's tops are separate blobs that views of the bottom feed"),
+          "param's diff; a diff written into a Parameter top is the param's diff (parameter_layer.hpp's Forward_cpu: "
+          "ShareDiff), and since the reading layer's Backward writes its bottom diff rather than adding to it, a "
+          "second backward (pycaffe's, an iter_size > 1 step) replaces the param's diff instead of accumulating; a "
+          "Reshape top holds its bottom's values before any forward. caffe_torch's tops are separate blobs that "
+          "views of the bottom feed"),
     Quirk("in-place-loss-weight", "a loss weight on a top computed in place: Caffe writes the weight into the "
           "blob's diff once, when the net is built, and the layer's in-place backward overwrites that diff with "
           "the bottom's, so every later backward seeds the loss with the last bottom diff instead of the weight; "
@@ -169,6 +172,13 @@ QUIRKS = {q.id: q for q in [
           "dy/dx into the bottom's diff, which in place is the top's, before multiplying it by the top's diff "
           "(power_layer.cpp: caffe_set / caffe_div ... then caffe_mul(top_diff, bottom_diff)), so it gets "
           "dy/dx squared; caffe_torch's is the derivative at the input times the top's diff"),
+    Quirk("top-overwritten-in-place", "BVLC bug, not reproduced: the Backward of ELU, Exp, Sigmoid, TanH, Softmax, "
+          "Normalize, LSTMUnit, MVN with normalize_variance, Eltwise PROD and Power (power and scale nonzero, power "
+          "not 1 or 2) reads its top's data (elu_layer.cpp, exp_layer.cpp, sigmoid_layer.cpp, ... Backward_cpu: "
+          "top[0]->cpu_data()), which a later "
+          "layer computing in place on that top has overwritten with its own output, so the gradient is taken at the "
+          "wrong output, for the layer's bottoms, everything upstream and the solver's steps; caffe_torch's is the "
+          "derivative"),
     Quirk("ignores-propagate-down", "BVLC bug, not reproduced: the Backward of BatchNorm, Softmax, MVN, Im2col and "
           "Flatten writes the bottom's diff even where propagate_down is false (when the layer's backward runs "
           "at all), and so do RNN and LSTM to their input x and static input (recurrent_layer.cpp back-propagates "

@@ -253,6 +253,10 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
             keys.setdefault("shared-blob-memory", set()).add(f"blob/diff/{lp.top[0]}")
             if prog.backward is not None and lp.top[0] not in consumed:
                 keys["shared-blob-memory"].add(f"param/diff/{lp.name}/0")
+            if lp.top[0] in consumed and (prog.second_round or _iter_size(prog) > 1):
+                # the reader's Backward writes the param's diff: a second backward replaces the first one's
+                keys["shared-blob-memory"].update((f"param/diff/{lp.name}/0", f"param/data/{lp.name}/0",
+                                                   f"blob/data/{lp.top[0]}"))
         if lp.type == "Reshape":
             keys.setdefault("shared-blob-memory-build", set()).add(f"blob/data/{lp.top[0]}")
         if lp.type == "HingeLoss":
@@ -274,6 +278,13 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
             f"blob/diff/{lp.bottom[0]}" for lp in net.layer
             if lp.type == "BatchNorm" and lp.top[:1] == lp.bottom[:1] and lp.bottom[0] in inputs)
     return keys
+
+
+def _iter_size(prog: Program) -> int:
+    solver = caffe_pb2.SolverParameter()
+    if prog.solver_text:
+        text_format.Parse(prog.solver_text, solver)
+    return solver.iter_size if prog.steps else 1
 
 
 def _caffe_layers(net: caffe_pb2.NetParameter, prog: Program) -> list:
@@ -329,18 +340,55 @@ def _flatten_diff_keys(net: caffe_pb2.NetParameter, prog: Program) -> tuple[set[
             hidden = {"RNN": 1, "LSTM": 2}[producer.type] if producer.recurrent_param.expose_hidden else 0
             upstream = producer.bottom[:1] + (producer.bottom[2:3] if len(producer.bottom) > 2 + hidden else [])
         keys.add(f"param/diff/{producer.name}/*")
-        seen: set[str] = set()
-        while upstream:
-            blob = upstream.pop()
-            if blob in seen:
-                continue
-            seen.add(blob)
-            keys.add(f"blob/diff/{blob}")
-            for lp in layers[:i]:
-                if blob in lp.top:
-                    keys.add(f"param/diff/{lp.name}/*")
-                    upstream.extend(lp.bottom)
+        keys |= _upstream_keys(layers[:i], list(upstream))
     return keys, tuple(sorted(stages))
+
+
+def _reads_top_in_backward(lp) -> bool:
+    """Does the layer's Caffe Backward read its tops' data (caffe_facts: top-overwritten-in-place)?"""
+    if lp.type in ("ELU", "Exp", "Sigmoid", "TanH", "Softmax", "Normalize", "LSTMUnit"):
+        return True
+    if lp.type == "MVN":
+        return lp.mvn_param.normalize_variance
+    if lp.type == "Eltwise":
+        return lp.eltwise_param.operation == caffe_pb2.EltwiseParameter.PROD
+    pp = lp.power_param
+    return lp.type == "Power" and pp.power * pp.scale != 0 and pp.power not in (1, 2)
+
+
+def _upstream_keys(layers: list, blobs: list[str]) -> set[str]:
+    """The diffs of `blobs` and of everything upstream of them, and the param diffs of the layers producing them."""
+    keys: set[str] = set()
+    seen: set[str] = set()
+    while blobs:
+        blob = blobs.pop()
+        if blob in seen:
+            continue
+        seen.add(blob)
+        keys.add(f"blob/diff/{blob}")
+        for lp in layers:
+            if blob in lp.top:
+                keys.add(f"param/diff/{lp.name}/*")
+                blobs.extend(lp.bottom)
+    return keys
+
+
+def _overwritten_top_keys(net: caffe_pb2.NetParameter, prog: Program) -> tuple[set[str], tuple[str, ...]]:
+    """What the quirk top-overwritten-in-place explains: the layers whose Backward reads their top's data where a
+    later layer computes in place on that top (in the net Caffe builds, Split layers inserted; computing in place on
+    a Split's top, which shares its bottom's data, is the quirk shared-blob-memory). Their bottoms' diffs
+    and everything upstream (blob and param diffs) get Caffe's wrong gradient, and the solver's steps after it
+    any value."""
+    layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
+    keys: set[str] = set()
+    for i, lp in enumerate(layers):
+        if not _reads_top_in_backward(lp):
+            continue
+        own = set(lp.top) - set(lp.bottom)
+        if any(t in later.bottom and t in later.top for later in layers[i + 1:] for t in own):
+            keys.add(f"param/diff/{lp.name}/*")
+            keys |= _upstream_keys(layers[:i], list(lp.bottom))
+    return keys, ("step",) if keys and prog.steps else ()
 
 
 def _unneeded_bottom_keys(net: caffe_pb2.NetParameter) -> dict[str, set[str]]:
@@ -386,6 +434,7 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
     unneeded_keys = _unneeded_bottom_keys(net)
     flatten_keys, flatten_stages = _flatten_diff_keys(net, prog)
     quirk_keys["flatten-backward-shares-diff"] = flatten_keys
+    quirk_keys["top-overwritten-in-place"], overwritten_stages = _overwritten_top_keys(net, prog)
     stale = stale_view_blobs(net)
     stale_kept = any(what == "blob" and name in stale for what, name, _, _ in prog.keep)
     solver = caffe_pb2.SolverParameter()
@@ -421,6 +470,8 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
             d.cls = "relu-minus-inf"
         elif d.what == "value" and d.stage.startswith(flatten_stages):
             d.cls = "flatten-backward-shares-diff"
+        elif d.what == "value" and d.stage.startswith(overwritten_stages):
+            d.cls = "top-overwritten-in-place"
         elif stale_kept and (d.key.startswith("kept/") or d.what == "refusal"):
             d.cls = "stale-view"
         elif d.stage.startswith("step") and d.what == "value" and "BatchNorm" in types and solver.weight_decay:
