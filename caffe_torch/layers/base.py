@@ -11,8 +11,10 @@ A layer is a `torch.nn.Module` that the net builds from its `LayerParameter`:
             return F.leaky_relu(x, self.negative_slope)
 
 - `bottom_shapes` are the shapes of the bottom blobs when the net is built (tuples of ints); `top_shapes`
-  returns the top shapes for given bottom shapes (default: every top has the first bottom's shape). The net
-  calls it to size blobs at construction and on `net.reshape()`, so it must not compute anything heavy.
+  returns the top shapes for given bottom shapes (default: every top has the first bottom's shape), raising
+  `self.error(...)` where Caffe's Reshape CHECKs fail. The net calls it to size blobs at construction and on
+  `net.reshape()`, and at a forward whose bottom shapes changed (Caffe runs Reshape at every forward), so it must
+  not compute anything heavy.
 - Learnable blobs ("params" in pycaffe) are declared with `self.add_blob(shape, filler)`, in Caffe's order,
   and read in `forward` as `self.blobs[i]` (never cached: the net may replace a blob by a shared one).
 - `forward` receives the bottoms as tensors and returns one tensor or a tuple, one per top. Gradients come
