@@ -245,6 +245,12 @@ def _stateful_layers_eager(net, inner):
     return layer_call
 
 
+def _refusal(exc: Exception) -> bool:
+    """An exception of the net itself, raised the same interpreted (a layer's LayerError when the shapes a Filter
+    gives a later layer are ones Caffe's Reshape aborts on; a Python layer's own exception), not a compiler's."""
+    return isinstance(exc, CaffeError) or getattr(exc, "caffe_torch_user_code", False)
+
+
 class CompiledLayers:
     """A net's layer loop (Net._run_layers) compiled with torch.compile, falling back to the interpreted one if
     compiling fails: at the first forward, or at the first backward of a newly compiled graph (then that
@@ -282,6 +288,8 @@ class CompiledLayers:
             try:
                 return self.compiled(start, end, retain_blob_diffs)
             except Exception as exc:  # any compiler/backend failure: run interpreted from now on
+                if _refusal(exc):
+                    raise
                 self._fail("the forward", exc)
                 if self.last:
                     net.set_layer_states(self.last["states"])
@@ -294,6 +302,8 @@ class CompiledLayers:
         try:
             net._backward_loss(extra, retain_blob_diffs)
         except Exception as exc:  # the compiled backward is compiled at its first call
+            if _refusal(exc):
+                raise
             self._fail("the backward", exc)
             for (p, *_), g in zip(net._learnable, last["grads"]):
                 p.grad = g

@@ -133,6 +133,30 @@ class _Learnable:
         return None
 
 
+def _layer_error(exc: Exception, lp, where: str) -> Exception:
+    """What a layer's constructor or top_shapes raised, as the net raises it: a Python layer's own exception as
+    it is (pycaffe raises it; it names the layer), anything else as a LayerError naming the layer."""
+    if getattr(exc, "caffe_torch_user_code", False):
+        return exc
+    return LayerError(lp.name, lp.type, str(exc), where)
+
+
+def shape_followers(layers, layer_params) -> frozenset[int]:
+    """The layers whose bottoms can change shape from one forward to the next on their own: those reading (through
+    any chain of layers) a top of a layer whose top shapes depend on the data or on user code run at every forward
+    (Layer.shapes_from_data: Filter's batch, a Python layer's reshape). Split layers pass the property on but are
+    not listed (they take any shape)."""
+    varying: set[str] = set()
+    followers = set()
+    for i, (layer, lp) in enumerate(zip(layers, layer_params)):
+        follows = any(b in varying for b in lp.bottom)
+        if follows and not layer.shapes_from_data and not layer.is_split:
+            followers.add(i)
+        if follows or layer.shapes_from_data:
+            varying.update(lp.top)
+    return frozenset(followers)
+
+
 class Net(PycaffeNetMixin):
     """pycaffe-compatible net. `Net(prototxt, phase)`, `Net(prototxt, weights, phase)`, or keywords
     `weights=`, `level=`, `stages=`; caffe_torch extensions: `dtype=` (default float32), `device=` (default
@@ -228,6 +252,7 @@ class Net(PycaffeNetMixin):
         available: dict[str, None] = OrderedDict()       # blobs not yet consumed, in production order
         shapes: dict[str, tuple[int, ...]] = {}
         names_seen: set[str] = set()
+        built_bottoms: list[list[tuple[int, ...]]] = []     # each layer's bottom shapes, checked here
 
         def unknown_bottom(file_index, lp, blob):
             raise LayerError(lp.name, lp.type, f"unknown bottom blob '{blob}' (not produced by any earlier layer "
@@ -252,6 +277,7 @@ class Net(PycaffeNetMixin):
             if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
                 raise LayerError(lp.name, lp.type, "propagate_down must be given once per bottom", where)
             bottom_shapes = [shapes[b] for b in lp.bottom]
+            built_bottoms.append(bottom_shapes)
             ctx = BuildContext(self.dtype, self.device, lp.phase, MODE.generator, where)
             try:
                 layer = cls(lp, bottom_shapes, ctx)
@@ -259,9 +285,7 @@ class Net(PycaffeNetMixin):
             except LayerError:
                 raise
             except (ValueError, RuntimeError, IndexError) as exc:
-                if getattr(exc, "caffe_torch_user_code", False):
-                    raise     # a Python layer's own exception: pycaffe raises it as it is (it names the layer)
-                raise LayerError(lp.name, lp.type, str(exc), where) from None
+                raise _layer_error(exc, lp, where) from None
             self._layers.append(layer)
             self._layer_names.append(lp.name)
             self._layer_params.append(lp)
@@ -319,6 +343,17 @@ class Net(PycaffeNetMixin):
         # Caffe's Net::Backward runs the layers that need backward (need_backward.py); a net with none does
         # nothing on Backward
         self._needs_backward = any(self._backward_plan.layer_needs)
+        # Caffe's Layer::Forward runs the layer's Reshape before its Forward_cpu, every time: a layer whose bottoms
+        # changed shape re-derives its tops' shapes there, or aborts on the CHECKs it makes. Here a forward
+        # re-checks shapes only where they can have changed (nothing while they do not): below a Filter or a
+        # Python layer (_shape_followers, at run time, when their bottoms' shapes differ from those last checked),
+        # and after a script gave a blob another shape (_unchecked: the other layers, before the forward)
+        self._shape_followers = shape_followers(self._layers, self._layer_params)
+        self._checked_bottoms = {i: built_bottoms[i] for i in self._shape_followers}
+        self._static_layers = frozenset(
+            i for i, layer in enumerate(self._layers)
+            if i not in self._shape_followers and not layer.shapes_from_data and not layer.is_source)
+        self._unchecked: set[int] = set()
 
     def _setup_loss_weights(self, layer, lp, where) -> None:
         weights = list(lp.loss_weight)
@@ -406,6 +441,8 @@ class Net(PycaffeNetMixin):
             return t
 
         def set_(t):
+            if t.shape != self._tensors[name].shape:
+                self._unchecked = set(self._static_layers)      # the next forwards check what they run
             self._tensors[name] = t
 
         def get_grad():
@@ -482,6 +519,8 @@ class Net(PycaffeNetMixin):
             self._last_forward = (start, end, retain_blob_diffs, self.layer_states())
         if start > 0:
             self._materialize_bottoms(start, end)
+        if self._unchecked:
+            self._check_shapes(start, end)
         with fast_options.precision_scope(self.fast):
             if self._compiled is not None:
                 loss = self._compiled.run_layers(start, end, retain_blob_diffs)
@@ -489,6 +528,45 @@ class Net(PycaffeNetMixin):
                 loss = self._run_layers(start, end, retain_blob_diffs)
         self._sync.refresh("data")          # kept views of out-of-place results follow (nothing if none kept)
         return loss
+
+    def _check_shapes(self, start: int, end: int) -> None:
+        """After a script gave a blob another shape: what the Reshape of each layer start..end not yet checked
+        since would do at this forward (Caffe's Layer::Forward), in order and before any layer runs, since the
+        shapes follow from the blobs' current ones (the followers of a Filter or Python layer are checked as they
+        run). A layer whose Reshape aborts in Caffe raises its LayerError; the tops keep their tensors (the
+        forward computes them)."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i in range(start, end + 1):
+            if i not in self._static_layers:
+                continue
+            lname = self._layer_names[i]
+            bottoms = [shapes[b] if b in shapes else tuple(self._tensors[b].shape) for b in self.bottom_names[lname]]
+            for t, shp in zip(self.top_names[lname], self._derive_top_shapes(i, bottoms)):
+                shapes[t] = tuple(shp)
+            self._unchecked.discard(i)
+
+    def _derive_top_shapes(self, i: int, bottom_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        """Layer i's top shapes for these bottom shapes (its Caffe Reshape), any problem as its LayerError."""
+        layer, lp = self._layers[i], self._layer_params[i]
+        try:
+            tops = layer.top_shapes(bottom_shapes)
+        except LayerError:
+            raise
+        except (ValueError, RuntimeError, IndexError) as exc:
+            raise _layer_error(exc, lp, layer._where) from None
+        for t, shp in zip(lp.top, tops):
+            if any(int(d) < 0 for d in shp):    # Caffe: CHECK_GE(shape[i], 0) in Blob::Reshape
+                raise LayerError(lp.name, lp.type, f"top '{t}' would have the negative shape {tuple(shp)} from "
+                                 f"bottom shape(s) {bottom_shapes}: the input is too small", layer._where)
+        return tops
+
+    def _check_follower(self, i: int, bottoms: list[torch.Tensor]) -> None:
+        """Layer i reads a blob whose shape the data decides (below a Filter or a Python layer): its Caffe
+        Reshape, when its bottoms' shapes differ from those it was last checked with."""
+        shapes = [tuple(b.shape) for b in bottoms]
+        if self._checked_bottoms.get(i) != shapes:
+            self._derive_top_shapes(i, shapes)
+            self._checked_bottoms[i] = shapes
 
     def _materialize_bottoms(self, start: int, end: int) -> None:
         """A forward from layer `start` reads blobs that no layer of the range computes: one never computed yet
@@ -508,6 +586,7 @@ class Net(PycaffeNetMixin):
         debug = [] if self.debug_info else None
         keep = retain_blob_diffs or debug is not None
         detached = self._detached_params
+        followers = self._shape_followers
         with torch.set_grad_enabled(record):
             for name in self.inputs:
                 t = self._tensors[name]
@@ -543,6 +622,8 @@ class Net(PycaffeNetMixin):
                             self._first_version[b] = clone     # what a layer-by-layer backward reads (pycaffe_net)
                         t = clone
                     bottoms.append(t if prop else t.detach())
+                if i in followers:
+                    self._check_follower(i, bottoms)
                 if layer.is_split and not keep:
                     # implicit fan-out: the readers get the bottom tensor itself (Caffe's split tops share its
                     # data) and autograd sums their gradients; the per-top diffs are not kept, so nothing differs
@@ -709,14 +790,14 @@ class Net(PycaffeNetMixin):
         """Propagate the input blobs' shapes through the net (after `blob.reshape`)."""
         self._sync.flush()
         shapes = {n: tuple(self._tensors[n].shape) for n in self.inputs}
-        for layer, lname in zip(self._layers, self._layer_names):
+        for i, (layer, lname) in enumerate(zip(self._layers, self._layer_names)):
             if layer.is_source:
                 # Caffe's InputLayer::Reshape does nothing: its tops keep the shapes the user gave them
                 for t in self.top_names[lname]:
                     shapes[t] = tuple(self._tensors[t].shape)
                 continue
             bottom_shapes = [shapes[b] for b in self.bottom_names[lname]]
-            for t, shp in zip(self.top_names[lname], layer.top_shapes(bottom_shapes)):
+            for t, shp in zip(self.top_names[lname], self._derive_top_shapes(i, bottom_shapes)):
                 shapes[t] = tuple(shp)
                 if tuple(self._tensors[t].shape) != tuple(shp):
                     bottom = self._tensors[self.bottom_names[lname][0]] if layer.is_split else None
@@ -727,6 +808,7 @@ class Net(PycaffeNetMixin):
                     else:
                         self._tensors[t] = self._placeholder(shp, real=t in self.inputs)
                     self._grads.pop(t, None)
+        self._unchecked.clear()          # every layer's shapes checked (the Net::Reshape Caffe runs)
 
     def share_with(self, other: "Net") -> None:
         """Use `other`'s learnable blobs' data for every same-named layer (Caffe's ShareTrainedLayersWith:

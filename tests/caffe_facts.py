@@ -163,7 +163,8 @@ QUIRKS = {q.id: q for q in [
           "concat_layer.cpp, slice_layer.cpp) (a Parameter top's loss weight, lost at the first forward: "
           "parameter-top-diff). caffe_torch's tops are separate blobs that views of the bottom feed"),
     Quirk("backward-reads-overwritten-top", "BVLC bug, not reproduced: the Backward_cpu of TanH, Sigmoid, Exp, "
-          "ELU, Softmax, Normalize, ACROSS_CHANNELS LRN, Power (power not 0, 1 or 2, scale nonzero), MVN with "
+          "ELU, Softmax, Normalize, LSTMUnit (its tops C and H), ACROSS_CHANNELS LRN, Power (power not 0, 1 or 2, "
+          "scale nonzero), MVN with "
           "normalize_variance and Eltwise PROD without stable_prod_grad reads its top's data (tanh_layer.cpp: "
           "top[0]->cpu_data()), and computing in place ReLU, AbsVal, BNLL, Log and Power (power not 0 or 1, scale "
           "nonzero) read their bottom's, the same blob; where a later layer computes in place on that top, the blob "

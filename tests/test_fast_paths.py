@@ -190,3 +190,34 @@ def test_cuda_deterministic_resume_equals_uninterrupted(tmp_path):
                 np.testing.assert_array_equal(b.data, a)
     finally:
         fast.set_deterministic(False)
+
+
+FILTER_NET = """name: "select"
+layer { name: "in" type: "Input" top: "x" top: "sel" top: "y"
+  input_param { shape { dim: 3 dim: 2 } shape { dim: 3 } shape { dim: 3 dim: 2 } } }
+layer { name: "filt" type: "Filter" bottom: "x" bottom: "sel" top: "fx" }
+layer { name: "tanh" type: "TanH" bottom: "fx" top: "t" }
+layer { name: "cat" type: "Concat" bottom: "t" bottom: "y" top: "c" concat_param { axis: 1 } }
+"""
+
+
+def test_compiled_forward_raises_a_later_layers_shape_error_and_stays_compiled(tmp_path, monkeypatch, caplog):
+    """A Filter batch the Concat refuses (Caffe's ConcatLayer::Reshape CHECK) is the net's LayerError, the same as
+    interpreted, not a compiler failure that would turn compile off for good."""
+    dynamo = pytest.importorskip("torch._dynamo")
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="eager", **kw))
+    dynamo.reset()
+    (tmp_path / "net.prototxt").write_text(FILTER_NET)
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, dtype=torch.float64, fast=FastOptions(compile=True))
+    net.blobs["x"].data[...] = np.arange(6.0).reshape(3, 2)
+    net.blobs["sel"].data[...] = [1, 1, 1]
+    np.testing.assert_allclose(net.forward()["c"][:, :2], np.tanh(np.arange(6.0).reshape(3, 2)))
+    net.blobs["sel"].data[...] = [1, 0, 1]
+    with caplog.at_level("WARNING", logger="caffe_torch.fast"), \
+            pytest.raises(caffe.LayerError, match=r"layer 'cat' \(type Concat\): bottoms must agree"):
+        net.forward()
+    assert net._compiled.ok and "failed" not in caplog.text
+    net.blobs["sel"].data[...] = [1, 1, 1]
+    assert net.forward()["c"].shape == (3, 4)
+    dynamo.reset()

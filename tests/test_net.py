@@ -8,6 +8,7 @@ import torch
 
 import caffe_torch as caffe
 from caffe_torch.blob import Blob
+from caffe_torch.layers.base import _REGISTRY, Layer
 
 
 def net_from(tmp_path, text, phase=caffe.TRAIN, name="net.prototxt", **kw):
@@ -256,6 +257,79 @@ def test_blob_reshape_and_net_reshape(tmp_path):
     net.blobs["data"].reshape(5, 4, 12, 10)
     with pytest.raises(caffe.LayerError, match="incompatible"):
         net.reshape()
+
+
+# ----------------------------------------------------------------------------- shapes changing at run time
+# Caffe's Layer::Forward runs the layer's Reshape before its Forward_cpu at every forward: when a Filter drops items
+# or a script reshapes an input, each later layer re-derives its tops' shapes there or aborts on its CHECKs
+
+SELECT_NET = ('layer { name: "in" type: "Input" top: "x" top: "sel" top: "y" input_param { shape { dim: 3 dim: 2 } '
+              'shape { dim: 3 } shape { dim: 3 dim: 2 } } }\n'
+              'layer { name: "filt" type: "Filter" bottom: "x" bottom: "sel" top: "fx" }\n'
+              'layer { name: "tanh" type: "TanH" bottom: "fx" top: "t" }\n'
+              'layer { name: "cat" type: "Concat" bottom: "t" bottom: "y" top: "c" concat_param { axis: AXIS } }\n')
+
+
+def test_layers_below_a_filter_follow_its_batch(tmp_path):
+    net = net_from(tmp_path, SELECT_NET.replace("AXIS", "0"), caffe.TEST)
+    x = np.arange(6.0).reshape(3, 2)
+    net.blobs["x"].data[...] = x
+    net.blobs["y"].data[...] = -x
+    net.blobs["sel"].data[...] = [1, 0, 1]
+    np.testing.assert_allclose(net.forward()["c"], np.concatenate([np.tanh(x[[0, 2]]), -x]))
+
+
+def test_a_filter_batch_a_later_layer_refuses_is_its_error(tmp_path):
+    """ConcatLayer::Reshape CHECKs that the bottoms agree off the concat axis: Caffe aborts at the Concat once the
+    Filter drops an item (before, torch's own shape error came out of torch.cat)."""
+    net = net_from(tmp_path, SELECT_NET.replace("AXIS", "1"), caffe.TEST)
+    net.blobs["sel"].data[...] = [1, 1, 1]
+    assert net.forward()["c"].shape == (3, 4)
+    net.blobs["sel"].data[...] = [1, 0, 1]
+    with pytest.raises(caffe.LayerError, match=r"layer 'cat' \(type Concat\): bottoms must agree") as exc:
+        net.forward()
+    assert "\n" not in str(exc.value)
+    net.blobs["sel"].data[...] = [1, 1, 1]           # the full batch again: checked anew, accepted
+    assert net.forward()["c"].shape == (3, 4)
+
+
+def test_an_input_reshaped_without_net_reshape_is_checked_by_the_forward(tmp_path):
+    net = net_from(tmp_path, 'input: "x" input_shape { dim: 2 dim: 6 }\n'
+                   'layer { name: "rs" type: "Reshape" bottom: "x" top: "r" reshape_param { shape { dim: 0 dim: 3 '
+                   'dim: 2 } } }\n' + ip("fc", "r", "y", 2), caffe.TEST)
+    net.blobs["x"].reshape(5, 6)                     # another batch: every layer follows
+    assert net.forward()["y"].shape == (5, 2)
+    net.blobs["x"].reshape(5, 4)                     # ReshapeLayer::Reshape: CHECK_EQ(count)
+    with pytest.raises(caffe.LayerError, match="layer 'rs' .*changes the count"):
+        net.forward()
+    net.blobs["x"].tensor = torch.zeros(2, 6, dtype=torch.float64)      # the .tensor path too
+    assert net.forward()["y"].shape == (2, 2)
+    net = net_from(tmp_path, 'input: "x" input_shape { dim: 2 dim: 6 }\n' + ip("fc", "x", "y", 2), caffe.TEST)
+    net.blobs["x"].tensor = torch.zeros(2, 4, dtype=torch.float64)      # InnerProductLayer: CHECK_EQ(K_, new_K)
+    with pytest.raises(caffe.LayerError, match="layer 'fc' .*incompatible"):
+        net.forward()
+
+
+def test_unchanged_shapes_are_not_checked_again(tmp_path, monkeypatch):
+    """The training loop's forwards (same shapes every step) check no shapes; below a Filter only a new batch is."""
+    calls = []
+    for cls in {Layer, *(c for c in _REGISTRY.values() if "top_shapes" in vars(c))}:
+        real = vars(cls)["top_shapes"]
+        monkeypatch.setattr(cls, "top_shapes", lambda self, shapes, real=real: calls.append(self.name) or
+                            real(self, shapes))
+    net = net_from(tmp_path, LOSS_NET)
+    calls.clear()
+    for _ in range(3):
+        net.blobs["data"].tensor = torch.ones(4, 3, dtype=torch.float64)
+        net.forward()
+    assert calls == []
+    net = net_from(tmp_path, SELECT_NET.replace("AXIS", "0"), caffe.TEST)
+    calls.clear()
+    for sel in ([1, 1, 1], [1, 1, 1], [1, 0, 1], [0, 1, 1]):
+        net.blobs["sel"].data[...] = sel
+        net.forward()
+    # the Filter checks its bottoms itself every time; TanH and Concat only for a batch they were not checked at
+    assert calls == ["filt", "filt", "filt", "tanh", "cat", "filt"]
 
 
 # ----------------------------------------------------------------------------- weights files

@@ -11,8 +11,10 @@ A layer is a `torch.nn.Module` that the net builds from its `LayerParameter`:
             return F.leaky_relu(x, self.negative_slope)
 
 - `bottom_shapes` are the shapes of the bottom blobs when the net is built (tuples of ints); `top_shapes`
-  returns the top shapes for given bottom shapes (default: every top has the first bottom's shape). The net
-  calls it to size blobs at construction and on `net.reshape()`, so it must not compute anything heavy.
+  returns the top shapes for given bottom shapes (default: every top has the first bottom's shape), raising
+  `self.error(...)` where Caffe's Reshape CHECKs fail. The net calls it to size blobs at construction and on
+  `net.reshape()`, and at a forward whose bottom shapes changed (Caffe runs Reshape at every forward), so it must
+  not compute anything heavy.
 - Learnable blobs ("params" in pycaffe) are declared with `self.add_blob(shape, filler)`, in Caffe's order,
   and read in `forward` as `self.blobs[i]` (never cached: the net may replace a blob by a shared one).
 - `forward` receives the bottoms as tensors and returns one tensor or a tuple, one per top. Gradients come
@@ -78,6 +80,10 @@ class Layer(nn.Module):
     is_source: bool = False
     # A Split layer (Caffe's InsertSplits): the net may hand its bottom to its readers without running it.
     is_split: bool = False
+    # Whether the tops' shapes depend on the bottoms' values or on user code run at every forward (Filter's batch,
+    # a Python layer's reshape): the layers below it check their shapes at run time (Net._check_follower), as
+    # Caffe's Layer::Forward runs each layer's Reshape; such a layer's own forward checks its bottoms' shapes.
+    shapes_from_data: bool = False
     # Per top, whether a forward leaves it as its blob holds it (DummyData's constant tops: Caffe fills them once,
     # so what an in-place layer or a script wrote there stays); empty: the forward gives every top.
     keeps_tops: tuple[bool, ...] = ()

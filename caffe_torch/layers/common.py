@@ -165,13 +165,11 @@ class _AxisBlobLayer(Layer):
 
     def _setup_axes(self, axis, num_axes, bottom_shapes):
         x_shape = bottom_shapes[0]
+        self.blob_shape = None          # the learned blob's shape (None: bottom[1] is the blob)
         if len(bottom_shapes) == 2:
             # the second bottom's own rank decides how many axes it covers (num_axes is ignored)
-            other = tuple(bottom_shapes[1])
-            self.axis = canonical_axis(axis, len(x_shape), self) if other else 0
-            if tuple(x_shape[self.axis:self.axis + len(other)]) != other:
-                raise self.error(f"bottom[1] shape {other} does not match bottom[0] {tuple(x_shape)} "
-                                 f"from axis {self.axis}")
+            self.axis = canonical_axis(axis, len(x_shape), self) if bottom_shapes[1] else 0
+            self.top_shapes(bottom_shapes)
             return None
         if num_axes < -1:
             raise self.error("num_axes must be non-negative, or -1 to extend to the end")
@@ -180,7 +178,18 @@ class _AxisBlobLayer(Layer):
         if end > len(x_shape):
             raise self.error(f"axis {self.axis} + num_axes {num_axes} exceeds the bottom's "
                              f"{len(x_shape)} axes")
-        return tuple(x_shape[self.axis:end])
+        self.blob_shape = tuple(x_shape[self.axis:end])
+        return self.blob_shape
+
+    def top_shapes(self, bottom_shapes):
+        # Scale/BiasLayer::Reshape CHECK at every forward that the blob lines up with bottom[0] from the axis (a
+        # Filter below may change the batch of either)
+        x = tuple(bottom_shapes[0])
+        other = tuple(bottom_shapes[1]) if len(bottom_shapes) == 2 else self.blob_shape
+        if x[self.axis:self.axis + len(other)] != other:
+            what = "bottom[1]" if len(bottom_shapes) == 2 else "the learned blob's"
+            raise self.error(f"{what} shape {other} does not match bottom[0] {x} from axis {self.axis}")
+        return [x]
 
     def _view(self, t, x):
         return t.reshape(_broadcast_shape(x.dim(), self.axis, t.shape))

@@ -92,12 +92,14 @@ class Concat(Layer):
             raise self.error("concat_param: give either axis or concat_dim, not both")
         axis = cp.axis if cp.HasField("axis") or not cp.HasField("concat_dim") else cp.concat_dim
         self.axis = canonical_axis(axis, len(bottom_shapes[0]), self)
+        self.top_shapes(bottom_shapes)
+
+    def top_shapes(self, bottom_shapes):
+        # ConcatLayer::Reshape's CHECKs, at every forward in Caffe (a Filter below may change one bottom's batch)
         ref = bottom_shapes[0]
         for s in bottom_shapes[1:]:
             if len(s) != len(ref) or any(a != b for i, (a, b) in enumerate(zip(s, ref)) if i != self.axis):
-                raise self.error(f"bottoms must agree except on axis {self.axis}: {bottom_shapes}")
-
-    def top_shapes(self, bottom_shapes):
+                raise self.error(f"bottoms must agree except on axis {self.axis}: {[tuple(b) for b in bottom_shapes]}")
         s = list(bottom_shapes[0])
         s[self.axis] = sum(b[self.axis] for b in bottom_shapes)
         return [tuple(s)]

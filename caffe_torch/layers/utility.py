@@ -167,6 +167,7 @@ class Filter(Layer):
     first Reshape). Items not kept get a zero gradient; the selector gets none."""
 
     no_backward_to = (-1,)          # the selector: Caffe aborts (need_backward.py)
+    shapes_from_data = True         # the layers below re-check their shapes when the batch changes (net.py)
 
     num_bottoms = (2, None)
     num_tops = (1, None)

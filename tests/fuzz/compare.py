@@ -374,7 +374,7 @@ def _reads_top_data(lp) -> bool:
     pp = lp.power_param
     power_reads = pp.power != 1 and pp.power * pp.scale != 0
     in_place = bool(lp.bottom) and bool(lp.top) and lp.top[0] == lp.bottom[0]
-    return lp.type in ("TanH", "Sigmoid", "Exp", "ELU", "Softmax", "Normalize") or \
+    return lp.type in ("TanH", "Sigmoid", "Exp", "ELU", "Softmax", "Normalize", "LSTMUnit") or \
         lp.type == "LRN" and lp.lrn_param.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS or \
         lp.type == "Power" and power_reads and (pp.power != 2 or in_place) or \
         lp.type == "MVN" and lp.mvn_param.normalize_variance or \
