@@ -25,7 +25,7 @@ from .blob import Blob, _ActivationBlob, _HostSync, clear_param_diff, param_blob
 from .debug_info import backward_debug_info, forward_debug_info
 from .errors import LayerError, PrototxtError
 from .fast import FastOptions
-from .layers.base import BuildContext, known_types, layer_class
+from .layers.base import BuildContext, known_types, layer_class, rerunning
 from .log import install as install_glog
 from .mode import MODE
 from .need_backward import plan as backward_plan
@@ -776,7 +776,8 @@ class Net(PycaffeNetMixin):
         # batch a second time
         self._replaying = True
         try:
-            self.forward_range(start, end, retain)
+            with rerunning(self._layers[start:end + 1]):
+                self.forward_range(start, end, retain)
         finally:
             self._replaying = False
 

@@ -25,6 +25,8 @@ from functools import partial
 import numpy as np
 import torch
 
+from .layers.base import rerunning
+
 
 class PycaffeLayerView:
     """pycaffe's `net.layers[i]`: `.type`, `.blobs` (the layer's learnable blobs as Blob), `.setup(bottom, top)`
@@ -251,8 +253,9 @@ class PycaffeNetMixin:
         module = self._layers[i]
         kept = [(p, p.detach().clone()) for p in module.blobs if not p.requires_grad]
         state = module.get_state()
-        out = (module(*bottoms) if i not in self._detached_params
-               else self._call_detached(module, self._detached_params[i], bottoms))
+        with rerunning([module]):
+            out = (module(*bottoms) if i not in self._detached_params
+                   else self._call_detached(module, self._detached_params[i], bottoms))
         with torch.no_grad():
             for p, value in kept:
                 p.copy_(value)

@@ -25,6 +25,7 @@ A layer is a `torch.nn.Module` that the net builds from its `LayerParameter`:
 """
 
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -116,6 +117,10 @@ class Layer(nn.Module):
         self._where = ctx.where
         self._generator = ctx.generator
         self.blobs = nn.ParameterList()
+        # True while the net runs this forward again for its graph only (a TEST net's first backward, a
+        # layer-by-layer backward): Caffe's Backward does not run Forward, so a forward that rewrites its params
+        # in place (the forks' weight normalisation) must not do it a second time
+        self.rerun = False
         self._check_counts(len(param.bottom), len(param.top))
         if not self.allows_in_place and param.bottom and param.bottom[0] in param.top:
             raise self.error(f"does not allow in-place computation (top '{param.bottom[0]}' is its bottom; "
@@ -182,6 +187,19 @@ class Layer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
+
+
+@contextmanager
+def rerunning(layers):
+    """Mark `layers` as re-run (Layer.rerun) for the duration: their forwards give the graph of the last forward
+    without repeating its side effects on the params."""
+    for layer in layers:
+        layer.rerun = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.rerun = False
 
 
 def canonical_axis(axis: int, ndim: int, layer: Layer) -> int:

@@ -63,7 +63,7 @@ class InnerProduct(Layer):
 
     def forward(self, x):
         w = self.blobs[0]
-        if self.normalize:
+        if self.normalize and not self.rerun:       # once per forward, as the fork's Forward does
             # the fork rescales num_output contiguous runs of K values of the blob (also with transpose)
             from .margin import normalize_rows_
             normalize_rows_(w, 1e-6, rows=self.num_output)
