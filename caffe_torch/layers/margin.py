@@ -266,7 +266,8 @@ class MarginInnerProduct(Layer):
         lam = self.lambda_at(self._iter)
         self.last_lambda = lam
         w = self.blobs[0]
-        normalize_rows_(w)
+        if not self.rerun:              # once per forward, as the fork's Forward does
+            normalize_rows_(w)
         m = count(x.shape, 0, self.axis)
         x2 = x.reshape(m, -1)
         lab = _labels(label, m, self.num_output, self)
@@ -315,16 +316,44 @@ class Normalize(Layer):
 
     def forward(self, x):
         n, c, h, w = self._legacy_shape(x.shape)
-        x3 = x.reshape(n, c, h * w)
-        if self.normalize_type == "L2":
-            norm = torch.sqrt((x3 * x3).sum(dim=1, keepdim=True) + 1e-6)
-        else:
-            norm = x3.abs().sum(dim=1, keepdim=True) + 1e-6
-        y = (x3 / norm).reshape(n, c, h, w)
+        y, norm = _NormalizeFunction.apply(x.reshape(n, c, h * w), self.normalize_type == "L1")
+        y = y.reshape(n, c, h, w)
         if len(self.param.top) > 1:
             norm_top = norm.reshape(n, 1, h, w)
             return y, (norm_top if self.bp_norm else norm_top.detach())
         return y
+
+
+class _NormalizeFunction(torch.autograd.Function):
+    """y = x / norm over the channel axis (norm = sqrt(sum x^2 + 1e-6) for L2, sum |x| + 1e-6 for L1), with the
+    fork's backward formula (NormalizeLayer::Backward_cpu, caffe_build/layers/src/caffe/layers/normalize_layer.cpp):
+    dx = (dy - dir * sum_c(y dy)) / norm + dnorm * dir, dir = y (L2) or sign(y) (L1). Where y is nearly +-1 (one
+    channel, or one that dominates) the exact gradient is a small difference of nearly equal terms; autograd's
+    dy / norm - x sum_c(x dy) / norm^3 rounds that difference otherwise (1% apart at one channel), and the error
+    passes on, undiminished, into every well-conditioned sum below (a bias gradient)."""
+
+    @staticmethod
+    def forward(ctx, x3, l1: bool):
+        if l1:
+            norm = x3.abs().sum(dim=1, keepdim=True) + 1e-6
+        else:
+            norm = torch.sqrt((x3 * x3).sum(dim=1, keepdim=True) + 1e-6)
+        y = x3 / norm
+        ctx.save_for_backward(y, norm)
+        ctx.l1 = l1
+        ctx.set_materialize_grads(False)        # an unused output (the norm top without bp_norm) gives None
+        return y, norm
+
+    @staticmethod
+    def backward(ctx, dy, dnorm):
+        y, norm = ctx.saved_tensors
+        direction = torch.sign(y) if ctx.l1 else y
+        dx = None
+        if dy is not None:
+            dx = (dy - direction * (y * dy).sum(dim=1, keepdim=True)) / norm
+        if dnorm is not None:
+            dx = dnorm * direction if dx is None else dx + dnorm * direction
+        return dx, None
 
 
 @register("LabelSpecificAdd")
