@@ -582,6 +582,9 @@ class Net(PycaffeNetMixin):
         next one."""
         record = self.enable_backward and torch.is_grad_enabled()
         self._first_version: dict[str, torch.Tensor] = {}
+        # the version whose gradient is the blob's diff: its first, or the top of the last layer computing in place
+        # on it that gives its bottom no diff (Caffe: that layer's backward leaves the top's diff in the blob)
+        self._diff_version: dict[str, torch.Tensor] = {}
         # debug_info: every layer's bottoms and tops, for Caffe's [Forward] / [Backward] lines (debug_info.py)
         debug = [] if self.debug_info else None
         keep = retain_blob_diffs or debug is not None
@@ -593,7 +596,7 @@ class Net(PycaffeNetMixin):
                 if record and self.force_backward and t.is_floating_point():
                     t = t.detach().requires_grad_(True)
                     self._tensors[name] = t
-                self._first_version[name] = t
+                self._first_version[name] = self._diff_version[name] = t
             for i in range(start, end + 1):
                 layer = self._layers[i]
                 lname = self._layer_names[i]
@@ -612,6 +615,8 @@ class Net(PycaffeNetMixin):
                         leaf = self._tensors[b] = t.detach().requires_grad_(True)
                         if self._first_version.get(b) is t:
                             self._first_version[b] = leaf
+                        if self._diff_version.get(b) is t:
+                            self._diff_version[b] = leaf
                         t = leaf
                     if self._sync.viewed and b in self.top_names[lname] and t.is_floating_point():
                         # in place on a blob a script keeps a view of: after this forward the view's memory gets
@@ -641,7 +646,9 @@ class Net(PycaffeNetMixin):
                                 for t, o, keep in zip(self.top_names[lname], out, layer.keeps_tops))
                 for tname, t in zip(self.top_names[lname], out):
                     if tname not in self.bottom_names[lname]:
-                        self._first_version[tname] = t
+                        self._first_version[tname] = self._diff_version[tname] = t
+                    elif not self._propagate_down[i][self.bottom_names[lname].index(tname)]:
+                        self._diff_version[tname] = t
                     self._tensors[tname] = t
                     if record and keep and t.requires_grad:
                         t.retain_grad()
@@ -742,7 +749,7 @@ class Net(PycaffeNetMixin):
                 self._grads.pop(name, None)
         torch.autograd.backward([r for r, _ in roots_seeds], [s for _, s in roots_seeds])
         if keep:
-            for name, t in self._first_version.items():
+            for name, t in self._diff_version.items():
                 if t.grad is not None:
                     self._grads[name] = t.grad
         if self._debug_record is not None:

@@ -410,15 +410,38 @@ def _later_in_place(later: list, blob: str) -> bool:
     return False
 
 
-def _unneeded_bottom_keys(net: caffe_pb2.NetParameter) -> dict[str, set[str]]:
+def _diff_groups(layers: list) -> dict[str, set[str]]:
+    """{blob: the blobs sharing its diff memory} in Caffe's built net: a one-bottom Concat's, one-top Slice's or
+    Reshape's tops share their bottom's diff (ShareDiff in their Reshape; quirk shared-blob-memory)."""
+    groups: dict[str, set[str]] = {}
+    for lp in layers:
+        if lp.type in DIFF_SHARING and lp.type != "Parameter" and _shared_producer(lp) and lp.bottom:
+            group = set().union(*(groups.get(b, {b}) for b in (lp.bottom[0], *lp.top)))
+            groups.update(dict.fromkeys(group, group))
+    return groups
+
+
+def _shared_diff_in_place_keys(layers: list) -> set[str]:
+    """Diffs of blobs sharing diff memory with a blob that a layer computes in place: that layer's backward writes
+    its bottom's diff into the memory all of them show, so they show the gradient of the blob's first version, not
+    their own (quirk shared-blob-memory: a Reshape of a BatchNorm computed in place shows the BatchNorm's bottom
+    diff). The in-place blob's own diff is that gradient in caffe_torch too."""
+    groups = _diff_groups(layers)
+    in_place = {b for lp in layers for j, b in enumerate(lp.bottom) if j < len(lp.top) and lp.top[j] == b}
+    return {f"blob/diff/{b}" for blob in in_place & set(groups) for b in groups[blob] - in_place}
+
+
+def _unneeded_bottom_keys(net: caffe_pb2.NetParameter, layers: list) -> dict[str, set[str]]:
     """Bottom diffs that Caffe writes where its Net::Init decided the bottom needs none (a data or input blob
     below a layer whose params make it run backward): a BatchNorm's (any bottom; quirk ignores-propagate-down),
     a RNN's or LSTM's input x and static input (recurrent_layer.cpp back-propagates the unrolled net to them
     unconditionally, lstm_layer.cpp's `propagate_down: true`; same quirk), a Scale's bottom 0 (its scratch;
-    scale-scratch-diff). Only a divergence where caffe_torch's diff is all zero is explained by these."""
+    scale-scratch-diff) and the blobs sharing its diff (`layers`: Caffe's built net, see _diff_groups). Only a
+    divergence where caffe_torch's diff is all zero is explained by these."""
     keys: dict[str, set[str]] = {}
     if net.force_backward:          # every such bottom needs backward: caffe_torch gives it its diff too
         return keys
+    groups = _diff_groups(layers)
     for lp in net.layer:
         if lp.type == "BatchNorm":
             keys.setdefault("ignores-propagate-down", set()).update(f"blob/diff/{b}" for b in lp.bottom)
@@ -427,7 +450,9 @@ def _unneeded_bottom_keys(net: caffe_pb2.NetParameter) -> dict[str, set[str]]:
             xs = lp.bottom[:1] + (lp.bottom[2:3] if len(lp.bottom) > 2 + hidden else [])
             keys.setdefault("ignores-propagate-down", set()).update(f"blob/diff/{b}" for b in xs)
         if lp.type == "Scale" and lp.top[0] != lp.bottom[0]:
-            keys.setdefault("scale-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
+            # the scratch shows in every blob sharing that diff (a one-bottom Concat's bottom: ShareDiff)
+            keys.setdefault("scale-scratch-diff", set()).update(
+                f"blob/diff/{b}" for b in groups.get(lp.bottom[0], {lp.bottom[0]}))
     return keys
 
 
@@ -496,7 +521,9 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
     written_scales = _written_scale_diffs(net, blob_shapes(theirs))
     quirk_keys = _quirk_keys(net, prog, written_scales)
     quirk_keys["shared-blob-memory-build"] = _set_up_shared_keys(net, prog, theirs)
-    unneeded_keys = _unneeded_bottom_keys(net)
+    layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
+    unneeded_keys = _unneeded_bottom_keys(net, layers)
+    quirk_keys.setdefault("shared-blob-memory", set()).update(_shared_diff_in_place_keys(layers))
     flatten_keys, flatten_stages = _flatten_diff_keys(net, prog)
     quirk_keys["flatten-backward-shares-diff"] = flatten_keys
     overwritten_keys, overwritten_stages = _overwritten_top_keys(net, prog, theirs)
