@@ -228,6 +228,7 @@ class Net(PycaffeNetMixin):
         self._propagate_down: list[list[bool]] = []
         self._tensors: dict[str, torch.Tensor] = {}
         self._graph_tensors: dict[str, torch.Tensor] = {}     # see _run_layers
+        self._blob_leaves: dict[str, torch.Tensor] = {}       # see _run_layers
         self._grads: dict[str, torch.Tensor | None] = {}
         self.blobs: dict[str, Blob] = OrderedDict()
         self.params: dict[str, list[Blob]] = OrderedDict()
@@ -590,6 +591,9 @@ class Net(PycaffeNetMixin):
         keep = retain_blob_diffs or debug is not None
         detached = self._detached_params
         followers = self._shape_followers
+        # the leaves the last forward made to collect a blob's diff: this forward makes new ones, as Caffe's
+        # backward writes such a diff anew (autograd would add to the old leaf's .grad, every iteration)
+        stale_leaves, self._blob_leaves = self._blob_leaves, {}
         with torch.set_grad_enabled(record):
             for name in self.inputs:
                 t = self._tensors[name]
@@ -609,10 +613,11 @@ class Net(PycaffeNetMixin):
                 bottoms = []
                 for b, prop in zip(self.bottom_names[lname], self._propagate_down[i]):
                     t = self._tensors[b]
-                    if prop and record and not t.requires_grad and t.is_floating_point():
+                    if prop and record and (not t.requires_grad or stale_leaves.get(b) is t) and \
+                            t.is_floating_point():
                         # Caffe gives this bottom a diff though nothing before it learns (a data layer's top under
                         # force_backward, an input with propagate_down: true): a leaf that collects it
-                        leaf = self._tensors[b] = t.detach().requires_grad_(True)
+                        leaf = self._tensors[b] = self._blob_leaves[b] = t.detach().requires_grad_(True)
                         if self._first_version.get(b) is t:
                             self._first_version[b] = leaf
                         if self._diff_version.get(b) is t:

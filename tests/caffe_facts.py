@@ -172,8 +172,10 @@ QUIRKS = {q.id: q for q in [
           "top[0]->cpu_data()), and computing in place ReLU, AbsVal, BNLL, Log and Power (power not 0 or 1, scale "
           "nonzero) read their bottom's, the same blob; where a later layer computes in place on that top, the blob "
           "holds that layer's output when the backward runs, so the gradient is taken at the wrong values (TanH "
-          "under an in-place Sigmoid back-propagates 1 - sigmoid(tanh(x))^2 for 1 - tanh(x)^2); caffe_torch's is "
-          "the derivative at the layer's own output"),
+          "under an in-place Sigmoid back-propagates 1 - sigmoid(tanh(x))^2 for 1 - tanh(x)^2); so do a RNN's and "
+          "a LSTM's exposed hidden state, whose top shares the unrolled net's h_T (RNN: read by its TanH) or c_T "
+          "(LSTM: read by the last LSTMUnit) data (RecurrentLayer::Forward_cpu: top[i]->ShareData(...)); "
+          "caffe_torch's is the derivative at the layer's own output"),
     Quirk("in-place-loss-weight", "a loss weight on a top computed in place: Caffe writes the weight into the "
           "blob's diff once, when the net is built, and the layer's in-place backward overwrites that diff with "
           "the bottom's, so every later backward seeds the loss with the last bottom diff instead of the weight; "
@@ -211,7 +213,9 @@ QUIRKS = {q.id: q for q in [
           "layer_factory.cpp GetReLULayer)"),
     Quirk("hinge-scratch-diff", "HingeLoss computes its forward in its bottom's diff (caffe_copy into "
           "bottom[0]->mutable_cpu_diff(), hinge_loss_layer.cpp), so after a forward that diff holds the margins "
-          "until a backward overwrites it; caffe_torch leaves the diff alone"),
+          "until a backward overwrites it; where the HingeLoss's own backward does not run (loss weight 0) or skips "
+          "it (propagate_down false), the backward reading that diff (a Split's sums its tops' diffs, "
+          "split_layer.cpp) back-propagates the margins upstream; caffe_torch leaves the diff alone"),
     Quirk("scale-scratch-diff", "ScaleLayer::Backward computes the scale's gradient in its bottom 0's diff (the "
           "\"hack\" of scale_layer.cpp: the eltwise product top_diff * bottom_data stored there), also where "
           "propagate_down is false for that bottom (or it is a data or input blob Net::Init gives no diff), which is "

@@ -304,3 +304,48 @@ def test_parameter_loss_weight_lost_explains_its_steps(loss_weight, key, stage, 
     prog = Program(net_text=net, backward=None, solver_text='base_lr: 0.1 lr_policy: "fixed"', steps=[1, 1])
     divs = classify(prog, [Divergence(stage, "value", key, "relative difference 0.001")])
     assert divs[0].cls == ("parameter-top-diff" if explained else "")
+
+
+@pytest.mark.parametrize("hinge_weight, explained", [("loss_weight: 0", True), ("", False)])
+def test_hinge_scratch_diff_summed_by_a_split(hinge_weight, explained):
+    """Seed 807225: a HingeLoss of loss weight 0 runs no backward (Net::Init: it contributes no loss), so its bottom,
+    a Split's top, keeps the forward's margins as its diff, and the Split's backward adds them to the other top's
+    (split_layer.cpp caffe_add): what is upstream of the Split diverges (quirk hinge-scratch-diff). With its default
+    weight the HingeLoss's backward overwrites that diff: nothing is explained."""
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+
+    net = ('layer { name: "in" type: "Input" top: "x" top: "l" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } '
+           '} }\n'
+           'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "z" inner_product_param { num_output: 3 } }\n'
+           'layer { name: "re" type: "ReLU" bottom: "z" top: "y" loss_weight: 1 }\n'
+           f'layer {{ name: "h" type: "HingeLoss" bottom: "y" bottom: "l" top: "loss" {hinge_weight} }}\n')
+    prog = Program(net_text=net, backward="kwargs")
+    divs = classify(prog, [Divergence("bwd0", "value", "blob/diff/z", "relative difference 0.9"),
+                           Divergence("bwd0", "value", "param/diff/ip/0", "relative difference 0.9")])
+    assert [d.cls for d in divs] == ["hinge-scratch-diff" if explained else ""] * 2
+
+
+@pytest.mark.parametrize("recurrent, tops, in_place_on, explained", [
+    ("RNN", ("o", "hT"), "hT", True), ("LSTM", ("o", "hT", "cT"), "cT", True),
+    ("LSTM", ("o", "hT", "cT"), "hT", False), ("RNN", ("o", "hT"), "o", False)])
+def test_backward_reads_overwritten_exposed_hidden_state(recurrent, tops, in_place_on, explained):
+    """Seeds 806477, 807551: a RNN's / LSTM's exposed hidden-state top shares the unrolled net's h_T / c_T data
+    (RecurrentLayer::Forward_cpu ShareData), which its TanH / last LSTMUnit reads in the backward: a layer computing
+    in place on it gives x (and the layer's params) the gradient at the wrong values (quirk
+    backward-reads-overwritten-top; checked on the build: the x diff changes). LSTMUnit's backward does not use its
+    H top, the output o is a Concat's (whose backward reads no data): nothing is explained there."""
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+
+    bottoms = ["x", "c", "h0"] + (["c0"] if recurrent == "LSTM" else [])
+    net = ('layer { name: "in" type: "Input" top: "x" top: "c" top: "h0" top: "c0" input_param { shape { dim: 3 dim: 2 '
+           'dim: 3 } shape { dim: 3 dim: 2 } shape { dim: 1 dim: 2 dim: 2 } shape { dim: 1 dim: 2 dim: 2 } } }\n'
+           f'layer {{ name: "r" type: "{recurrent}" {" ".join(f"bottom: {b!r}" for b in bottoms)} '
+           f'{" ".join(f"top: {t!r}" for t in tops)} '
+           'recurrent_param { num_output: 2 expose_hidden: true } }\n'.replace("'", '"') +
+           f'layer {{ name: "sg" type: "Sigmoid" bottom: "{in_place_on}" top: "{in_place_on}" }}\n')
+    prog = Program(net_text=net, backward="kwargs")
+    divs = classify(prog, [Divergence("bwd0", "value", "blob/diff/x", "relative difference 0.1"),
+                           Divergence("bwd0", "value", "param/diff/r/0", "relative difference 0.1")])
+    assert [d.cls for d in divs] == ["backward-reads-overwritten-top" if explained else ""] * 2

@@ -367,20 +367,25 @@ def _upstream_diff_keys(layers: list, blobs) -> set[str]:
     return keys
 
 
-def _reads_top_data(lp) -> bool:
-    """Whether the layer's Backward_cpu reads data that a later layer computing in place on its top overwrites: its
-    top's, or, where it computes in place itself, its bottom's, the same blob (quirk backward-reads-overwritten-top;
-    Power: power 2 reads only the bottom, power 1 or a zero power * scale nothing)."""
+def _read_tops(lp) -> list[str]:
+    """The tops whose data the layer's Backward_cpu reads and a later layer computing in place on them overwrites:
+    its tops, or, where it computes in place itself, its bottom's, the same blob (quirk backward-reads-overwritten-top;
+    Power: power 2 reads only the bottom, power 1 or a zero power * scale nothing). An exposed hidden state of a
+    RNN or LSTM is the unrolled net's blob (ShareData in RecurrentLayer::Forward_cpu) that a TanH (RNN's h_T) or
+    the last LSTMUnit (LSTM's c_T, its top C) reads in the unrolled net's backward."""
     pp = lp.power_param
     power_reads = pp.power != 1 and pp.power * pp.scale != 0
     in_place = bool(lp.bottom) and bool(lp.top) and lp.top[0] == lp.bottom[0]
-    return lp.type in ("TanH", "Sigmoid", "Exp", "ELU", "Softmax", "Normalize", "LSTMUnit") or \
+    if lp.type in ("RNN", "LSTM"):
+        return list(lp.top[{"RNN": 1, "LSTM": 2}[lp.type]:]) if lp.recurrent_param.expose_hidden else []
+    reads = lp.type in ("TanH", "Sigmoid", "Exp", "ELU", "Softmax", "Normalize", "LSTMUnit") or \
         lp.type == "LRN" and lp.lrn_param.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS or \
         lp.type == "Power" and power_reads and (pp.power != 2 or in_place) or \
         lp.type == "MVN" and lp.mvn_param.normalize_variance or \
         lp.type == "Eltwise" and lp.eltwise_param.operation == caffe_pb2.EltwiseParameter.PROD and \
         not lp.eltwise_param.stable_prod_grad or \
         in_place and lp.type in ("ReLU", "AbsVal", "BNLL", "Log")
+    return list(lp.top) if reads else []
 
 
 def _overwritten_top_keys(net: caffe_pb2.NetParameter, prog: Program,
@@ -392,8 +397,30 @@ def _overwritten_top_keys(net: caffe_pb2.NetParameter, prog: Program,
     layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
     keys: set[str] = set()
     for i, lp in enumerate(layers):
-        if _reads_top_data(lp) and any(_later_in_place(layers[i + 1:], t) for t in lp.top):
-            keys |= _upstream_diff_keys(layers[:i + 1], lp.bottom)
+        if any(_later_in_place(layers[i + 1:], t) for t in _read_tops(lp)):
+            keys |= _upstream_diff_keys(layers[:i + 1], lp.bottom) | {f"param/diff/{lp.name}/*"}
+    names = {k.split("/")[2] for k in keys if k.startswith("param/")}
+    learned = theirs is not None and any(k.split("/")[3] in names for k in theirs.obs
+                                         if k.startswith("build/param/data/"))
+    return keys, ("step",) if learned else ()
+
+
+def _hinge_scratch_keys(net: caffe_pb2.NetParameter, prog: Program,
+                        theirs: EngineResult | None) -> tuple[set[str], tuple[str, ...]]:
+    """What the quirk hinge-scratch-diff explains upstream of a HingeLoss whose Backward leaves its bottom's diff
+    holding the forward's margins (no backward: loss weight 0, its top unread, no force_backward (Net::Init's
+    layer_contributes_loss); or propagate_down false for it): the backward that reads that diff (a Split's, which sums
+    its tops' diffs: split_layer.cpp caffe_add) back-propagates the margins. Keys and stages as
+    _overwritten_top_keys'."""
+    layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
+    consumed = {b for lp in layers for b in lp.bottom}
+    keys: set[str] = set()
+    for i, lp in enumerate(layers):
+        if lp.type != "HingeLoss" or not lp.bottom:
+            continue
+        unrun = not net.force_backward and not any(lp.loss_weight[:1] or [1]) and not set(lp.top) & consumed
+        if unrun or not all(lp.propagate_down[:1]):
+            keys |= _upstream_diff_keys(layers[:i], lp.bottom[:1])
     names = {k.split("/")[2] for k in keys if k.startswith("param/")}
     learned = theirs is not None and any(k.split("/")[3] in names for k in theirs.obs
                                          if k.startswith("build/param/data/"))
@@ -528,6 +555,8 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
     quirk_keys["flatten-backward-shares-diff"] = flatten_keys
     overwritten_keys, overwritten_stages = _overwritten_top_keys(net, prog, theirs)
     quirk_keys["backward-reads-overwritten-top"] = overwritten_keys
+    hinge_keys, hinge_stages = _hinge_scratch_keys(net, prog, theirs)
+    quirk_keys.setdefault("hinge-scratch-diff", set()).update(hinge_keys)
     stale = stale_view_blobs(net)
     stale_kept = any(what == "blob" and name in stale for what, name, _, _ in prog.keep)
     solver = caffe_pb2.SolverParameter()
@@ -569,6 +598,8 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
             d.cls = "flatten-backward-shares-diff"
         elif d.what == "value" and d.stage.startswith(overwritten_stages):
             d.cls = "backward-reads-overwritten-top"
+        elif d.what == "value" and d.stage.startswith(hinge_stages):
+            d.cls = "hinge-scratch-diff"
         elif stale_kept and (d.key.startswith("kept/") or d.what == "refusal"):
             d.cls = "stale-view"
         elif d.stage.startswith("step") and d.what == "value" and "BatchNorm" in types and solver.weight_decay:
