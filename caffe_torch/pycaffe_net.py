@@ -251,14 +251,17 @@ class PycaffeNetMixin:
         """Layer i's forward run again for its result (or graph) only: what it moves besides (BatchNorm's statistics
         in TRAIN, a layer's counter) is put back, as Caffe's Backward leaves them."""
         module = self._layers[i]
-        kept = [(p, p.detach().clone()) for p in module.blobs if not p.requires_grad]
+        kept = [(p, p._version, p.detach().clone()) for p in module.blobs if not p.requires_grad]
         state = module.get_state()
         with rerunning([module]):
             out = (module(*bottoms) if i not in self._detached_params
                    else self._call_detached(module, self._detached_params[i], bottoms))
         with torch.no_grad():
-            for p, value in kept:
-                p.copy_(value)
+            for p, version, value in kept:
+                # only a blob the forward moved: a copy into any other would bump the version at which the new
+                # graph saved it (a fixed, lr_mult 0, conv weight) and autograd would then refuse its backward
+                if p._version != version:
+                    p.copy_(value)
         if state is not None:
             module.set_state(state)
         return (out,) if isinstance(out, torch.Tensor) else tuple(out)

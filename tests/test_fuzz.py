@@ -349,3 +349,53 @@ def test_backward_reads_overwritten_exposed_hidden_state(recurrent, tops, in_pla
     divs = classify(prog, [Divergence("bwd0", "value", "blob/diff/x", "relative difference 0.1"),
                            Divergence("bwd0", "value", "param/diff/r/0", "relative difference 0.1")])
     assert [d.cls for d in divs] == ["backward-reads-overwritten-top" if explained else ""] * 2
+
+
+@pytest.mark.parametrize("order, explained", [(("mvn2", "redu8"), True), (("redu8", "mvn2"), False)])
+def test_in_place_reshape_refused_before_the_mutated_layer(order, explained):
+    """Seed 807441: the invalid case gives Reduction 'redu8' a second loss_weight, but caffe_torch refuses first the
+    MVN 'mvn2' before it that computes in place with another shape (quirk in-place-reshape: Caffe accepts it).
+    Caffe's Net::Init sets the layers up in order, so it aborts at redu8; a refusal naming a layer after the
+    mutated one stays unexplained."""
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+
+    layers = {"mvn2": 'layer { name: "mvn2" type: "MVN" bottom: "in1" top: "in1" }\n',
+              "redu8": 'layer { name: "redu8" type: "Reduction" bottom: "in1" top: "b9" loss_weight: 1 '
+                       'loss_weight: 1 }\n'}
+    net = 'input: "in1" input_shape { dim: 3 dim: 1 dim: 1 }\n' + "".join(layers[n] for n in order)
+    prog = Program(net_text=net, invalid="Reduction 'redu8' counts: loss_weight", expect_field="loss_weight")
+    detail = ("caffe_torch's error does not name the field 'loss_weight' (Reduction 'redu8' counts: loss_weight): "
+              "net.prototxt:3: layer 'mvn2' (type MVN): computes top 'in1' in place but changes its shape "
+              "(3, 1, 1) -> (3, 1, 1, 1): give the top another name")
+    divs = classify(prog, [Divergence("end", "refusal-message", "LayerError", detail)])
+    assert divs[0].cls == ("in-place-reshape" if explained else "")
+
+
+@pytest.mark.parametrize("ours, same", [
+    ("layer 'soft7' (type SoftmaxWithLoss): the data and label should have the same first dimension, got (1, 4, 2) "
+     "and (4, 2)", True),
+    ("layer 'hing29' (type HingeLoss): loss_weight must be unspecified or given once per top", False)])
+def test_refusal_naming_caffes_failed_check(ours, same):
+    """Seed 801163: the mutated net already failed another check (the SoftmaxWithLoss label's first axis, in both
+    engines) before the mutated layer; caffe_torch's error repeats the words of Caffe's failed CHECK."""
+    from tests.fuzz.compare import _names_what_caffe_names
+
+    theirs = ("Check failed: bottom[0]->shape(0) == bottom[1]->shape(0) (1 vs. 4) The data and label should have the "
+              "same first dimension.")
+    assert _names_what_caffe_names(theirs, ours) == same
+
+
+def test_softmax_loss_class_axis_zero_labels_share_the_first_axis(tmp_path):
+    """Seed 801163: a SoftmaxWithLoss over class axis 0 was given labels of the scores' other axes, which
+    LossLayer::Reshape refuses (their first axes differ); now the unmutated net runs in caffe_torch."""
+    from tests.fuzz.program import draw_program
+    from tests.fuzz.worker import Worker
+
+    prog = draw_program(801163)
+    worker = Worker("torch", tmp_path)
+    try:
+        ours = worker.run(prog.net_text, prog.to_json())
+    finally:
+        worker.close()
+    assert ours.end == "done", ours.message

@@ -40,6 +40,8 @@ from .worker import EngineResult
 
 CONDITION_FACTOR = 10.0
 HEAP_CRASH = re.compile(r"free\(\)|double free|corrupted|Segmentation|malloc")    # glibc's words when the heap breaks
+# glog's CHECK_EQ/GE... abort: the condition, the two values, then the layer's own words
+CHECK_MESSAGE = re.compile(r"Check failed: .*? \([^()]*\) (.+)$", re.S)
 SPLIT_NAME = re.compile(r"_split(_\d+)?$")     # Caffe's InsertSplits names: <blob>_<layer>_<i>_split[_<j>]
 DIFF_SHARING = ("Reshape", "Concat", "Slice", "Parameter")    # their top shares its bottom's diff (caffe_facts)
 OUR_ERRORS = {"CaffeError", "LayerError", "PrototxtError", "WeightsError"}
@@ -140,10 +142,18 @@ def compare_results(prog: Program, theirs: EngineResult, ours: EngineResult,
 
 
 def _names_what_caffe_names(theirs: str, ours: str) -> bool:
-    """Caffe's abort names blobs or layers ('b2', 'eucl5') and caffe_torch's error names them all: the mutation
-    broke the net somewhere else than its field (a renamed top leaves a later bottom unknown), and both say so."""
+    """Caffe's abort names blobs or layers ('b2', 'eucl5') and caffe_torch's error names them all, or caffe_torch's
+    error says what Caffe's failed CHECK says: the mutation broke the net somewhere else than its field (a renamed
+    top leaves a later bottom unknown), or the net already failed another check before it, and both say so."""
     names = set(re.findall(r"'([^'\s]+)'", theirs))
-    return bool(names) and all(f"'{n}'" in ours for n in names)
+    return bool(names) and all(f"'{n}'" in ours for n in names) or _same_check(theirs, ours)
+
+
+def _same_check(theirs: str, ours: str) -> bool:
+    """Caffe's "Check failed: <condition> (<values>) <message>." whose message caffe_torch's error repeats."""
+    m = CHECK_MESSAGE.match(theirs.strip())
+    said = m.group(1).strip().rstrip(".").lower() if m else ""
+    return len(said) >= 20 and said in ours.lower()
 
 
 def _end(r: EngineResult) -> str:
@@ -577,7 +587,9 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
         elif d.what == "refusal" and prog.expect_field == "dropout_ratio" and "caffe_torch raises" in d.detail and \
                 "dropout_ratio must be in [0, 1)" in d.detail and "; Caffe completes" in d.detail:
             d.cls = "dropout-ratio-unchecked"
-        elif d.what == "refusal" and "in place but changes its shape" in d.detail and "; Caffe completes" in d.detail:
+        elif "in place but changes its shape" in d.detail and (
+                d.what == "refusal" and "; Caffe completes" in d.detail or
+                d.what == "refusal-message" and _refused_before_mutation(prog, d.detail)):
             d.cls = "in-place-reshape"
         elif d.what == "refusal" and "SigmoidCrossEntropyLoss" in types and "; Caffe aborts" in d.detail and \
                 "caffe_torch completes" in d.detail and "Cannot use legacy accessors" in d.detail:
@@ -607,6 +619,17 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
         elif d.stage.startswith("step") and d.what == "value" and solver.iter_size > 1 and written_scales:
             d.cls = min(written_scales.values())      # the step's update misses all but the last pass's scale diff
     return divs
+
+
+def _refused_before_mutation(prog: Program, detail: str) -> bool:
+    """caffe_torch's refusal names a layer before the one the illegal mutation changed (prog.invalid: "Type 'name'
+    ..."): Caffe's Net::Init sets the layers up in order (Layer::SetUp: LayerSetUp, Reshape, SetLossWeights), so
+    it passes that layer first and aborts at the mutated one."""
+    mutated = re.match(r"\S+ '([^']+)'", prog.invalid)
+    ours = re.search(r"layer '([^']+)'", detail)
+    names = _layer_names(prog)
+    return bool(mutated and ours) and mutated.group(1) in names and ours.group(1) in names and \
+        names.index(ours.group(1)) < names.index(mutated.group(1))
 
 
 def class_reason(cls: str) -> str:

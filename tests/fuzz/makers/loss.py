@@ -21,21 +21,28 @@ def _loss_weight(g, lp, n_tops=1):
             g.blobs[t].terminal = True
 
 
-def _scores_and_labels(g: NetGen, p_axis: float):
+def _scores_and_labels(g: NetGen, p_axis: float, loss: bool = False):
     """A bottom of scores with its class axis (1, or any axis with chance `p_axis`) and a label input for it:
-    (scores, its number of axes, the axis, the classes, the label blob, whether labels -1 are ignored)."""
+    (scores, its number of axes, the axis, the classes, the label blob, whether labels -1 are ignored).
+    `loss`: a LossLayer's labels, whose first axis must be the scores' (LossLayer::Reshape's CHECK_EQ, loss_layer.cpp):
+    for class axis 0 they are (classes, rest / classes), class axis 1 where that does not divide."""
     b = g.pick(lambda b: len(b.shape) >= 2)
     nd = len(b.shape)
     axis = int(g.rng.integers(0, nd)) if g.chance(p_axis) else 1
+    rest = math.prod(b.shape[1:])
+    if loss and axis == 0 and rest % b.shape[0]:
+        axis = 1
     classes = b.shape[axis]
     lshape = b.shape[:axis] + b.shape[axis + 1:]
+    if loss and axis == 0:
+        lshape = (classes, rest // classes)
     ignore = g.chance(0.3)
     label = g.label_input(lshape if lshape else (1,), classes, ignore)
     return b, nd, axis, classes, label, ignore
 
 
 def make_softmax_loss(g: NetGen) -> bool:
-    b, nd, axis, classes, label, ignore = _scores_and_labels(g, 0.2)
+    b, nd, axis, classes, label, ignore = _scores_and_labels(g, 0.2, loss=True)
     lp = g.layer("SoftmaxWithLoss", [b, label], [(None, (), "normal")])
     if axis != 1:
         lp.softmax_param.axis = axis - nd if g.chance(0.4) else axis
