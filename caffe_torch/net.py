@@ -582,6 +582,8 @@ class Net(PycaffeNetMixin):
         next one."""
         record = self.enable_backward and torch.is_grad_enabled()
         self._first_version: dict[str, torch.Tensor] = {}
+        # the versions in-place layers make of a blob after its first (see _backward_loss)
+        self._in_place_versions: dict[str, list[torch.Tensor]] = {}
         # debug_info: every layer's bottoms and tops, for Caffe's [Forward] / [Backward] lines (debug_info.py)
         debug = [] if self.debug_info else None
         keep = retain_blob_diffs or debug is not None
@@ -590,6 +592,10 @@ class Net(PycaffeNetMixin):
         with torch.set_grad_enabled(record):
             for name in self.inputs:
                 t = self._tensors[name]
+                if t.grad_fn is not None:
+                    # what an in-place layer made of the input in the last forward: not part of this one's graph
+                    # (its .grad is the last backward's)
+                    t = self._tensors[name] = t.detach()
                 if record and self.force_backward and t.is_floating_point():
                     t = t.detach().requires_grad_(True)
                     self._tensors[name] = t
@@ -642,6 +648,9 @@ class Net(PycaffeNetMixin):
                 for tname, t in zip(self.top_names[lname], out):
                     if tname not in self.bottom_names[lname]:
                         self._first_version[tname] = t
+                        self._in_place_versions.pop(tname, None)
+                    elif keep:
+                        self._in_place_versions.setdefault(tname, []).append(t)
                     self._tensors[tname] = t
                     if record and keep and t.requires_grad:
                         t.retain_grad()
@@ -743,12 +752,24 @@ class Net(PycaffeNetMixin):
         torch.autograd.backward([r for r, _ in roots_seeds], [s for _, s in roots_seeds])
         if keep:
             for name, t in self._first_version.items():
-                if t.grad is not None:
-                    self._grads[name] = t.grad
+                if (g := self._blob_grad(name, t)) is not None:
+                    self._grads[name] = g
         if self._debug_record is not None:
             backward_debug_info(self, self._debug_record)
             self._debug_record = None
         self._sync.refresh("diff")
+
+    def _blob_grad(self, name: str, first: torch.Tensor) -> torch.Tensor | None:
+        """The diff Caffe's backward leaves in blob `name`: layers computing in place on it write its one diff in
+        turn, the earliest last, so it is the gradient of its earliest version that got one. An in-place layer
+        that does not propagate down (its bottom needs no backward: a net input under a PReLU or Scale) leaves
+        its top's diff there (prelu_layer.cpp / scale_layer.cpp Backward_cpu write bottom_diff only if
+        propagate_down[0])."""
+        if first.requires_grad and first.grad is not None:
+            return first.grad
+        # (a tensor needing no gradient may carry the diff a script or an earlier backward left: not this one's)
+        later = (t.grad for t in self._in_place_versions.get(name, ()) if t.requires_grad and t.grad is not None)
+        return next(later, first.grad)
 
     def _output_seeds(self) -> dict[str, torch.Tensor]:
         """The diffs Caffe's Net::Backward reads from the outputs whose layer it runs (need_backward.py): what a

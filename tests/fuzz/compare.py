@@ -251,6 +251,10 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
             keys.setdefault("shared-blob-memory", set()).update(
                 f"blob/diff/{b}" for b in (*lp.bottom, *lp.top))
             keys["shared-blob-memory"].update(f"param/diff/{lp.name}/0" for _ in [0] if lp.type == "Parameter")
+        if lp.type in DIFF_SHARING and _shared_producer(lp) and len(lp.propagate_down) and \
+                not all(lp.propagate_down):
+            # no backward copies the top's diff down, but a reader's backward writes the shared diff all the same
+            keys.setdefault("shared-blob-memory", set()).update(_diff_sharing_upstream(net, lp))
         if lp.type == "Parameter":            # its top's diff is the param's (a solver step's update shows)
             keys.setdefault("shared-blob-memory", set()).add(f"blob/diff/{lp.top[0]}")
             if prog.backward is not None and lp.top[0] not in consumed:
@@ -273,6 +277,19 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
         keys.setdefault("ignores-propagate-down", set()).update(
             f"blob/diff/{lp.bottom[0]}" for lp in net.layer
             if lp.type == "BatchNorm" and lp.top[:1] == lp.bottom[:1] and lp.bottom[0] in inputs)
+    return keys
+
+
+def _diff_sharing_upstream(net: caffe_pb2.NetParameter, lp) -> set[str]:
+    """The diff keys of `lp`'s tops and bottoms, and on up through the diff-sharing layers producing its bottoms
+    (Reshape, one-bottom Concat, one-top Slice: ShareDiff in their Reshape): one memory in Caffe."""
+    keys, todo = set(), [lp]
+    while todo:
+        layer = todo.pop()
+        new = {f"blob/diff/{b}" for b in (*layer.bottom, *layer.top)} - keys
+        keys |= new
+        todo += [other for other in net.layer if other.type in DIFF_SHARING and _shared_producer(other) and
+                 other.type != "Parameter" and f"blob/diff/{other.top[0]}" in new and other is not layer]
     return keys
 
 
