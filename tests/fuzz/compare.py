@@ -43,8 +43,9 @@ HEAP_CRASH = re.compile(r"free\(\)|double free|corrupted|Segmentation|malloc")  
 SPLIT_NAME = re.compile(r"_split(_\d+)?$")     # Caffe's InsertSplits names: <blob>_<layer>_<i>_split[_<j>]
 DIFF_SHARING = ("Reshape", "Concat", "Slice", "Parameter")    # their top shares its bottom's diff (caffe_facts)
 OUR_ERRORS = {"CaffeError", "LayerError", "PrototxtError", "WeightsError"}
-# the quirks that show in a solver's test net too: a forward's scratch diff, and the trained params' values
-TEST_NET_QUIRKS = ("hinge-scratch-diff", "parameter-top-diff")
+# the quirks that show in a solver's test net too: a forward's scratch diff, the trained params' values, a loss
+# weight set up in a diff-sharing top's diff
+TEST_NET_QUIRKS = ("hinge-scratch-diff", "parameter-top-diff", "shared-blob-memory-test")
 
 @dataclass
 class Divergence:
@@ -249,6 +250,10 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
         weights = [w for w in lp.loss_weight]
         if lp.type in DIFF_SHARING and _shared_producer(lp) and any(weights):
             keys.setdefault("shared-blob-memory", set()).update(
+                f"blob/diff/{b}" for b in (*lp.bottom, *lp.top))
+            # Net::Init writes the loss weight into the top's diff in a solver's test net too (Layer::SetLossWeights,
+            # layer.hpp), where no backward ever replaces it
+            keys.setdefault("shared-blob-memory-test", set()).update(
                 f"blob/diff/{b}" for b in (*lp.bottom, *lp.top))
             keys["shared-blob-memory"].update(f"param/diff/{lp.name}/0" for _ in [0] if lp.type == "Parameter")
         if lp.type in DIFF_SHARING and _shared_producer(lp) and len(lp.propagate_down) and \
@@ -496,7 +501,11 @@ def _key_quirk(quirk_keys: dict[str, set[str]], d: Divergence) -> str:
         # the solver's test net (the same prototxt; its params share the train net's data) runs forwards only
         key = key.removeprefix("test/")
         quirk_keys = {cls: keys for cls, keys in quirk_keys.items() if cls in TEST_NET_QUIRKS}
+        if key in quirk_keys.get("shared-blob-memory-test", ()):
+            return "shared-blob-memory"
     for cls, keys in quirk_keys.items():
+        if cls == "shared-blob-memory-test":
+            continue
         if cls == "shared-blob-memory-build":
             if d.stage == "build" and d.ours_zero and key in keys:
                 return "shared-blob-memory"
