@@ -597,6 +597,10 @@ class Net(PycaffeNetMixin):
         with torch.set_grad_enabled(record):
             for name in self.inputs:
                 t = self._tensors[name]
+                if t.grad_fn is not None:
+                    # what an in-place layer made of the input in the last forward: not part of this one's graph
+                    # (its .grad is the last backward's)
+                    t = self._tensors[name] = t.detach()
                 if record and self.force_backward and t.is_floating_point():
                     t = t.detach().requires_grad_(True)
                     self._tensors[name] = t

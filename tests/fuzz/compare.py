@@ -45,8 +45,9 @@ CHECK_MESSAGE = re.compile(r"Check failed: .*? \([^()]*\) (.+)$", re.S)
 SPLIT_NAME = re.compile(r"_split(_\d+)?$")     # Caffe's InsertSplits names: <blob>_<layer>_<i>_split[_<j>]
 DIFF_SHARING = ("Reshape", "Concat", "Slice", "Parameter")    # their top shares its bottom's diff (caffe_facts)
 OUR_ERRORS = {"CaffeError", "LayerError", "PrototxtError", "WeightsError"}
-# the quirks that show in a solver's test net too: a forward's scratch diff, and the trained params' values
-TEST_NET_QUIRKS = ("hinge-scratch-diff", "parameter-top-diff")
+# the quirks that show in a solver's test net too: a forward's scratch diff, the trained params' values, a loss
+# weight set up in a diff-sharing top's diff
+TEST_NET_QUIRKS = ("hinge-scratch-diff", "parameter-top-diff", "shared-blob-memory-test")
 
 @dataclass
 class Divergence:
@@ -260,7 +261,15 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
         if lp.type in DIFF_SHARING and _shared_producer(lp) and any(weights):
             keys.setdefault("shared-blob-memory", set()).update(
                 f"blob/diff/{b}" for b in (*lp.bottom, *lp.top))
+            # Net::Init writes the loss weight into the top's diff in a solver's test net too (Layer::SetLossWeights,
+            # layer.hpp), where no backward ever replaces it
+            keys.setdefault("shared-blob-memory-test", set()).update(
+                f"blob/diff/{b}" for b in (*lp.bottom, *lp.top))
             keys["shared-blob-memory"].update(f"param/diff/{lp.name}/0" for _ in [0] if lp.type == "Parameter")
+        if lp.type in DIFF_SHARING and _shared_producer(lp) and len(lp.propagate_down) and \
+                not all(lp.propagate_down):
+            # no backward copies the top's diff down, but a reader's backward writes the shared diff all the same
+            keys.setdefault("shared-blob-memory", set()).update(_diff_sharing_upstream(net, lp))
         if lp.type == "Parameter":            # its top's diff is the param's (a solver step's update shows)
             keys.setdefault("shared-blob-memory", set()).add(f"blob/diff/{lp.top[0]}")
             if prog.backward is not None and lp.top[0] not in consumed:
@@ -283,6 +292,19 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
         keys.setdefault("ignores-propagate-down", set()).update(
             f"blob/diff/{lp.bottom[0]}" for lp in net.layer
             if lp.type == "BatchNorm" and lp.top[:1] == lp.bottom[:1] and lp.bottom[0] in inputs)
+    return keys
+
+
+def _diff_sharing_upstream(net: caffe_pb2.NetParameter, lp) -> set[str]:
+    """The diff keys of `lp`'s tops and bottoms, and on up through the diff-sharing layers producing its bottoms
+    (Reshape, one-bottom Concat, one-top Slice: ShareDiff in their Reshape): one memory in Caffe."""
+    keys, todo = set(), [lp]
+    while todo:
+        layer = todo.pop()
+        new = {f"blob/diff/{b}" for b in (*layer.bottom, *layer.top)} - keys
+        keys |= new
+        todo += [other for other in net.layer if other.type in DIFF_SHARING and _shared_producer(other) and
+                 other.type != "Parameter" and f"blob/diff/{other.top[0]}" in new and other is not layer]
     return keys
 
 
@@ -541,7 +563,11 @@ def _key_quirk(quirk_keys: dict[str, set[str]], d: Divergence) -> str:
         # the solver's test net (the same prototxt; its params share the train net's data) runs forwards only
         key = key.removeprefix("test/")
         quirk_keys = {cls: keys for cls, keys in quirk_keys.items() if cls in TEST_NET_QUIRKS}
+        if key in quirk_keys.get("shared-blob-memory-test", ()):
+            return "shared-blob-memory"
     for cls, keys in quirk_keys.items():
+        if cls == "shared-blob-memory-test":
+            continue
         if cls == "shared-blob-memory-build":
             if d.stage == "build" and d.ours_zero and key in keys:
                 return "shared-blob-memory"
