@@ -199,8 +199,11 @@ class PycaffeNetMixin:
             module = self._layers[i]
             lname = self._layer_names[i]
             # Caffe's BackwardFromTo skips it; a layer without tops (HDF5Output, Silence) passes no diff back, and
-            # running its forward again would repeat its side effect (HDF5Output writes its batch once)
-            if module.is_source or not layer_needs[i] or not self.top_names[lname]:
+            # running its forward again would repeat its side effect (HDF5Output writes its batch once); nor does
+            # one without bottoms or learning params (a Data layer under force_backward, whose forward again would
+            # read the next batch: Caffe's Backward_cpu does nothing)
+            if module.is_source or not layer_needs[i] or not self.top_names[lname] or \
+                    not self.bottom_names[lname] and not any(self._param_propagate[i]):
                 continue
             bottom_names, top_names = self.bottom_names[lname], self.top_names[lname]
             recorded = self._layer_inputs.get(i)
