@@ -274,7 +274,10 @@ class BatchNorm(Layer):
             factor = torch.where(sf == 0, torch.zeros_like(sf), 1.0 / sf)
             mean, var = self.blobs[0] * factor, self.blobs[1] * factor
         else:
-            y, mean, var = _BatchNormBatchStats.apply(x, self.eps)
+            if torch.jit.is_tracing():      # an export traces the forward: an autograd.Function has no form there
+                y, mean, var, _ = _batch_stats(x, self.eps)
+            else:
+                y, mean, var = _BatchNormBatchStats.apply(x, self.eps)
             m = x.numel() // x.shape[1]
             with torch.no_grad():
                 self.blobs[2].mul_(self.maf).add_(1)
@@ -282,6 +285,18 @@ class BatchNorm(Layer):
                 self.blobs[1].mul_(self.maf).add_(var * (m / (m - 1) if m > 1 else 1))
             return y
         return (x - mean.view(view)) / torch.sqrt(var.view(view) + self.eps)
+
+
+def _batch_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+    """(y, mean, var, std) of BatchNorm with the batch's statistics: per channel (axis 1) over all other axes;
+    mean and var of shape (C,), std broadcastable to x."""
+    axes = [0] + list(range(2, x.dim()))
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    mean = x.mean(dim=axes)
+    centred = x - mean.view(view)
+    var = (centred * centred).mean(dim=axes)
+    std = torch.sqrt(var.view(view) + eps)
+    return centred / std, mean, var, std
 
 
 class _BatchNormBatchStats(torch.autograd.Function):
@@ -295,15 +310,9 @@ class _BatchNormBatchStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, eps: float):
-        axes = [0] + list(range(2, x.dim()))
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        mean = x.mean(dim=axes)
-        centred = x - mean.view(view)
-        var = (centred * centred).mean(dim=axes)
-        std = torch.sqrt(var.view(view) + eps)
-        y = centred / std
+        y, mean, var, std = _batch_stats(x, eps)
         ctx.save_for_backward(y, std)
-        ctx.axes = axes
+        ctx.axes = [0] + list(range(2, x.dim()))
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 

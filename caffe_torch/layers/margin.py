@@ -316,12 +316,24 @@ class Normalize(Layer):
 
     def forward(self, x):
         n, c, h, w = self._legacy_shape(x.shape)
-        y, norm = _NormalizeFunction.apply(x.reshape(n, c, h * w), self.normalize_type == "L1")
+        x3, l1 = x.reshape(n, c, h * w), self.normalize_type == "L1"
+        # an export traces the forward: an autograd.Function has no TorchScript / ONNX form (same values)
+        y, norm = _normalize(x3, l1) if torch.jit.is_tracing() else _NormalizeFunction.apply(x3, l1)
         y = y.reshape(n, c, h, w)
         if len(self.param.top) > 1:
             norm_top = norm.reshape(n, 1, h, w)
             return y, (norm_top if self.bp_norm else norm_top.detach())
         return y
+
+
+def _normalize(x3: torch.Tensor, l1: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x3 / norm, norm) over axis 1 of x3 (N, C, H*W): norm = sum |x| + 1e-6 (L1) or sqrt(sum x^2 + 1e-6) (L2),
+    shape (N, 1, H*W)."""
+    if l1:
+        norm = x3.abs().sum(dim=1, keepdim=True) + 1e-6
+    else:
+        norm = torch.sqrt((x3 * x3).sum(dim=1, keepdim=True) + 1e-6)
+    return x3 / norm, norm
 
 
 class _NormalizeFunction(torch.autograd.Function):
@@ -334,11 +346,7 @@ class _NormalizeFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x3, l1: bool):
-        if l1:
-            norm = x3.abs().sum(dim=1, keepdim=True) + 1e-6
-        else:
-            norm = torch.sqrt((x3 * x3).sum(dim=1, keepdim=True) + 1e-6)
-        y = x3 / norm
+        y, norm = _normalize(x3, l1)
         ctx.save_for_backward(y, norm)
         ctx.l1 = l1
         ctx.set_materialize_grads(False)        # an unused output (the norm top without bp_norm) gives None
