@@ -98,7 +98,7 @@ def m4a_info(path, sample_rate: int = SAMPLE_RATE) -> int:
         slack = int(np.ceil(_HEADER_TICK * stream.sample_rate))
         if end is None or _samples(stream, end) < n - slack:
             raise AudioError(f"{path}: truncated: the packets end before the {n} samples its header declares")
-    return _samples(stream, end)
+        return _samples(stream, end)      # inside: PyAV >= 18.1.1 refuses a closed container's stream.time_base
 
 
 def read_m4a(path, sample_rate: int = SAMPLE_RATE, start: int = 0, stop: int | None = None) -> np.ndarray:
