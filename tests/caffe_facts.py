@@ -216,7 +216,9 @@ QUIRKS = {q.id: q for q in [
           "bottom[0]->mutable_cpu_diff(), hinge_loss_layer.cpp), so after a forward that diff holds the margins "
           "until a backward overwrites it; where the HingeLoss's own backward does not run (loss weight 0) or skips "
           "it (propagate_down false), the backward reading that diff (a Split's sums its tops' diffs, "
-          "split_layer.cpp) back-propagates the margins upstream; caffe_torch leaves the diff alone"),
+          "split_layer.cpp) back-propagates the margins upstream; the margins also show in every blob sharing that "
+          "diff memory (a Reshape's or one-bottom Concat's bottom: ShareDiff) and, under a Parameter, in its param's "
+          "diff; caffe_torch leaves the diff alone"),
     Quirk("scale-scratch-diff", "ScaleLayer::Backward computes the scale's gradient in its bottom 0's diff (the "
           "\"hack\" of scale_layer.cpp: the eltwise product top_diff * bottom_data stored there), also where "
           "propagate_down is false for that bottom (or it is a data or input blob Net::Init gives no diff), which is "

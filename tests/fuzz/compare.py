@@ -275,7 +275,12 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
             if prog.backward is not None and lp.top[0] not in consumed:
                 keys["shared-blob-memory"].add(f"param/diff/{lp.name}/0")
         if lp.type == "HingeLoss":
-            keys.setdefault("hinge-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
+            # the margins show wherever that diff memory does: the blobs sharing it (a Reshape's, one-bottom
+            # Concat's, one-top Slice's ShareDiff) and a Parameter's param, whose diff its top is
+            shared = _diff_groups(_caffe_layers(net, prog)).get(lp.bottom[0], {lp.bottom[0]})
+            keys.setdefault("hinge-scratch-diff", set()).update(f"blob/diff/{b}" for b in shared)
+            keys["hinge-scratch-diff"].update(f"param/diff/{other.name}/0" for other in net.layer
+                                              if other.type == "Parameter" and set(other.top[:1]) & shared)
         if lp.type == "Scale" and len(lp.propagate_down) and not lp.propagate_down[0] and lp.top[0] != lp.bottom[0]:
             keys.setdefault("scale-scratch-diff", set()).add(f"blob/diff/{lp.bottom[0]}")
         if lp.name in written_scales:
