@@ -23,7 +23,9 @@ export SGE_CELL=default
 export PATH="$PATH:/usr/bin:/usr/sbin"
 COMMON="$SGE_ROOT/$SGE_CELL/common"
 LOCAL_USER="${SGE_LOCAL_USER-sgeuser}"
-SLOTS="${SGE_LOCAL_SLOTS:-$(nproc)}"
+# the machine's cores: nproc honours OMP_NUM_THREADS, which a single-threaded test run sets (a 1-slot queue would
+# leave a 2-slot job waiting for ever)
+SLOTS="${SGE_LOCAL_SLOTS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}"
 NOTIFY="${SGE_LOCAL_NOTIFY:-60}"
 TIMEOUT="${SGE_LOCAL_TIMEOUT:-120}"
 PE_NAME=smp
