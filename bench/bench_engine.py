@@ -227,11 +227,11 @@ def main(argv=None) -> int:
     # same weights, same input: the losses must agree before their speeds mean anything
     with torch.no_grad():
         torch_loss = float(model(x, label))
-        for engine_net in (net, same.net):
-            engine_loss = float(engine_net.forward_range(0, len(engine_net.modules) - 1))
-            if abs(engine_loss - torch_loss) > 1e-3 * max(1.0, abs(torch_loss)):
-                print(f"loss mismatch: engine {engine_loss} vs hand-written {torch_loss}", file=sys.stderr)
-                return 1
+        engine_loss, same_loss = (float(n.forward_range(0, len(n.modules) - 1)) for n in (net, same.net))
+    for loss in (engine_loss, same_loss):
+        if abs(loss - torch_loss) > 1e-3 * max(1.0, abs(torch_loss)):
+            print(f"loss mismatch: engine {loss} vs hand-written {torch_loss}", file=sys.stderr)
+            return 1
 
     def engine_same_step():
         same.step(1)

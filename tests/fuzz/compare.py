@@ -256,6 +256,8 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
     """Observation keys (without the stage) that a quirk of caffe_facts explains in this net."""
     keys: dict[str, set[str]] = {}
     consumed = {b for lp in net.layer for b in lp.bottom}
+    # blobs sharing diff memory in Caffe's built net (only a HingeLoss's rule reads them)
+    diff_groups = _diff_groups(_caffe_layers(net, prog)) if any(lp.type == "HingeLoss" for lp in net.layer) else {}
     for lp in net.layer:
         weights = [w for w in lp.loss_weight]
         if lp.type in DIFF_SHARING and _shared_producer(lp) and any(weights):
@@ -277,7 +279,7 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
         if lp.type == "HingeLoss":
             # the margins show wherever that diff memory does: the blobs sharing it (a Reshape's, one-bottom
             # Concat's, one-top Slice's ShareDiff) and a Parameter's param, whose diff its top is
-            shared = _diff_groups(_caffe_layers(net, prog)).get(lp.bottom[0], {lp.bottom[0]})
+            shared = diff_groups.get(lp.bottom[0], {lp.bottom[0]})
             keys.setdefault("hinge-scratch-diff", set()).update(f"blob/diff/{b}" for b in shared)
             keys["hinge-scratch-diff"].update(f"param/diff/{other.name}/0" for other in net.layer
                                               if other.type == "Parameter" and set(other.top[:1]) & shared)
