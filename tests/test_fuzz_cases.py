@@ -2,12 +2,13 @@
 pycaffe program on which caffe_torch once differed from the real Caffe build, shrunk by the fuzzer, with the
 Caffe result stored beside it (stages completed, how it ended, every observation; tests/fuzz/runner.py).
 
-- test_case: caffe_torch (float32, and float64 as the referee of ill-conditioned values) runs the program and must
-  agree with the stored Caffe result within tests/fuzz/compare.py's tolerance; only the real build's documented
-  quirks (tests/caffe_facts.py) are excused. Needs no Caffe build.
+- test_case: caffe_torch (float32; float64, unperturbed and perturbed, as the referees of ill-conditioned values)
+  runs the program and must agree with the stored Caffe result within tests/fuzz/compare.py's tolerance; only the
+  real build's documented quirks (tests/caffe_facts.py) are excused. Needs no Caffe build.
 - test_stored_result_is_the_builds (`caffe`): the real build, run again, still gives the stored result.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 
 from speaker.engine import try_import_pycaffe
 from tests.caffe_facts import RTOL, rel_err
-from tests.fuzz.compare import classify, compare_results
+from tests.fuzz.compare import classify, judge
 from tests.fuzz.runner import load_case
 from tests.fuzz.worker import Worker
 
@@ -41,9 +42,8 @@ def test_case(workers, name):
     prog, theirs, _ = _case(name)
     text, js = prog.net_text, prog.to_json()
     ours = workers["torch"].run(text, js)
-    divs = compare_results(prog, theirs, ours)
-    if any(d.what == "value" for d in divs):
-        divs = compare_results(prog, theirs, ours, workers["torch64"].run(text, js))
+    divs = judge(prog, theirs, ours,
+                 lambda perturb: workers["torch64"].run(text, replace(prog, perturb=perturb).to_json()))
     unexplained = [d for d in classify(prog, divs, theirs) if not d.cls]
     assert not unexplained, f"{name}: caffe_torch differs from the stored Caffe result:\n  " + \
         "\n  ".join(map(str, unexplained[:20]))

@@ -45,9 +45,10 @@ def test_bnll_is_stable_and_its_gradient_is_the_sigmoid():
     x, dy = with_specials(0.0, 100.0, -100.0, 60.0), rnd(2, 3, 4, seed=1)
     y, dx = forward_backward(layer, x, dy)
     xn = x.numpy()
-    ref = np.where(xn > 0, xn + np.log1p(np.exp(-np.abs(xn))), np.log1p(np.exp(np.minimum(xn, 0))))
+    # Caffe's formula, log(1. + exp(x)) in double, not log1p: exp(-100) is lost beside 1, as in Caffe
+    ref = np.where(xn > 0, xn, 0.0) + np.log(1.0 + np.exp(-np.abs(xn)))
     np.testing.assert_allclose(y, ref, rtol=1e-12)
-    assert np.isfinite(y).all() and y.flat[1] == 100.0
+    assert np.isfinite(y).all() and y.flat[1] == 100.0 and y.flat[2] == 0.0
     expval = np.exp(np.minimum(xn, 50.0))                    # Caffe's kBNLL_THRESHOLD
     np.testing.assert_allclose(dx, dy.numpy() * expval / (expval + 1), rtol=1e-12)
     assert dx.flat[0] == 0.5 * dy.numpy().flat[0]

@@ -288,6 +288,30 @@ def test_param_diff_after_step_is_the_update(tmp_path):
         np.testing.assert_allclose(s.net.params[name][i].diff, b - a, atol=1e-15)
 
 
+def test_update_leaves_an_output_diff_and_the_scripts_array_alone(tmp_path):
+    """A seed of the backward (an output's diff, the script's array given to backward) reaches a Scale's bias as
+    a view of itself when the shapes match; the param's diff must not share its memory (fuzz seed 909240): the
+    update rewrites the param's diff, and the output's diff and the script's array keep their values."""
+    net = ('force_backward: true\ninput: "x" input_shape { dim: 1 dim: 2 dim: 1 dim: 1 }\n'
+           'input: "s" input_shape { dim: 2 }\n'
+           'layer { name: "scale" type: "Scale" bottom: "x" bottom: "s" top: "y" scale_param { bias_term: true } }\n')
+    s = caffe.get_solver(write_solver(tmp_path, net, type="RMSProp", weight_decay=0.1))
+    n = s.net
+    n.blobs["x"].data[...] = [[[[1.0]], [[2.0]]]]
+    n.blobs["s"].data[...] = [0.5, -1.0]
+    n.params["scale"][0].data[...] = [1.0, -1.0]
+    n.forward()
+    seed = np.array([[[[0.25]], [[-0.5]]]], np.float32)
+    n.backward(y=seed)
+    kept = n.blobs["y"].diff
+    np.testing.assert_array_equal(kept, seed)
+    s.step(1)                  # seeds the backward with y's diff (Caffe leaves an output's diff for the next one)
+    np.testing.assert_array_equal(seed, [[[[0.25]], [[-0.5]]]])
+    np.testing.assert_array_equal(n.blobs["y"].diff, seed)
+    np.testing.assert_array_equal(kept, seed)
+    assert not np.allclose(n.params["scale"][0].diff.ravel(), seed.ravel())
+
+
 @pytest.mark.parametrize("kind, extra", [
     ("SGD", dict(regularization_type="L1", momentum=0.8, weight_decay=0.05)),
     ("Nesterov", dict(momentum=0.9, weight_decay=0.01)),

@@ -36,6 +36,21 @@ def _log_clamped(p: torch.Tensor) -> torch.Tensor:
     return ratio + (torch.log(pc) - ratio).detach()
 
 
+class _ValueWithGradient(torch.autograd.Function):
+    """`value` (shaped like x) with the derivative `grad` (elementwise, w.r.t. x): a loss whose backward Caffe
+    writes as its own formula rather than as the derivative of its forward."""
+
+    @staticmethod
+    def forward(ctx, x, value, grad):
+        ctx.save_for_backward(grad)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        return g * grad, None, None
+
+
 class _LossLayer(Layer):
     no_backward_to = (1,)           # labels / targets: Caffe aborts (need_backward.py)
     force_backward_skips = (1,)     # LossLayer::AllowForceBackward
@@ -151,8 +166,8 @@ _Hinge = caffe_pb2.HingeLossParameter
 @register("HingeLoss")
 class HingeLoss(_LossLayer):
     """One-vs-all hinge over the N x D scores: t_nj = max(0, 1 + s_nj x_nj), s = -1 at the label, +1
-    elsewhere; loss = sum t / N (norm L1, default) or sum t^2 / N (L2). The gradient is the derivative (0 where
-    t = 0, as Caffe's sign(0))."""
+    elsewhere (0 where 1 + s x is NaN, as Caffe's std::max); loss = sum t / N (norm L1, default) or sum t^2 / N
+    (L2). The gradient is the derivative (0 where t = 0, as Caffe's sign(0))."""
 
     legacy_bottoms = (0,)           # Forward: bottom[0]->num()
 
@@ -165,7 +180,8 @@ class HingeLoss(_LossLayer):
         scores = x.reshape(n, -1)
         lab = _int_labels(label, n, scores.shape[1], self)
         sign = torch.ones_like(scores).scatter_(1, lab.unsqueeze(1), -1.0)
-        t = torch.relu(1 + sign * scores)
+        v = 1 + sign * scores
+        t = torch.where(v > 0, v, torch.zeros_like(v))          # std::max(Dtype(0), v): 0 where v is NaN
         if self.norm == _Hinge.L1:
             return t.sum() / n
         return (t * t).sum() / n
@@ -277,9 +293,12 @@ class SigmoidCrossEntropyLoss(_LossLayer):
         positive = (x >= 0).to(x.dtype)
         # log(1 + exp(-|x|)) as Caffe writes it, never overflowing
         per = x * (t - positive) - torch.log1p(torch.exp(x - 2 * x * positive))
+        grad = -(torch.sigmoid(x) - t)                            # d per / dx, as Caffe's backward computes it
         if self.ignore_label is not None:
             keep = (t.long() != self.ignore_label).to(x.dtype)
-            per = per * keep
+            per, grad = per * keep, grad * keep
+        # the formula's own derivative is NaN at x = +-inf, where Caffe's sigmoid(x) - t is finite
+        per = _ValueWithGradient.apply(x, per.detach(), grad.detach())
         if self.mode == _Norm.VALID and self.ignore_label is not None:
             normalizer = keep.sum().clamp(min=1)                 # a tensor: no device sync
         else:

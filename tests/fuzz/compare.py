@@ -7,6 +7,13 @@ from the float64 one is ill-conditioned at this input (a Softmax of large logits
 values, a solver amplifying over steps), and Caffe's float32 result then only has to be as close to the float64
 one as caffe_torch's is, up to CONDITION_FACTOR:
     rel(Caffe, ref64) <= max(RTOL, CONDITION_FACTOR * rel(ours, ref64)).
+caffe_torch's float32 result can be exact where Caffe's is not (a mean of equal values summed in another order is
+exact; its BatchNorm or MVN then gives 0 where Caffe's gives the rounding of the mean, amplified by 1/sqrt(eps)).
+The second referee measures how far float32 rounding can move the exact result: the float64 run again, with the
+result of every rounding operation perturbed by up to one float32 rounding (rounding.py). Caffe's result is also
+accepted when it lies that close to the float64 one, up to CONDITION_FACTOR:
+    max|Caffe - ref64| <= CONDITION_FACTOR * max|perturbed64 - ref64|.
+Both referees run only for an array that fails the first test (judge()).
 Names (blobs, layers, inputs, outputs), shapes, the solver's iteration and integer outputs compare exactly.
 
 Refusals. Both engines must complete the same stages. Where Caffe aborts (a CHECK or LOG(FATAL)), caffe_torch
@@ -36,6 +43,7 @@ from caffe_torch.splits import insert_splits
 from ..caffe_facts import QUIRKS, RTOL, rel_err
 from .builder import IGNORES_PROPAGATE_DOWN, SHARING_TYPES
 from .program import Program, stale_view_blobs
+from .rounding import FLOAT32_ROUNDING
 from .worker import EngineResult
 
 CONDITION_FACTOR = 10.0
@@ -78,8 +86,9 @@ def _names_a_layer(message: str, prog: Program) -> bool:
 
 
 def compare_results(prog: Program, theirs: EngineResult, ours: EngineResult,
-                    ref: EngineResult | None = None) -> list[Divergence]:
-    """Every divergence between Caffe's result (`theirs`) and caffe_torch's (`ours`)."""
+                    ref: EngineResult | None = None, spread: EngineResult | None = None) -> list[Divergence]:
+    """Every divergence between Caffe's result (`theirs`) and caffe_torch's (`ours`); `ref` is caffe_torch's float64
+    run, `spread` its float64 run on perturbed inputs (see the module docstring)."""
     out: list[Divergence] = []
     n = min(len(theirs.stages), len(ours.stages))
     if theirs.stages[:n] != ours.stages[:n]:
@@ -132,6 +141,11 @@ def compare_results(prog: Program, theirs: EngineResult, ours: EngineResult,
             if theirs_err <= max(RTOL, CONDITION_FACTOR * ours_err):
                 continue
             detail = f"relative difference {err:.3g} (Caffe vs float64 {theirs_err:.3g}, ours {ours_err:.3g})"
+            if spread is not None and k in spread.obs and np.asarray(spread.obs[k]).shape == b.shape:
+                caffe_dev, spread_dev = _deviation(b, r), _deviation(np.asarray(spread.obs[k]), r)
+                if caffe_dev <= CONDITION_FACTOR * spread_dev:
+                    continue
+                detail += f"; largest deviation from float64: Caffe {caffe_dev:.3g}, perturbed {spread_dev:.3g}"
         else:
             detail = f"relative difference {err:.3g}"
         theirs_nan = np.isnan(b) if b.dtype.kind == "f" else np.zeros(b.shape, bool)
@@ -140,6 +154,27 @@ def compare_results(prog: Program, theirs: EngineResult, ours: EngineResult,
         out.append(Divergence(stage, "value", key, detail, ours_zero=not a.any(), nan_only=nan_only,
                               nan_over_zero=nan_only and not a[theirs_nan].any()))
     return out
+
+
+def _deviation(a: np.ndarray, ref: np.ndarray) -> float:
+    """max|a - ref| (inf unless their NaNs and infinities are the same)."""
+    a = np.asarray(a, dtype=np.float64)
+    ok = np.isfinite(a)
+    if not np.array_equal(ok, np.isfinite(ref)) or not np.array_equal(a[~ok], ref[~ok], equal_nan=True):
+        return float("inf")
+    return float(np.abs(a[ok] - ref[ok]).max()) if ok.any() else 0.0
+
+
+def judge(prog: Program, theirs: EngineResult, ours: EngineResult, run_reference) -> list[Divergence]:
+    """compare_results with the referees called in only where a value differs: `run_reference(perturb)` runs the
+    case on caffe_torch in float64, exact (0.0) and then with float32's rounding simulated (FLOAT32_ROUNDING)."""
+    divs = compare_results(prog, theirs, ours)
+    if any(d.what == "value" for d in divs):
+        ref = run_reference(0.0)
+        divs = compare_results(prog, theirs, ours, ref)
+        if any(d.what == "value" for d in divs):
+            divs = compare_results(prog, theirs, ours, ref, run_reference(FLOAT32_ROUNDING))
+    return divs
 
 
 def _names_what_caffe_names(theirs: str, ours: str) -> bool:
@@ -256,8 +291,9 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
     """Observation keys (without the stage) that a quirk of caffe_facts explains in this net."""
     keys: dict[str, set[str]] = {}
     consumed = {b for lp in net.layer for b in lp.bottom}
-    # blobs sharing diff memory in Caffe's built net (only a HingeLoss's rule reads them)
-    diff_groups = _diff_groups(_caffe_layers(net, prog)) if any(lp.type == "HingeLoss" for lp in net.layer) else {}
+    # blobs sharing diff memory in Caffe's built net (only the rules of HingeLoss and Parameter read them)
+    diff_groups = _diff_groups(_caffe_layers(net, prog)) if any(lp.type in ("HingeLoss", "Parameter")
+                                                                 for lp in net.layer) else {}
     for lp in net.layer:
         weights = [w for w in lp.loss_weight]
         if lp.type in DIFF_SHARING and _shared_producer(lp) and any(weights):
@@ -272,8 +308,11 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
                 not all(lp.propagate_down):
             # no backward copies the top's diff down, but a reader's backward writes the shared diff all the same
             keys.setdefault("shared-blob-memory", set()).update(_diff_sharing_upstream(net, lp))
-        if lp.type == "Parameter":            # its top's diff is the param's (a solver step's update shows)
-            keys.setdefault("shared-blob-memory", set()).add(f"blob/diff/{lp.top[0]}")
+        if lp.type == "Parameter":
+            # its top's diff is the param's (a solver step's update shows), and so is the diff of every blob
+            # sharing it (a Reshape's, one-bottom Concat's, one-top Slice's ShareDiff)
+            keys.setdefault("shared-blob-memory", set()).update(
+                f"blob/diff/{b}" for b in diff_groups.get(lp.top[0], {lp.top[0]}))
             if prog.backward is not None and lp.top[0] not in consumed:
                 keys["shared-blob-memory"].add(f"param/diff/{lp.name}/0")
         if lp.type == "HingeLoss":
@@ -357,7 +396,8 @@ def _flatten_diff_keys(net: caffe_pb2.NetParameter, prog: Program) -> tuple[set[
     bottom's; Parameter's: its param's; RNN's / LSTM's first top: the unrolled net's), that other never gets the
     gradient, nor anything upstream of it, and solver steps differ from there on; and the layers computing in
     place on that bottom back-propagate in the top's diff (it holds their bottom's), which where the top has a loss
-    weight (Caffe's seed, written once at set-up) seeds the solver's later backwards."""
+    weight (Caffe's seed, written once at set-up) or is an output (its diff left for the next backward) seeds the
+    solver's later backwards."""
     layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
     keys: set[str] = set()
     stages: set[str] = set()
@@ -372,7 +412,9 @@ def _flatten_diff_keys(net: caffe_pb2.NetParameter, prog: Program) -> tuple[set[
             in_place = True
         if in_place:
             keys.add(f"blob/diff/{flat.top[0]}")
-            if any(flat.loss_weight[:1]):
+            # a loss top's diff (Caffe's seed, written once at set-up) or an output's (left by the last backward,
+            # read by the solver's next one) seeds the solver's backwards with what the in-place layers wrote
+            if any(flat.loss_weight[:1]) or not any(flat.top[0] in lp.bottom for lp in layers[i + 1:]):
                 stages.add("step")
         producer = writers[-1] if writers else None
         if producer is None or not (producer.type in DIFF_SHARING and _shared_producer(producer) or
@@ -544,7 +586,8 @@ def _parameter_top_keys(net: caffe_pb2.NetParameter, prog: Program,
     """(stage prefix, observation keys) that the quirk parameter-top-diff explains: a Parameter layer's top diff is
     its param's in Caffe, so a loss weight on that top (no reader: InsertSplits moves a read top's weight to its
     Split) never reaches the param, and a reader's backward writes the param's diff instead of adding to it (iter_size
-    > 1; the script's second backward). Once the param's value differs, a step spreads it to everything connected."""
+    > 1; the script's second backward). Once the param's value differs, a step spreads it to everything connected
+    (to everything where clip_gradients scales all updates by the norm of all param diffs)."""
     layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
     found = []
     for lp in layers:
@@ -553,6 +596,9 @@ def _parameter_top_keys(net: caffe_pb2.NetParameter, prog: Program,
         read = any(lp.top[0] in other.bottom for other in layers)
         if (not read and any(lp.loss_weight[:1])) or (read and solver.iter_size > 1):
             blobs, names = _connected(layers, lp)
+            if solver.clip_gradients > 0:       # the norm of all param diffs scales every update
+                blobs = {t for other in layers for t in (*other.bottom, *other.top)}
+                names = {other.name for other in layers}
             found.append(("step", {f"blob/{f}/{b}" for b in blobs for f in ("data", "diff")} |
                           {f"param/{f}/{n}/*" for n in names for f in ("data", "diff")}))
         if read and prog.second_round and prog.backward is not None:

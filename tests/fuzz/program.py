@@ -52,6 +52,7 @@ class Program:
     write_kept: bool = False
     invalid: str = ""                       # invalid.py: what was broken ("" for a valid case)
     expect_field: str = ""                  # ... and the field caffe_torch's error must name
+    perturb: float = 0.0                    # the float64 referee's simulated rounding (rounding.py; 0: none)
 
     # ---- files
     def to_json(self) -> str:

@@ -3,7 +3,7 @@
 Case `seed` is deterministic: its program (program.draw_program) and, for one case in INVALID_SHARE, one illegal
 mutation of it (invalid.mutate). Each case runs in the Caffe worker and the caffe_torch worker at the same time
 (two subprocesses; tests/fuzz/worker.py); the float64 caffe_torch worker runs it too when a value differs
-(compare.py). A case with an unexplained divergence is shrunk (shrink.py) and written to OUT/cases/ as
+(compare.py: judge). A case with an unexplained divergence is shrunk (shrink.py) and written to OUT/cases/ as
 NAME.prototxt (the net), NAME.json (the program, the divergences, the Caffe result's stages and end) and
 NAME.npz (Caffe's observations): moved into tests/fuzz/cases/ it becomes a regression test
 (tests/test_fuzz_cases.py).
@@ -17,12 +17,12 @@ import re
 import threading
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .compare import Divergence, classify, compare_results
+from .compare import Divergence, classify, judge
 from .invalid import mutate
 from .program import Program, draw_program
 from .shrink import shrink
@@ -74,10 +74,8 @@ class Engines:
         f_theirs = self.pool.submit(self.caffe.run, prog.net_text, meta)
         ours = self.torch.run(prog.net_text, meta)
         theirs = f_theirs.result()
-        divs = compare_results(prog, theirs, ours)
-        if any(d.what == "value" for d in divs):
-            ref = self.torch64.run(prog.net_text, meta)
-            divs = compare_results(prog, theirs, ours, ref)
+        divs = judge(prog, theirs, ours,
+                     lambda perturb: self.torch64.run(prog.net_text, replace(prog, perturb=perturb).to_json()))
         return classify(prog, divs, theirs), theirs, ours
 
 

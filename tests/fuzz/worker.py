@@ -97,14 +97,20 @@ def main(argv=None) -> int:
 
         net_kwargs = {"dtype": torch.float64}
     from .program import Program
+    from .rounding import RoundingNoise
     from .script import run_program
 
     base = Path(argv[1])                 # the parent's folder: it removes it even when this process aborts
 
     def run_case(net_text, meta, workdir):
         try:
-            run_program(caffe, Program.from_files(net_text, meta), workdir,
-                        lambda stage, obs: _send(proto_out, ("stage", stage, obs)), net_kwargs)
+            prog = Program.from_files(net_text, meta)
+            # the float64 referee with float32's rounding simulated (compare.py)
+            noise = RoundingNoise(prog.perturb, prog.seed) if engine == "torch64" and prog.perturb else \
+                contextlib.nullcontext()
+            with noise:
+                run_program(caffe, prog, workdir, lambda stage, obs: _send(proto_out, ("stage", stage, obs)),
+                            net_kwargs)
         except Exception as exc:  # noqa: BLE001  (every engine error is a result to compare)
             _send(proto_out, ("error", type(exc).__name__, str(exc), traceback.format_exc(limit=-3)))
         else:
