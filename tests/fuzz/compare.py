@@ -673,7 +673,8 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
         elif d.what == "refusal" and "SigmoidCrossEntropyLoss" in types and "; Caffe aborts" in d.detail and \
                 "caffe_torch completes" in d.detail and "Cannot use legacy accessors" in d.detail:
             d.cls = "sigmoid-ce-legacy-num"
-        elif d.what == "refusal" and d.refused_earlier:
+        elif d.what == "refusal" and d.refused_earlier or \
+                d.what == "refusal-message" and _refused_before_mutation(prog, d.detail):
             d.cls = "refused-earlier"
         elif quirks and (d.what == "value" or d.what == "refusal" and HEAP_CRASH.search(d.detail)):
             d.cls = sorted(quirks)[0]
@@ -702,17 +703,22 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
 
 def _refused_before_mutation(prog: Program, detail: str) -> bool:
     """caffe_torch's refusal names a layer before the one the illegal mutation changed (prog.invalid: "Type 'name'
-    ..."): Caffe's Net::Init sets the layers up in order (Layer::SetUp: LayerSetUp, Reshape, SetLossWeights), so
-    it passes that layer first and aborts at the mutated one."""
+    ..."), or that layer itself where the mutation is its param count: Caffe's Net::Init sets the layers up in order
+    (Layer::SetUp: LayerSetUp, Reshape, SetLossWeights; then AppendParam), so it passes that layer first and aborts
+    at the mutated one."""
     mutated = re.match(r"\S+ '([^']+)'", prog.invalid)
     ours = re.search(r"layer '([^']+)'", detail)
     names = _layer_names(prog)
-    return bool(mutated and ours) and mutated.group(1) in names and ours.group(1) in names and \
-        names.index(ours.group(1)) < names.index(mutated.group(1))
+    if not (mutated and ours) or mutated.group(1) not in names or ours.group(1) not in names:
+        return False
+    # a layer's param count is checked after its SetUp (Net::AppendParam): it passes that layer's own checks first
+    before = names.index(ours.group(1)) - (prog.expect_field == "param")
+    return before < names.index(mutated.group(1))
 
 
 def class_reason(cls: str) -> str:
     """What a divergence class stands for."""
     if cls == "refused-earlier":
-        return "caffe_torch's own check refuses the case before the stage where Caffe aborts"
+        return ("caffe_torch's own check refuses the case before the stage where Caffe aborts (in a net with an "
+                "illegal field: at a layer Caffe sets up before the one it aborts at)")
     return QUIRKS[cls].reason
