@@ -120,8 +120,16 @@ def test_contrastive_loss_legacy_gradient_is_the_derivative_and_the_new_one_is_n
 def test_contrastive_loss_shape_errors():
     with pytest.raises(Exception, match="same shape"):
         make("ContrastiveLoss", "", [(4, 3, 1, 1), (4, 2, 1, 1), (4, 1, 1, 1)])
+    with pytest.raises(Exception, match="channels, height and width 1"):
+        make("ContrastiveLoss", "", [(4, 3), (4, 3), (4, 2)])      # CHECK_EQ(bottom[2]->channels(), 1)
     with pytest.raises(Exception, match="one value per pair"):
-        make("ContrastiveLoss", "", [(4, 3), (4, 3), (4, 2)])
+        make("ContrastiveLoss", "", [(4, 3), (4, 3), (3,)])        # Caffe would read past its end
+    # Caffe reads the first N labels only (a Filter below may shrink the pairs' batch, not the labels'): fuzz
+    # seed 905754
+    layer = make("ContrastiveLoss", "", [(2, 3), (2, 3), (4, 1, 1, 1)])
+    a, b = torch.ones(2, 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64)
+    y = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64).reshape(4, 1, 1, 1)
+    assert float(layer(a, b, y)) == pytest.approx((3 + 3) / (2 * 2))   # both pairs similar: sum d^2 / 2N
 
 
 # ----------------------------------------------------------------------------- HingeLoss

@@ -135,13 +135,19 @@ class ContrastiveLoss(_LossLayer):
         a, b, y = (tuple(s) for s in bottom_shapes)
         if a[:2] != b[:2] or count(a, 2) != 1 or count(b, 2) != 1 or a[:1] != b[:1]:
             raise self.error(f"a and b must be N x C (x 1 x 1) of the same shape, got {a} and {b}")
-        if count(y) != (a[0] if a else 1):
-            raise self.error(f"the pair label must hold one value per pair (N = {a[0]}), got shape {y}")
+        # Caffe checks only the label's channels, height and width (LayerSetUp) and reads its first N values
+        # (contrastive_loss_layer.cpp: bottom[2]->cpu_data()[i], i < N): more are left unread (a Filter below
+        # may shrink the pairs' batch alone), fewer would be read past the blob's end
+        if tuple(y[1:4]) != (1,) * len(y[1:4]):     # CHECK_EQ(bottom[2]->channels(), 1), height, width
+            raise self.error(f"the pair label must be N x 1 x 1 x 1 (channels, height and width 1), got shape {y}")
+        if count(y) < (a[0] if a else 1):
+            raise self.error(f"the pair label must hold one value per pair (N = {a[0]}), got shape {y}: Caffe "
+                             "would read past its end")
         return [()]
 
     def forward(self, a, b, y):
         n = a.shape[0]
-        similar = y.detach().reshape(-1).long() != 0
+        similar = y.detach().reshape(-1)[:n].long() != 0
         return _ContrastiveFunction.apply(a.reshape(n, -1), b.reshape(n, -1), similar, self.margin, self.legacy)
 
 
