@@ -266,28 +266,6 @@ def test_backward_reads_overwritten_top_explains_steps_where_upstream_learns(lea
     assert divs[0].cls == ("backward-reads-overwritten-top" if learned else "")
 
 
-@pytest.mark.parametrize("caffe_top, stage, ours_zero, explained", [
-    (0.5, "build", True, True), (0.25, "build", True, False), (0.5, "fwd0", True, False),
-    (0.5, "build", False, False)])
-def test_set_up_shared_top_holds_its_bottoms_values(caffe_top, stage, ours_zero, explained):
-    """Quirk shared-blob-memory (seed 420007): a one-top Slice's top shares its bottom's data from set-up on, so the
-    built net's top holds the DummyData constant where caffe_torch's is 0. Only that: a built top that is not its
-    bottom's values, a later stage, or a nonzero top of ours stays unexplained."""
-    from tests.fuzz.compare import Divergence, classify
-    from tests.fuzz.program import Program
-    from tests.fuzz.worker import EngineResult
-
-    net = ('layer { name: "d" type: "DummyData" top: "a" dummy_data_param { data_filler { type: "constant" '
-           'value: 0.5 } shape { dim: 2 dim: 2 } } }\n'
-           'layer { name: "s" type: "Slice" bottom: "a" top: "b" }\n')
-    theirs = EngineResult(stages=["build"], obs={"build/blob/data/a": np.full((2, 2), 0.5, np.float32),
-                                                 "build/blob/data/b": np.full((2, 2), caffe_top, np.float32)})
-    divs = classify(Program(net_text=net, backward=None), [Divergence(stage, "value", "blob/data/b",
-                                                                      "relative difference 1", ours_zero=ours_zero)],
-                    theirs)
-    assert divs[0].cls == ("shared-blob-memory" if explained else "")
-
-
 @pytest.mark.parametrize("loss_weight, key, stage, explained", [
     (2.0, "param/data/p/0", "step1", True), (2.0, "blob/data/b", "step2", True), (2.0, "param/data/p/0", "fwd0", False),
     (0.0, "param/data/p/0", "step1", False), (2.0, "param/data/q/0", "step1", False)])
@@ -383,6 +361,20 @@ def test_refusal_naming_caffes_failed_check(ours, same):
 
     theirs = ("Check failed: bottom[0]->shape(0) == bottom[1]->shape(0) (1 vs. 4) The data and label should have the "
               "same first dimension.")
+    assert _names_what_caffe_names(theirs, ours) == same
+
+
+@pytest.mark.parametrize("ours, same", [
+    ("layer 'pool10' (type Pooling): pooling_param: with global_pooling, kernel_size / kernel_h / kernel_w cannot be "
+     "specified (Caffe: \"With Global_pooling: true Filter size cannot specified\")", True),
+    ("layer 'pool10' (type Pooling): pad (3, 3) must be smaller than the kernel (2, 2)", False)])
+def test_refusal_naming_caffes_failed_plain_check(ours, same):
+    """Seed 903127: the pad mutation (kernel_size 2, pad 3) of a global_pooling layer fails the kernel check first, in
+    both engines; Caffe's plain CHECK prints no values, its words follow the condition."""
+    from tests.fuzz.compare import _names_what_caffe_names
+
+    theirs = ("Check failed: !(pool_param.has_kernel_size() || pool_param.has_kernel_h() || "
+              "pool_param.has_kernel_w()) With Global_pooling: true Filter size cannot specified")
     assert _names_what_caffe_names(theirs, ours) == same
 
 

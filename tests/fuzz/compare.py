@@ -151,10 +151,20 @@ def _names_what_caffe_names(theirs: str, ours: str) -> bool:
 
 
 def _same_check(theirs: str, ours: str) -> bool:
-    """Caffe's "Check failed: <condition> (<values>) <message>." whose message caffe_torch's error repeats."""
-    m = CHECK_MESSAGE.match(theirs.strip())
-    said = m.group(1).strip().rstrip(".").lower() if m else ""
-    return len(said) >= 20 and said in ours.lower()
+    """Caffe's "Check failed: <condition> (<values>) <message>." whose message caffe_torch's error repeats. A plain
+    CHECK(condition) prints no values ("Check failed: !(a || b) With Global_pooling: true Filter size cannot
+    specified"): its message is then a tail of the line, of whole words (at least 3, and 20 characters), that
+    caffe_torch's error repeats."""
+    text = theirs.strip()
+    m = CHECK_MESSAGE.match(text)
+    if m:
+        said = m.group(1).strip().rstrip(".").lower()
+        return len(said) >= 20 and said in ours.lower()
+    if not text.startswith("Check failed: "):
+        return False
+    words = text.removeprefix("Check failed: ").rstrip(".").lower().split()
+    tails = (" ".join(words[i:]) for i in range(1, len(words) - 2))
+    return any(len(tail) >= 20 and tail in ours.lower() for tail in tails)
 
 
 def _end(r: EngineResult) -> str:
