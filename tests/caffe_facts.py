@@ -161,11 +161,10 @@ QUIRKS = {q.id: q for q in [
           "the bottom writes its own bottom's diff into that memory in its backward, which the top's diff then "
           "shows (a Reshape of a BatchNorm in place), and so does a Scale's scratch (scale-scratch-diff); one a "
           "reader's backward writes into the diff-sharing top of a layer with propagate_down false (whose own "
-          "backward does not run) is its bottom's; the tops of Split, Flatten, "
-          "Reshape, one-bottom Concat and one-top Slice hold their bottom's values from set-up on, before any forward "
-          "(their Reshape, run by Net::Init, calls ShareData: split_layer.cpp, flatten_layer.cpp, reshape_layer.cpp, "
-          "concat_layer.cpp, slice_layer.cpp) (a Parameter top's loss weight, lost at the first forward: "
-          "parameter-top-diff). caffe_torch's tops are separate blobs that views of the bottom feed"),
+          "backward does not run) is its bottom's (a Parameter top's loss weight, lost at the first forward: "
+          "parameter-top-diff). caffe_torch's tops are separate blobs that views of the bottom feed; their data is "
+          "the bottom's memory from set-up on where Caffe's is (the Reshape of Reshape, one-bottom Concat and one-top "
+          "Slice, run by Net::Init, calls ShareData; Split and Flatten share only in their Forward)"),
     Quirk("backward-reads-overwritten-top", "BVLC bug, not reproduced: the Backward_cpu of TanH, Sigmoid, Exp, "
           "ELU, Softmax, Normalize, LSTMUnit (its tops C and H), ACROSS_CHANNELS LRN, Power (power not 0, 1 or 2, "
           "scale nonzero), MVN with "
@@ -212,6 +211,16 @@ QUIRKS = {q.id: q for q in [
           "NaN for x = -inf with negative_slope 0 (0 * -inf), and the NaN spreads from there; caffe_torch gives 0, "
           "as the cuDNN engine does (cudnnActivationForward, Caffe's default ReLU engine in a cuDNN build: "
           "layer_factory.cpp GetReLULayer)"),
+    Quirk("blas-scal-zero", "this build's BLAS (OpenBLAS 0.3.21, Debian 12's) writes zeros for ?scal with alpha 0 "
+          "without reading the vector, so 0 * NaN and 0 * inf give 0 (the reference BLAS, and OpenBLAS from 0.3.27 "
+          "on, give NaN): an Exp whose inner scale ln(base) * scale is 0 (scale 0, or base 1) computes "
+          "caffe_cpu_scale(0, x) = 0 and exp(0) = 1 for a NaN or infinite input (exp_layer.cpp), a Log with scale 0 "
+          "log(shift) (log_layer.cpp caffe_scal), finite values that then go wherever that top goes; caffe_torch's "
+          "y = base^(shift + scale x) is NaN there, as 0 * NaN is. So do ?axpby with beta 0 (y not read) and the "
+          "solvers built on them: SGD's and Nesterov's history update with momentum 0 (sgd_solver.cpp, "
+          "nesterov_solver.cpp caffe_cpu_axpby(..., momentum, history)) forgets an infinite or NaN history, and "
+          "clip_gradients scales the diffs by clip / norm = 0 for an infinite norm (scale_diff); caffe_torch's "
+          "momentum * history and scaled diffs are NaN there"),
     Quirk("hinge-scratch-diff", "HingeLoss computes its forward in its bottom's diff (caffe_copy into "
           "bottom[0]->mutable_cpu_diff(), hinge_loss_layer.cpp), so after a forward that diff holds the margins "
           "until a backward overwrites it; where the HingeLoss's own backward does not run (loss weight 0) or skips "
