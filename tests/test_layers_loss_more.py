@@ -171,6 +171,20 @@ def test_hinge_loss_default_is_l1_and_label_range_is_checked():
         layer(t64(x), t64([0, 3]))
 
 
+@pytest.mark.parametrize("norm", ["L1", "L2"])
+def test_hinge_loss_nan_score_gives_zero_margin(norm):
+    """Caffe's t = std::max(Dtype(0), 1 + s x) is 0 for a NaN score (hinge_loss_layer.cpp; std::max returns its first
+    argument when the comparison is false), and so is its gradient: fuzz seed 805961 (a Log of a negative input under
+    a HingeLoss). relu would give NaN."""
+    x = t64([[np.nan, 0.5, -0.5], [0.25, np.nan, np.nan]], True)
+    layer = make("HingeLoss", f"hinge_loss_param {{ norm: {norm} }}", [(2, 3), (2,)])
+    loss = layer(x, t64([1, 0]))
+    t = np.array([[0.0, 0.5, 0.5], [0.75, 0.0, 0.0]])            # 1 + s x: s = -1 at the label
+    assert float(loss.detach()) == pytest.approx((t if norm == "L1" else t * t).sum() / 2)
+    loss.backward()
+    assert not torch.isnan(x.grad).any() and x.grad[0, 0] == 0 and x.grad[1, 1] == 0
+
+
 # ----------------------------------------------------------------------------- MultinomialLogisticLoss
 
 def probabilities(shape, seed):

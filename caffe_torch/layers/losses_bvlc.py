@@ -158,7 +158,7 @@ _Hinge = caffe_pb2.HingeLossParameter
 class HingeLoss(_LossLayer):
     """One-vs-all hinge over the N x D scores: t_nj = max(0, 1 + s_nj x_nj), s = -1 at the label, +1
     elsewhere; loss = sum t / N (norm L1, default) or sum t^2 / N (L2). The gradient is the derivative (0 where
-    t = 0, as Caffe's sign(0))."""
+    t = 0, as Caffe's sign(0)); a NaN score's t is 0, as Caffe's std::max(0, NaN)."""
 
     legacy_bottoms = (0,)           # Forward: bottom[0]->num()
 
@@ -171,7 +171,9 @@ class HingeLoss(_LossLayer):
         scores = x.reshape(n, -1)
         lab = _int_labels(label, n, scores.shape[1], self)
         sign = torch.ones_like(scores).scatter_(1, lab.unsqueeze(1), -1.0)
-        t = torch.relu(1 + sign * scores)
+        # Caffe's std::max(Dtype(0), 1 + s x) (hinge_loss_layer.cpp): 0 for a NaN score, where relu gives NaN
+        margin = 1 + sign * scores
+        t = torch.where(margin > 0, margin, torch.zeros_like(margin))
         if self.norm == _Hinge.L1:
             return t.sum() / n
         return (t * t).sum() / n
