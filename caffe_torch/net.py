@@ -457,10 +457,12 @@ class Net(PycaffeNetMixin):
     def _shared_view(self, name: str, materialise: bool) -> torch.Tensor | None:
         """A view, at blob `name`'s shape, of the memory of the bottom it shares data with from set-up on
         (Reshape, one-bottom Concat, one-top Slice: Caffe's ShareData in their Reshape); None for other blobs,
-        or where that bottom has no storage yet and `materialise` is False. (On a GPU a script's write through
-        the bottom's `.data` reaches the top at the next operation, when the host copy is uploaded.)"""
+        or where that bottom has no storage yet and `materialise` is False. Only on a device whose `.data` is the
+        memory itself (the CPU): elsewhere each blob has its own host copy (blob.py), and the top's, uploaded
+        before the next operation, would overwrite what the script wrote through the bottom's; there the top
+        shares the bottom's data from the first forward on, as before."""
         source = self._set_up_source.get(name)
-        if source is None:
+        if source is None or self.device.type not in Blob.zero_copy_devices:
             return None
         base = self._materialise(source) if materialise else self._tensors[source]
         shape = self._tensors[name].shape

@@ -164,7 +164,7 @@ QUIRKS = {q.id: q for q in [
           "backward does not run) is its bottom's (a Parameter top's loss weight, lost at the first forward: "
           "parameter-top-diff). caffe_torch's tops are separate blobs that views of the bottom feed; their data is "
           "the bottom's memory from set-up on where Caffe's is (the Reshape of Reshape, one-bottom Concat and one-top "
-          "Slice, run by Net::Init, calls ShareData; Split and Flatten share only in their Forward)"),
+          "Slice, run by Net::Init, calls ShareData; Split and Flatten share only in their Forward), on the CPU"),
     Quirk("backward-reads-overwritten-top", "BVLC bug, not reproduced: the Backward_cpu of TanH, Sigmoid, Exp, "
           "ELU, Softmax, Normalize, LSTMUnit (its tops C and H), ACROSS_CHANNELS LRN, Power (power not 0, 1 or 2, "
           "scale nonzero), MVN with "

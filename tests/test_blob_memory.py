@@ -183,6 +183,21 @@ def test_reshape_concat_slice_tops_share_data_from_set_up(tmp_path, phase):
     np.testing.assert_allclose(net.blobs["hr"].data, net.blobs["h"].data.ravel())
 
 
+def test_host_copy_reshape_top_read_before_forward_does_not_overwrite_its_bottom(tmp_path, host_copies):
+    """On a GPU each blob has its own host copy: a Reshape top read before any forward must not alias its bottom's
+    device memory, or its (older) host copy, uploaded before the forward, would overwrite what the script wrote
+    through the bottom's. It shares the bottom's data from the first forward on."""
+    path = tmp_path / "net.prototxt"
+    path.write_text(SHARING_NET)
+    net = caffe.Net(str(path), caffe.TEST)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    net.blobs["x"].data[...] = x
+    net.blobs["r"].data                       # a host copy of the top, before any forward  # noqa: B018
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["x"].data, x)
+    np.testing.assert_array_equal(net.blobs["r"].data.ravel(), x.ravel())
+
+
 def test_views_survive_reshape_to_the_same_shape(tmp_path):
     net = make_net(tmp_path)
     out = net.blobs["out"].data
