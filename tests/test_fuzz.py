@@ -424,6 +424,23 @@ def test_blas_scal_zero_explains_solver_updates(solver_text, stage, explained):
     assert len(divs) == 1 and divs[0].cls == ("blas-scal-zero" if explained else "")
 
 
+@pytest.mark.parametrize("bottom, explained", [("b3", True), ("x", False)])
+def test_parameter_diff_shows_in_a_reshape_of_its_top(bottom, explained):
+    """Quirk shared-blob-memory (seed 905849): a Parameter's top diff is its param's (ShareDiff in its Forward), and
+    a Reshape of that top shares the top's diff (ShareDiff in its Reshape, run by each forward after the
+    Parameter's): after a solver step it shows the param's update. Not a Reshape of another blob."""
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+
+    net = ('input: "x" input_shape { dim: 4 dim: 2 }\n'
+           'layer { name: "p" type: "Parameter" top: "b3" parameter_param { shape { dim: 4 dim: 2 } } }\n'
+           f'layer {{ name: "r" type: "Reshape" bottom: "{bottom}" top: "b5" '
+           'reshape_param { shape { dim: 1 dim: 1 dim: 2 } axis: 1 } }\n')
+    prog = Program(net_text=net, backward=None, solver_text='base_lr: 0.1 lr_policy: "fixed"', steps=[1])
+    divs = classify(prog, [Divergence("step1", "value", "blob/diff/b5", "relative difference 1", ours_zero=True)])
+    assert divs[0].cls == ("shared-blob-memory" if explained else "")
+
+
 def test_softmax_loss_class_axis_zero_labels_share_the_first_axis(tmp_path):
     """Seed 801163: a SoftmaxWithLoss over class axis 0 was given labels of the scores' other axes, which
     LossLayer::Reshape refuses (their first axes differ); now the unmutated net runs in caffe_torch."""

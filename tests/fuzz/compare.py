@@ -271,7 +271,8 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
     keys: dict[str, set[str]] = {}
     consumed = {b for lp in net.layer for b in lp.bottom}
     # blobs sharing diff memory in Caffe's built net (only a HingeLoss's rule reads them)
-    diff_groups = _diff_groups(_caffe_layers(net, prog)) if any(lp.type == "HingeLoss" for lp in net.layer) else {}
+    diff_groups = _diff_groups(_caffe_layers(net, prog)) if any(lp.type in ("HingeLoss", "Parameter")
+                                                                 for lp in net.layer) else {}
     for lp in net.layer:
         weights = [w for w in lp.loss_weight]
         if lp.type in DIFF_SHARING and _shared_producer(lp) and any(weights):
@@ -287,7 +288,10 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
             # no backward copies the top's diff down, but a reader's backward writes the shared diff all the same
             keys.setdefault("shared-blob-memory", set()).update(_diff_sharing_upstream(net, lp))
         if lp.type == "Parameter":            # its top's diff is the param's (a solver step's update shows)
-            keys.setdefault("shared-blob-memory", set()).add(f"blob/diff/{lp.top[0]}")
+            # ... and so is the diff of every blob sharing the top's (a Reshape's, one-bottom Concat's, one-top
+            # Slice's top: ShareDiff in their Reshape, which each forward runs after the Parameter's)
+            keys.setdefault("shared-blob-memory", set()).update(
+                f"blob/diff/{b}" for b in diff_groups.get(lp.top[0], {lp.top[0]}))
             if prog.backward is not None and lp.top[0] not in consumed:
                 keys["shared-blob-memory"].add(f"param/diff/{lp.name}/0")
         if lp.type == "HingeLoss":
