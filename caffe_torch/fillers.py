@@ -39,9 +39,9 @@ def fill(param: "caffe_pb2.FillerParameter", shape: Sequence[int],
         raise ValueError(f"uniform filler: max {param.max} < min {param.min}")
     if kind in ("xavier", "msra", "positive_unitball") and len(shape) > 4:
         # Caffe computes their fans from Blob::num() / channels(), legacy accessors that abort on more axes
-        raise ValueError(f"the {kind} filler reads the blob's num and channels (Caffe's legacy accessors), which "
-                         f"take at most 4 axes; this blob has shape {shape} (use a constant, uniform or "
-                         "gaussian filler)")
+        raise ValueError(f"the {kind} filler reads the blob's num and channels, Caffe's legacy accessors (Caffe: "
+                         f"\"Cannot use legacy accessors on Blobs with > 4 axes\"); this blob has shape {shape} "
+                         "(use a constant, uniform or gaussian filler)")
     out = torch.empty(shape, dtype=torch.float64)
     if kind == "constant":
         return out.fill_(param.value)

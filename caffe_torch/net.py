@@ -250,6 +250,9 @@ class Net(PycaffeNetMixin):
         self._last_forward = None
         self._replaying = False          # _redo_forward_with_graph is running
 
+        # top -> bottom whose data it shares from set-up on (Layer.shares_data_at_set_up); a storage-less top
+        # becomes a view of its bottom's memory when read
+        self._set_up_source: dict[str, str] = {}
         available: dict[str, None] = OrderedDict()       # blobs not yet consumed, in production order
         shapes: dict[str, tuple[int, ...]] = {}
         names_seen: set[str] = set()
@@ -319,6 +322,13 @@ class Net(PycaffeNetMixin):
             if initial is not None:
                 for t, value in zip(lp.top, initial):
                     self._tensors[t] = value
+            if layer.shares_data_at_set_up and lp.top[0] != lp.bottom[0]:
+                # Caffe's Reshape of the layer (run by Net::Init) makes the top share the bottom's data: writes
+                # into either show in the other before any forward
+                self._set_up_source[lp.top[0]] = lp.bottom[0]
+                view = self._shared_view(lp.top[0], materialise=False)
+                if view is not None:
+                    self._tensors[lp.top[0]] = view
             if lp.type == "Input":
                 self.inputs.extend(lp.top)
             self._setup_loss_weights(layer, lp, where)
@@ -438,12 +448,35 @@ class Net(PycaffeNetMixin):
         device = self.device if real else torch.device("meta")
         return torch.zeros(shape, dtype=self.dtype, device=device)
 
+    def _materialise(self, name: str) -> torch.Tensor:
+        """Blob `name`'s tensor, a storage-less placeholder made real: zeros, as Caffe's freshly allocated blobs,
+        or a view of the memory of the bottom whose data it shares from set-up on (see _shared_view)."""
+        t = self._tensors[name]
+        if t.is_meta:
+            view = self._shared_view(name, materialise=True)
+            t = self._tensors[name] = view if view is not None else torch.zeros(t.shape, dtype=self.dtype,
+                                                                                device=self.device)
+        return t
+
+    def _shared_view(self, name: str, materialise: bool) -> torch.Tensor | None:
+        """A view, at blob `name`'s shape, of the memory of the bottom it shares data with from set-up on
+        (Reshape, one-bottom Concat, one-top Slice: Caffe's ShareData in their Reshape); None for other blobs,
+        or where that bottom has no storage yet and `materialise` is False. Only on a device whose `.data` is the
+        memory itself (the CPU): elsewhere each blob has its own host copy (blob.py), and the top's, uploaded
+        before the next operation, would overwrite what the script wrote through the bottom's; there the top
+        shares the bottom's data from the first forward on, as before."""
+        source = self._set_up_source.get(name)
+        if source is None or self.device.type not in Blob.zero_copy_devices:
+            return None
+        base = self._materialise(source) if materialise else self._tensors[source]
+        shape = self._tensors[name].shape
+        if base.is_meta or base.numel() != shape.numel() or not base.is_contiguous() or base.dtype != self.dtype:
+            return None
+        return base.detach().view(shape)
+
     def _activation_blob(self, name: str) -> Blob:
         def get():
-            t = self._tensors[name]
-            if t.is_meta:
-                t = self._tensors[name] = torch.zeros(t.shape, dtype=self.dtype, device=self.device)
-            return t
+            return self._materialise(name)
 
         def set_(t):
             if t.shape != self._tensors[name].shape:
@@ -578,8 +611,7 @@ class Net(PycaffeNetMixin):
         (a storage-less placeholder) holds zeros, as Caffe's freshly allocated blobs do."""
         for i in range(start, end + 1):
             for b in self.bottom_names[self._layer_names[i]]:
-                if self._tensors[b].is_meta:
-                    self._tensors[b] = torch.zeros(self._tensors[b].shape, dtype=self.dtype, device=self.device)
+                self._materialise(b)
 
     def _run_layers(self, start: int, end: int, retain_blob_diffs: bool) -> torch.Tensor | None:
         """The layer loop of forward_range (what caffe_torch.fast.CompiledLayers compiles). A forward leaves the
@@ -834,6 +866,10 @@ class Net(PycaffeNetMixin):
                         self._tensors[t] = bottom.detach().view_as(bottom)
                     else:
                         self._tensors[t] = self._placeholder(shp, real=t in self.inputs)
+                        # a Reshape's, one-bottom Concat's, one-top Slice's top shares its bottom's data again
+                        view = self._shared_view(t, materialise=False)
+                        if view is not None:
+                            self._tensors[t] = view
                     self._grads.pop(t, None)
         self._unchecked.clear()          # every layer's shapes checked (the Net::Reshape Caffe runs)
 

@@ -143,6 +143,61 @@ def test_writes_through_a_kept_view_reach_the_next_forward(tmp_path):
     np.testing.assert_array_equal(data, 1.0)
 
 
+SHARING_NET = '''name: "share"
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "r" type: "Reshape" bottom: "x" top: "r" reshape_param { shape { dim: 3 dim: 2 } } }
+layer { name: "c" type: "Concat" bottom: "r" top: "c" }
+layer { name: "s" type: "Slice" bottom: "c" top: "s" }
+layer { name: "f" type: "Flatten" bottom: "s" top: "f" }
+layer { name: "d" type: "DummyData" top: "k" dummy_data_param { data_filler { type: "constant" value: 0.5 }
+  shape { dim: 2 dim: 2 } } }
+layer { name: "ks" type: "Slice" bottom: "k" top: "ks" }
+layer { name: "h" type: "InnerProduct" bottom: "f" top: "h" inner_product_param { num_output: 2 } }
+layer { name: "hr" type: "Reshape" bottom: "h" top: "hr" reshape_param { shape { dim: 6 } } }
+'''
+
+
+@pytest.mark.parametrize("phase", [caffe.TRAIN, caffe.TEST])
+def test_reshape_concat_slice_tops_share_data_from_set_up(tmp_path, phase):
+    """Caffe's Reshape, one-bottom Concat and one-top Slice call top->ShareData(bottom) in their Reshape, which
+    Net::Init runs: before any forward the top is the bottom's memory (a script's write into an input shows in
+    them; a solver's test net, which runs no forward until its first test, shows its fed inputs there: fuzz seeds
+    901950, 902072, 907600, 908294). A Flatten shares only in its Forward (flatten_layer.cpp), so its top holds
+    zeros until then; a DummyData constant shows in a one-top Slice of it (seed 420007); a top of a blob no layer
+    has computed yet shares it too, whichever of the two is read first."""
+    path = tmp_path / "net.prototxt"
+    path.write_text(SHARING_NET)
+    net = caffe.Net(str(path), phase)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    net.blobs["x"].data[...] = x
+    for name in ("r", "c", "s"):
+        np.testing.assert_array_equal(net.blobs[name].data.ravel(), x.ravel())
+    np.testing.assert_array_equal(net.blobs["f"].data, 0.0)
+    np.testing.assert_array_equal(net.blobs["ks"].data, 0.5)
+    net.blobs["hr"].data[...] = np.arange(1, 7)
+    np.testing.assert_array_equal(net.blobs["h"].data.ravel(), np.arange(1, 7))
+    net.blobs["s"].data[...] = -1.0          # the same memory, written through the top
+    np.testing.assert_array_equal(net.blobs["x"].data, -1.0)
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["f"].data.ravel(), -np.ones(6))
+    np.testing.assert_allclose(net.blobs["hr"].data, net.blobs["h"].data.ravel())
+
+
+def test_host_copy_reshape_top_read_before_forward_does_not_overwrite_its_bottom(tmp_path, host_copies):
+    """On a GPU each blob has its own host copy: a Reshape top read before any forward must not alias its bottom's
+    device memory, or its (older) host copy, uploaded before the forward, would overwrite what the script wrote
+    through the bottom's. It shares the bottom's data from the first forward on."""
+    path = tmp_path / "net.prototxt"
+    path.write_text(SHARING_NET)
+    net = caffe.Net(str(path), caffe.TEST)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    net.blobs["x"].data[...] = x
+    net.blobs["r"].data                       # a host copy of the top, before any forward  # noqa: B018
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["x"].data, x)
+    np.testing.assert_array_equal(net.blobs["r"].data.ravel(), x.ravel())
+
+
 def test_views_survive_reshape_to_the_same_shape(tmp_path):
     net = make_net(tmp_path)
     out = net.blobs["out"].data

@@ -120,8 +120,16 @@ def test_contrastive_loss_legacy_gradient_is_the_derivative_and_the_new_one_is_n
 def test_contrastive_loss_shape_errors():
     with pytest.raises(Exception, match="same shape"):
         make("ContrastiveLoss", "", [(4, 3, 1, 1), (4, 2, 1, 1), (4, 1, 1, 1)])
+    with pytest.raises(Exception, match="channels, height and width 1"):
+        make("ContrastiveLoss", "", [(4, 3), (4, 3), (4, 2)])      # CHECK_EQ(bottom[2]->channels(), 1)
     with pytest.raises(Exception, match="one value per pair"):
-        make("ContrastiveLoss", "", [(4, 3), (4, 3), (4, 2)])
+        make("ContrastiveLoss", "", [(4, 3), (4, 3), (3,)])        # Caffe would read past its end
+    # Caffe reads the first N labels only (a Filter below may shrink the pairs' batch, not the labels'): fuzz
+    # seed 905754
+    layer = make("ContrastiveLoss", "", [(2, 3), (2, 3), (4, 1, 1, 1)])
+    a, b = torch.ones(2, 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64)
+    y = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64).reshape(4, 1, 1, 1)
+    assert float(layer(a, b, y)) == pytest.approx((3 + 3) / (2 * 2))   # both pairs similar: sum d^2 / 2N
 
 
 # ----------------------------------------------------------------------------- HingeLoss
@@ -161,6 +169,20 @@ def test_hinge_loss_default_is_l1_and_label_range_is_checked():
     assert float(layer(t64(x), t64([0, 2]))) == pytest.approx(3.0)        # every t = 1: 6 / 2
     with pytest.raises(Exception, match="out of range"):
         layer(t64(x), t64([0, 3]))
+
+
+@pytest.mark.parametrize("norm", ["L1", "L2"])
+def test_hinge_loss_nan_score_gives_zero_margin(norm):
+    """Caffe's t = std::max(Dtype(0), 1 + s x) is 0 for a NaN score (hinge_loss_layer.cpp; std::max returns its first
+    argument when the comparison is false), and so is its gradient: fuzz seed 805961 (a Log of a negative input under
+    a HingeLoss). relu would give NaN."""
+    x = t64([[np.nan, 0.5, -0.5], [0.25, np.nan, np.nan]], True)
+    layer = make("HingeLoss", f"hinge_loss_param {{ norm: {norm} }}", [(2, 3), (2,)])
+    loss = layer(x, t64([1, 0]))
+    t = np.array([[0.0, 0.5, 0.5], [0.75, 0.0, 0.0]])            # 1 + s x: s = -1 at the label
+    assert float(loss.detach()) == pytest.approx((t if norm == "L1" else t * t).sum() / 2)
+    loss.backward()
+    assert not torch.isnan(x.grad).any() and x.grad[0, 0] == 0 and x.grad[1, 1] == 0
 
 
 # ----------------------------------------------------------------------------- MultinomialLogisticLoss

@@ -88,6 +88,10 @@ class Layer(nn.Module):
     # Per top, whether a forward leaves it as its blob holds it (DummyData's constant tops: Caffe fills them once,
     # so what an in-place layer or a script wrote there stays); empty: the forward gives every top.
     keeps_tops: tuple[bool, ...] = ()
+    # Whether the tops share the bottom's data from set-up on, before any forward (Caffe's Reshape of the layer,
+    # which Net::Init and Net::Reshape run, calls top->ShareData(bottom): Reshape, a one-bottom Concat, a one-top
+    # Slice); the net then makes each top a view of bottom 0 (Split and Flatten share only in their Forward).
+    shares_data_at_set_up: bool = False
     # Caffe's label range checks (loss, accuracy and margin layers) read the labels on the host: a sync per
     # forward on a GPU. A training loop that checks its labels on the host before uploading them turns them
     # off (Solver(label_checks=False)); pycaffe calls from scripts keep them.

@@ -188,7 +188,15 @@ class _AxisBlobLayer(Layer):
         other = tuple(bottom_shapes[1]) if len(bottom_shapes) == 2 else self.blob_shape
         if x[self.axis:self.axis + len(other)] != other:
             what = "bottom[1]" if len(bottom_shapes) == 2 else "the learned blob's"
-            raise self.error(f"{what} shape {other} does not match bottom[0] {x} from axis {self.axis}")
+            kind = self.param.type.lower()
+            if len(x) < self.axis + len(other):
+                caffe = f"{kind} blob's shape extends past bottom[0]'s shape when applied starting with " \
+                        f"bottom[0] axis = {self.axis}"
+            else:
+                i = next(i for i, (a, b) in enumerate(zip(x[self.axis:], other)) if a != b)
+                caffe = f"dimension mismatch between bottom[0]->shape({self.axis + i}) and {kind}->shape({i})"
+            raise self.error(f"{what} shape {other} does not match bottom[0] {x} from axis {self.axis} "
+                             f"(Caffe: \"{caffe}\")")
         return [x]
 
     def _view(self, t, x):

@@ -150,13 +150,19 @@ class ContrastiveLoss(_LossLayer):
         a, b, y = (tuple(s) for s in bottom_shapes)
         if a[:2] != b[:2] or count(a, 2) != 1 or count(b, 2) != 1 or a[:1] != b[:1]:
             raise self.error(f"a and b must be N x C (x 1 x 1) of the same shape, got {a} and {b}")
-        if count(y) != (a[0] if a else 1):
-            raise self.error(f"the pair label must hold one value per pair (N = {a[0]}), got shape {y}")
+        # Caffe checks only the label's channels, height and width (LayerSetUp) and reads its first N values
+        # (contrastive_loss_layer.cpp: bottom[2]->cpu_data()[i], i < N): more are left unread (a Filter below
+        # may shrink the pairs' batch alone), fewer would be read past the blob's end
+        if tuple(y[1:4]) != (1,) * len(y[1:4]):     # CHECK_EQ(bottom[2]->channels(), 1), height, width
+            raise self.error(f"the pair label must be N x 1 x 1 x 1 (channels, height and width 1), got shape {y}")
+        if count(y) < (a[0] if a else 1):
+            raise self.error(f"the pair label must hold one value per pair (N = {a[0]}), got shape {y}: Caffe "
+                             "would read past its end")
         return [()]
 
     def forward(self, a, b, y):
         n = a.shape[0]
-        similar = y.detach().reshape(-1).long() != 0
+        similar = y.detach().reshape(-1)[:n].long() != 0
         return _ContrastiveFunction.apply(a.reshape(n, -1), b.reshape(n, -1), similar, self.margin, self.legacy)
 
 
@@ -166,8 +172,8 @@ _Hinge = caffe_pb2.HingeLossParameter
 @register("HingeLoss")
 class HingeLoss(_LossLayer):
     """One-vs-all hinge over the N x D scores: t_nj = max(0, 1 + s_nj x_nj), s = -1 at the label, +1
-    elsewhere (0 where 1 + s x is NaN, as Caffe's std::max); loss = sum t / N (norm L1, default) or sum t^2 / N
-    (L2). The gradient is the derivative (0 where t = 0, as Caffe's sign(0))."""
+    elsewhere; loss = sum t / N (norm L1, default) or sum t^2 / N (L2). The gradient is the derivative (0 where
+    t = 0, as Caffe's sign(0)); a NaN score's t is 0, as Caffe's std::max(0, NaN)."""
 
     legacy_bottoms = (0,)           # Forward: bottom[0]->num()
 
@@ -180,8 +186,9 @@ class HingeLoss(_LossLayer):
         scores = x.reshape(n, -1)
         lab = _int_labels(label, n, scores.shape[1], self)
         sign = torch.ones_like(scores).scatter_(1, lab.unsqueeze(1), -1.0)
-        v = 1 + sign * scores
-        t = torch.where(v > 0, v, torch.zeros_like(v))          # std::max(Dtype(0), v): 0 where v is NaN
+        # Caffe's std::max(Dtype(0), 1 + s x) (hinge_loss_layer.cpp): 0 for a NaN score, where relu gives NaN
+        margin = 1 + sign * scores
+        t = torch.where(margin > 0, margin, torch.zeros_like(margin))
         if self.norm == _Hinge.L1:
             return t.sum() / n
         return (t * t).sum() / n

@@ -34,9 +34,11 @@ class Flatten(Layer):
 @register("Reshape")
 class Reshape(Layer):
     """Replace axes [axis, axis + num_axes) by `shape`: 0 copies the bottom's dimension, one -1 is
-    inferred. The top is a view of the bottom's data, as Caffe's shares it."""
+    inferred. The top is a view of the bottom's data, as Caffe's shares it (from set-up on: reshape_layer.cpp's
+    Reshape calls ShareData)."""
 
     allows_in_place = False
+    shares_data_at_set_up = True
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
@@ -93,6 +95,8 @@ class Concat(Layer):
         axis = cp.axis if cp.HasField("axis") or not cp.HasField("concat_dim") else cp.concat_dim
         self.axis = canonical_axis(axis, len(bottom_shapes[0]), self)
         self.top_shapes(bottom_shapes)
+        # concat_layer.cpp's Reshape: a single bottom's top shares its data (and diff)
+        self.shares_data_at_set_up = len(param.bottom) == 1
 
     def top_shapes(self, bottom_shapes):
         # ConcatLayer::Reshape's CHECKs, at every forward in Caffe (a Filter below may change one bottom's batch)
@@ -124,6 +128,8 @@ class Slice(Layer):
         if self.points and len(self.points) != n_top - 1:
             raise self.error(f"{n_top} tops need {n_top - 1} slice_point values, got {len(self.points)}")
         self.top_shapes(bottom_shapes)
+        # slice_layer.cpp's Reshape: a single top shares the bottom's data (and diff)
+        self.shares_data_at_set_up = n_top == 1
 
     def _sizes(self, dim: int) -> list[int]:
         n_top = len(self.param.top)

@@ -16,21 +16,27 @@ def _per_axis(param, what: str, n: int, default: int | None, layer: Layer) -> tu
     required)."""
     field = "kernel_size" if what == "kernel" else what
     repeated = getattr(param, field)
+    # each message ends with the words of Caffe's failed CHECK (base_conv_layer.cpp)
     if what != "dilation" and (param.HasField(f"{what}_h") or param.HasField(f"{what}_w")):
         if n != 2:
-            raise layer.error(f"{what}_h and {what}_w can only be used for 2-D convolution ({n} spatial axes)")
+            raise layer.error(f"{what}_h and {what}_w can only be used for 2-D convolution ({n} spatial axes) "
+                              f"(Caffe: \"{what}_h & {what}_w can only be used for 2D convolution\")")
         if len(repeated):
-            raise layer.error(f"give either {field} or {what}_h/{what}_w, not both")
+            raise layer.error(f"give either {field} or {what}_h/{what}_w, not both (Caffe: \"Either {field} or "
+                              f"{what}_h/w should be specified; not both\")")
         return int(getattr(param, f"{what}_h")), int(getattr(param, f"{what}_w"))
+    caffe = f"(Caffe: \"{field} must be specified once, or once per spatial dimension ({field} specified " \
+            f"{len(repeated)} times; {n} spatial dims)\")"
     if len(repeated) == 0:
         if default is None:
-            raise layer.error(f"{field} (or {what}_h and {what}_w) must be set")
+            raise layer.error(f"{field} (or {what}_h and {what}_w) must be set {caffe}")
         return (default,) * n
     if len(repeated) == 1:
         return (int(repeated[0]),) * n
     if len(repeated) == n:
         return tuple(int(v) for v in repeated)
-    raise layer.error(f"{field} must be given once, or once per spatial axis ({n}), not {len(repeated)} times")
+    raise layer.error(f"{field} must be given once, or once per spatial axis ({n}), not {len(repeated)} times "
+                      f"{caffe}")
 
 
 class ConvGeometry:
@@ -285,16 +291,18 @@ class Pooling(Layer):
         if self.global_pooling:
             if has("kernel_size") or has("kernel_h") or has("kernel_w"):
                 raise self.error("pooling_param: with global_pooling, kernel_size / kernel_h / kernel_w cannot "
-                                 "be specified")
+                                 "be specified (Caffe: \"With Global_pooling: true Filter size cannot specified\")")
         elif has("kernel_size") == (has("kernel_h") and has("kernel_w")):
             raise self.error("pooling_param: the kernel is kernel_size OR kernel_h and kernel_w (both or "
-                             "neither given)")
+                             "neither given) (Caffe: \"Filter size is kernel_size OR kernel_h and kernel_w; not "
+                             "both\")")
         for what in ("pad", "stride"):
             # `what` alone, or both what_h and what_w without `what`
             if not ((not has(what) and has(f"{what}_h") and has(f"{what}_w"))
                     or (not has(f"{what}_h") and not has(f"{what}_w"))):
                 raise self.error(f"pooling_param: {what} is {what} OR {what}_h and {what}_w (got "
-                                 f"{', '.join(f for f in (what, f'{what}_h', f'{what}_w') if has(f))})")
+                                 f"{', '.join(f for f in (what, f'{what}_h', f'{what}_w') if has(f))}) (Caffe: "
+                                 f"\"{what} is {what} OR {what}_h and {what}_w are required\")")
         # kernel_size wins over a lone kernel_h or kernel_w, as in Caffe
         self.kernel = (pp.kernel_size,) * 2 if has("kernel_size") else (pp.kernel_h, pp.kernel_w)
         self.pad = (pp.pad_h, pp.pad_w) if has("pad_h") else (pp.pad,) * 2
@@ -305,11 +313,13 @@ class Pooling(Layer):
             raise self.error(f"pooling_param: stride {self.stride} must be positive")
         if self.global_pooling:
             if any(self.pad) or self.stride != (1, 1):
-                raise self.error("with global_pooling, pad must be 0 and stride 1")
+                raise self.error("with global_pooling, pad must be 0 and stride 1 (Caffe: \"With Global_pooling: "
+                                 "true; only pad = 0 and stride = 1\")")
         elif any(p >= k for p, k in zip(self.pad, self.kernel)):
             raise self.error(f"pad {self.pad} must be smaller than the kernel {self.kernel}")
         if any(self.pad) and self.method == _Pool.STOCHASTIC:
-            raise self.error("padding is implemented only for MAX and AVE pooling (as in Caffe)")
+            raise self.error("padding is implemented only for MAX and AVE pooling (Caffe: \"Padding implemented "
+                             "only for average and max pooling\")")
         self._divisors: dict[tuple, torch.Tensor] = {}
 
     def _geometry(self, shape):

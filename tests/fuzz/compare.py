@@ -67,6 +67,7 @@ class Divergence:
     ours_zero: bool = False            # a value divergence where caffe_torch's array is all zero
     nan_only: bool = False             # ... where Caffe's has NaNs that caffe_torch's has not, and they agree elsewhere
     nan_over_zero: bool = False        # ... and caffe_torch's is 0 wherever Caffe's is NaN
+    ours_nan_only: bool = False        # ... where caffe_torch's has NaNs (all of Caffe's and more), agreeing elsewhere
     refused_earlier: bool = False      # caffe_torch raised its own error before the stage where Caffe aborts
     lists: tuple = ()                  # a names divergence: (ours, Caffe's)
 
@@ -151,8 +152,11 @@ def compare_results(prog: Program, theirs: EngineResult, ours: EngineResult,
         theirs_nan = np.isnan(b) if b.dtype.kind == "f" else np.zeros(b.shape, bool)
         nan_only = bool(theirs_nan.any()) and not np.isnan(a[~theirs_nan]).any() and \
             rel_err(a[~theirs_nan], b[~theirs_nan]) <= RTOL
+        ours_nan = np.isnan(a) if a.dtype.kind == "f" else np.zeros(a.shape, bool)
+        ours_nan_only = bool((ours_nan & ~theirs_nan).any()) and not (theirs_nan & ~ours_nan).any() and \
+            rel_err(a[~ours_nan], b[~ours_nan]) <= RTOL
         out.append(Divergence(stage, "value", key, detail, ours_zero=not a.any(), nan_only=nan_only,
-                              nan_over_zero=nan_only and not a[theirs_nan].any()))
+                              nan_over_zero=nan_only and not a[theirs_nan].any(), ours_nan_only=ours_nan_only))
     return out
 
 
@@ -186,10 +190,20 @@ def _names_what_caffe_names(theirs: str, ours: str) -> bool:
 
 
 def _same_check(theirs: str, ours: str) -> bool:
-    """Caffe's "Check failed: <condition> (<values>) <message>." whose message caffe_torch's error repeats."""
-    m = CHECK_MESSAGE.match(theirs.strip())
-    said = m.group(1).strip().rstrip(".").lower() if m else ""
-    return len(said) >= 20 and said in ours.lower()
+    """Caffe's "Check failed: <condition> (<values>) <message>." whose message caffe_torch's error repeats. A plain
+    CHECK(condition) prints no values ("Check failed: !(a || b) With Global_pooling: true Filter size cannot
+    specified"): its message is then a tail of the line, of whole words (at least 3, and 20 characters), that
+    caffe_torch's error repeats."""
+    text = theirs.strip()
+    m = CHECK_MESSAGE.match(text)
+    if m:
+        said = m.group(1).strip().rstrip(".").lower()
+        return len(said) >= 20 and said in ours.lower()
+    if not text.startswith("Check failed: "):
+        return False
+    words = text.removeprefix("Check failed: ").rstrip(".").lower().split()
+    tails = (" ".join(words[i:]) for i in range(1, len(words) - 2))
+    return any(len(tail) >= 20 and tail in ours.lower() for tail in tails)
 
 
 def _end(r: EngineResult) -> str:
@@ -308,9 +322,9 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
                 not all(lp.propagate_down):
             # no backward copies the top's diff down, but a reader's backward writes the shared diff all the same
             keys.setdefault("shared-blob-memory", set()).update(_diff_sharing_upstream(net, lp))
-        if lp.type == "Parameter":
-            # its top's diff is the param's (a solver step's update shows), and so is the diff of every blob
-            # sharing it (a Reshape's, one-bottom Concat's, one-top Slice's ShareDiff)
+        if lp.type == "Parameter":            # its top's diff is the param's (a solver step's update shows)
+            # ... and so is the diff of every blob sharing the top's (a Reshape's, one-bottom Concat's, one-top
+            # Slice's top: ShareDiff in their Reshape, which each forward runs after the Parameter's)
             keys.setdefault("shared-blob-memory", set()).update(
                 f"blob/diff/{b}" for b in diff_groups.get(lp.top[0], {lp.top[0]}))
             if prog.backward is not None and lp.top[0] not in consumed:
@@ -352,22 +366,6 @@ def _diff_sharing_upstream(net: caffe_pb2.NetParameter, lp) -> set[str]:
         todo += [other for other in net.layer if other.type in DIFF_SHARING and _shared_producer(other) and
                  other.type != "Parameter" and f"blob/diff/{other.top[0]}" in new and other is not layer]
     return keys
-
-
-def _set_up_shared_keys(net: caffe_pb2.NetParameter, prog: Program, theirs: EngineResult | None) -> set[str]:
-    """Build values of the tops whose Reshape (run at set-up) makes them share their bottom's data in Caffe: a
-    Split's, Flatten's, Reshape's, one-bottom Concat's, one-top Slice's (quirk shared-blob-memory), where Caffe's
-    built top holds exactly its built bottom's values."""
-    found = set()
-    for lp in _caffe_layers(net, prog):
-        if lp.type not in ("Split", "Flatten", "Reshape", "Concat", "Slice") or not _shared_producer(lp):
-            continue
-        bottom = theirs.obs.get(f"build/blob/data/{lp.bottom[0]}") if theirs is not None else None
-        for t in lp.top:
-            top = theirs.obs.get(f"build/blob/data/{t}") if theirs is not None else None
-            if bottom is not None and top is not None and np.array_equal(np.ravel(top), np.ravel(bottom)):
-                found.add(f"blob/data/{t}")
-    return found
 
 
 def _caffe_layers(net: caffe_pb2.NetParameter, prog: Program) -> list:
@@ -621,10 +619,7 @@ def _key_quirk(quirk_keys: dict[str, set[str]], d: Divergence) -> str:
     for cls, keys in quirk_keys.items():
         if cls == "shared-blob-memory-test":
             continue
-        if cls == "shared-blob-memory-build":
-            if d.stage == "build" and d.ours_zero and key in keys:
-                return "shared-blob-memory"
-        elif key in keys or key.rsplit("/", 1)[0] + "/*" in keys or \
+        if key in keys or key.rsplit("/", 1)[0] + "/*" in keys or \
                 any(key.startswith(k + "_") and SPLIT_NAME.search(key) for k in keys):
             return cls
     return ""
@@ -636,7 +631,6 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
     quirks = _quirk_nets(net, prog)
     written_scales = _written_scale_diffs(net, blob_shapes(theirs))
     quirk_keys = _quirk_keys(net, prog, written_scales)
-    quirk_keys["shared-blob-memory-build"] = _set_up_shared_keys(net, prog, theirs)
     layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
     unneeded_keys = _unneeded_bottom_keys(net, layers)
     quirk_keys.setdefault("shared-blob-memory", set()).update(_shared_diff_in_place_keys(layers))
@@ -657,6 +651,15 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
     relu_keys = {f"{k}/{lp.top[0]}" for lp in net.layer if lp.type == "ReLU" and lp.top and
                  not lp.relu_param.negative_slope for k in ("blob/data", "forward")}
     relu_nan = any(d.nan_over_zero and d.key in relu_keys for d in divs)
+    # an Exp or Log scaling its input by 0 (BLAS ?scal), whose top Caffe makes finite where caffe_torch's is NaN (a
+    # NaN or infinite input): Caffe's finite values then go wherever that top goes (quirk blas-scal-zero)
+    scal_keys = {f"{k}/{lp.top[0]}" for lp in net.layer if lp.top and _scales_by_zero(lp)
+                 for k in ("blob/data", "forward")}
+    scal_nan = any(d.ours_nan_only and d.key.removeprefix("test/") in scal_keys for d in divs)
+    # ... and a solver update scaling by 0: momentum 0 (SGD's and Nesterov's caffe_cpu_axpby(..., momentum, history)
+    # never reads an infinite or NaN history), gradient clipping (scale_diff by clip / norm: 0 for an infinite norm)
+    scal_steps = bool(prog.solver_text) and (solver.type in ("SGD", "Nesterov") and not solver.momentum or
+                                            solver.HasField("clip_gradients") and solver.clip_gradients >= 0)
     parameter_keys = _parameter_top_keys(net, prog, solver)
     for d in divs:
         if d.what == "refusal" and "new_queue_pairs_" in d.detail:
@@ -686,6 +689,8 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
             d.cls = "parameter-top-diff"
         elif d.what == "value" and relu_nan and d.nan_only:
             d.cls = "relu-minus-inf"
+        elif d.what == "value" and d.ours_nan_only and (scal_nan or scal_steps and d.stage.startswith("step")):
+            d.cls = "blas-scal-zero"
         elif d.what == "value" and d.stage.startswith(flatten_stages):
             d.cls = "flatten-backward-shares-diff"
         elif d.what == "value" and d.stage.startswith(overwritten_stages):
@@ -699,6 +704,16 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
         elif d.stage.startswith("step") and d.what == "value" and solver.iter_size > 1 and written_scales:
             d.cls = min(written_scales.values())      # the step's update misses all but the last pass's scale diff
     return divs
+
+
+def _scales_by_zero(lp) -> bool:
+    """An Exp whose inner scale ln(base) * scale is 0 (scale 0, or base 1), or a Log with scale 0: Caffe scales the
+    input by it with caffe_cpu_scale / caffe_scal (BLAS ?scal: exp_layer.cpp, log_layer.cpp), which this build's
+    OpenBLAS turns into zeros whatever the input (quirk blas-scal-zero)."""
+    if lp.type == "Exp":
+        ep = lp.exp_param
+        return ep.scale == 0 or ep.base == 1
+    return lp.type == "Log" and lp.log_param.scale == 0
 
 
 def _refused_before_mutation(prog: Program, detail: str) -> bool:
