@@ -154,7 +154,8 @@ QUIRKS = {q.id: q for q in [
           "(MAX); caffe_torch computes the operation on the bottoms as given"),
     Quirk("shared-blob-memory", "Caffe's memory sharing, not reproduced: the tops of Split, Flatten, Reshape, "
           "Parameter, one-bottom Concat and one-top Slice share their bottom's (or param's) data, and those of "
-          "Reshape, Concat, Slice and Parameter its diff as well (the data layers' tops point into the batch buffers). "
+          "Reshape, Concat, Slice and Parameter its diff as well (the data layers' tops point into the batch buffers; "
+          "an LSTM over one time step exposes its output's memory as h_T). "
           "So a layer computing in place on such a top rewrites the bottom, the sibling tops or the data source; a "
           "loss weight on such a top (Caffe writes it into the top's diff) shows in the bottom's or the param's diff; "
           "a diff written into a Parameter top is the param's diff (and so is the diff of a Reshape, one-bottom Concat "
@@ -243,6 +244,10 @@ QUIRKS = {q.id: q for q in [
     Quirk("dropout-ratio-unchecked", "DropoutLayer checks 0 < dropout_ratio < 1 only with DCHECK "
           "(dropout_layer.cpp), which a Release build leaves out: a ratio of 1 then scales by 1 / (1 - 1) = inf; "
           "caffe_torch refuses a ratio outside [0, 1) when the net is built"),
+    Quirk("scale-shape-unchecked", "ScaleLayer::Reshape has its per-axis shape check commented out "
+          "(scale_layer.cpp; BiasLayer keeps it): a second bottom whose shape differs from bottom[0]'s from the "
+          "axis on passes, and the layer scales by the wrong values (reading past that blob where it is smaller); "
+          "caffe_torch refuses it, with the shapes, where its shape changes (a Filter above) or at set-up"),
     Quirk("iter-size-zero", "Caffe accepts iter_size: 0, then divides the (zero) diffs by it and every weight "
           "turns NaN at the first step; caffe_torch refuses it when the solver is built"),
     Quirk("in-place-reshape", "Caffe lets a layer computing in place give its top another shape (MVN's 4-D top on "
