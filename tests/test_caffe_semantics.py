@@ -625,3 +625,20 @@ def test_test_net_backward_reads_in_place_inputs_of_its_forward(tmp_path, how):
     np.testing.assert_allclose(s.diff, (dy2 * y1).sum((0, 2, 3)), rtol=1e-5, atol=1e-5)
     da = 0 if how == "ranged" else (dy1 * x * (x <= 0)).sum((0, 2, 3))      # a range ending at sc leaves p0
     np.testing.assert_allclose(a.diff, da, rtol=1e-5, atol=1e-5)
+
+
+def test_silence_back_propagates_its_zero_diff_through_the_layers_below(tmp_path):
+    """Caffe's Silence writes its bottoms a zero diff (force_backward: its backward runs), which the layers below
+    back-propagate: a Log at x = 0 gives 0 * (1 / 0) = NaN there, 0 elsewhere (fuzz seed 907255). A loss elsewhere
+    in the net makes its backward start from the losses."""
+    net = net_from(tmp_path, 'force_backward: true\ninput: "x" input_shape { dim: 4 }\n'
+                             'input: "z" input_shape { dim: 2 dim: 3 }\ninput: "label" input_shape { dim: 2 }\n'
+                             'layer { name: "log" type: "Log" bottom: "x" top: "y" }\n'
+                             'layer { name: "silence" type: "Silence" bottom: "y" }\n'
+                             'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "z" bottom: "label" top: "l" }\n')
+    net.blobs["x"].data[...] = [0.0, 0.5, 1.0, 2.0]
+    net.blobs["label"].data[...] = [0, 2]
+    net.forward()
+    net.backward()
+    diff = net.blobs["x"].diff
+    assert np.isnan(diff[0]) and np.array_equal(diff[1:], np.zeros(3, np.float32))
