@@ -348,10 +348,11 @@ class Net(PycaffeNetMixin):
         # the forward records no gradient for the others
         self._propagate_down = [list(b) if need else [False] * len(b) for b, need in
                                 zip(self._backward_plan.bottom_needs, self._backward_plan.layer_needs)]
-        # Silence's bottoms that need backward: Caffe's Silence writes them a zero diff, which the layers below
-        # then back-propagate (0 times an infinite derivative is NaN there too); backward_loss seeds them so
-        self._silenced = [b for lp, flags in zip(self._layer_params, self._propagate_down) if lp.type == "Silence"
-                          for b, flag in zip(lp.bottom, flags) if flag]
+        # the bottoms that need backward of layers without tops: Caffe's Silence writes them a zero diff, and an
+        # HDF5Output's backward leaves theirs as it is; the layers below then back-propagate that diff (0 times an
+        # infinite derivative is NaN there too), so backward_loss seeds them with it ({blob: is Silence's})
+        self._topless_bottoms = {b: lp.type == "Silence" for lp, flags in zip(self._layer_params, self._propagate_down)
+                                 if not lp.top for b, flag in zip(lp.bottom, flags) if flag}
         # the blobs whose diff a whole backward writes (the others keep theirs: outputs, a non-learning layer's)
         self._diff_written = {b for lp, flags in zip(self._layer_params, self._propagate_down)
                               for b, flag in zip(lp.bottom, flags) if flag}
@@ -782,10 +783,11 @@ class Net(PycaffeNetMixin):
             # rewrites; a seed that is a blob's diff or the script's array must not change with it
             seeds.append(torch.as_tensor(np.asarray(diff) if not isinstance(diff, torch.Tensor) else diff,
                                          dtype=t.dtype, device=t.device).reshape(t.shape).clone())
-        for name in self._silenced:
+        for name, silenced in self._topless_bottoms.items():
             t = self._graph_tensors.get(name, self._tensors[name])
+            kept = None if silenced else self._grads.get(name)
             roots.append(t)
-            seeds.append(torch.zeros_like(t))
+            seeds.append(kept.to(t, copy=True) if kept is not None and kept.shape == t.shape else torch.zeros_like(t))
         roots_seeds = [(r, s) for r, s in zip(roots, seeds) if r.requires_grad]
         if not roots_seeds:
             if self._needs_backward and self._last_forward is not None and torch.is_grad_enabled():

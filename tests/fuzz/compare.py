@@ -345,18 +345,18 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
     """Observation keys (without the stage) that a quirk of caffe_facts explains in this net."""
     keys: dict[str, set[str]] = {}
     consumed = {b for lp in net.layer for b in lp.bottom}
-    # blobs sharing diff memory in Caffe's built net (only the rules of HingeLoss and Parameter read them)
-    diff_groups = _diff_groups(_caffe_layers(net, prog)) if any(lp.type in ("HingeLoss", "Parameter")
+    # blobs sharing diff memory in Caffe's built net (Split tops included)
+    diff_groups = _diff_groups(_caffe_layers(net, prog)) if any(lp.type in ("HingeLoss", *DIFF_SHARING)
                                                                  for lp in net.layer) else {}
     for lp in net.layer:
         weights = [w for w in lp.loss_weight]
         if lp.type in DIFF_SHARING and _shared_producer(lp) and any(weights):
-            keys.setdefault("shared-blob-memory", set()).update(
-                f"blob/diff/{b}" for b in (*lp.bottom, *lp.top))
+            # the loss weight shows in every blob sharing that diff memory (a chain of Reshapes up to a Split top)
+            shared = set().union(*(diff_groups.get(b, {b}) for b in (*lp.bottom, *lp.top)))
+            keys.setdefault("shared-blob-memory", set()).update(f"blob/diff/{b}" for b in shared)
             # Net::Init writes the loss weight into the top's diff in a solver's test net too (Layer::SetLossWeights,
             # layer.hpp), where no backward ever replaces it
-            keys.setdefault("shared-blob-memory-test", set()).update(
-                f"blob/diff/{b}" for b in (*lp.bottom, *lp.top))
+            keys.setdefault("shared-blob-memory-test", set()).update(f"blob/diff/{b}" for b in shared)
             keys["shared-blob-memory"].update(f"param/diff/{lp.name}/0" for _ in [0] if lp.type == "Parameter")
         if lp.type in DIFF_SHARING and _shared_producer(lp) and len(lp.propagate_down) and \
                 not all(lp.propagate_down):
