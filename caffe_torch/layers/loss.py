@@ -20,9 +20,9 @@ def _label_column(label: torch.Tensor, expected: int, layer: Layer) -> torch.Ten
     memo = layer.forward_memo(label)
     if memo is None:
         return label.reshape(expected, 1).long()
-    key = ("label column", id(label), label._version, expected)
+    key = ("label column", layer.memo_key(label), expected)
     if key not in memo:
-        memo[key] = (label, label.reshape(expected, 1).long())     # (the label held: its id stays its own)
+        memo[key] = (label, label.reshape(expected, 1).long())     # (the label held: see memo_key)
     return memo[key][1]
 
 
@@ -208,9 +208,10 @@ class Accuracy(Layer):
         reading these bottoms with this axis and ignore_label (top-1 and top-5 of one net): computed once (the
         net's forward memo)."""
         memo = self.forward_memo(x, label)
-        key = ("accuracy ranks", id(x), x._version, id(label), label._version, self.axis, self.ignore_label)
-        if memo is not None and key in memo:
-            return memo[key][2]
+        if memo is not None:
+            key = ("accuracy ranks", self.memo_key(x), self.memo_key(label), self.axis, self.ignore_label)
+            if key in memo:
+                return memo[key][2]
         scores = x
         if inner > 1:
             scores = scores.reshape(outer, classes, inner).transpose(1, 2).reshape(-1, classes)
@@ -223,5 +224,5 @@ class Accuracy(Layer):
         ahead = torch.where(index > column, scores >= target, scores > target)
         ranks = ahead.sum(dim=1)
         if memo is not None:
-            memo[key] = (x, label, ranks)                       # (the bottoms held: their ids stay their own)
+            memo[key] = (x, label, ranks)                       # (the bottoms held: see memo_key)
         return ranks
