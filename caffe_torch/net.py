@@ -229,6 +229,7 @@ class Net(PycaffeNetMixin):
         self._tensors: dict[str, torch.Tensor] = {}
         self._graph_tensors: dict[str, torch.Tensor] = {}     # see _run_layers
         self._blob_leaves: dict[str, torch.Tensor] = {}       # see _run_layers
+        self._memo: dict = {}                                  # Layer.memo: emptied before and after each forward
         self._grads: dict[str, torch.Tensor | None] = {}
         self.blobs: dict[str, Blob] = OrderedDict()
         self.params: dict[str, list[Blob]] = OrderedDict()
@@ -290,6 +291,7 @@ class Net(PycaffeNetMixin):
                 raise
             except (ValueError, RuntimeError, IndexError) as exc:
                 raise _layer_error(exc, lp, where) from None
+            layer.memo = self._memo
             self._layers.append(layer)
             self._layer_names.append(lp.name)
             self._layer_params.append(lp)
@@ -560,11 +562,15 @@ class Net(PycaffeNetMixin):
             self._materialize_bottoms(start, end)
         if self._unchecked:
             self._check_shapes(start, end)
-        with fast_options.precision_scope(self.fast):
-            if self._compiled is not None:
-                loss = self._compiled.run_layers(start, end, retain_blob_diffs)
-            else:
-                loss = self._run_layers(start, end, retain_blob_diffs)
+        self._memo.clear()
+        try:
+            with fast_options.precision_scope(self.fast):
+                if self._compiled is not None:
+                    loss = self._compiled.run_layers(start, end, retain_blob_diffs)
+                else:
+                    loss = self._run_layers(start, end, retain_blob_diffs)
+        finally:
+            self._memo.clear()
         self._sync.refresh("data")          # kept views of out-of-place results follow (nothing if none kept)
         return loss
 
@@ -631,6 +637,7 @@ class Net(PycaffeNetMixin):
         # the leaves the last forward made to collect a blob's diff: this forward makes new ones, as Caffe's
         # backward writes such a diff anew (autograd would add to the old leaf's .grad, every iteration)
         stale_leaves, self._blob_leaves = self._blob_leaves, {}
+        detached_bottoms: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}     # id: (tensor, detached)
         with torch.set_grad_enabled(record):
             for name in self.inputs:
                 t = self._tensors[name]
@@ -672,7 +679,15 @@ class Net(PycaffeNetMixin):
                         if not record and self._first_version.get(b) is t:
                             self._first_version[b] = clone     # what a layer-by-layer backward reads (pycaffe_net)
                         t = clone
-                    bottoms.append(t if prop else t.detach())
+                    if not prop and t.requires_grad:
+                        # one detached tensor per tensor, the same object for every layer reading it (the split
+                        # tops of a fan-out included), as a blob that needs no gradient is: the tensor itself
+                        # (Layer.memo keys on it)
+                        seen = detached_bottoms.get(id(t))
+                        if seen is None:
+                            seen = detached_bottoms[id(t)] = (t, t.detach())
+                        t = seen[1]
+                    bottoms.append(t)
                 if i in followers:
                     self._check_follower(i, bottoms)
                 if layer.is_split and not keep:
@@ -685,6 +700,8 @@ class Net(PycaffeNetMixin):
                     out = self._call_detached(layer, detached[i], bottoms)
                 else:
                     out = layer(*bottoms) if self.layer_call is None else self.layer_call(i, layer, bottoms)
+                if layer.runs_user_code:
+                    self._memo.clear()
                 if isinstance(out, torch.Tensor):
                     out = (out,)
                 if layer.keeps_tops:
@@ -719,7 +736,9 @@ class Net(PycaffeNetMixin):
         tensors = self._tensors if tensors is None else tensors
         loss = None
         for name, w in weights.items():
-            term = tensors.get(name, self._tensors[name]).sum() * w
+            term = tensors.get(name, self._tensors[name]).sum()
+            if w != 1:                          # (x * 1 is x: one op less per step and per backward)
+                term = term * w
             loss = term if loss is None else loss + term
         return loss
 

@@ -476,9 +476,8 @@ class Solver(PycaffeSolverMixin):
 
     # ------------------------------------------------------------------ update
     def _update_groups(self) -> list[tuple[float, float, list[int]]]:
-        """(lr_mult, decay_mult, blob indices): the learnable blobs grouped by their multipliers, so that the
-        update is a few torch._foreach_* calls per group with one scalar each (the same kernels, element by
-        element, as a loop over the blobs)."""
+        """(lr_mult, decay_mult, blob indices): the learnable blobs grouped by their multipliers (one local rate
+        and decay per group)."""
         groups: dict[tuple[float, float], list[int]] = {}
         for i, ((_, _, decay_mult, _), lr_mult) in enumerate(zip(self._params, self._lr_mults)):
             groups.setdefault((lr_mult, decay_mult), []).append(i)
@@ -493,10 +492,12 @@ class Solver(PycaffeSolverMixin):
 
     @torch.no_grad()
     def apply_update(self) -> None:
-        """SGDSolver::ApplyUpdate for all blobs at once: clip, then per group of blobs normalize, regularize, the
-        solver's rule (compute_update) and Net::Update, in place on the diffs (which end up holding the update,
-        as in Caffe), a few torch._foreach_* calls per group. Blobs whose update is provably zero cost nothing.
-        Nothing is read from the device, except the gradient norm when clip_gradients is set (Caffe logs it)."""
+        """SGDSolver::ApplyUpdate for all blobs at once: clip, then normalize, regularize, the solver's rule
+        (compute_update) and Net::Update, in place on the diffs (which end up holding the update, as in Caffe):
+        a few torch._foreach_* calls for all the blobs together, each blob with its own local rate and decay
+        (scalar lists; the same kernels, element by element, as a loop over the blobs). Blobs whose update is
+        provably zero cost nothing. Nothing is read from the device, except the gradient norm when
+        clip_gradients is set (Caffe logs it)."""
         p = self.param
         self.updating = True
         self.net._sync.flush()
@@ -506,9 +507,10 @@ class Solver(PycaffeSolverMixin):
             log.info("Iteration %d, lr = %.6g", self.iter, rate)
         if p.clip_gradients >= 0:
             self._clip_gradients()
+        live, rates, decays = [], [], []
         for lr_mult, decay_mult, indices in self._groups:
             local_decay = p.weight_decay * decay_mult
-            live = []
+            local_rate = self._dtype_round(rate * lr_mult)
             for i in indices:
                 prm = self._params[i][0]
                 if self._update_is_zero(lr_mult, local_decay, i):
@@ -518,16 +520,20 @@ class Solver(PycaffeSolverMixin):
                 if prm.grad is None:
                     set_param_diff(prm, torch.zeros_like(prm))
                 live.append(i)
-            if not live:
-                continue
+                rates.append(local_rate)
+                decays.append(local_decay)
+        if live:
             params = [self._params[i][0] for i in live]
             grads = [prm.grad for prm in params]
             if p.iter_size > 1:                                        # Normalize
                 torch._foreach_mul_(grads, 1.0 / p.iter_size)
-            if local_decay:                                            # Regularize
-                decay = params if p.regularization_type == "L2" else torch._foreach_sign(params)
-                torch._foreach_add_(grads, torch._foreach_mul(decay, local_decay))
-            self.compute_update(live, grads, self._dtype_round(rate * lr_mult))
+            decayed = [k for k, d in enumerate(decays) if d]
+            if decayed:                                                # Regularize: diff += local_decay * data
+                on = [params[k] for k in decayed]
+                decay = on if p.regularization_type == "L2" else torch._foreach_sign(on)
+                torch._foreach_add_([grads[k] for k in decayed], torch._foreach_mul(decay, _scalars(
+                    [decays[k] for k in decayed])))
+            self.compute_update(live, grads, rates)
             for i in live:
                 self._zero_history[i] = False
             torch._foreach_sub_(params, grads)                         # Net::Update: data -= diff
@@ -561,9 +567,9 @@ class Solver(PycaffeSolverMixin):
                 if lo is not None or hi is not None:
                     prm.clamp_(lo, hi)
 
-    def compute_update(self, indices: list[int], grads: list[torch.Tensor], local_rate: float) -> None:
-        """The solver's rule for blobs `indices` (one group: one local rate): update their history and replace
-        their diffs `grads` by the update, in place (Caffe's ComputeUpdateValue)."""
+    def compute_update(self, indices: list[int], grads: list[torch.Tensor], rates: list[float]) -> None:
+        """The solver's rule for blobs `indices` (each with its local rate, `rates`): update their history and
+        replace their diffs `grads` by the update, in place (Caffe's ComputeUpdateValue)."""
         raise NotImplementedError
 
     def _histories(self, indices: list[int], which: int = 0) -> list[torch.Tensor]:
@@ -661,25 +667,43 @@ class Solver(PycaffeSolverMixin):
             nets[label].set_layer_rng_states(states)
 
 
+def _scalars(values: list[float]) -> float | list[float]:
+    """A foreach op's scalar argument: one number where all the blobs share it, else one per blob (the same
+    arithmetic either way)."""
+    return values[0] if all(v == values[0] for v in values) else values
+
+
+def _add_scaled_(out: list[torch.Tensor], x: list[torch.Tensor], rates: list[float]) -> None:
+    """out[k] += rates[k] * x[k] (Caffe's axpy), one foreach call per distinct rate (add's alpha is one scalar)."""
+    by_rate: dict[float, list[int]] = {}
+    for k, r in enumerate(rates):
+        by_rate.setdefault(r, []).append(k)
+    if len(by_rate) == 1:
+        torch._foreach_add_(out, x, alpha=rates[0])
+        return
+    for r, ks in by_rate.items():
+        torch._foreach_add_([out[k] for k in ks], [x[k] for k in ks], alpha=r)
+
+
 class SGDSolver(Solver):
     type_name = "SGD"
 
-    def compute_update(self, indices, grads, local_rate):
+    def compute_update(self, indices, grads, rates):
         h = self._histories(indices)
         torch._foreach_mul_(h, self.param.momentum)           # history = momentum * history + rate * diff
-        torch._foreach_add_(h, grads, alpha=local_rate)
+        _add_scaled_(h, grads, rates)
         torch._foreach_copy_(grads, h)                        # diff = history
 
 
 class NesterovSolver(Solver):
     type_name = "Nesterov"
 
-    def compute_update(self, indices, grads, local_rate):
+    def compute_update(self, indices, grads, rates):
         h = self._histories(indices)
         m = self.param.momentum
         old = torch._foreach_mul(h, m)                        # momentum * the history before this step
         torch._foreach_mul_(h, m)
-        torch._foreach_add_(h, grads, alpha=local_rate)
+        _add_scaled_(h, grads, rates)
         update = torch._foreach_mul(h, 1 + m)                 # (1 + momentum) * history - momentum * old
         torch._foreach_sub_(update, old)
         torch._foreach_copy_(grads, update)
@@ -692,17 +716,17 @@ class AdaGradSolver(Solver):
         if self.param.momentum != 0:
             raise PrototxtError(f"{self.path}: momentum cannot be used with AdaGrad")
 
-    def compute_update(self, indices, grads, local_rate):
+    def compute_update(self, indices, grads, rates):
         h = self._histories(indices)
         torch._foreach_add_(h, torch._foreach_mul(grads, grads))     # history += diff^2
-        _scaled_by_rms(grads, h, self.param.delta, local_rate)
+        _scaled_by_rms(grads, h, self.param.delta, rates)
 
 
-def _scaled_by_rms(grads: list[torch.Tensor], h: list[torch.Tensor], delta: float, local_rate: float) -> None:
+def _scaled_by_rms(grads: list[torch.Tensor], h: list[torch.Tensor], delta: float, rates: list[float]) -> None:
     """diff = rate * diff / (sqrt(history) + delta), in place (AdaGrad, RMSProp)."""
     denom = torch._foreach_sqrt(h)
     torch._foreach_add_(denom, delta)
-    torch._foreach_mul_(grads, local_rate)
+    torch._foreach_mul_(grads, _scalars(rates))
     torch._foreach_div_(grads, denom)
 
 
@@ -715,14 +739,14 @@ class RMSPropSolver(Solver):
         if not 0 <= self.param.rms_decay < 1:
             raise PrototxtError(f"{self.path}: rms_decay should lie between 0 and 1")
 
-    def compute_update(self, indices, grads, local_rate):
+    def compute_update(self, indices, grads, rates):
         h = self._histories(indices)
         d = self.param.rms_decay
         sq = torch._foreach_mul(grads, 1 - d)                 # history = d * history + (1 - d) * diff^2
         torch._foreach_mul_(sq, grads)
         torch._foreach_mul_(h, d)
         torch._foreach_add_(h, sq)
-        _scaled_by_rms(grads, h, self.param.delta, local_rate)
+        _scaled_by_rms(grads, h, self.param.delta, rates)
 
 
 def _decayed_square_(hist: list[torch.Tensor], x: list[torch.Tensor], m: float) -> None:
@@ -737,7 +761,7 @@ class AdaDeltaSolver(Solver):
     type_name = "AdaDelta"
     n_history = 2
 
-    def compute_update(self, indices, grads, local_rate):
+    def compute_update(self, indices, grads, rates):
         grad_hist, upd_hist = self._histories(indices, 0), self._histories(indices, 1)
         m, delta = self.param.momentum, self.param.delta
         _decayed_square_(grad_hist, grads, m)
@@ -746,14 +770,14 @@ class AdaDeltaSolver(Solver):
         torch._foreach_sqrt_(ratio)
         torch._foreach_mul_(grads, ratio)
         _decayed_square_(upd_hist, grads, m)
-        torch._foreach_mul_(grads, local_rate)
+        torch._foreach_mul_(grads, _scalars(rates))
 
 
 class AdamSolver(Solver):
     type_name = "Adam"
     n_history = 2
 
-    def compute_update(self, indices, grads, local_rate):
+    def compute_update(self, indices, grads, rates):
         m, v = self._histories(indices, 0), self._histories(indices, 1)
         b1, b2 = self.param.momentum, self.param.momentum2
         first = torch._foreach_mul(grads, 1 - b1)             # m = b1 * m + (1 - b1) * diff
@@ -764,7 +788,7 @@ class AdamSolver(Solver):
         correction = math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
         denom = torch._foreach_sqrt(v)
         torch._foreach_add_(denom, self.param.delta)
-        update = torch._foreach_mul(m, local_rate * correction)
+        update = torch._foreach_mul(m, _scalars([rate * correction for rate in rates]))
         torch._foreach_div_(update, denom)
         torch._foreach_copy_(grads, update)
 

@@ -34,6 +34,18 @@ def test_update_ops_are_per_group_not_per_blob_and_frozen_blobs_cost_nothing():
     assert update_ops(solver) <= 6 * len(live_groups)
 
 
+def test_update_ops_do_not_grow_with_the_groups():
+    """SGD with weight decay, blobs in several (lr_mult, decay_mult) groups: one foreach call per step of the
+    update for all of them (decay: mul, add; rule: mul, copy; Net::Update: sub), scalar lists where the groups
+    differ, plus one add per distinct local rate (add's alpha is one scalar); the sequence per group made
+    16 ops for the paper net's 3 live groups."""
+    solver = small_solver("prototxt", "softmax", 100)
+    live = [g for g in solver._groups if g[0] != 0]
+    rates = {g[0] for g in live}
+    assert len(live) == 3 and len(rates) == 2
+    assert update_ops(solver) <= 5 + len(rates)
+
+
 def test_clipping_is_one_norm_reduction_and_one_read():
     """clip_gradients: the global L2 norm of all the diffs from one foreach reduction, read once (Caffe logs it;
     a loop over the 66 blobs read one norm each), and the scaling, when the norm exceeds the limit, one

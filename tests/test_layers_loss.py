@@ -149,3 +149,68 @@ def test_accuracy_all_ignored_is_nan_and_top_k_check():
     assert np.isnan(layer(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2)).item())    # Caffe: 0 / 0
     with pytest.raises(Exception, match="top_k"):
         make("Accuracy", "accuracy_param { top_k: 4 }", [(2, 3), (2,)])
+
+
+ACCURACY_NET = """name: "acc"
+layer { name: "in" type: "Input" top: "data" top: "label"
+  input_param { shape { dim: 40 dim: 5 } shape { dim: 40 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "data" bottom: "label" top: "loss" }
+layer { name: "top1" type: "Accuracy" bottom: "data" bottom: "label" top: "top1" }
+layer { name: "top3" type: "Accuracy" bottom: "data" bottom: "label" top: "top3" accuracy_param { top_k: 3 } }
+layer { name: "top2i" type: "Accuracy" bottom: "data" bottom: "label" top: "top2i"
+  accuracy_param { top_k: 2 ignore_label: 1 } }
+"""
+
+
+def accuracy_net(tmp_path, text=ACCURACY_NET, training_loop=False):
+    """The net as pycaffe builds it, or as a training loop's solver does (no per-layer records for a ranged
+    backward, labels checked by the loader)."""
+    import caffe_torch
+
+    path = tmp_path / "acc.prototxt"
+    path.write_text(text)
+    net = caffe_torch.Net(str(path), caffe_torch.TRAIN, record_layer_inputs=not training_loop)
+    for layer in net._layers:
+        layer.check_labels = not training_loop
+    return net
+
+
+@pytest.mark.parametrize("training_loop", [False, True])
+def test_accuracy_layers_of_one_net_share_their_work_and_follow_the_blobs(tmp_path, training_loop):
+    """In a net, SoftmaxWithLoss and the Accuracy layers reading one label blob convert it to int64 once, and
+    Accuracy layers of the same bottoms share the label's rank (the net's forward memo): each forward still gives
+    Caffe's values, also after new labels and scores written through kept host views (no version bump: the memo
+    lives for one forward)."""
+    net = accuracy_net(tmp_path, training_loop=training_loop)
+    data, label = net.blobs["data"].data, net.blobs["label"].data      # kept views
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        data[...] = rng.integers(0, 3, size=(40, 5))                  # many ties
+        label[...] = rng.integers(0, 5, size=40)
+        out = net.forward()
+        for name, top_k, ignore in (("top1", 1, None), ("top3", 3, None), ("top2i", 2, 1)):
+            ref, _ = np_accuracy(data.astype(np.float64), label, top_k, ignore)
+            np.testing.assert_allclose(float(out[name]), ref, rtol=1e-6)
+
+
+def test_a_second_accuracy_layer_costs_three_ops(tmp_path):
+    """In a training loop's net, the forward of an Accuracy layer whose bottoms another one ranked already:
+    rank < k, its count and the division (alone, with its label's conversion and the ranking: ~16 aten ops)."""
+    from caffe_torch.opcount import OpCounter
+
+    net = accuracy_net(tmp_path, training_loop=True)
+    ops = {}
+    for name in ("top1", "top3"):
+        layer = net._layers[net._layer_names.index(name)]
+
+        def counted(*bottoms, name=name, forward=layer.forward):
+            with OpCounter() as count:
+                out = forward(*bottoms)
+            ops[name] = count.ops
+            return out
+
+        layer.forward = counted
+    net.blobs["data"].data[...] = np.random.default_rng(0).standard_normal((40, 5))
+    net.blobs["label"].data[...] = np.arange(40) % 5
+    net.forward()
+    assert ops["top3"] <= 3 < ops["top1"], ops

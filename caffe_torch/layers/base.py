@@ -110,6 +110,14 @@ class Layer(nn.Module):
     # Bottom indices Caffe's layer reads with Blob's legacy num() / channels() / height() / width() at set-up or in
     # its forward: they CHECK num_axes() <= 4 (blob.hpp), so a bottom of more axes aborts; refused when built.
     legacy_bottoms: tuple[int, ...] = ()
+    # A Python layer runs a script's code, which may write any blob through its host view (no version bump): the
+    # net's forward memo (below) starts afresh after it.
+    runs_user_code: bool = False
+    # The net's memo of one forward (a dict the net empties before and after each forward, None outside a net):
+    # tensors that several layers derive alike from the same bottoms (the int64 labels; Accuracy's ranks), keyed
+    # by the bottoms' identity and version (memo_key; the net hands every layer the same tensor of a blob that
+    # needs no gradient, a detached one once per forward). See forward_memo().
+    memo: dict | None = None
 
     def __init__(self, param, bottom_shapes: Sequence[tuple[int, ...]], ctx: BuildContext):
         super().__init__()
@@ -138,6 +146,23 @@ class Layer(nn.Module):
     # ---- helpers for subclasses
     def error(self, message: str) -> LayerError:
         return LayerError(self.name, self.type_name, message, self._where)
+
+    def forward_memo(self, *tensors: torch.Tensor) -> dict | None:
+        """The net's memo of this forward, where it may hold what is derived from `tensors` (all ordinary tensors,
+        not being traced or compiled); None otherwise (compute it)."""
+        if self.memo is None or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return None
+        if any(t.is_inference() for t in tensors):        # no version counter
+            return None
+        return self.memo
+
+    @staticmethod
+    def memo_key(t: torch.Tensor) -> tuple:
+        """What a memo entry derived from `t` is keyed by: the tensor it views (a Split's tops are views of its
+        bottom), its version (the views' shared counter) and which of its values `t` reads. The entry must hold
+        `t` (so that the viewed tensor's id stays its own)."""
+        base = t if t._base is None else t._base
+        return id(base), t._version, tuple(t.shape), t.stride(), t.storage_offset(), t.dtype
 
     def _check_counts(self, n_bottom: int, n_top: int) -> None:
         for what, n, (lo, hi) in (("bottom", n_bottom, self.num_bottoms), ("top", n_top, self.num_tops)):

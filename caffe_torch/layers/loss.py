@@ -11,11 +11,19 @@ _Norm = caffe_pb2.LossParameter
 _FLT_MIN = 1.1754943508222875e-38
 
 
-def _labels(label: torch.Tensor, expected: int, layer: Layer) -> torch.Tensor:
+def _label_column(label: torch.Tensor, expected: int, layer: Layer) -> torch.Tensor:
+    """The labels as an int64 column (expected, 1), converted once per forward for all the layers that read
+    the same label blob (SoftmaxWithLoss, Accuracy: the net's forward memo)."""
     if label.numel() != expected:
         raise layer.error(f"label count {label.numel()} does not match the {expected} predictions "
                           "(outer_num x inner_num)")
-    return label.reshape(-1).long()
+    memo = layer.forward_memo(label)
+    if memo is None:
+        return label.reshape(expected, 1).long()
+    key = ("label column", layer.memo_key(label), expected)
+    if key not in memo:
+        memo[key] = (label, label.reshape(expected, 1).long())     # (the label held: see memo_key)
+    return memo[key][1]
 
 
 def _check_label_count(layer: Layer, shape, label_shape, axis: int) -> None:
@@ -116,17 +124,17 @@ class SoftmaxWithLoss(Layer):
         logp = torch.log_softmax(x, dim=self.axis)
         if logp.shape != (outer, classes, inner):      # (outer, classes, inner); a (N, classes) one stays 2-D
             logp = logp.reshape(outer, classes, inner)
-        lab = _labels(label, outer * inner, self)                       # (outer,) or (outer, inner)
+        lab = _label_column(label, outer * inner, self)                 # (outer, 1) or (outer, 1, inner)
         if logp.dim() == 3:
-            lab = lab.reshape(outer, inner)
+            lab = lab.reshape(outer, 1, inner)
         # without an ignore_label every position counts: no mask (fewer ops per step on a GPU)
         valid = None if self.ignore_label is None else lab != self.ignore_label
         check_label_range(lab, classes, self, valid)
         safe = lab if valid is None else torch.where(valid, lab, 0)
-        picked = logp.gather(1, safe.unsqueeze(1))
+        picked = logp.gather(1, safe)
         # value as Caffe's log(max(p, FLT_MIN)); gradient of log_softmax (= p - onehot) everywhere
         clamped = _FloorValue.apply(picked, math.log(_FLT_MIN))
-        total = -(clamped.sum() if valid is None else (clamped * valid.unsqueeze(1).to(clamped.dtype)).sum())
+        total = -(clamped.sum() if valid is None else (clamped * valid.to(clamped.dtype)).sum())
         normalizer = _normalizer(self.mode, outer, inner, outer * inner if valid is None else valid.sum())
         loss = total / (normalizer.to(total.dtype) if isinstance(normalizer, torch.Tensor) else normalizer)
         if len(self.param.top) > 1:
@@ -151,6 +159,7 @@ class Accuracy(Layer):
         self.top_k = ap.top_k                                       # default 1
         self.axis = canonical_axis(ap.axis, len(bottom_shapes[0]), self)   # default 1
         self.ignore_label = ap.ignore_label if ap.HasField("ignore_label") else None
+        self._class_index: torch.Tensor | None = None          # arange(classes) on the scores' device
         self.top_shapes(bottom_shapes)
 
     def top_shapes(self, bottom_shapes):
@@ -167,20 +176,14 @@ class Accuracy(Layer):
         with torch.no_grad():
             outer, classes, inner = count(x.shape, 0, self.axis), x.shape[self.axis], \
                 count(x.shape, self.axis + 1)
-            scores = x.detach()
-            if inner > 1:
-                scores = scores.reshape(outer, classes, inner).transpose(1, 2).reshape(-1, classes)
-            elif scores.shape != (outer, classes):
-                scores = scores.reshape(outer, classes)
-            lab = _labels(label, outer * inner, self)
+            column = _label_column(label, outer * inner, self)          # (samples, 1)
             # without an ignore_label every sample counts: no mask (fewer ops per step on a GPU)
-            valid = None if self.ignore_label is None else lab != self.ignore_label
-            check_label_range(lab, classes, self, valid)
-            column = (lab if valid is None else torch.where(valid, lab, 0)).unsqueeze(1)     # (samples, 1)
-            target = scores.gather(1, column)
-            # classes ranked ahead of the label: a higher score, or an equal score and a higher class index
-            ahead = torch.where(torch.arange(classes, device=x.device) > column, scores >= target, scores > target)
-            correct = ahead.sum(dim=1) < self.top_k
+            valid = None if self.ignore_label is None else column[:, 0] != self.ignore_label
+            if self.check_labels:
+                check_label_range(column[:, 0], classes, self, valid)
+            if valid is not None:
+                column = torch.where(valid.unsqueeze(1), column, 0)
+            correct = self._ranks(x, label, column, outer, classes, inner) < self.top_k
             if valid is None:
                 acc = correct.sum(dtype=x.dtype) / (outer * inner)
             else:
@@ -198,3 +201,28 @@ class Accuracy(Layer):
             per_class = torch.where(per_class_n > 0, per_class_c / per_class_n.clamp(min=1),
                                     torch.zeros_like(per_class_n))
             return acc, per_class
+
+    def _ranks(self, x, label, column, outer, classes, inner) -> torch.Tensor:
+        """Per sample, the number of classes ranked ahead of its label (`column`, ignored ones as class 0): a
+        higher score, or an equal score and a higher class index. The same for every Accuracy layer of a forward
+        reading these bottoms with this axis and ignore_label (top-1 and top-5 of one net): computed once (the
+        net's forward memo)."""
+        memo = self.forward_memo(x, label)
+        if memo is not None:
+            key = ("accuracy ranks", self.memo_key(x), self.memo_key(label), self.axis, self.ignore_label)
+            if key in memo:
+                return memo[key][2]
+        scores = x
+        if inner > 1:
+            scores = scores.reshape(outer, classes, inner).transpose(1, 2).reshape(-1, classes)
+        elif scores.shape != (outer, classes):
+            scores = scores.reshape(outer, classes)
+        target = scores.gather(1, column)
+        index = self._class_index
+        if index is None or index.device != x.device or index.numel() != classes:
+            index = self._class_index = torch.arange(classes, device=x.device)
+        ahead = torch.where(index > column, scores >= target, scores > target)
+        ranks = ahead.sum(dim=1)
+        if memo is not None:
+            memo[key] = (x, label, ranks)                       # (the bottoms held: see memo_key)
+        return ranks

@@ -217,6 +217,7 @@ class PythonLayer(_TorchLayer):
     """Runs `python_param.layer` from `python_param.module` (imported from sys.path)."""
 
     shapes_from_data = True         # the user's reshape runs at every forward and may give its tops any shape
+    runs_user_code = True
 
     num_bottoms = (0, None)
     num_tops = (0, None)

@@ -368,10 +368,12 @@ class Pooling(Layer):
         # extent [-pad, size + pad) (Caffe's pool_size)
         if p[0] or p[1] or extra_h or extra_w:
             x = F.pad(x, (p[1], extra_w, p[0], extra_h))
-        total = F.avg_pool2d(x, k, s, divisor_override=1)
+        d = self._divisor(h, w, oh, ow, k, s, p, x)
+        # one pool size for every window (no window clipped): torch's pooling divides the sum by it, as Caffe
+        total = F.avg_pool2d(x, k, s, divisor_override=d if isinstance(d, int) else 1)
         if total.shape[2:] != (oh, ow):
             total = total[:, :, :oh, :ow]
-        return total / self._divisor(h, w, oh, ow, k, s, p, total)
+        return total if isinstance(d, int) else total / d
 
     def _stochastic(self, x, k, s, oh, ow, extra_h, extra_w):
         # windows clipped to the image = windows over zeros appended right and below (a zero never moves
@@ -395,12 +397,17 @@ class Pooling(Layer):
         return y.reshape(n, c, oh, ow)
 
     def _divisor(self, h, w, oh, ow, k, s, p, like):
+        """Caffe's pool_size per output position: an int where it is the same for all, else an (oh, ow) tensor."""
         key = (h, w, like.dtype, like.device)
         d = self._divisors.get(key)
         if d is None:
-            dh = torch.tensor(_ave_divisor(h, oh, k[0], s[0], p[0]), dtype=like.dtype)
-            dw = torch.tensor(_ave_divisor(w, ow, k[1], s[1], p[1]), dtype=like.dtype)
-            d = (dh[:, None] * dw[None, :]).to(like.device)
+            sizes_h, sizes_w = _ave_divisor(h, oh, k[0], s[0], p[0]), _ave_divisor(w, ow, k[1], s[1], p[1])
+            if len(set(sizes_h)) == 1 and len(set(sizes_w)) == 1:
+                d = int(sizes_h[0]) * int(sizes_w[0])
+            else:
+                dh = torch.tensor(sizes_h, dtype=like.dtype)
+                dw = torch.tensor(sizes_w, dtype=like.dtype)
+                d = (dh[:, None] * dw[None, :]).to(like.device)
             self._divisors = {key: d}
         return d
 
