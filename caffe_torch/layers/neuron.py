@@ -11,7 +11,6 @@ tests/test_layers_neuron.py::test_in_place_backward_against_real_caffe).
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .base import Layer, register
 
@@ -59,14 +58,18 @@ class Clip(Layer):
 
 @register("ELU")
 class ELU(Layer):
-    """y = x if x > 0 else alpha (exp(x) - 1); at x = 0 the gradient is alpha (Caffe tests x > 0)."""
+    """y = x if x > 0 else alpha (exp(x) - 1), as Caffe writes it: max(x, 0) + alpha (exp(min(x, 0)) - 1), whose
+    exp(x) - 1 loses the relative precision of a small negative x (not expm1); at x = 0 the gradient is alpha
+    (Caffe tests x > 0)."""
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         self.alpha = param.elu_param.alpha        # default 1
 
     def forward(self, x):
-        return F.elu(x, self.alpha)
+        positive = x > 0
+        zero = torch.zeros_like(x)
+        return torch.where(positive, x, zero) + self.alpha * (torch.exp(torch.where(positive, zero, x)) - 1)
 
 
 def _log_base(layer: Layer, base: float) -> float:

@@ -48,6 +48,11 @@ from .rounding import FLOAT32_ROUNDING
 from .worker import EngineResult
 
 CONDITION_FACTOR = 10.0
+# the same refusal in the engines' words, where Caffe's (a LOG(FATAL) of the layer's Backward) names no blob:
+# (Caffe's message, caffe_torch's error), as regular expressions
+SAME_REFUSALS = (
+    (r"cannot backpropagate to label inputs", r"Caffe cannot back-propagate to bottom \d"),
+)
 HEAP_CRASH = re.compile(r"free\(\)|double free|corrupted|Segmentation|malloc")    # glibc's words when the heap breaks
 # glog's CHECK_EQ/GE... abort: the condition, the two values, then the layer's own words
 CHECK_MESSAGE = re.compile(r"Check failed: .*? \([^()]*\) (.+)$", re.S)
@@ -218,7 +223,8 @@ def _names_what_caffe_names(theirs: str, ours: str) -> bool:
     error says what Caffe's failed CHECK says: the mutation broke the net somewhere else than its field (a renamed
     top leaves a later bottom unknown), or the net already failed another check before it, and both say so."""
     names = set(re.findall(r"'([^'\s]+)'", theirs))
-    return bool(names) and all(f"'{n}'" in ours for n in names) or _same_check(theirs, ours)
+    return bool(names) and all(f"'{n}'" in ours for n in names) or _same_check(theirs, ours) or \
+        any(re.search(caffe_says, theirs) and re.search(ours_says, ours) for caffe_says, ours_says in SAME_REFUSALS)
 
 
 def _same_check(theirs: str, ours: str) -> bool:

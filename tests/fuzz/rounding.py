@@ -2,7 +2,7 @@
 
 A float32 engine rounds the result of every arithmetic operation to the nearest float32, a relative error of at
 most FLOAT32_ROUNDING (2^-24). Under RoundingNoise, each such aten operation of a float64 run instead multiplies
-its result by (1 + perturb * u), u drawn uniformly from [-1, 1] (a generator seeded by the case), and an operation
+its result by (1 + perturb * u), u = +-1 drawn at random (a generator seeded by the case), and an operation
 that sums terms (SUMMING_OPS) has its operands perturbed so too, as float32 rounds every term and partial sum: the
 run's results move as far as float32 rounding can move them, whatever order the engines sum in. Operations whose float32
 result is exact (copies, views, indexing, max/min, ReLU, comparisons, fills) are left alone: the list below names the
@@ -51,8 +51,9 @@ class RoundingNoise(TorchDispatchMode):
         self.generator = torch.Generator().manual_seed(seed)
 
     def _noise(self, t: torch.Tensor) -> torch.Tensor:
-        """1 + perturb * u, u uniform in [-1, 1], shaped like t."""
-        u = torch.rand(t.shape, generator=self.generator, dtype=torch.float64, device=t.device)
+        """1 + perturb * u, u = +-1 at random, shaped like t: each rounding at its bound, so that no draw of small
+        u's hides how far the result can move."""
+        u = torch.randint(0, 2, t.shape, generator=self.generator, device=t.device).to(torch.float64)
         return u.mul_(2.0 * self.perturb).add_(1.0 - self.perturb)
 
     def _perturbed_copy(self, x):
