@@ -176,7 +176,9 @@ QUIRKS = {q.id: q for q in [
           "holds that layer's output when the backward runs, so the gradient is taken at the wrong values (TanH "
           "under an in-place Sigmoid back-propagates 1 - sigmoid(tanh(x))^2 for 1 - tanh(x)^2); so do a RNN's and "
           "a LSTM's exposed hidden state, whose top shares the unrolled net's h_T (RNN: read by its TanH) or c_T "
-          "(LSTM: read by the last LSTMUnit) data (RecurrentLayer::Forward_cpu: top[i]->ShareData(...)); "
+          "(LSTM: read by the last LSTMUnit) data (RecurrentLayer::Forward_cpu: top[i]->ShareData(...)), and a RNN's "
+          "output over one time step, the one-bottom Concat of o_1, which shares o_1's data (ConcatLayer::Reshape: "
+          "ShareData) that o_1's TanH reads; "
           "caffe_torch's is the derivative at the layer's own output"),
     Quirk("in-place-loss-weight", "a loss weight on a top computed in place: Caffe writes the weight into the "
           "blob's diff once, when the net is built, and the layer's in-place backward overwrites that diff with "
@@ -206,7 +208,9 @@ QUIRKS = {q.id: q for q in [
           "bottom's diff was shared when it was made (the top of a one-bottom Concat, one-top Slice, Reshape or "
           "Parameter, a RNN's or LSTM's output: ShareDiff in their Reshape), the blob, param or unrolled net it was "
           "shared with never gets the gradient, nor does anything upstream (an InnerProduct under Reshape + Flatten "
-          "never learns); layers computing in place on that bottom back-propagate in the top's diff, which then "
+          "never learns), and the next forward, whose Reshape shares that diff again, gives the bottom the other's "
+          "diff back in place of the gradient; layers computing in place on that bottom back-propagate in the top's "
+          "diff, which then "
           "holds their bottom's (and, as a loss top or an output, seeds the solver's next backward with it); "
           "caffe_torch back-propagates through Flatten as through any reshape"),
     Quirk("relu-minus-inf", "Caffe's CPU ReLU computes max(x, 0) + negative_slope * min(x, 0) (relu_layer.cpp), "
