@@ -557,6 +557,26 @@ def _hinge_scratch_keys(net: caffe_pb2.NetParameter, prog: Program,
     return keys, ("step",) if learned else ()
 
 
+def _batchnorm_in_place_keys(net: caffe_pb2.NetParameter, prog: Program, theirs: EngineResult | None) -> set[str]:
+    """The diff of a blob a BatchNorm computes in place on where no backward reaches it from below (no force_backward,
+    no layer upstream with params): this build's BatchNorm runs its backward all the same (its statistics' param specs
+    dropped by UpgradeNetBatchNorm: batchnorm-stats-trained) and, ignoring propagate_down, writes its bottom's diff,
+    which is the blob's: the top's diff divided by the standard deviation, where caffe_torch leaves the top's diff
+    (quirk ignores-propagate-down; the rule of _quirk_keys for a net input, generalised)."""
+    if net.force_backward or theirs is None:
+        return set()
+    layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
+    learned = {k.split("/")[3] for k in theirs.obs if k.startswith("build/param/data/")}
+    keys: set[str] = set()
+    for i, lp in enumerate(layers):
+        if lp.type != "BatchNorm" or not lp.bottom or lp.top[:1] != lp.bottom[:1]:
+            continue
+        upstream = _upstream_diff_keys(layers[:i], lp.bottom[:1])
+        if not any(k.split("/")[2] in learned for k in upstream if k.startswith("param/")):
+            keys.add(f"blob/diff/{lp.bottom[0]}")
+    return keys
+
+
 def _later_in_place(later: list, blob: str) -> bool:
     """Whether a layer of `later` computes in place on `blob` before another layer produces it anew."""
     for lp in later:
@@ -686,6 +706,7 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
     layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
     unneeded_keys = _unneeded_bottom_keys(net, layers)
     quirk_keys.setdefault("shared-blob-memory", set()).update(_shared_diff_in_place_keys(layers))
+    quirk_keys.setdefault("ignores-propagate-down", set()).update(_batchnorm_in_place_keys(net, prog, theirs))
     flatten_keys, flatten_stages = _flatten_diff_keys(net, prog)
     quirk_keys["flatten-backward-shares-diff"] = flatten_keys
     overwritten_keys, overwritten_stages = _overwritten_top_keys(net, prog, theirs)
