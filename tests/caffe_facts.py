@@ -163,7 +163,8 @@ QUIRKS = {q.id: q for q in [
           "writes its own bottom's diff into that memory in its backward, which the top's diff then shows (a Reshape "
           "of a BatchNorm in place), and so does a Scale's scratch (scale-scratch-diff); one a reader's backward "
           "writes into the diff-sharing top of a layer with propagate_down false (whose own backward does not run) is "
-          "its bottom's (a Parameter top's loss weight, lost at the first forward: parameter-top-diff). caffe_torch's "
+          "its bottom's, which the layers upstream back-propagate "
+          "(a Parameter top's loss weight, lost at the first forward: parameter-top-diff). caffe_torch's "
           "tops are separate blobs that views of the bottom feed; their data is the bottom's memory from set-up on "
           "where Caffe's is (the Reshape of Reshape, one-bottom Concat and one-top Slice, run by Net::Init, calls "
           "ShareData; Split and Flatten share only in their Forward), on the CPU"),

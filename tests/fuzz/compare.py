@@ -360,8 +360,11 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
             keys["shared-blob-memory"].update(f"param/diff/{lp.name}/0" for _ in [0] if lp.type == "Parameter")
         if lp.type in DIFF_SHARING and _shared_producer(lp) and len(lp.propagate_down) and \
                 not all(lp.propagate_down):
-            # no backward copies the top's diff down, but a reader's backward writes the shared diff all the same
-            keys.setdefault("shared-blob-memory", set()).update(_diff_sharing_upstream(net, lp))
+            # no backward copies the top's diff down, but a reader's backward writes the shared diff all the same,
+            # which the layers upstream back-propagate where their backward runs (a Split below sums it)
+            keys.setdefault("shared-blob-memory", set()).update(
+                _diff_sharing_upstream(net, lp),
+                _upstream_diff_keys(net.layer[:list(net.layer).index(lp)], lp.bottom))
         if lp.type == "Parameter":            # its top's diff is the param's (a solver step's update shows)
             # ... and so is the diff of every blob sharing the top's (a Reshape's, one-bottom Concat's, one-top
             # Slice's top: ShareDiff in their Reshape, which each forward runs after the Parameter's)
