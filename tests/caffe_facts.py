@@ -196,8 +196,8 @@ QUIRKS = {q.id: q for q in [
           "at all), and so do RNN and LSTM to their input x and static input (recurrent_layer.cpp back-propagates "
           "the unrolled net, whose x_transform has propagate_down: true); with their params these run backward "
           "also over a data or input blob that Net::Init gives no diff (or any blob no backward reaches from below: "
-          "a BatchNorm in place on it leaves its diff the top's divided by the standard deviation, where "
-          "caffe_torch's is the top's); caffe_torch gives such a bottom no diff"),
+          "a BatchNorm in place on it leaves its diff the BatchNorm's bottom diff, where caffe_torch's is the "
+          "top's); caffe_torch gives such a bottom no diff"),
     Quirk("implicit-loss-top-read", "a loss layer's top with its default loss weight (no loss_weight field) that "
           "another layer reads: Caffe's InsertSplits inserts no Split for an implicit weight, so the reader's "
           "backward overwrites the diff that held the weight and the loss layer scales its gradient by that "

@@ -564,7 +564,8 @@ def _batchnorm_in_place_keys(net: caffe_pb2.NetParameter, prog: Program, theirs:
     """The diff of a blob a BatchNorm computes in place on where no backward reaches it from below (no force_backward,
     no layer upstream with params): this build's BatchNorm runs its backward all the same (its statistics' param specs
     dropped by UpgradeNetBatchNorm: batchnorm-stats-trained) and, ignoring propagate_down, writes its bottom's diff,
-    which is the blob's: the top's diff divided by the standard deviation, where caffe_torch leaves the top's diff
+    which is the blob's (use_global_stats: the top's diff divided by the standard deviation), where caffe_torch
+    leaves the top's diff
     (quirk ignores-propagate-down; the rule of _quirk_keys for a net input, generalised)."""
     if net.force_backward or theirs is None:
         return set()
