@@ -163,7 +163,8 @@ QUIRKS = {q.id: q for q in [
           "writes its own bottom's diff into that memory in its backward, which the top's diff then shows (a Reshape "
           "of a BatchNorm in place), and so does a Scale's scratch (scale-scratch-diff); one a reader's backward "
           "writes into the diff-sharing top of a layer with propagate_down false (whose own backward does not run) is "
-          "its bottom's (a Parameter top's loss weight, lost at the first forward: parameter-top-diff). caffe_torch's "
+          "its bottom's, which the layers upstream back-propagate "
+          "(a Parameter top's loss weight, lost at the first forward: parameter-top-diff). caffe_torch's "
           "tops are separate blobs that views of the bottom feed; their data is the bottom's memory from set-up on "
           "where Caffe's is (the Reshape of Reshape, one-bottom Concat and one-top Slice, run by Net::Init, calls "
           "ShareData; Split and Flatten share only in their Forward), on the CPU"),
@@ -176,7 +177,9 @@ QUIRKS = {q.id: q for q in [
           "holds that layer's output when the backward runs, so the gradient is taken at the wrong values (TanH "
           "under an in-place Sigmoid back-propagates 1 - sigmoid(tanh(x))^2 for 1 - tanh(x)^2); so do a RNN's and "
           "a LSTM's exposed hidden state, whose top shares the unrolled net's h_T (RNN: read by its TanH) or c_T "
-          "(LSTM: read by the last LSTMUnit) data (RecurrentLayer::Forward_cpu: top[i]->ShareData(...)); "
+          "(LSTM: read by the last LSTMUnit) data (RecurrentLayer::Forward_cpu: top[i]->ShareData(...)), and a RNN's "
+          "output over one time step, the one-bottom Concat of o_1, which shares o_1's data (ConcatLayer::Reshape: "
+          "ShareData) that o_1's TanH reads; "
           "caffe_torch's is the derivative at the layer's own output"),
     Quirk("in-place-loss-weight", "a loss weight on a top computed in place: Caffe writes the weight into the "
           "blob's diff once, when the net is built, and the layer's in-place backward overwrites that diff with "
@@ -192,7 +195,9 @@ QUIRKS = {q.id: q for q in [
           "Flatten writes the bottom's diff even where propagate_down is false (when the layer's backward runs "
           "at all), and so do RNN and LSTM to their input x and static input (recurrent_layer.cpp back-propagates "
           "the unrolled net, whose x_transform has propagate_down: true); with their params these run backward "
-          "also over a data or input blob that Net::Init gives no diff; caffe_torch gives such a bottom no diff"),
+          "also over a data or input blob that Net::Init gives no diff (or any blob no backward reaches from below: "
+          "a BatchNorm in place on it leaves its diff the BatchNorm's bottom diff, where caffe_torch's is the "
+          "top's); caffe_torch gives such a bottom no diff"),
     Quirk("implicit-loss-top-read", "a loss layer's top with its default loss weight (no loss_weight field) that "
           "another layer reads: Caffe's InsertSplits inserts no Split for an implicit weight, so the reader's "
           "backward overwrites the diff that held the weight and the loss layer scales its gradient by that "
@@ -206,7 +211,9 @@ QUIRKS = {q.id: q for q in [
           "bottom's diff was shared when it was made (the top of a one-bottom Concat, one-top Slice, Reshape or "
           "Parameter, a RNN's or LSTM's output: ShareDiff in their Reshape), the blob, param or unrolled net it was "
           "shared with never gets the gradient, nor does anything upstream (an InnerProduct under Reshape + Flatten "
-          "never learns); layers computing in place on that bottom back-propagate in the top's diff, which then "
+          "never learns), and the next forward, whose Reshape shares that diff again, gives the bottom the other's "
+          "diff back in place of the gradient; layers computing in place on that bottom back-propagate in the top's "
+          "diff, which then "
           "holds their bottom's (and, as a loss top or an output, seeds the solver's next backward with it); "
           "caffe_torch back-propagates through Flatten as through any reshape"),
     Quirk("relu-minus-inf", "Caffe's CPU ReLU computes max(x, 0) + negative_slope * min(x, 0) (relu_layer.cpp), "

@@ -329,6 +329,29 @@ def test_backward_reads_overwritten_exposed_hidden_state(recurrent, tops, in_pla
     assert [d.cls for d in divs] == ["backward-reads-overwritten-top" if explained else ""] * 2
 
 
+@pytest.mark.parametrize("steps, explained", [(1, True), (2, False)])
+def test_backward_reads_overwritten_rnn_output_over_one_step(steps, explained):
+    """Seed 1102924: over one time step a RNN's output is the one-bottom Concat of the unrolled net's o_1, sharing its
+    data (ConcatLayer::Reshape), which o_1's TanH reads in the backward: a Bias in place on the output gives x and
+    the params the gradient at the wrong values (quirk backward-reads-overwritten-top). Over two steps the Concat
+    copies: nothing is explained."""
+    import numpy as np
+
+    from tests.fuzz.compare import Divergence, classify
+    from tests.fuzz.program import Program
+    from tests.fuzz.worker import EngineResult
+
+    net = (f'layer {{ name: "in" type: "Input" top: "x" top: "c" top: "b" input_param {{ shape {{ dim: {steps} '
+           f'dim: 2 dim: 3 }} shape {{ dim: {steps} dim: 2 }} shape {{ dim: 1 }} }} }}\n'
+           'layer { name: "r" type: "RNN" bottom: "x" bottom: "c" top: "o" recurrent_param { num_output: 2 } }\n'
+           'layer { name: "bi" type: "Bias" bottom: "o" bottom: "b" top: "o" bias_param { axis: 2 } }\n')
+    theirs = EngineResult(stages=["fwd0"], obs={"fwd0/blob/data/x": np.zeros((steps, 2, 3), np.float32)})
+    divs = classify(Program(net_text=net, backward="kwargs"),
+                    [Divergence("bwd0", "value", "blob/diff/x", "relative difference 0.1"),
+                     Divergence("bwd0", "value", "param/diff/r/0", "relative difference 0.1")], theirs)
+    assert [d.cls for d in divs] == ["backward-reads-overwritten-top" if explained else ""] * 2
+
+
 @pytest.mark.parametrize("order, explained", [(("mvn2", "redu8"), True), (("redu8", "mvn2"), False)])
 def test_in_place_reshape_refused_before_the_mutated_layer(order, explained):
     """Seed 807441: the invalid case gives Reduction 'redu8' a second loss_weight, but caffe_torch refuses first the

@@ -366,8 +366,11 @@ def _quirk_keys(net: caffe_pb2.NetParameter, prog: Program, written_scales: dict
             keys["shared-blob-memory"].update(f"param/diff/{lp.name}/0" for _ in [0] if lp.type == "Parameter")
         if lp.type in DIFF_SHARING and _shared_producer(lp) and len(lp.propagate_down) and \
                 not all(lp.propagate_down):
-            # no backward copies the top's diff down, but a reader's backward writes the shared diff all the same
-            keys.setdefault("shared-blob-memory", set()).update(_diff_sharing_upstream(net, lp))
+            # no backward copies the top's diff down, but a reader's backward writes the shared diff all the same,
+            # which the layers upstream back-propagate where their backward runs (a Split below sums it)
+            keys.setdefault("shared-blob-memory", set()).update(
+                _diff_sharing_upstream(net, lp),
+                _upstream_diff_keys(net.layer[:list(net.layer).index(lp)], lp.bottom))
         if lp.type == "Parameter":            # its top's diff is the param's (a solver step's update shows)
             # ... and so is the diff of every blob sharing the top's (a Reshape's, one-bottom Concat's, one-top
             # Slice's top: ShareDiff in their Reshape, which each forward runs after the Parameter's)
@@ -438,7 +441,9 @@ def _flatten_diff_keys(net: caffe_pb2.NetParameter, prog: Program) -> tuple[set[
     diff its top's (ShareDiff), so where that bottom blob (the version the Flatten alone reads: no Split) is the
     top of a layer whose Reshape made its diff another's (a one-bottom Concat's, one-top Slice's, Reshape's: its
     bottom's; Parameter's: its param's; RNN's / LSTM's first top: the unrolled net's), that other never gets the
-    gradient, nor anything upstream of it, and solver steps differ from there on; and the layers computing in
+    gradient, nor anything upstream of it, and solver steps differ from there on (and, but for a Parameter's, that
+    Reshape shares the diff again at the next forward: the bottom's diff is the other's there); and the layers
+    computing in
     place on that bottom back-propagate in the top's diff (it holds their bottom's), which where the top has a loss
     weight (Caffe's seed, written once at set-up) or is an output (its diff left for the next backward) seeds the
     solver's later backwards."""
@@ -465,6 +470,10 @@ def _flatten_diff_keys(net: caffe_pb2.NetParameter, prog: Program) -> tuple[set[
                                     producer.type in ("RNN", "LSTM") and producer.top[0] == b):
             continue
         stages.add("step")
+        if producer.type != "Parameter":
+            # its Reshape, which every forward runs, shares the diff again: the next forward gives the Flatten's
+            # bottom the other's diff back, no longer the gradient the Flatten's Backward gave it
+            keys.add(f"blob/diff/{b}")
         upstream = producer.bottom[:1]
         if producer.type in ("RNN", "LSTM"):       # x and the static input (not the markers, nor hidden states)
             hidden = {"RNN": 1, "LSTM": 2}[producer.type] if producer.recurrent_param.expose_hidden else 0
@@ -492,17 +501,21 @@ def _upstream_diff_keys(layers: list, blobs) -> set[str]:
     return keys
 
 
-def _read_tops(lp) -> list[str]:
+def _read_tops(lp, shapes: dict[str, tuple] | None = None) -> list[str]:
     """The tops whose data the layer's Backward_cpu reads and a later layer computing in place on them overwrites:
     its tops, or, where it computes in place itself, its bottom's, the same blob (quirk backward-reads-overwritten-top;
     Power: power 2 reads only the bottom, power 1 or a zero power * scale nothing). An exposed hidden state of a
     RNN or LSTM is the unrolled net's blob (ShareData in RecurrentLayer::Forward_cpu) that a TanH (RNN's h_T) or
-    the last LSTMUnit (LSTM's c_T, its top C) reads in the unrolled net's backward."""
+    the last LSTMUnit (LSTM's c_T, its top C) reads in the unrolled net's backward; so is a RNN's output over one
+    time step (`shapes`: the blobs' shapes where known), the one-bottom Concat of o_1 (ShareData in ConcatLayer's
+    Reshape), which o_1's TanH reads."""
     pp = lp.power_param
     power_reads = pp.power != 1 and pp.power * pp.scale != 0
     in_place = bool(lp.bottom) and bool(lp.top) and lp.top[0] == lp.bottom[0]
     if lp.type in ("RNN", "LSTM"):
-        return list(lp.top[{"RNN": 1, "LSTM": 2}[lp.type]:]) if lp.recurrent_param.expose_hidden else []
+        one_step = lp.type == "RNN" and bool(lp.bottom) and (shapes or {}).get(lp.bottom[0], (0,))[0] == 1
+        return lp.top[:1] * one_step + \
+            (list(lp.top[{"RNN": 1, "LSTM": 2}[lp.type]:]) if lp.recurrent_param.expose_hidden else [])
     reads = lp.type in ("TanH", "Sigmoid", "Exp", "ELU", "Softmax", "Normalize", "LSTMUnit") or \
         lp.type == "LRN" and lp.lrn_param.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS or \
         lp.type == "Power" and power_reads and (pp.power != 2 or in_place) or \
@@ -521,8 +534,9 @@ def _overwritten_top_keys(net: caffe_pb2.NetParameter, prog: Program,
     and every value after a solver step where a layer upstream has params (in Caffe's built net)."""
     layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
     keys: set[str] = set()
+    shapes = blob_shapes(theirs)
     for i, lp in enumerate(layers):
-        if any(_later_in_place(layers[i + 1:], t) for t in _read_tops(lp)):
+        if any(_later_in_place(layers[i + 1:], t) for t in _read_tops(lp, shapes)):
             keys |= _upstream_diff_keys(layers[:i + 1], lp.bottom) | {f"param/diff/{lp.name}/*"}
     names = {k.split("/")[2] for k in keys if k.startswith("param/")}
     learned = theirs is not None and any(k.split("/")[3] in names for k in theirs.obs
@@ -550,6 +564,27 @@ def _hinge_scratch_keys(net: caffe_pb2.NetParameter, prog: Program,
     learned = theirs is not None and any(k.split("/")[3] in names for k in theirs.obs
                                          if k.startswith("build/param/data/"))
     return keys, ("step",) if learned else ()
+
+
+def _batchnorm_in_place_keys(net: caffe_pb2.NetParameter, prog: Program, theirs: EngineResult | None) -> set[str]:
+    """The diff of a blob a BatchNorm computes in place on where no backward reaches it from below (no force_backward,
+    no layer upstream with params): this build's BatchNorm runs its backward all the same (its statistics' param specs
+    dropped by UpgradeNetBatchNorm: batchnorm-stats-trained) and, ignoring propagate_down, writes its bottom's diff,
+    which is the blob's (use_global_stats: the top's diff divided by the standard deviation), where caffe_torch
+    leaves the top's diff
+    (quirk ignores-propagate-down; the rule of _quirk_keys for a net input, generalised)."""
+    if net.force_backward or theirs is None:
+        return set()
+    layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
+    learned = {k.split("/")[3] for k in theirs.obs if k.startswith("build/param/data/")}
+    keys: set[str] = set()
+    for i, lp in enumerate(layers):
+        if lp.type != "BatchNorm" or not lp.bottom or lp.top[:1] != lp.bottom[:1]:
+            continue
+        upstream = _upstream_diff_keys(layers[:i], lp.bottom[:1])
+        if not any(k.split("/")[2] in learned for k in upstream if k.startswith("param/")):
+            keys.add(f"blob/diff/{lp.bottom[0]}")
+    return keys
 
 
 def _later_in_place(later: list, blob: str) -> bool:
@@ -681,6 +716,7 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
     layers = _caffe_layers(net, prog) if prog.backward is not None or prog.steps else []
     unneeded_keys = _unneeded_bottom_keys(net, layers)
     quirk_keys.setdefault("shared-blob-memory", set()).update(_shared_diff_in_place_keys(layers))
+    quirk_keys.setdefault("ignores-propagate-down", set()).update(_batchnorm_in_place_keys(net, prog, theirs))
     flatten_keys, flatten_stages = _flatten_diff_keys(net, prog)
     quirk_keys["flatten-backward-shares-diff"] = flatten_keys
     overwritten_keys, overwritten_stages = _overwritten_top_keys(net, prog, theirs)
