@@ -43,7 +43,7 @@ def test_case(workers, name):
     text, js = prog.net_text, prog.to_json()
     ours = workers["torch"].run(text, js)
     divs = judge(prog, theirs, ours,
-                 lambda perturb: workers["torch64"].run(text, replace(prog, perturb=perturb).to_json()))
+                 lambda **changes: workers["torch64"].run(text, replace(prog, **changes).to_json()))
     unexplained = [d for d in classify(prog, divs, theirs) if not d.cls]
     assert not unexplained, f"{name}: caffe_torch differs from the stored Caffe result:\n  " + \
         "\n  ".join(map(str, unexplained[:20]))

@@ -53,6 +53,7 @@ class Program:
     invalid: str = ""                       # invalid.py: what was broken ("" for a valid case)
     expect_field: str = ""                  # ... and the field caffe_torch's error must name
     perturb: float = 0.0                    # the float64 referee's simulated rounding (rounding.py; 0: none)
+    rounding_draw: int = 0                  # ... and which draw of its random signs
 
     # ---- files
     def to_json(self) -> str:

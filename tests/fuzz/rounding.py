@@ -11,6 +11,7 @@ rounding ones, the others are not perturbed.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -45,10 +46,10 @@ SUMMING_OPS = frozenset((
 class RoundingNoise(TorchDispatchMode):
     """Within it, every ROUNDING_OPS result in float64 is perturbed by a relative `perturb` at most (see above)."""
 
-    def __init__(self, perturb: float, seed: int):
+    def __init__(self, perturb: float, seed: list[int]):
         super().__init__()
         self.perturb = perturb
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
 
     def _noise(self, t: torch.Tensor) -> torch.Tensor:
         """1 + perturb * u, u = +-1 at random, shaped like t: each rounding at its bound, so that no draw of small

@@ -75,7 +75,7 @@ class Engines:
         ours = self.torch.run(prog.net_text, meta)
         theirs = f_theirs.result()
         divs = judge(prog, theirs, ours,
-                     lambda perturb: self.torch64.run(prog.net_text, replace(prog, perturb=perturb).to_json()))
+                     lambda **changes: self.torch64.run(prog.net_text, replace(prog, **changes).to_json()))
         return classify(prog, divs, theirs), theirs, ours
 
 

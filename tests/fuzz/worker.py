@@ -106,7 +106,8 @@ def main(argv=None) -> int:
         try:
             prog = Program.from_files(net_text, meta)
             # the float64 referee with float32's rounding simulated (compare.py)
-            noise = RoundingNoise(prog.perturb, prog.seed) if engine == "torch64" and prog.perturb else \
+            simulated = engine == "torch64" and prog.perturb
+            noise = RoundingNoise(prog.perturb, [prog.seed, prog.rounding_draw]) if simulated else \
                 contextlib.nullcontext()
             with noise:
                 run_program(caffe, prog, workdir, lambda stage, obs: _send(proto_out, ("stage", stage, obs)),
