@@ -281,6 +281,11 @@ class Net(PycaffeNetMixin):
                                     f"caffe). Types caffe_torch implements: {', '.join(known_types())}") from None
             if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
                 raise LayerError(lp.name, lp.type, "propagate_down must be given once per bottom", where)
+            # Net::AppendTop, before the layer's SetUp
+            for j, t in enumerate(lp.top):
+                in_place = j < len(lp.bottom) and lp.bottom[j] == t
+                if t in shapes and not in_place:
+                    raise LayerError(lp.name, lp.type, f"top blob '{t}' produced by multiple sources", where)
             bottom_shapes = [shapes[b] for b in lp.bottom]
             built_bottoms.append(bottom_shapes)
             ctx = BuildContext(self.dtype, self.device, lp.phase, MODE.generator, where)
@@ -299,10 +304,6 @@ class Net(PycaffeNetMixin):
             self.top_names[lp.name] = list(lp.top)
             for b in lp.bottom:
                 available.pop(b, None)
-            for j, t in enumerate(lp.top):
-                in_place = j < len(lp.bottom) and lp.bottom[j] == t
-                if t in shapes and not in_place:
-                    raise LayerError(lp.name, lp.type, f"top blob '{t}' produced by multiple sources", where)
             if len(top_shapes) != len(lp.top):
                 raise LayerError(lp.name, lp.type, f"gives {len(top_shapes)} top shape(s) for {len(lp.top)} "
                                  "top(s)", where)

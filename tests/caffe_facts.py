@@ -255,6 +255,13 @@ QUIRKS = {q.id: q for q in [
           "(scale_layer.cpp; BiasLayer keeps it): a second bottom whose shape differs from bottom[0]'s from the "
           "axis on passes, and the layer scales by the wrong values (reading past that blob where it is smaller); "
           "caffe_torch refuses it, with the shapes, where its shape changes (a Filter above) or at set-up"),
+    Quirk("empty-output", "Caffe builds a Convolution, Deconvolution or Pooling whose output size comes out 0 on "
+          "an axis (integer division: conv_layer.cpp, pooling_layer.cpp) with an empty top, and runs on with it; "
+          "caffe_torch refuses such a net when it is built, naming the layer and the sizes"),
+    Quirk("set-up-only-check", "Caffe checks ArgMax's top_k against the axis size and a RNN's or LSTM's "
+          "x_static batch in LayerSetUp only (argmax_layer.cpp, recurrent_layer.cpp): when a Filter above changes "
+          "that shape at run time, its Reshape passes and the layer reads past its bottom; caffe_torch repeats "
+          "the check at every shape change and refuses"),
     Quirk("iter-size-zero", "Caffe accepts iter_size: 0, then divides the (zero) diffs by it and every weight "
           "turns NaN at the first step; caffe_torch refuses it when the solver is built"),
     Quirk("in-place-reshape", "Caffe lets a layer computing in place give its top another shape (MVN's 4-D top on "

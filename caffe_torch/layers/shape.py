@@ -103,7 +103,8 @@ class Concat(Layer):
         ref = bottom_shapes[0]
         for s in bottom_shapes[1:]:
             if len(s) != len(ref) or any(a != b for i, (a, b) in enumerate(zip(s, ref)) if i != self.axis):
-                raise self.error(f"bottoms must agree except on axis {self.axis}: {[tuple(b) for b in bottom_shapes]}")
+                shapes = ", ".join(f"'{n}' {tuple(b)}" for n, b in zip(self.param.bottom, bottom_shapes))
+                raise self.error(f"bottoms must agree except on axis {self.axis}: {shapes}")
         s = list(bottom_shapes[0])
         s[self.axis] = sum(b[self.axis] for b in bottom_shapes)
         return [tuple(s)]

@@ -759,6 +759,12 @@ def classify(prog: Program, divs: list[Divergence], theirs: EngineResult | None 
         elif d.what == "refusal" and "(type Scale): bottom[1] shape" in d.detail and \
                 "does not match bottom[0]" in d.detail and "; Caffe completes" in d.detail:
             d.cls = "scale-shape-unchecked"
+        elif d.what == "refusal" and "; Caffe completes" in d.detail and "caffe_torch raises" in d.detail and \
+                re.search(r"\(type (Convolution|Deconvolution|Pooling)\): output size .* is not positive", d.detail):
+            d.cls = "empty-output"
+        elif d.what == "refusal" and "; Caffe completes" in d.detail and d.stage != "build" and \
+                re.search(r"\(type ArgMax\): top_k \d+ exceeds|\(type (RNN|LSTM)\): bottom x_static must be", d.detail):
+            d.cls = "set-up-only-check"
         elif d.what == "refusal" and prog.expect_field == "iter_size" and "caffe_torch raises" in d.detail:
             d.cls = "iter-size-zero"
         elif d.what == "refusal" and prog.expect_field == "dropout_ratio" and "caffe_torch raises" in d.detail and \
